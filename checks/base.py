@@ -1,0 +1,47 @@
+"""What a check is: a name, a typed settings model with defaults, and a pure ``evaluate``.
+
+A check does no I/O. It reads the facts a sweep gathered (plus the inventory and its settings) and
+returns findings, so every check can be tested from recorded facts and all checks share one gather.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from watchdog.model import Finding, HostFacts, Inventory
+
+
+class CheckSettings(BaseModel):
+    """Settings every check has."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    enabled: bool = Field(True, description="Run this check.")
+
+
+S = TypeVar("S", bound=CheckSettings)
+
+FleetFacts = Mapping[str, HostFacts]
+"""The facts of one sweep, by server id."""
+
+
+class Check(Generic[S]):
+    """Base class of a check; subclasses set ``name``, ``Settings`` and implement ``evaluate``."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[CheckSettings]]
+    #: Checks that need the per-repo facts of the probe (all but reachability, today).
+    summary: ClassVar[str] = ""
+
+    def evaluate(
+        self, facts: FleetFacts, inventory: Inventory, settings: S
+    ) -> Iterable[Finding]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def probed_hosts(facts: FleetFacts) -> Iterable[HostFacts]:
+    """Hosts whose probe answered completely; others are reachability's business."""
+    return (f for f in facts.values() if f.probed)

@@ -1,0 +1,110 @@
+"""replication_lag: every replica holds the master's newest save, within bounds.
+
+Filesystem truth: the master ref and the time of its last reflog entry on each copy. A replica
+whose ref differs from the master's lags by the difference of those times; one that is newer than
+the master is a conflict (replicating over it would destroy its saves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydantic import Field, model_validator
+
+from checks.base import Check, CheckSettings, FleetFacts
+from watchdog.model import Finding, Inventory, Severity
+
+
+class ReplicationLagSettings(CheckSettings):
+    """replication_lag: how far behind the master a replica may fall."""
+
+    warn_seconds: float = Field(3600, ge=0, description="Lag at which a replica is a warning.")
+    critical_seconds: float = Field(
+        86400, ge=0, description="Lag at which a replica is critical."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicationLagSettings:
+        if self.critical_seconds < self.warn_seconds:
+            raise ValueError("critical_seconds must be at least warn_seconds")
+        return self
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class ReplicationLag(Check[ReplicationLagSettings]):
+    name = "replication_lag"
+    Settings = ReplicationLagSettings
+
+    def evaluate(
+        self, facts: FleetFacts, inventory: Inventory, settings: ReplicationLagSettings
+    ) -> Iterator[Finding]:
+        for project in sorted(inventory.projects.values(), key=lambda p: p.project_id):
+            master_host = facts.get(project.master)
+            if project.deleted or master_host is None or not master_host.probed:
+                continue
+            master = master_host.repos.get(project.project_id)
+            if master is None or master.master_sha is None:
+                continue  # repo_integrity reports a missing or unreadable master
+            for replica_id in project.replicas:
+                if replica_id == project.master:
+                    continue
+                host = facts.get(replica_id)
+                if host is None or not host.probed:
+                    continue
+                replica = host.repos.get(project.project_id)
+                base = {
+                    "check": self.name,
+                    "server_id": replica_id,
+                    "project_id": project.project_id,
+                }
+                if replica is None:
+                    yield Finding(
+                        **base,
+                        severity=Severity.CRITICAL,
+                        code="replica_missing",
+                        message="the replica's repository is missing",
+                    )
+                    continue
+                if replica.master_sha == master.master_sha:
+                    continue
+                m_time, r_time = master.reflog_last_time, replica.reflog_last_time
+                if m_time is None or r_time is None:
+                    yield Finding(
+                        **base,
+                        severity=Severity.WARNING,
+                        code="differs",
+                        message=f"replica's master {replica.master_sha} differs from the "
+                        f"master's {master.master_sha} and its age is unknown",
+                    )
+                    continue
+                lag = float(m_time - r_time)
+                if lag < 0:
+                    yield Finding(
+                        **base,
+                        severity=Severity.CRITICAL,
+                        code="replica_ahead",
+                        value=lag,
+                        message=f"the replica is {_age(-lag)} NEWER than the master: a "
+                        "conflict; replicating over it would destroy its saves",
+                    )
+                elif lag >= settings.warn_seconds:
+                    critical = lag >= settings.critical_seconds
+                    yield Finding(
+                        **base,
+                        severity=Severity.CRITICAL if critical else Severity.WARNING,
+                        code="behind",
+                        value=lag,
+                        message=f"the replica is {_age(lag)} behind the master "
+                        f"(has {(replica.master_sha or '?')[:12]}, master has "
+                        f"{master.master_sha[:12]})",
+                    )
+
+
+check = ReplicationLag()

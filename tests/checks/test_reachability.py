@@ -1,0 +1,50 @@
+"""reachability, from recorded facts."""
+
+from __future__ import annotations
+
+from support.facts import S1, host_facts, host_records, inventory
+
+from checks.reachability import check
+from watchdog.model import GatherFailure, HostFacts, Severity
+
+SETTINGS = check.Settings()
+
+
+def codes(facts: dict[str, HostFacts], port: int = 6000) -> set[str]:
+    return {f.code for f in check.evaluate(facts, inventory(port=port), SETTINGS)}  # type: ignore[arg-type]
+
+
+def test_a_healthy_host_yields_no_finding() -> None:
+    assert codes({S1: host_facts(S1, host_records())}) == set()
+
+
+def test_a_host_whose_ssh_failed_is_critical_with_the_transport_message() -> None:
+    facts = HostFacts(server_id=S1, gathered_at=0.0)
+    facts.failure = GatherFailure.UNREACHABLE
+    facts.failure_message = "s1 (127.0.0.1:22): connection refused (is sshd running?)"
+    [finding] = list(check.evaluate({S1: facts}, inventory(), SETTINGS))
+    assert finding.severity is Severity.CRITICAL
+    assert finding.code == "ssh_unreachable"
+    assert "connection refused" in finding.message
+
+
+def test_a_changed_host_key_is_a_security_finding() -> None:
+    facts = HostFacts(server_id=S1, gathered_at=0.0)
+    facts.failure = GatherFailure.HOST_KEY
+    facts.failure_message = "HOST KEY CHANGED"
+    [finding] = list(check.evaluate({S1: facts}, inventory(), SETTINGS))
+    assert finding.code == "host_key"
+    assert finding.details["security"] is True
+
+
+def test_a_bup_server_that_refuses_tcp_is_critical() -> None:
+    assert "bup_server_unreachable" in codes({S1: host_facts(S1, host_records(), tcp_ok=False)})
+
+
+def test_a_missing_bup_server_process_is_critical() -> None:
+    found = codes({S1: host_facts(S1, host_records(listen_port=None), tcp_ok=False)})
+    assert found == {"bup_server_unreachable", "bup_server_not_running"}
+
+
+def test_a_port_that_differs_from_the_inventory_is_reported() -> None:
+    assert codes({S1: host_facts(S1, host_records(listen_port=6001))}) == {"port_mismatch"}

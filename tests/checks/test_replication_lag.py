@@ -1,0 +1,53 @@
+"""replication_lag, from recorded facts."""
+
+from __future__ import annotations
+
+from support.facts import P1, S1, S2, SHA_A, SHA_B, host_facts, host_records, inventory, project, repo
+
+from checks.replication_lag import check
+from watchdog.model import Finding, Severity
+
+SETTINGS = check.Settings()
+T = 1_700_000_000
+
+
+def evaluate(replica: dict[str, object] | None) -> list[Finding]:
+    facts = {
+        S1: host_facts(S1, host_records(repo(P1, master_sha=SHA_A, reflog_last_time=T))),
+        S2: host_facts(S2, host_records(*([replica] if replica else []))),
+    }
+    return list(check.evaluate(facts, inventory(project(P1)), SETTINGS))
+
+
+def test_a_replica_with_the_masters_commit_yields_no_finding() -> None:
+    assert evaluate(repo(P1, master_sha=SHA_A, reflog_last_time=T)) == []
+
+
+def test_a_replica_a_few_minutes_behind_is_within_bounds() -> None:
+    assert evaluate(repo(P1, master_sha=SHA_B, reflog_last_time=T - 600)) == []
+
+
+def test_a_replica_six_hours_behind_is_a_warning_on_the_replica() -> None:
+    [f] = evaluate(repo(P1, master_sha=SHA_B, reflog_last_time=T - 6 * 3600))
+    assert (f.code, f.severity, f.server_id, f.value) == (
+        "behind",
+        Severity.WARNING,
+        S2,
+        6 * 3600.0,
+    )
+
+
+def test_a_replica_two_days_behind_is_critical() -> None:
+    [f] = evaluate(repo(P1, master_sha=SHA_B, reflog_last_time=T - 2 * 86400))
+    assert f.severity is Severity.CRITICAL
+
+
+def test_a_replica_newer_than_the_master_is_a_conflict() -> None:
+    [f] = evaluate(repo(P1, master_sha=SHA_B, reflog_last_time=T + 60))
+    assert f.code == "replica_ahead"
+    assert "NEWER" in f.message
+
+
+def test_a_missing_replica_is_critical() -> None:
+    [f] = evaluate(None)
+    assert (f.code, f.severity) == ("replica_missing", Severity.CRITICAL)

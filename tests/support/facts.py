@@ -1,0 +1,122 @@
+"""Build recorded-style facts for check unit tests: the same JSON records the probe emits."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from watchdog.gather import parse_probe_lines
+from watchdog.model import HostFacts, Inventory, Project, Server
+
+S1 = "11111111-1111-4111-8111-111111111111"
+S2 = "22222222-2222-4222-8222-222222222222"
+P1 = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+P2 = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+SHA_A = "a" * 40
+SHA_B = "b" * 40
+
+
+def mount(path: str, **kw: Any) -> dict[str, Any]:
+    rec = {
+        "type": "mount",
+        "path": path,
+        "exists": True,
+        "is_mount_point": True,
+        "mount_point": path,
+        "source": "bup/projects" if path.endswith("projects") else "bup/bups",
+        "fstype": "zfs",
+        "root": "/",
+        "read_only": False,
+        "options": ["rw"],
+        "bytes_total": 10**12,
+        "bytes_free": 10**11,
+        "inodes_free": 10**6,
+        "error": None,
+    }
+    rec.update(kw)
+    return rec
+
+
+def repo(project_id: str, **kw: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "type": "repo",
+        "project_id": project_id,
+        "path": f"/bup/bups/{project_id}",
+        "is_symlink": False,
+        "head": "ref: refs/heads/master",
+        "master_sha": SHA_A,
+        "master_error": None,
+        "master_in_pack": True,
+        "master_object_where": "pack",
+        "pack_count": 2,
+        "idx_count": 2,
+        "idx_without_pack": 0,
+        "bad_idx": [],
+        "midx_count": 0,
+        "tmp_count": 0,
+        "bupindex_bytes": None,
+        "repo_bytes": 100_000,
+        "file_count": 20,
+        "reflog_last_time": 1_700_000_000,
+        "reflog_entries": 2,
+        "save_log_bytes": 2000,
+        "save_log_is_symlink": False,
+        "save_log_mtime": 1_700_000_000.0,
+        "touch_mtime": 1_700_000_000.0,
+        "replicas": [S1, S2],
+        "replicas_error": None,
+        "settings": {"disk": 3000},
+        "settings_error": None,
+        "symlinks_outside": [],
+        "errors": [],
+    }
+    rec.update(kw)
+    return rec
+
+
+def host_records(
+    *repos: dict[str, Any],
+    mounts: list[dict[str, Any]] | None = None,
+    listen_port: int | None = 6000,
+) -> list[dict[str, Any]]:
+    """A complete probe stream: hello, mounts, process, repos, done."""
+    proc = {
+        "type": "process",
+        "name": "bup_server",
+        "pids": [] if listen_port is None else [1234],
+        "listen": [] if listen_port is None else [["127.0.0.1", listen_port]],
+    }
+    return [
+        {"type": "hello", "probe_version": 1, "server_id": None},
+        *(mounts if mounts is not None else [mount("/projects"), mount("/bup/bups")]),
+        proc,
+        *repos,
+        {"type": "done", "repos": len(repos), "project_dirs": 0, "strays": 0},
+    ]
+
+
+def host_facts(server_id: str, records: list[dict[str, Any]], *, tcp_ok: bool = True) -> HostFacts:
+    """HostFacts parsed from records exactly as the gather parses a host's answer."""
+    from watchdog.model import TcpProbe
+
+    facts = HostFacts(server_id=server_id, gathered_at=0.0)
+    facts.bup_server_tcp = TcpProbe("127.0.0.1", 6000, tcp_ok, 0.001, None if tcp_ok else "refused")
+    parse_probe_lines(server_id, (json.dumps(r).encode() for r in records), facts)
+    return facts
+
+
+def inventory(*projects: Project, port: int = 6000) -> Inventory:
+    servers = {
+        S1: Server(S1, "127.0.0.1", port, dc=0, ssh_host="127.0.0.1", name="s1"),
+        S2: Server(S2, "127.0.0.2", port, dc=1, ssh_host="127.0.0.2", name="s2"),
+    }
+    return Inventory(servers=servers, projects={p.project_id: p for p in projects})
+
+
+def project(project_id: str = P1, master: str = S1, replicas: tuple[str, ...] = (S2,)) -> Project:
+    return Project(project_id=project_id, master=master, replicas=replicas)
+
+
+def random_v4() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,260 @@
+"""The one configuration schema: every key typed, described, with an example and a default.
+
+The commented example config and the README's reference are generated from these models
+(``bup-watchdog config example``), so docs and code cannot drift apart. Validation reports every
+problem at once as ``At 'dotted.key': message`` under the file's name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from watchdog.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InventoryConfig(Section):
+    source: Literal["file", "cassandra"] = Field(
+        "file",
+        description="Where servers and projects come from: a TOML/JSON file or Cassandra.",
+        examples=["file"],
+    )
+    file: Path | None = Field(
+        None,
+        description="Inventory file (TOML or JSON) when source = 'file'. Relative to this config.",
+        examples=["inventory.toml"],
+    )
+
+
+class SshConfig(Section):
+    known_hosts: Path | None = Field(
+        None,
+        description="known_hosts file every host key is checked against (strict: an unknown or "
+        "changed key is a security finding, never accepted). Empty = ~/.ssh/known_hosts.",
+        examples=["/etc/bup-watchdog/known_hosts"],
+    )
+    key_file: Path | None = Field(
+        None,
+        description="Private key used to log in to the storage hosts. Empty = the SSH agent or "
+        "~/.ssh/id_* keys.",
+        examples=["/etc/bup-watchdog/id_ed25519"],
+    )
+    user: str = Field("root", description="Default login user (a server entry may override it).")
+    connect_timeout: float = Field(
+        3.0, gt=0, le=120, description="Seconds allowed for the TCP connect to sshd."
+    )
+    banner_timeout: float = Field(
+        5.0, gt=0, le=120, description="Seconds allowed for sshd's banner (a frozen sshd hangs here)."
+    )
+    auth_timeout: float = Field(5.0, gt=0, le=120, description="Seconds allowed for authentication.")
+    command_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Seconds one command (e.g. the probe of a whole host) may run, and the longest "
+        "silence allowed on its channel.",
+    )
+    max_output_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="Cap on what one command may print; beyond it the command is cut off and the "
+        "host reported as answering garbage.",
+    )
+    parallel_hosts: int = Field(
+        8, ge=1, le=256, description="How many hosts are gathered at the same time."
+    )
+    python: str = Field(
+        "python3",
+        pattern=r"^[A-Za-z0-9_./-]+$",
+        description="Python interpreter on the storage hosts that runs the probe.",
+    )
+
+
+class StateConfig(Section):
+    directory: Path = Field(
+        Path("state"),
+        description="Directory for the SQLite state, inventory cache and journal. Relative to "
+        "this config.",
+        examples=["/var/lib/bup-watchdog"],
+    )
+
+
+class HttpConfig(Section):
+    listen: str = Field(
+        "127.0.0.1:9731",
+        pattern=r"^[^:\s]+:\d{1,5}$",
+        description="Address and port of the HTTP server (/metrics, /healthz, API).",
+    )
+
+
+class Config(Section):
+    """The whole watchdog configuration."""
+
+    inventory: InventoryConfig = Field(default_factory=InventoryConfig)  # type: ignore[arg-type]
+    ssh: SshConfig = Field(default_factory=SshConfig)  # type: ignore[arg-type]
+    state: StateConfig = Field(default_factory=StateConfig)  # type: ignore[arg-type]
+    http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    checks: dict[str, Any] = Field(
+        default_factory=dict,
+        description="One table per check, [checks.NAME]; see each check's keys below.",
+    )
+    # Filled by load_config from the check registry: validated settings per check name.
+    check_settings: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    path: Path | None = Field(None, exclude=True)
+
+    def check(self, name: str) -> Any:
+        """Validated settings of one check (its defaults when the file says nothing)."""
+        return self.check_settings[name]
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _messages(err: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for e in err.errors():
+        path = _dotted(prefix + tuple(e["loc"]))
+        msg = "unknown key (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+        out.append(f"At '{path}': {msg}")
+    return out
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    check_models: Mapping[str, type[BaseModel]],
+    *,
+    source: str = "config",
+    base: Path | None = None,
+) -> Config:
+    """Validate a config mapping; raise one ConfigError listing every problem found."""
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_messages(exc))
+    raw_checks = data.get("checks", {}) if isinstance(data, Mapping) else {}
+    settings: dict[str, Any] = {}
+    if isinstance(raw_checks, Mapping):
+        for name in raw_checks:
+            if name not in check_models:
+                known = ", ".join(sorted(check_models))
+                problems.append(f"At 'checks.{name}': no such check (known: {known})")
+        for name, model in check_models.items():
+            section = raw_checks.get(name, {})
+            try:
+                settings[name] = model.model_validate(section)
+            except ValidationError as exc:
+                problems.extend(_messages(exc, ("checks", name)))
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    config.check_settings = settings
+    if base is not None:
+        config.inventory.file = _resolve(base, config.inventory.file)
+        config.ssh.known_hosts = _resolve(base, config.ssh.known_hosts)
+        config.ssh.key_file = _resolve(base, config.ssh.key_file)
+        config.state.directory = _resolve(base, config.state.directory) or config.state.directory
+    if config.inventory.source == "file" and config.inventory.file is None:
+        raise ConfigError(source, ["At 'inventory.file': required when inventory.source = 'file'"])
+    return config
+
+
+def load_config(path: Path, check_models: Mapping[str, type[BaseModel]]) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    config = parse_config(data, check_models, source=str(path), base=path.parent.resolve())
+    config.path = path.resolve()
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Path):
+        return f'"{value}"'
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _section_lines(title: str, model: type[BaseModel], doc: str | None = None) -> list[str]:
+    lines = [f"[{title}]"]
+    if doc:
+        lines.insert(0, f"# {doc}")
+    for name, f in model.model_fields.items():
+        if f.exclude or name == "checks":
+            continue
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            continue
+        if f.description:
+            lines.extend(f"# {line}" for line in _wrap(f.description))
+        default = f.get_default(call_default_factory=True)
+        if default is None:
+            example = f.examples[0] if f.examples else ""
+            lines.append(f"# {name} = {_toml_value(example)}")
+        else:
+            lines.append(f"{name} = {_toml_value(default)}")
+    return lines
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    if line:
+        lines.append(line)
+    return lines
+
+
+def example_config(check_models: Mapping[str, type[BaseModel]]) -> str:
+    """The commented example config, generated from the schema (every key with its default)."""
+    parts = [
+        "# bup-watchdog configuration (generated by `bup-watchdog config example`).",
+        "# Every key is shown with its default; commented keys have no default.",
+        "",
+    ]
+    for name, f in Config.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            parts.extend(_section_lines(name, ann, ann.__doc__ if ann is not Section else None))
+            parts.append("")
+    for name, model in sorted(check_models.items()):
+        parts.extend(_section_lines(f"checks.{name}", model, (model.__doc__ or "").strip() or None))
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""The watchdog's one HTTP server: /metrics, /healthz, /ready and the JSON API."""

@@ -1,0 +1,233 @@
+"""The embedded default inventory: servers and projects from a TOML or JSON file.
+
+Every entry is validated; a project id that is not a version-4 UUID is rejected with the entry named,
+before it can ever reach a path or a command.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from watchdog.errors import ConfigError
+from watchdog.model import Inventory, Project, Server, is_uuid, is_v4_uuid
+
+_HOSTNAME = r"^[A-Za-z0-9][A-Za-z0-9.:-]*$"
+_ABS_PATH = r"^/[A-Za-z0-9_./-]*$"
+
+
+class ServerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    server_id: str
+    host: str = Field(pattern=_HOSTNAME)
+    port: int = Field(ge=1, le=65535)
+    dc: int = 0
+    experimental: bool = False
+    disabled: bool = False
+    ssh_host: str | None = Field(None, pattern=_HOSTNAME)
+    ssh_port: int = Field(22, ge=1, le=65535)
+    ssh_user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_-]*$")
+    bup_root: str = Field("/bup", pattern=_ABS_PATH)
+    projects_root: str = Field("/projects", pattern=_ABS_PATH)
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+    transport: Literal["ssh", "local"] = "ssh"
+
+    @field_validator("server_id")
+    @classmethod
+    def _server_id_is_uuid(cls, v: str) -> str:
+        if not is_uuid(v):
+            raise ValueError(f"{v!r} is not a UUID")
+        return v.lower()
+
+    @field_validator("bup_root", "projects_root")
+    @classmethod
+    def _no_dotdot(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError("must not contain '..'")
+        return v.rstrip("/") or "/"
+
+
+class ProjectEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: str
+    master: str
+    replicas: list[str] = []
+    disk_mb: int | None = Field(None, ge=0)
+    last_edited: datetime | None = None
+    bup_last_save: dict[str, datetime] = {}
+    deleted: bool = False
+
+    @field_validator("project_id")
+    @classmethod
+    def _project_id_is_v4(cls, v: str) -> str:
+        if not is_v4_uuid(v):
+            raise ValueError(f"{v!r} is not a version-4 UUID, so it cannot be a project id")
+        return v.lower()
+
+    @field_validator("master")
+    @classmethod
+    def _master_is_uuid(cls, v: str) -> str:
+        if not is_uuid(v):
+            raise ValueError(f"{v!r} is not a server UUID")
+        return v.lower()
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_are_uuids(cls, v: list[str]) -> list[str]:
+        bad = [r for r in v if not is_uuid(r)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a server UUID")
+        return [r.lower() for r in v]
+
+    @model_validator(mode="after")
+    def _times_are_aware(self) -> ProjectEntry:
+        def aware(t: datetime) -> datetime:
+            return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+        if self.last_edited:
+            self.last_edited = aware(self.last_edited)
+        self.bup_last_save = {k.lower(): aware(t) for k, t in self.bup_last_save.items()}
+        return self
+
+
+class InventoryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    servers: list[ServerEntry] = []
+    projects: list[ProjectEntry] = []
+
+
+def _entry_label(data: Any, loc: tuple[int | str, ...]) -> str:
+    """Name the entry an error is about: 'projects[3] (project_id=...)'."""
+    if len(loc) >= 2 and isinstance(loc[1], int) and isinstance(data, dict):
+        kind, index = loc[0], loc[1]
+        try:
+            entry = data[kind][index]
+            ident = entry.get("project_id") or entry.get("server_id") or entry.get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            ident = None
+        rest = ".".join(str(p) for p in loc[2:])
+        label = f"{kind}[{index}]" + (f".{rest}" if rest else "")
+        return f"{label} ({ident!r})" if ident else label
+    return ".".join(str(p) for p in loc)
+
+
+def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> Inventory:
+    """Validate inventory data and build the Inventory; every bad entry is reported at once."""
+    try:
+        parsed = InventoryFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            msg = "unknown key (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+            problems.append(f"At '{_entry_label(data, tuple(e['loc']))}': {msg}")
+        raise ConfigError(source, problems) from None
+    problems: list[str] = []
+    servers: dict[str, Server] = {}
+    for i, s in enumerate(parsed.servers):
+        if s.server_id in servers:
+            problems.append(f"At 'servers[{i}]': server_id {s.server_id} appears twice")
+        servers[s.server_id] = Server(
+            server_id=s.server_id,
+            host=s.host,
+            port=s.port,
+            dc=s.dc,
+            experimental=s.experimental,
+            disabled=s.disabled,
+            ssh_host=s.ssh_host or s.host,
+            ssh_port=s.ssh_port,
+            ssh_user=s.ssh_user or default_user,
+            bup_root=s.bup_root,
+            projects_root=s.projects_root,
+            name=s.name,
+            transport=s.transport,
+        )
+    projects: dict[str, Project] = {}
+    for i, p in enumerate(parsed.projects):
+        label = f"projects[{i}] ({p.project_id!r})"
+        if p.project_id in projects:
+            problems.append(f"At '{label}': project_id appears twice")
+        for sid in (p.master, *p.replicas):
+            if sid not in servers:
+                problems.append(f"At '{label}': server {sid} is not in the servers list")
+        projects[p.project_id] = Project(
+            project_id=p.project_id,
+            master=p.master,
+            replicas=tuple(p.replicas),
+            disk_mb=p.disk_mb,
+            last_edited=p.last_edited,
+            bup_last_save=dict(p.bup_last_save),
+            deleted=p.deleted,
+        )
+    if problems:
+        raise ConfigError(source, problems)
+    return Inventory(servers=servers, projects=projects, source="file", loaded_at=time.time())
+
+
+class FileInventory:
+    """Inventory from a TOML (``.toml``) or JSON file."""
+
+    name = "file"
+
+    def __init__(self, path: Path, default_user: str = "root") -> None:
+        self.path = path
+        self.default_user = default_user
+
+    def load(self) -> Inventory:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(str(self.path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+        try:
+            if self.path.suffix == ".json":
+                data = json.loads(raw)
+            else:
+                data = tomllib.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            kind = "JSON" if self.path.suffix == ".json" else "TOML"
+            raise ConfigError(str(self.path), [f"not valid {kind}: {exc}"]) from None
+        return parse_inventory(data, source=str(self.path), default_user=self.default_user)
+
+
+def dump_inventory(inventory: Inventory) -> dict[str, Any]:
+    """The inventory as file data (JSON-ready), e.g. for the sandbox fleet or a cache."""
+    return {
+        "servers": [
+            {
+                "server_id": s.server_id,
+                "name": s.name,
+                "host": s.host,
+                "port": s.port,
+                "dc": s.dc,
+                "experimental": s.experimental,
+                "disabled": s.disabled,
+                "ssh_host": s.ssh_host,
+                "ssh_port": s.ssh_port,
+                "ssh_user": s.ssh_user,
+                "bup_root": s.bup_root,
+                "projects_root": s.projects_root,
+                "transport": s.transport,
+            }
+            for s in inventory.servers.values()
+        ],
+        "projects": [
+            {
+                "project_id": p.project_id,
+                "master": p.master,
+                "replicas": list(p.replicas),
+                "disk_mb": p.disk_mb,
+                "last_edited": p.last_edited.isoformat() if p.last_edited else None,
+                "bup_last_save": {k: v.isoformat() for k, v in p.bup_last_save.items()},
+                "deleted": p.deleted,
+            }
+            for p in inventory.projects.values()
+        ],
+    }

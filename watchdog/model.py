@@ -1,0 +1,371 @@
+"""Plain data that flows through the pipeline: inventory, gathered facts and findings.
+
+Nothing here does I/O. Facts arrive from hosts as JSON records (see ``watchdog/probe.py``) and are
+turned into typed objects here, so a host that answers garbage fails in one place with one message.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from watchdog.errors import ProbeError
+
+_V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_v4_uuid(value: object) -> bool:
+    """True when ``value`` is a version-4 UUID in its canonical text form (any case)."""
+    return isinstance(value, str) and _V4.match(value.lower()) is not None
+
+
+def is_uuid(value: object) -> bool:
+    """True for any canonical UUID text (server ids need not be version 4)."""
+    return isinstance(value, str) and _UUID.match(value.lower()) is not None
+
+
+def project_uid(project_id: str) -> int:
+    """The Unix uid of a project, derived from its id exactly as the fleet's tooling does.
+
+    First 8 hex digits of SHA-512 of the id, as an integer, halved; plus 65537 when that is
+    at most 65537 (so a project never gets a system uid).
+    """
+    if not is_v4_uuid(project_id):
+        raise ValueError(f"{project_id!r} is not a version-4 UUID, so it is not a project id")
+    n = int(hashlib.sha512(project_id.encode()).hexdigest()[:8], 16) // 2
+    return n + 65537 if n <= 65537 else n
+
+
+class Severity(enum.IntEnum):
+    """Severity of a finding; the values are the Nagios exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# ---------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A storage host as the inventory knows it."""
+
+    server_id: str
+    host: str
+    port: int
+    dc: int = 0
+    experimental: bool = False
+    disabled: bool = False
+    ssh_host: str = ""
+    ssh_port: int = 22
+    ssh_user: str = "root"
+    bup_root: str = "/bup"
+    projects_root: str = "/projects"
+    name: str = ""
+    transport: str = "ssh"
+
+    @property
+    def label(self) -> str:
+        """How operators refer to the host in messages: its name or address."""
+        return self.name or self.ssh_host or self.host
+
+    @property
+    def bups_root(self) -> str:
+        return self.bup_root.rstrip("/") + "/bups"
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A project, where it is mastered and replicated, and what the database believes of it."""
+
+    project_id: str
+    master: str
+    replicas: tuple[str, ...] = ()
+    disk_mb: int | None = None
+    last_edited: datetime | None = None
+    bup_last_save: Mapping[str, datetime] = field(default_factory=dict)
+    deleted: bool = False
+
+    @property
+    def locations(self) -> tuple[str, ...]:
+        """Every server that should hold the project: the master first."""
+        return (self.master, *[r for r in self.replicas if r != self.master])
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Servers and projects, from whichever source; ``stale`` when it came from the cache."""
+
+    servers: Mapping[str, Server]
+    projects: Mapping[str, Project]
+    source: str = "file"
+    stale: bool = False
+    loaded_at: float = 0.0
+
+    def projects_on(self, server_id: str) -> list[Project]:
+        return [p for p in self.projects.values() if server_id in p.locations]
+
+
+# ---------------------------------------------------------------- facts from hosts
+
+T = TypeVar("T")
+
+
+def _get(rec: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], default: Any = None) -> Any:
+    value = rec.get(key, default)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and kind is not bool and kind != (bool,):
+        raise ProbeError(f"probe record {rec.get('type')!r}: field {key!r} is a bool, not {kind}")
+    if not isinstance(value, kind):
+        raise ProbeError(
+            f"probe record {rec.get('type')!r}: field {key!r} has the wrong type "
+            f"({type(value).__name__})"
+        )
+    return value
+
+
+def _bad_idx_text(entry: Any) -> str:
+    if isinstance(entry, dict):
+        return f"{entry.get('name', '?')}: {entry.get('reason', '?')}"
+    return str(entry)
+
+
+@dataclass(frozen=True, slots=True)
+class MountFacts:
+    """What the host's mount table says about one path (``/projects``, ``/bup/bups``)."""
+
+    path: str
+    exists: bool
+    is_mount_point: bool
+    mount_point: str | None
+    source: str | None
+    fstype: str | None
+    read_only: bool
+    bytes_total: int | None = None
+    bytes_free: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> MountFacts:
+        return cls(
+            path=_get(rec, "path", str, ""),
+            exists=_get(rec, "exists", bool, False),
+            is_mount_point=_get(rec, "is_mount_point", bool, False),
+            mount_point=_get(rec, "mount_point", str),
+            source=_get(rec, "source", str),
+            fstype=_get(rec, "fstype", str),
+            read_only=_get(rec, "read_only", bool, False),
+            bytes_total=_get(rec, "bytes_total", int),
+            bytes_free=_get(rec, "bytes_free", int),
+            error=_get(rec, "error", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFacts:
+    """Whether the ``bup_server`` process runs on the host, and where it listens."""
+
+    name: str
+    pids: tuple[int, ...]
+    listen: tuple[tuple[str, int], ...]
+
+    @property
+    def running(self) -> bool:
+        return bool(self.pids)
+
+    @property
+    def ports(self) -> set[int]:
+        return {port for _, port in self.listen}
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> ProcessFacts:
+        pids = _get(rec, "pids", list, [])
+        listen = _get(rec, "listen", list, [])
+        try:
+            return cls(
+                name=_get(rec, "name", str, ""),
+                pids=tuple(int(p) for p in pids),
+                listen=tuple((str(a), int(p)) for a, p in listen),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ProbeError(f"probe record 'process' is malformed: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoFacts:
+    """The cheap facts of one bup repository, read in one pass by the probe."""
+
+    project_id: str
+    path: str
+    is_symlink: bool = False
+    head: str | None = None
+    master_sha: str | None = None
+    master_error: str | None = None
+    master_in_pack: bool | None = None
+    pack_count: int = 0
+    idx_without_pack: int = 0
+    bad_idx: tuple[str, ...] = ()
+    midx_count: int = 0
+    tmp_count: int = 0
+    bupindex_bytes: int | None = None
+    repo_bytes: int = 0
+    reflog_last_time: int | None = None
+    save_log_bytes: int | None = None
+    save_log_is_symlink: bool = False
+    touch_mtime: float | None = None
+    replicas: tuple[str, ...] | None = None
+    replicas_error: str | None = None
+    settings: Mapping[str, Any] | None = None
+    symlinks_outside: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> RepoFacts:
+        project_id = _get(rec, "project_id", str, "")
+        if not is_v4_uuid(project_id):
+            raise ProbeError(f"probe reported a repository with a bad project id {project_id!r}")
+        replicas = _get(rec, "replicas", list)
+        return cls(
+            project_id=project_id.lower(),
+            path=_get(rec, "path", str, ""),
+            is_symlink=_get(rec, "is_symlink", bool, False),
+            head=_get(rec, "head", str),
+            master_sha=_get(rec, "master_sha", str),
+            master_error=_get(rec, "master_error", str),
+            master_in_pack=_get(rec, "master_in_pack", bool),
+            pack_count=_get(rec, "pack_count", int, 0),
+            idx_without_pack=_get(rec, "idx_without_pack", int, 0),
+            bad_idx=tuple(_bad_idx_text(x) for x in _get(rec, "bad_idx", list, [])),
+            midx_count=_get(rec, "midx_count", int, 0),
+            tmp_count=_get(rec, "tmp_count", int, 0),
+            bupindex_bytes=_get(rec, "bupindex_bytes", int),
+            repo_bytes=_get(rec, "repo_bytes", int, 0),
+            reflog_last_time=_get(rec, "reflog_last_time", int),
+            save_log_bytes=_get(rec, "save_log_bytes", int),
+            save_log_is_symlink=_get(rec, "save_log_is_symlink", bool, False),
+            touch_mtime=_get(rec, "touch_mtime", float),
+            replicas=None if replicas is None else tuple(str(x) for x in replicas),
+            replicas_error=_get(rec, "replicas_error", str),
+            settings=_get(rec, "settings", dict),
+            symlinks_outside=tuple(str(x) for x in _get(rec, "symlinks_outside", list, [])),
+            errors=tuple(str(x) for x in _get(rec, "errors", list, [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDirFacts:
+    """The top of a project's live directory under ``/projects`` (lstat only)."""
+
+    project_id: str
+    is_symlink: bool
+    uid: int | None
+    gid: int | None
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> ProjectDirFacts:
+        project_id = _get(rec, "project_id", str, "")
+        if not is_v4_uuid(project_id):
+            raise ProbeError(f"probe reported a project directory with a bad id {project_id!r}")
+        return cls(
+            project_id=project_id.lower(),
+            is_symlink=_get(rec, "is_symlink", bool, False),
+            uid=_get(rec, "uid", int),
+            gid=_get(rec, "gid", int),
+        )
+
+
+class GatherFailure(enum.Enum):
+    """Why a host's facts are missing or incomplete."""
+
+    UNREACHABLE = "unreachable"
+    HOST_KEY = "host_key"
+    TIMEOUT = "timeout"
+    GARBAGE = "garbage"
+    TRUNCATED = "truncated"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProbe:
+    """The watchdog's own TCP connect to the ``bup_server`` address from the inventory."""
+
+    address: str
+    port: int
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class HostFacts:
+    """Everything one sweep learned about one host (possibly only why it learned nothing)."""
+
+    server_id: str
+    gathered_at: float
+    duration_seconds: float = 0.0
+    failure: GatherFailure | None = None
+    failure_message: str | None = None
+    complete: bool = False
+    hello: dict[str, Any] = field(default_factory=dict)
+    mounts: dict[str, MountFacts] = field(default_factory=dict)
+    process: ProcessFacts | None = None
+    repos: dict[str, RepoFacts] = field(default_factory=dict)
+    project_dirs: dict[str, ProjectDirFacts] = field(default_factory=dict)
+    strays: list[dict[str, Any]] = field(default_factory=list)
+    bup_server_tcp: TcpProbe | None = None
+    ssh_sessions: int = 0
+
+    @property
+    def probed(self) -> bool:
+        """True when the probe's facts are present and complete."""
+        return self.failure is None and self.complete
+
+
+# ---------------------------------------------------------------- findings
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem a check found: what, where, how bad, and a sentence for the operator."""
+
+    check: str
+    server_id: str
+    severity: Severity
+    message: str
+    project_id: str | None = None
+    value: float | None = None
+    code: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        """The thing the finding is about: a server, or a project on a server."""
+        return f"{self.server_id}/{self.project_id}" if self.project_id else self.server_id
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "code": self.code,
+            "target": self.target,
+            "server_id": self.server_id,
+            "project_id": self.project_id,
+            "severity": self.severity.label,
+            "value": self.value,
+            "message": self.message,
+            "details": dict(self.details),
+        }

@@ -1,0 +1,78 @@
+"""How sweep results look on a terminal (a table) or to a script (JSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from watchdog.model import Severity
+from watchdog.sweep import SweepResult
+
+_STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.UNKNOWN: "magenta"}
+
+
+def result_as_dict(result: SweepResult) -> dict[str, Any]:
+    """The sweep as JSON-ready data: summary, per-host status, findings."""
+    servers = result.inventory.servers
+    return {
+        "status": result.worst.label,
+        "exit_code": int(result.worst),
+        "started": result.started,
+        "seconds": round(result.seconds, 3),
+        "ssh_sessions": result.ssh_sessions,
+        "inventory": {"source": result.inventory.source, "stale": result.inventory.stale},
+        "hosts": {
+            sid: {
+                "name": servers[sid].label if sid in servers else sid,
+                "probed": f.probed,
+                "failure": f.failure.value if f.failure else None,
+                "repos": len(f.repos),
+                "seconds": round(f.duration_seconds, 3),
+                "ssh_sessions": f.ssh_sessions,
+            }
+            for sid, f in sorted(result.facts.items())
+        },
+        "checks": {
+            name: {"seconds": round(run.seconds, 4), "findings": run.findings, "error": run.error}
+            for name, run in sorted(result.checks.items())
+        },
+        "findings": [f.as_dict() for f in result.findings],
+    }
+
+
+def print_json(result: SweepResult, console: Console) -> None:
+    console.print_json(json.dumps(result_as_dict(result)), highlight=False)
+
+
+def print_table(result: SweepResult, console: Console) -> None:
+    """Findings as a table, then a one-line summary an operator can read at a glance."""
+    servers = result.inventory.servers
+    if result.findings:
+        table = Table(title="Findings", title_justify="left", expand=False)
+        for col in ("severity", "check", "server", "project", "message"):
+            table.add_column(col, overflow="fold")
+        for f in result.findings:
+            server = servers.get(f.server_id)
+            table.add_row(
+                f"[{_STYLE.get(f.severity, '')}]{f.severity.label}[/]",
+                f.check + (f"/{f.code}" if f.code else ""),
+                server.label if server else f.server_id,
+                f.project_id or "",
+                f.message,
+            )
+        console.print(table)
+    for name, run in sorted(result.checks.items()):
+        if run.error:
+            console.print(f"[magenta]check {name} failed: {run.error}[/]")
+    counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
+    hosts = len(result.facts)
+    probed = sum(1 for f in result.facts.values() if f.probed)
+    repos = sum(len(f.repos) for f in result.facts.values())
+    console.print(
+        f"{result.worst.label.upper()}: {counts[Severity.CRITICAL]} critical, "
+        f"{counts[Severity.WARNING]} warning; {probed}/{hosts} hosts probed, {repos} repositories, "
+        f"{result.ssh_sessions} SSH sessions, {result.seconds:.2f} s"
+    )

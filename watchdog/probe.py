@@ -1,0 +1,995 @@
+"""Walk one storage host once and print its facts (mounts, bup_server, repos) as JSON lines.
+Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH session per host.
+"""
+# Output, one ``json.dumps(record, sort_keys=True)`` per line, in this order: ``hello``, two
+# ``mount`` records (PROJECTS_ROOT, BUP_ROOT/bups), ``process``, one ``repo`` or ``stray`` per
+# entry of BUP_ROOT/bups (sorted by name), one ``project_dir`` or ``stray`` per entry of
+# PROJECTS_ROOT, and ``done`` last (a stream without ``done`` is truncated).
+#
+# Rules kept everywhere: no symlink is followed out of a repository (files are opened with
+# O_NOFOLLOW below directories the walk saw as real directories), nothing is written, no
+# subprocess is run, every file read is capped, and a problem in one repository becomes a field
+# or an ``errors`` entry in that repository's record instead of stopping the walk.
+#
+# Text read from files is decoded as UTF-8 with ``replace``; file names are decoded with
+# os.fsdecode (surrogateescape), so odd bytes come out as \udcXX escapes in the JSON and the
+# original bytes can be rebuilt with os.fsencode.
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import platform
+import re
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+PROBE_VERSION = 1
+
+UUID4_RE = re.compile(
+    rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.IGNORECASE
+)
+SHA_RE = re.compile(r"[0-9a-f]{40}")
+
+MAX_JSON_BYTES = 1 << 20  # conf/*.json files
+MAX_SMALL_BYTES = 64 << 10  # HEAD, refs, bup_server_id
+MAX_PACKED_REFS_BYTES = 16 << 20
+MAX_REFLOG_COUNT_BYTES = 16 << 20  # newlines are counted up to this size, only the tail beyond
+REFLOG_TAIL_BYTES = 64 << 10
+MAX_BAD_IDX = 20
+FLUSH_EVERY = 500
+
+IDX_MAGIC = b"\377tOc"
+IDX_HEADER_BYTES = 8 + 256 * 4
+IDX_TRAILER_BYTES = 40  # pack checksum + index checksum
+IDX_BYTES_PER_OBJECT = 20 + 4 + 4  # sha, crc32, 32-bit offset
+
+BUPINDEX_FILES = ("bupindex", "bupindex.meta", "bupindex.hlink")
+# Directories whose being a symlink is worth an explicit error (the walk never follows them).
+KEY_DIRS = ("objects", "objects/pack", "refs", "refs/heads", "logs", "logs/refs", "conf")
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+# --------------------------------------------------------------------------------------------
+# Pack index (.idx version 2)
+# --------------------------------------------------------------------------------------------
+
+
+def _idx_fanout(fd: int, size: int) -> tuple[int, ...]:
+    """Read and check the header of an open v2 .idx; return its 256-entry fanout table."""
+    if size < IDX_HEADER_BYTES + IDX_TRAILER_BYTES:
+        raise ValueError(f"truncated: {size} bytes is too short for a pack index")
+    head = os.pread(fd, IDX_HEADER_BYTES, 0)
+    if len(head) < IDX_HEADER_BYTES:
+        raise ValueError("truncated while reading the header")
+    if head[:4] != IDX_MAGIC:
+        raise ValueError("bad magic: not a version 2 pack index")
+    version = struct.unpack(">I", head[4:8])[0]
+    if version != 2:
+        raise ValueError(f"unsupported pack index version {version}")
+    fanout: tuple[int, ...] = struct.unpack(">256I", head[8:])
+    if list(fanout) != sorted(fanout):
+        raise ValueError("fanout table is not monotonic")
+    count = fanout[255]
+    need = IDX_HEADER_BYTES + count * IDX_BYTES_PER_OBJECT + IDX_TRAILER_BYTES
+    if size < need:
+        raise ValueError(f"truncated: {size} bytes, but {count} objects need at least {need}")
+    extra = size - need
+    if extra % 8 or extra // 8 > count:
+        raise ValueError(f"size {size} does not match {count} objects")
+    return fanout
+
+
+def _idx_contains(fd: int, fanout: tuple[int, ...], sha: bytes) -> bool:
+    """Binary search for a 20-byte sha in the sha table of an open, checked v2 .idx."""
+    first = sha[0]
+    lo = fanout[first - 1] if first else 0
+    hi = fanout[first]
+    if hi <= lo:
+        return False
+    table = os.pread(fd, (hi - lo) * 20, IDX_HEADER_BYTES + lo * 20)
+    n = hi - lo
+    if len(table) != n * 20:
+        raise ValueError("truncated while reading the sha table")
+    if table[0] != first or table[-20] != first:
+        raise ValueError("sha table does not agree with the fanout table")
+    a, b = 0, n
+    while a < b:
+        mid = (a + b) // 2
+        entry = table[mid * 20 : mid * 20 + 20]
+        if entry < sha:
+            a = mid + 1
+        elif entry > sha:
+            b = mid
+        else:
+            return True
+    return False
+
+
+def _open_regular(path: str | bytes) -> tuple[int, int]:
+    """Open a regular file without following a final symlink; return (fd, size)."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _sha_bytes(sha_hex: str) -> bytes:
+    if not SHA_RE.fullmatch(sha_hex):
+        raise ValueError(f"not a 40-digit lowercase hex sha: {sha_hex!r}")
+    return bytes.fromhex(sha_hex)
+
+
+def sha_in_idx(idx_path: str | bytes, sha_hex: str) -> bool:
+    """Whether the v2 pack index at idx_path lists sha_hex (fanout + binary search).
+
+    Raises ValueError with a plain message for a bad magic, version or size, and OSError when the
+    file cannot be opened.
+    """
+    sha = _sha_bytes(sha_hex)
+    fd, size = _open_regular(idx_path)
+    try:
+        return _idx_contains(fd, _idx_fanout(fd, size), sha)
+    finally:
+        os.close(fd)
+
+
+def read_idx_shas(path: str | bytes) -> list[str]:
+    """Every sha (40-hex, in index order) of the v2 pack index at path; ValueError if bad."""
+    fd, size = _open_regular(path)
+    try:
+        fanout = _idx_fanout(fd, size)
+        count = fanout[255]
+        table = os.pread(fd, count * 20, IDX_HEADER_BYTES)
+    finally:
+        os.close(fd)
+    if len(table) != count * 20:
+        raise ValueError("truncated while reading the sha table")
+    shas = [table[i : i + 20] for i in range(0, count * 20, 20)]
+    for i in range(1, count):
+        if shas[i - 1] >= shas[i]:
+            raise ValueError(f"sha table is not sorted at entry {i}")
+    return [s.hex() for s in shas]
+
+
+# --------------------------------------------------------------------------------------------
+# Mounts
+# --------------------------------------------------------------------------------------------
+
+_OCTAL_RE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field: bytes) -> str:
+    raw = _OCTAL_RE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
+    return os.fsdecode(raw)
+
+
+def parse_mountinfo(text: str | bytes) -> list[dict[str, Any]]:
+    """Parse /proc/PID/mountinfo text; octal escapes such as ``\\040`` are decoded.
+
+    Each mount is a dict with mount_id, parent_id, major_minor, root, mount_point, options
+    (list), optional (list), fstype, source and super_options (list). Malformed lines are skipped.
+    """
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    mounts: list[dict[str, Any]] = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        try:
+            sep = fields.index(b"-", 6)
+        except ValueError:
+            continue
+        if len(fields) < sep + 3:
+            continue
+        try:
+            mount_id, parent_id = int(fields[0]), int(fields[1])
+        except ValueError:
+            continue
+        super_options = fields[sep + 3] if len(fields) > sep + 3 else b""
+        mounts.append(
+            {
+                "mount_id": mount_id,
+                "parent_id": parent_id,
+                "major_minor": _unescape(fields[2]),
+                "root": _unescape(fields[3]),
+                "mount_point": _unescape(fields[4]),
+                "options": _unescape(fields[5]).split(","),
+                "optional": [_unescape(f) for f in fields[6:sep]],
+                "fstype": _unescape(fields[sep + 1]),
+                "source": _unescape(fields[sep + 2]),
+                "super_options": [o for o in _unescape(super_options).split(",") if o],
+            }
+        )
+    return mounts
+
+
+def _contains(mount_point: str, path: str) -> bool:
+    if mount_point == "/":
+        return path.startswith("/")
+    return path == mount_point or path.startswith(mount_point + "/")
+
+
+def mount_facts(path: str, mounts: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The mount record for path, given parse_mountinfo() output (None: mountinfo unreadable)."""
+    real = os.path.realpath(path)
+    rec: dict[str, Any] = {
+        "type": "mount",
+        "path": path,
+        "real_path": real,
+        "exists": os.path.exists(path),
+        "is_mount_point": False,
+        "mount_point": None,
+        "source": None,
+        "fstype": None,
+        "root": None,
+        "read_only": None,
+        "options": [],
+        "super_options": [],
+        "bytes_total": None,
+        "bytes_free": None,
+        "inodes_free": None,
+        "error": None,
+    }
+    problems: list[str] = []
+    if mounts is None:
+        problems.append("/proc/self/mountinfo is unreadable")
+    else:
+        best: dict[str, Any] | None = None
+        for m in mounts:
+            mp = m["mount_point"]
+            if mp == real:
+                rec["is_mount_point"] = True
+            # Later lines are mounted on top of earlier ones at the same point: ">=" keeps the last.
+            if _contains(mp, real) and (best is None or len(mp) >= len(best["mount_point"])):
+                best = m
+        if best is not None:
+            rec["mount_point"] = best["mount_point"]
+            rec["source"] = best["source"]
+            rec["fstype"] = best["fstype"]
+            rec["root"] = best["root"]
+            rec["options"] = list(best["options"])
+            rec["super_options"] = list(best["super_options"])
+            rec["read_only"] = "ro" in best["options"] or "ro" in best["super_options"]
+    if rec["exists"]:
+        try:
+            vfs = os.statvfs(path)
+        except OSError as e:
+            problems.append(f"statvfs failed: {e.strerror}")
+        else:
+            rec["bytes_total"] = vfs.f_blocks * vfs.f_frsize
+            rec["bytes_free"] = vfs.f_bavail * vfs.f_frsize
+            rec["inodes_free"] = vfs.f_favail
+    rec["error"] = "; ".join(problems) or None
+    return rec
+
+
+def read_mounts(path: str = "/proc/self/mountinfo") -> list[dict[str, Any]] | None:
+    """parse_mountinfo() of this process's mount table, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return parse_mountinfo(f.read())
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The bup_server process and its listening sockets
+# --------------------------------------------------------------------------------------------
+
+
+def decode_proc_net_address(hex_addr: str) -> tuple[str, int]:
+    """Decode a /proc/net/tcp{,6} ``ADDR:PORT`` field (address words in host byte order)."""
+    addr_hex, _, port_hex = hex_addr.partition(":")
+    port = int(port_hex, 16)
+    if len(addr_hex) == 8:
+        return socket.inet_ntop(socket.AF_INET, struct.pack("=I", int(addr_hex, 16))), port
+    if len(addr_hex) == 32:
+        words = [int(addr_hex[i : i + 8], 16) for i in range(0, 32, 8)]
+        return socket.inet_ntop(socket.AF_INET6, struct.pack("=4I", *words)), port
+    raise ValueError(f"unexpected address {hex_addr!r}")
+
+
+def _listening(inodes: set[str], proc: str) -> list[list[Any]]:
+    found: set[tuple[str, int]] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/net/{table}", encoding="ascii", errors="replace") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:
+                continue
+            try:
+                found.add(decode_proc_net_address(fields[1]))
+            except ValueError:
+                continue
+    return [[addr, port] for addr, port in sorted(found)]
+
+
+def _ancestors(proc: str) -> set[int]:
+    """This process and its ancestors: none of them is the server, whatever their argv says."""
+    seen: set[int] = set()
+    pid = os.getpid()
+    while pid > 0 and pid not in seen:
+        seen.add(pid)
+        try:
+            with open(f"{proc}/{pid}/stat", "rb") as f:
+                tail = f.read(4096).rpartition(b")")[2].split()
+            pid = int(tail[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return seen
+
+
+def process_facts(name: str, proc: str = "/proc") -> dict[str, Any]:
+    """Processes of this mount namespace with an argv element whose basename is name."""
+    want = os.fsencode(name)
+    skip = _ancestors(proc)
+    try:
+        my_ns: str | None = os.readlink(f"{proc}/self/ns/mnt")
+    except OSError:
+        my_ns = None
+    pids: list[int] = []
+    inodes: set[str] = set()
+    try:
+        entries = [e.name for e in os.scandir(proc) if e.name.isascii() and e.name.isdigit()]
+    except OSError:
+        entries = []
+    for entry in entries:
+        pid = int(entry)
+        if pid in skip:
+            continue
+        try:
+            with open(f"{proc}/{pid}/cmdline", "rb") as f:
+                raw = f.read(1 << 16)
+        except OSError:
+            continue
+        if not raw or want not in raw:
+            continue
+        if not any(os.path.basename(arg) == want for arg in raw.split(b"\0")):
+            continue
+        if my_ns is not None:
+            try:
+                if os.readlink(f"{proc}/{pid}/ns/mnt") != my_ns:
+                    continue
+            except OSError:
+                continue
+        pids.append(pid)
+        try:
+            fds = os.listdir(f"{proc}/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{proc}/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target.endswith("]"):
+                inodes.add(target[8:-1])
+    return {
+        "type": "process",
+        "name": name,
+        "pids": sorted(pids),
+        "listen": _listening(inodes, proc) if inodes else [],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# One repository
+# --------------------------------------------------------------------------------------------
+
+
+class _Walk:
+    """What one non-following walk of a repository saw, by repo-relative path."""
+
+    __slots__ = ("dirs", "errors", "files", "links", "listed", "others", "unlisted")
+
+    def __init__(self) -> None:
+        self.files: dict[str, os.stat_result] = {}  # regular files, lstat
+        self.links: dict[str, str] = {}  # symlinks: rel -> absolute path of the link
+        self.dirs: set[str] = {""}
+        self.others: set[str] = set()  # fifos, sockets, devices
+        self.unlisted: set[str] = set()  # real directories that could not be listed
+        self.listed: dict[str, list[str]] = {}  # names in "", objects, objects/pack
+        self.errors: list[str] = []
+
+
+_LISTED_DIRS = frozenset(("", "objects", "objects/pack"))
+
+
+def _walk(root: str) -> _Walk:
+    w = _Walk()
+    stack = [("", root)]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            it = os.scandir(path)
+        except OSError as e:
+            w.unlisted.add(rel)
+            w.errors.append(f"cannot list {rel or '.'}: {e.strerror}")
+            continue
+        names: list[str] | None = [] if rel in _LISTED_DIRS else None
+        prefix = rel + "/" if rel else ""
+        with it:
+            for entry in it:
+                name = entry.name
+                r = prefix + name
+                if names is not None:
+                    names.append(name)
+                try:
+                    if entry.is_symlink():
+                        w.links[r] = entry.path
+                    elif entry.is_dir(follow_symlinks=False):
+                        w.dirs.add(r)
+                        stack.append((r, entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        w.files[r] = entry.stat(follow_symlinks=False)
+                    else:
+                        w.others.add(r)
+                except OSError as e:  # vanished while walking
+                    w.errors.append(f"cannot stat {r}: {e.strerror}")
+        if names is not None:
+            w.listed[rel] = names
+    return w
+
+
+class _FileProblem(Exception):
+    """A sentence about why a repository file could not be read."""
+
+
+def _read_in_repo(root: str, w: _Walk, rel: str, cap: int) -> bytes | None:
+    """Content of repo file rel (None: missing), reading at most cap bytes.
+
+    Only opens paths below directories the walk saw as real directories, with O_NOFOLLOW, so no
+    symlink is followed. Raises _FileProblem with a sentence for anything but a readable file.
+    """
+    parent = rel.rpartition("/")[0]
+    if parent not in w.dirs:
+        if parent in w.links:
+            raise _FileProblem(f"{rel} is below {parent}, a symlink; not followed")
+        return None
+    if rel in w.links:
+        raise _FileProblem(f"{rel} is a symlink; not followed")
+    if rel in w.dirs or rel in w.others:
+        raise _FileProblem(f"{rel} is not a regular file")
+    if rel not in w.files and parent not in w.unlisted:
+        return None
+    try:
+        fd, size = _open_regular(os.path.join(root, rel))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise _FileProblem(f"{rel} is not a regular file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _FileProblem(f"{rel} is a symlink; not followed") from None
+        raise _FileProblem(f"{rel} is unreadable: {e.strerror}") from None
+    try:
+        if size > cap:
+            raise _FileProblem(f"{rel} is larger than {cap} bytes ({size})")
+        chunks: list[bytes] = []
+        got = 0
+        while got <= cap:
+            chunk = os.read(fd, cap + 1 - got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > cap:
+            raise _FileProblem(f"{rel} is larger than {cap} bytes")
+        return b"".join(chunks)
+    except OSError as e:
+        raise _FileProblem(f"{rel} is unreadable: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _read_json(root: str, w: _Walk, rel: str, kind: type) -> tuple[Any, str | None]:
+    """(value, error) for a capped JSON file that must hold a value of the given kind."""
+    try:
+        data = _read_in_repo(root, w, rel, MAX_JSON_BYTES)
+    except _FileProblem as e:
+        return None, str(e)
+    if data is None:
+        return None, f"{rel} is missing"
+    try:
+        value = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        return None, f"{rel} is not valid JSON: {e}"
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, f"{rel} is not a JSON list of strings"
+    elif not isinstance(value, kind):
+        return None, f"{rel} is not a JSON {kind.__name__}"
+    return value, None
+
+
+def _master_ref(root: str, w: _Walk, rec: dict[str, Any]) -> None:
+    rel = "refs/heads/master"
+    try:
+        data = _read_in_repo(root, w, rel, MAX_SMALL_BYTES)
+    except _FileProblem as e:
+        rec["master_error"] = str(e)
+        return
+    if data is not None:
+        sha = _text(data).strip()
+        if SHA_RE.fullmatch(sha):
+            rec["master_sha"] = sha
+            rec["master_source"] = "loose"
+        else:
+            rec["master_error"] = f"{rel} does not hold a sha"
+        return
+    try:
+        packed = _read_in_repo(root, w, "packed-refs", MAX_PACKED_REFS_BYTES)
+    except _FileProblem as e:
+        rec["errors"].append(str(e))
+        packed = None
+    for line in (packed or b"").split(b"\n"):
+        if line.startswith((b"#", b"^")):
+            continue
+        sha_b, _, name = line.strip().partition(b" ")
+        if name == b"refs/heads/master":
+            sha = _text(sha_b)
+            if SHA_RE.fullmatch(sha):
+                rec["master_sha"] = sha
+                rec["master_source"] = "packed"
+            else:
+                rec["master_error"] = "packed-refs entry for refs/heads/master does not hold a sha"
+            return
+    rec["master_error"] = f"{rel} is missing"
+
+
+def _packs(root: str, w: _Walk, rec: dict[str, Any], max_bad: int) -> None:
+    names = w.listed.get("objects/pack", [])
+    packs: set[str] = set()
+    idxs: list[str] = []
+    midx = 0
+    tmp = 0
+    for name in names:
+        rel = "objects/pack/" + name
+        if "tmp" in name:
+            tmp += 1
+        if rel not in w.files:
+            continue
+        if name.endswith(".pack"):
+            packs.add(name[:-5])
+        elif name.endswith(".idx"):
+            idxs.append(name)
+        elif name.endswith(".midx"):
+            midx += 1
+    for name in w.listed.get("objects", []):
+        if "tmp" in name:
+            tmp += 1
+    for name in w.listed.get("", []):
+        if name.endswith(".midx") and name in w.files:
+            midx += 1
+    rec["pack_count"] = len(packs)
+    rec["idx_count"] = len(idxs)
+    rec["midx_count"] = midx
+    rec["tmp_count"] = tmp
+    usable = [n for n in idxs if n[:-4] in packs]
+    rec["idx_without_pack"] = len(idxs) - len(usable)
+    # Newest pack first: the newest commit is almost always in it, so the search stops early.
+    usable.sort(key=lambda n: (-w.files["objects/pack/" + n[:-4] + ".pack"].st_mtime, n))
+
+    sha_hex = rec["master_sha"]
+    sha = bytes.fromhex(sha_hex) if sha_hex else None
+    found = False
+    bad: list[dict[str, str]] = []
+    bad_count = 0
+    for name in usable:
+        path = os.path.join(root, "objects", "pack", name)
+        try:
+            fd, size = _open_regular(path)
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            bad_count += 1
+            if len(bad) < max_bad:
+                bad.append({"name": name, "reason": f"cannot open: {reason}"})
+            continue
+        try:
+            fanout = _idx_fanout(fd, size)
+            if sha is not None and not found:
+                found = _idx_contains(fd, fanout, sha)
+        except (OSError, ValueError) as e:
+            bad_count += 1
+            if len(bad) < max_bad:
+                reason = e.strerror if isinstance(e, OSError) else str(e)
+                bad.append({"name": name, "reason": str(reason)})
+        finally:
+            os.close(fd)
+    rec["bad_idx"] = bad
+    rec["bad_idx_count"] = bad_count
+    if sha_hex is not None:
+        if found:
+            rec["master_in_pack"] = True
+            rec["master_object_where"] = "pack"
+        elif f"objects/{sha_hex[:2]}/{sha_hex[2:]}" in w.files:
+            rec["master_in_pack"] = True
+            rec["master_object_where"] = "loose"
+        else:
+            rec["master_in_pack"] = False
+
+
+def _reflog(root: str, w: _Walk, rec: dict[str, Any]) -> None:
+    rel = "logs/refs/heads/master"
+    parent = "logs/refs/heads"
+    if rel in w.links:
+        rec["errors"].append(f"{rel} is a symlink; not followed")
+        return
+    if rel in w.dirs or rel in w.others:
+        rec["errors"].append(f"{rel} is not a regular file")
+        return
+    if rel not in w.files and parent not in w.unlisted:
+        return  # missing (or below something that is not a real directory)
+    try:
+        fd, size = _open_regular(os.path.join(root, rel))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        rec["errors"].append(f"{rel} is unreadable: {reason}")
+        return
+    try:
+        if size <= MAX_REFLOG_COUNT_BYTES:
+            data = os.pread(fd, size, 0)
+            lines = data.count(b"\n")
+            if data and not data.endswith(b"\n"):
+                lines += 1
+            rec["reflog_entries"] = lines
+            tail = data[-REFLOG_TAIL_BYTES:]
+        else:
+            rec["reflog_entries"] = None
+            tail = os.pread(fd, REFLOG_TAIL_BYTES, size - REFLOG_TAIL_BYTES)
+    except OSError as e:
+        rec["errors"].append(f"{rel} is unreadable: {e.strerror}")
+        return
+    finally:
+        os.close(fd)
+    last = next((ln for ln in reversed(tail.split(b"\n")) if ln.strip()), b"")
+    head = last.partition(b"\t")[0].rstrip()
+    parts = head.rsplit(b" ", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0].endswith(b">"):
+        return
+    shas = parts[0].split(b" ", 2)
+    if len(shas) < 3:
+        return
+    new = _text(shas[1])
+    if SHA_RE.fullmatch(new):
+        rec["reflog_last_sha"] = new
+    rec["reflog_last_time"] = int(parts[1])
+
+
+def _symlinks(root: str, w: _Walk, rec: dict[str, Any], cap: int) -> None:
+    if not w.links:
+        return
+    base = os.path.normpath(root)
+    real: str | None = None
+    outside: list[str] = []
+    count = 0
+    for rel in sorted(w.links):
+        path = w.links[rel]
+        try:
+            target = os.readlink(path)
+        except OSError as e:
+            rec["errors"].append(f"cannot read symlink {rel}: {e.strerror}")
+            continue
+        resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        inside = _contains(base, resolved)
+        if not inside and os.path.isabs(target):
+            if real is None:
+                real = os.path.realpath(root)
+            inside = _contains(real, resolved)
+        if not inside:
+            count += 1
+            if len(outside) < cap:
+                outside.append(rel)
+    rec["symlinks_outside"] = outside
+    rec["symlinks_outside_count"] = count
+    for rel in KEY_DIRS:
+        if rel in w.links:
+            rec["errors"].append(f"{rel} is a symlink; not followed")
+
+
+def empty_repo_record(project_id: str, path: str) -> dict[str, Any]:
+    """A repo record with every field present and nothing known."""
+    return {
+        "type": "repo",
+        "project_id": project_id.lower(),
+        "path": path,
+        "is_symlink": False,
+        "head": None,
+        "master_sha": None,
+        "master_source": None,
+        "master_error": None,
+        "master_in_pack": None,
+        "master_object_where": None,
+        "pack_count": 0,
+        "idx_count": 0,
+        "idx_without_pack": 0,
+        "bad_idx": [],
+        "bad_idx_count": 0,
+        "midx_count": 0,
+        "tmp_count": 0,
+        "bupindex_bytes": None,
+        "repo_bytes": None,
+        "file_count": None,
+        "reflog_last_time": None,
+        "reflog_last_sha": None,
+        "reflog_entries": 0,
+        "save_log_bytes": None,
+        "save_log_mtime": None,
+        "save_log_is_symlink": False,
+        "touch_mtime": None,
+        "replicas": None,
+        "replicas_error": None,
+        "settings": None,
+        "settings_error": None,
+        "symlinks_outside": [],
+        "symlinks_outside_count": 0,
+        "errors": [],
+    }
+
+
+def _fill_repo(root: str, rec: dict[str, Any], max_symlinks: int, max_bad_idx: int) -> None:
+    w = _walk(root)
+    rec["errors"].extend(w.errors)
+    if "" in w.unlisted:
+        return
+    rec["file_count"] = len(w.files)
+    rec["repo_bytes"] = sum(st.st_size for st in w.files.values())
+    sizes = [w.files[n].st_size for n in BUPINDEX_FILES if n in w.files]
+    rec["bupindex_bytes"] = sum(sizes) if sizes else None
+
+    try:
+        head = _read_in_repo(root, w, "HEAD", MAX_SMALL_BYTES)
+    except _FileProblem as e:
+        rec["errors"].append(str(e))
+    else:
+        rec["head"] = None if head is None else _text(head).strip()
+
+    _master_ref(root, w, rec)
+    _packs(root, w, rec, max_bad_idx)
+    _reflog(root, w, rec)
+
+    log = "conf/save_log.json"
+    if log in w.links:
+        rec["save_log_is_symlink"] = True
+    elif log in w.files:
+        rec["save_log_bytes"] = w.files[log].st_size
+        rec["save_log_mtime"] = w.files[log].st_mtime
+    elif log in w.dirs or log in w.others:
+        rec["errors"].append(f"{log} is not a regular file")
+
+    touch = "conf/touch"
+    if touch in w.files:
+        rec["touch_mtime"] = w.files[touch].st_mtime
+    elif touch in w.links:
+        rec["errors"].append(f"{touch} is a symlink; not followed")
+
+    rec["replicas"], rec["replicas_error"] = _read_json(root, w, "conf/replicas.json", list)
+    rec["settings"], rec["settings_error"] = _read_json(root, w, "conf/settings.json", dict)
+    _symlinks(root, w, rec, max_symlinks)
+
+
+def repo_facts(
+    repo_path: str,
+    project_id: str,
+    *,
+    max_symlinks: int = 20,
+    max_bad_idx: int = MAX_BAD_IDX,
+) -> dict[str, Any]:
+    """The repo record for the bup repository at repo_path; never raises."""
+    rec = empty_repo_record(project_id, repo_path)
+    try:
+        try:
+            st = os.lstat(repo_path)
+        except OSError as e:
+            rec["errors"].append(f"repository directory is unreadable: {e.strerror}")
+            return rec
+        if stat.S_ISLNK(st.st_mode):
+            rec["is_symlink"] = True
+            rec["errors"].append("repository directory is a symlink; not followed")
+            return rec
+        if not stat.S_ISDIR(st.st_mode):
+            rec["errors"].append("not a directory")
+            return rec
+        _fill_repo(repo_path, rec, max_symlinks, max_bad_idx)
+    except Exception as e:  # one bad repo must not stop the walk
+        rec["errors"].append(f"unexpected error: {type(e).__name__}: {e}")
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# The walk of a host
+# --------------------------------------------------------------------------------------------
+
+
+def _sorted_names(root: str) -> list[bytes]:
+    """Every entry name of root as bytes, sorted. Raises OSError."""
+    with os.scandir(os.fsencode(root)) as it:
+        return sorted(entry.name for entry in it)
+
+
+def _read_server_id(bup_root: str) -> str | None:
+    try:
+        fd, _size = _open_regular(os.path.join(bup_root, "conf", "bup_server_id"))
+    except (OSError, ValueError):
+        return None
+    try:
+        return _text(os.read(fd, MAX_SMALL_BYTES)).strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def iter_records(
+    bup_root: str = "/bup",
+    projects_root: str = "/projects",
+    process_name: str = "bup_server",
+    max_symlinks: int = 20,
+    max_strays: int = 100,
+) -> Iterator[dict[str, Any]]:
+    """Yield every record of one walk of this host, ``done`` last. Never raises."""
+    started = time.monotonic()
+    errors: list[str] = []
+    counts = {"repos": 0, "project_dirs": 0, "strays": 0}
+
+    yield {
+        "type": "hello",
+        "probe_version": PROBE_VERSION,
+        "hostname": socket.gethostname(),
+        "time": time.time(),
+        "server_id": _read_server_id(bup_root),
+        "bup_root": bup_root,
+        "projects_root": projects_root,
+        "python": platform.python_version(),
+    }
+    bups = os.path.join(bup_root, "bups")
+    mounts = read_mounts()
+    for path in (projects_root, bups):
+        try:
+            yield mount_facts(path, mounts)
+        except Exception as e:
+            errors.append(f"mount facts for {path}: {type(e).__name__}: {e}")
+    try:
+        yield process_facts(process_name)
+    except Exception as e:
+        errors.append(f"process facts: {type(e).__name__}: {e}")
+        yield {"type": "process", "name": process_name, "pids": [], "listen": []}
+
+    sections: list[tuple[str, str]] = [("bups", bups), ("projects", projects_root)]
+    for label, root in sections:
+        try:
+            entries = _sorted_names(root)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            errors.append(f"cannot list {root}: {e.strerror}")
+            continue
+        strays = 0
+        for name in entries:
+            try:
+                path = os.fsdecode(os.path.join(os.fsencode(root), name))
+                if not UUID4_RE.fullmatch(name):
+                    strays += 1
+                    counts["strays"] += 1
+                    if strays <= max_strays:
+                        yield {
+                            "type": "stray",
+                            "root": label,
+                            "name": os.fsdecode(name),
+                            "reason": "name is not a version-4 UUID",
+                        }
+                    continue
+                project_id = name.decode("ascii").lower()
+                if label == "bups":
+                    counts["repos"] += 1
+                    yield repo_facts(path, project_id, max_symlinks=max_symlinks)
+                else:
+                    counts["project_dirs"] += 1
+                    yield project_dir_facts(path, project_id)
+            except Exception as e:
+                errors.append(f"{label}/{name!r}: {type(e).__name__}: {e}")
+        if strays > max_strays:
+            yield {"type": "stray", "root": label, "truncated": strays - max_strays}
+
+    yield {
+        "type": "done",
+        **counts,
+        "errors": errors,
+        "elapsed_seconds": round(time.monotonic() - started, 6),
+    }
+
+
+def project_dir_facts(path: str, project_id: str) -> dict[str, Any]:
+    """The project_dir record for /projects/<project_id> (lstat only, never descends)."""
+    rec: dict[str, Any] = {
+        "type": "project_dir",
+        "project_id": project_id.lower(),
+        "path": path,
+        "is_symlink": False,
+        "is_dir": False,
+        "uid": None,
+        "gid": None,
+        "mtime": None,
+        "error": None,
+    }
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        rec["error"] = f"cannot lstat: {e.strerror}"
+        return rec
+    rec["is_symlink"] = stat.S_ISLNK(st.st_mode)
+    rec["is_dir"] = stat.S_ISDIR(st.st_mode)
+    rec["uid"] = st.st_uid
+    rec["gid"] = st.st_gid
+    rec["mtime"] = st.st_mtime
+    return rec
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="probe", description="Walk one bup storage host and print its facts as JSON lines."
+    )
+    parser.add_argument("--bup-root", default="/bup")
+    parser.add_argument("--projects-root", default="/projects")
+    parser.add_argument("--process-name", default="bup_server")
+    parser.add_argument("--max-symlinks", type=int, default=20)
+    parser.add_argument("--max-strays", type=int, default=100)
+    return parser.parse_args(argv)
+
+
+def write_records(records: Iterator[dict[str, Any]], out: IO[str]) -> None:
+    """One sorted-keys JSON line per record, flushed every FLUSH_EVERY lines and at the end."""
+    for n, rec in enumerate(records, 1):
+        out.write(json.dumps(rec, sort_keys=True) + "\n")
+        if n % FLUSH_EVERY == 0:
+            out.flush()
+    out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one walk with the command-line options; 0 when the stream was written in full."""
+    args = _parse_args(argv)
+    records = iter_records(
+        bup_root=args.bup_root,
+        projects_root=args.projects_root,
+        process_name=args.process_name,
+        max_symlinks=max(0, args.max_symlinks),
+        max_strays=max(0, args.max_strays),
+    )
+    try:
+        write_records(records, sys.stdout)
+    except BrokenPipeError:
+        # The reader went away: point stdout at /dev/null so the exit-time flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""One sweep: inventory -> gather (one probe per host) -> checks (pure) -> findings.
+
+Checks run only on the facts; a check that raises is recorded as a watchdog error for that check
+and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+
+from checks import registry
+from checks.base import Check, CheckSettings
+from watchdog.config import Config
+from watchdog.gather import gather
+from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CheckRun:
+    """How one check went in one sweep."""
+
+    name: str
+    seconds: float
+    findings: int
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class SweepResult:
+    """Everything one sweep produced."""
+
+    inventory: Inventory
+    facts: dict[str, HostFacts]
+    findings: list[Finding]
+    checks: dict[str, CheckRun]
+    started: float
+    seconds: float
+    ssh_sessions: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def worst(self) -> Severity:
+        """The Nagios status of the sweep: the worst finding, UNKNOWN if a check failed."""
+        worst = max((f.severity for f in self.findings), default=Severity.OK)
+        if any(c.error for c in self.checks.values()):
+            worst = max(worst, Severity.UNKNOWN)
+        return worst
+
+
+def select_servers(inventory: Inventory, wanted: Collection[str] = ()) -> list[Server]:
+    """Servers to sweep: all, or those named by id or name (unknown names raise ValueError)."""
+    if not wanted:
+        return sorted(inventory.servers.values(), key=lambda s: (s.dc, s.label))
+    by_key: dict[str, Server] = {}
+    for s in inventory.servers.values():
+        by_key[s.server_id] = s
+        if s.name:
+            by_key[s.name] = s
+    missing = [w for w in wanted if w not in by_key]
+    if missing:
+        raise ValueError(f"no such server in the inventory: {', '.join(missing)}")
+    return sorted({by_key[w].server_id: by_key[w] for w in wanted}.values(), key=lambda s: s.label)
+
+
+def run_checks(
+    facts: Mapping[str, HostFacts],
+    inventory: Inventory,
+    config: Config,
+    only: Collection[str] = (),
+    checks: Mapping[str, Check[CheckSettings]] | None = None,
+) -> tuple[list[Finding], dict[str, CheckRun]]:
+    """Run the enabled checks on gathered facts; a failing check is isolated and recorded."""
+    checks = registry() if checks is None else checks
+    findings: list[Finding] = []
+    runs: dict[str, CheckRun] = {}
+    for name, check in checks.items():
+        settings = config.check(name)
+        if (only and name not in only) or not settings.enabled:
+            continue
+        started = time.monotonic()
+        try:
+            found = list(check.evaluate(facts, inventory, settings))
+        except Exception as exc:
+            log.exception("check %s failed", name)
+            runs[name] = CheckRun(
+                name, time.monotonic() - started, 0, f"{type(exc).__name__}: {exc}"
+            )
+            continue
+        findings.extend(found)
+        runs[name] = CheckRun(name, time.monotonic() - started, len(found))
+    return findings, runs
+
+
+def sweep(
+    config: Config,
+    inventory: Inventory,
+    *,
+    only: Collection[str] = (),
+    servers: Collection[str] = (),
+    on_host_done: Callable[[Server, HostFacts], None] | None = None,
+) -> SweepResult:
+    """Gather every selected host once, then run the selected checks on what came back."""
+    started_wall = time.time()
+    started = time.monotonic()
+    chosen = select_servers(inventory, servers)
+    tcp_timeout = config.check("reachability").connect_timeout
+    facts = {
+        f.server_id: f
+        for f in gather(chosen, config.ssh, tcp_timeout=tcp_timeout, on_host_done=on_host_done)
+    }
+    findings, runs = run_checks(facts, inventory, config, only)
+    findings.sort(key=lambda f: (-f.severity, f.check, f.server_id, f.project_id or ""))
+    return SweepResult(
+        inventory=inventory,
+        facts=facts,
+        findings=findings,
+        checks=runs,
+        started=started_wall,
+        seconds=time.monotonic() - started,
+        ssh_sessions=sum(f.ssh_sessions for f in facts.values()),
+    )
