@@ -34,7 +34,9 @@ class MountSanity(Check[MountSanitySettings]):
     name = "mount_sanity"
     Settings = MountSanitySettings
 
-    def _problems(self, m: MountFacts, fstypes: list[str], source: str) -> Iterator[tuple[str, str]]:
+    def _problems(
+        self, m: MountFacts, fstypes: list[str], source: str
+    ) -> Iterator[tuple[str, str]]:
         if not m.exists:
             yield "missing", f"{m.path} does not exist"
             return

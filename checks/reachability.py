@@ -1,4 +1,4 @@
-"""reachability: can the watchdog reach the host, and does ``bup_server`` run where the inventory says?"""
+"""reachability: can we reach the host, and does ``bup_server`` run where the inventory says?"""
 
 from __future__ import annotations
 

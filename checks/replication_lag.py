@@ -19,9 +19,7 @@ class ReplicationLagSettings(CheckSettings):
     """replication_lag: how far behind the master a replica may fall."""
 
     warn_seconds: float = Field(3600, ge=0, description="Lag at which a replica is a warning.")
-    critical_seconds: float = Field(
-        86400, ge=0, description="Lag at which a replica is critical."
-    )
+    critical_seconds: float = Field(86400, ge=0, description="Lag at which a replica is critical.")
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicationLagSettings:
@@ -59,51 +57,54 @@ class ReplicationLag(Check[ReplicationLagSettings]):
                 if host is None or not host.probed:
                     continue
                 replica = host.repos.get(project.project_id)
-                base = {
-                    "check": self.name,
-                    "server_id": replica_id,
-                    "project_id": project.project_id,
-                }
+
+                def finding(
+                    severity: Severity, code: str, message: str, value: float | None = None
+                ) -> Finding:
+                    return Finding(
+                        check=self.name,
+                        server_id=replica_id,  # noqa: B023 - used at once, inside the loop
+                        project_id=project.project_id,  # noqa: B023
+                        severity=severity,
+                        code=code,
+                        message=message,
+                        value=value,
+                    )
+
                 if replica is None:
-                    yield Finding(
-                        **base,
-                        severity=Severity.CRITICAL,
-                        code="replica_missing",
-                        message="the replica's repository is missing",
+                    yield finding(
+                        Severity.CRITICAL, "replica_missing", "the replica's repository is missing"
                     )
                     continue
                 if replica.master_sha == master.master_sha:
                     continue
                 m_time, r_time = master.reflog_last_time, replica.reflog_last_time
                 if m_time is None or r_time is None:
-                    yield Finding(
-                        **base,
-                        severity=Severity.WARNING,
-                        code="differs",
-                        message=f"replica's master {replica.master_sha} differs from the "
+                    yield finding(
+                        Severity.WARNING,
+                        "differs",
+                        f"replica's master {replica.master_sha} differs from the "
                         f"master's {master.master_sha} and its age is unknown",
                     )
                     continue
                 lag = float(m_time - r_time)
                 if lag < 0:
-                    yield Finding(
-                        **base,
-                        severity=Severity.CRITICAL,
-                        code="replica_ahead",
-                        value=lag,
-                        message=f"the replica is {_age(-lag)} NEWER than the master: a "
+                    yield finding(
+                        Severity.CRITICAL,
+                        "replica_ahead",
+                        f"the replica is {_age(-lag)} NEWER than the master: a "
                         "conflict; replicating over it would destroy its saves",
+                        lag,
                     )
                 elif lag >= settings.warn_seconds:
                     critical = lag >= settings.critical_seconds
-                    yield Finding(
-                        **base,
-                        severity=Severity.CRITICAL if critical else Severity.WARNING,
-                        code="behind",
-                        value=lag,
-                        message=f"the replica is {_age(lag)} behind the master "
+                    yield finding(
+                        Severity.CRITICAL if critical else Severity.WARNING,
+                        "behind",
+                        f"the replica is {_age(lag)} behind the master "
                         f"(has {(replica.master_sha or '?')[:12]}, master has "
                         f"{master.master_sha[:12]})",
+                        lag,
                     )
 
 

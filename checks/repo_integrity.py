@@ -59,10 +59,10 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                         message=message,
                     )
         for project in sorted(inventory.projects.values(), key=lambda p: p.project_id):
-            host = facts.get(project.master)
-            if project.deleted or host is None or not host.probed:
+            master = facts.get(project.master)
+            if project.deleted or master is None or not master.probed:
                 continue
-            if project.project_id not in host.repos:
+            if project.project_id not in master.repos:
                 yield Finding(
                     check=self.name,
                     server_id=project.master,

@@ -16,9 +16,7 @@ class SaveLogSizeSettings(CheckSettings):
     """save_log_size: warn and critical sizes of a project's conf/save_log.json."""
 
     warn_bytes: int = Field(50 * MB, gt=0, description="Size at which a save log is a warning.")
-    critical_bytes: int = Field(
-        200 * MB, gt=0, description="Size at which a save log is critical."
-    )
+    critical_bytes: int = Field(200 * MB, gt=0, description="Size at which a save log is critical.")
 
     @model_validator(mode="after")
     def _ordered(self) -> SaveLogSizeSettings:
@@ -58,8 +56,7 @@ class SaveLogSize(Check[SaveLogSizeSettings]):
                     severity=Severity.CRITICAL if critical else Severity.WARNING,
                     code="too_large",
                     value=float(size),
-                    message=f"conf/save_log.json is {size / MB:.1f} MB "
-                    f"(limit {limit / MB:.0f} MB)",
+                    message=f"conf/save_log.json is {size / MB:.1f} MB (limit {limit / MB:.0f} MB)",
                 )
 
 

@@ -154,3 +154,6 @@ def config_example() -> None:
 from watchdog.demo import demo  # noqa: E402
 
 main.add_command(demo)
+
+if __name__ == "__main__":
+    main()

@@ -54,9 +54,14 @@ class SshConfig(Section):
         3.0, gt=0, le=120, description="Seconds allowed for the TCP connect to sshd."
     )
     banner_timeout: float = Field(
-        5.0, gt=0, le=120, description="Seconds allowed for sshd's banner (a frozen sshd hangs here)."
+        5.0,
+        gt=0,
+        le=120,
+        description="Seconds allowed for sshd's banner (a frozen sshd hangs here).",
     )
-    auth_timeout: float = Field(5.0, gt=0, le=120, description="Seconds allowed for authentication.")
+    auth_timeout: float = Field(
+        5.0, gt=0, le=120, description="Seconds allowed for authentication."
+    )
     command_timeout: float = Field(
         300.0,
         gt=0,

@@ -1,4 +1,4 @@
-"""``bup-watchdog demo``: build a sandbox fleet on this machine, sweep it, show and serve the results.
+"""``bup-watchdog demo``: build a sandbox fleet here, sweep it, show and serve the results.
 
 The sandbox is a handful of real sshd hosts in their own mount namespaces with real bup repositories
 and planted faults (see ``watchdog.sandbox.spec.demo_spec``). Everything is torn down at the end.

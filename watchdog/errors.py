@@ -6,7 +6,8 @@ from __future__ import annotations
 class WatchdogError(Exception):
     """Base of every error the watchdog raises on purpose.
 
-    ``permanent`` says whether retrying can help (a bad host key will not fix itself; a timeout may).
+    ``permanent`` says whether retrying can help (a bad host key will not fix itself; a
+    timeout may).
     """
 
     permanent: bool = False

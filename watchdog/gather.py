@@ -22,7 +22,6 @@ from watchdog.errors import (
     HostKeyError,
     HostUnreachable,
     ProbeError,
-    TransportError,
     WatchdogError,
 )
 from watchdog.model import (
@@ -161,7 +160,9 @@ def gather_host(
     except WatchdogError as exc:
         facts.failure = _failure_kind(exc)
         msg = str(exc)
-        facts.failure_message = msg if msg.startswith(transport.label) else f"{transport.label}: {msg}"
+        facts.failure_message = (
+            msg if msg.startswith(transport.label) else f"{transport.label}: {msg}"
+        )
         log.warning("gather %s: %s", server.label, facts.failure_message)
     except Exception as exc:  # a bug must not stop the sweep for the other hosts
         facts.failure = GatherFailure.ERROR

@@ -1,7 +1,8 @@
 """Prometheus metrics built at scrape time from the latest complete sweep.
 
 A custom collector (no import-time registration, registry injected): a scrape sees one whole sweep
-or the one before it, never half of one. Labels are bounded: per server and check, never per project.
+or the one before it, never half of one. Labels are bounded: per server and check, never per
+project.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class SweepCollector(Collector):
         g.add_metric([], float(r.ssh_sessions))
         yield g
         dur = GaugeMetricFamily(
-            PREFIX + "check_duration_seconds", "Time the check took in the last sweep.", labels=["check"]
+            PREFIX + "check_duration_seconds",
+            "Time the check took in the last sweep.",
+            labels=["check"],
         )
         ok = GaugeMetricFamily(
             PREFIX + "check_success",
@@ -102,7 +105,9 @@ class SweepCollector(Collector):
             PREFIX + "host_repositories", "bup repositories the probe found.", labels=labels
         )
         repo_bytes = GaugeMetricFamily(
-            PREFIX + "host_repository_bytes", "Total size of the host's bup repositories.", labels=labels
+            PREFIX + "host_repository_bytes",
+            "Total size of the host's bup repositories.",
+            labels=labels,
         )
         save_log = GaugeMetricFamily(
             PREFIX + "host_save_log_max_bytes",

@@ -123,7 +123,9 @@ class Inventory:
 T = TypeVar("T")
 
 
-def _get(rec: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], default: Any = None) -> Any:
+def _get(
+    rec: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], default: Any = None
+) -> Any:
     value = rec.get(key, default)
     if value is None:
         return default

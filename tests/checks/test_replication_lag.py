@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from support.facts import P1, S1, S2, SHA_A, SHA_B, host_facts, host_records, inventory, project, repo
+from support.facts import (
+    P1,
+    S1,
+    S2,
+    SHA_A,
+    SHA_B,
+    host_facts,
+    host_records,
+    inventory,
+    project,
+    repo,
+)
 
 from checks.replication_lag import check
 from watchdog.model import Finding, Severity

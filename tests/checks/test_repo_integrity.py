@@ -28,7 +28,9 @@ def test_a_master_commit_in_no_pack_is_critical() -> None:
 
 
 def test_an_unreadable_master_ref_is_reported_with_the_probes_sentence() -> None:
-    bad = repo(P1, master_sha=None, master_in_pack=None, master_error="refs/heads/master is missing")
+    bad = repo(
+        P1, master_sha=None, master_in_pack=None, master_error="refs/heads/master is missing"
+    )
     assert codes(bad) == {(P1, "master_unreadable")}
 
 

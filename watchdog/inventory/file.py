@@ -1,7 +1,7 @@
 """The embedded default inventory: servers and projects from a TOML or JSON file.
 
-Every entry is validated; a project id that is not a version-4 UUID is rejected with the entry named,
-before it can ever reach a path or a command.
+Every entry is validated; a project id that is not a version-4 UUID is rejected with the entry
+named, before it can ever reach a path or a command.
 """
 
 from __future__ import annotations
@@ -125,11 +125,18 @@ def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> In
     try:
         parsed = InventoryFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for e in exc.errors():
-            msg = "unknown key (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-            problems.append(f"At '{_entry_label(data, tuple(e['loc']))}': {msg}")
-        raise ConfigError(source, problems) from None
+        raise ConfigError(
+            source,
+            [
+                f"At '{_entry_label(data, tuple(e['loc']))}': "
+                + (
+                    "unknown key (check the spelling)"
+                    if e["type"] == "extra_forbidden"
+                    else e["msg"]
+                )
+                for e in exc.errors()
+            ],
+        ) from None
     problems: list[str] = []
     servers: dict[str, Server] = {}
     for i, s in enumerate(parsed.servers):
@@ -185,7 +192,9 @@ class FileInventory:
         try:
             raw = self.path.read_bytes()
         except OSError as exc:
-            raise ConfigError(str(self.path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+            raise ConfigError(
+                str(self.path), [f"cannot read the file: {exc.strerror or exc}"]
+            ) from None
         try:
             if self.path.suffix == ".json":
                 data = json.loads(raw)

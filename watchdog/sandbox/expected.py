@@ -28,7 +28,9 @@ class Expected:
         return f"{self.check}/{self.code} on {where}"
 
 
-def expected_findings(spec: FleetSpec, save_log_warn_bytes: int = SAVE_LOG_WARN_BYTES) -> set[Expected]:
+def expected_findings(
+    spec: FleetSpec, save_log_warn_bytes: int = SAVE_LOG_WARN_BYTES
+) -> set[Expected]:
     """Every finding the spec's planted faults should produce."""
     out: set[Expected] = set()
     for h in spec.hosts:

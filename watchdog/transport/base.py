@@ -1,4 +1,4 @@
-"""What every transport offers: run an argument list on a host, with limits, and stream its lines."""
+"""What every transport offers: run an argument list on a host, with limits; stream its lines."""
 
 from __future__ import annotations
 

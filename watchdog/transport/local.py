@@ -13,7 +13,9 @@ from watchdog.transport.base import CommandResult
 class LocalTransport:
     """Runs argument lists locally (no shell), for a storage host that is this machine."""
 
-    def __init__(self, label: str = "localhost", *, timeout: float = 300.0, max_output_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self, label: str = "localhost", *, timeout: float = 300.0, max_output_bytes: int = 256 << 20
+    ) -> None:
         self.label = label
         self.timeout = timeout
         self.max_output_bytes = max_output_bytes
@@ -30,12 +32,18 @@ class LocalTransport:
                 argv, input=stdin or b"", capture_output=True, timeout=limit, check=False
             )
         except subprocess.TimeoutExpired:
-            raise CommandTimeout(f"{self.label}: {argv[0]} did not finish within {limit:g} s") from None
+            raise CommandTimeout(
+                f"{self.label}: {argv[0]} did not finish within {limit:g} s"
+            ) from None
         except OSError as exc:
             raise TransportError(f"{self.label}: cannot run {argv[0]}: {exc.strerror}") from None
         if len(proc.stdout) > self.max_output_bytes:
-            raise ProbeError(f"{self.label}: {argv[0]} printed more than {self.max_output_bytes} bytes")
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr[-65536:], time.monotonic() - started)
+            raise ProbeError(
+                f"{self.label}: {argv[0]} printed more than {self.max_output_bytes} bytes"
+            )
+        return CommandResult(
+            proc.returncode, proc.stdout, proc.stderr[-65536:], time.monotonic() - started
+        )
 
     def stream_lines(
         self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None

@@ -1,4 +1,4 @@
-"""The single SSH seam (paramiko): strict host keys, bounded waits everywhere, plain-sentence errors.
+"""The single SSH seam (paramiko): strict host keys, bounded waits, plain-sentence errors.
 
 One connection per host is opened lazily and reused for every command of a sweep. TCP_NODELAY is set
 on the socket we open ourselves: without it each command over the connection costs ~44 ms of Nagle
@@ -131,7 +131,9 @@ class SshTransport:
             raise _socket_error(exc, where) from None
         except EOFError:
             sock.close()
-            raise HostUnreachable(f"{where}: sshd closed the connection during the handshake") from None
+            raise HostUnreachable(
+                f"{where}: sshd closed the connection during the handshake"
+            ) from None
         self._client = client
         return client
 
@@ -187,9 +189,7 @@ class SshTransport:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise CommandTimeout(
-                        f"{self.label}: {name} did not finish within {limit:g} s"
-                    )
+                    raise CommandTimeout(f"{self.label}: {name} did not finish within {limit:g} s")
                 if not sel.select(timeout=remaining):
                     continue
                 while chan.recv_stderr_ready():
@@ -205,9 +205,7 @@ class SshTransport:
                     continue
                 total += len(data)
                 if total > cap:
-                    raise ProbeError(
-                        f"{self.label}: {name} printed more than {cap} bytes; cut off"
-                    )
+                    raise ProbeError(f"{self.label}: {name} printed more than {cap} bytes; cut off")
                 buf += data
                 start = 0
                 while (nl := buf.find(b"\n", start)) >= 0:
@@ -223,10 +221,8 @@ class SshTransport:
                 tail = bytes(stderr[-400:]).decode("utf-8", "replace").strip().splitlines()
                 last = tail[-1] if tail else "no error output"
                 raise TransportError(f"{self.label}: {name} exited with status {rc}: {last}")
-        except (TimeoutError, socket.timeout):
-            raise CommandTimeout(
-                f"{self.label}: {name} went silent for {limit:g} s"
-            ) from None
+        except TimeoutError:
+            raise CommandTimeout(f"{self.label}: {name} went silent for {limit:g} s") from None
         finally:
             sel.close()
             chan.close()
@@ -258,14 +254,15 @@ class SshTransport:
                     if chan.recv_ready():
                         out += chan.recv(65536)
                         if len(out) > cap:
-                            raise ProbeError(f"{self.label}: {argv[0]} printed more than {cap} bytes")
-                    elif chan.exit_status_ready():
-                        if not chan.recv_ready() and not chan.recv_stderr_ready():
-                            break
+                            raise ProbeError(
+                                f"{self.label}: {argv[0]} printed more than {cap} bytes"
+                            )
+                    elif chan.exit_status_ready() and not chan.recv_stderr_ready():
+                        break
             finally:
                 sel.close()
             rc = chan.recv_exit_status()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise CommandTimeout(f"{self.label}: {argv[0]} went silent for {limit:g} s") from None
         finally:
             chan.close()

@@ -1,0 +1,75 @@
+"""The config schema: every problem at once, each with its dotted key path."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from checks import settings_models
+from watchdog.config import example_config, load_config
+from watchdog.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "inventory.toml").write_text("")
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+def test_a_minimal_config_gets_every_default(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[inventory]\nfile = "inventory.toml"\n'), settings_models())
+    assert cfg.inventory.file == tmp_path / "inventory.toml"
+    assert cfg.ssh.connect_timeout == 3.0
+    assert cfg.check("save_log_size").warn_bytes == 50_000_000
+    assert cfg.state.directory == tmp_path / "state"
+
+
+def test_every_error_is_reported_at_once_with_its_dotted_path(tmp_path: Path) -> None:
+    text = """
+[inventory]
+file = "inventory.toml"
+[ssh]
+connect_timeout = -1
+conect_timeout = 3
+[checks.save_log_size]
+warn_bytes = "big"
+[checks.no_such_check]
+x = 1
+"""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), settings_models())
+    problems = err.value.problems
+    assert any(p.startswith("At 'ssh.connect_timeout':") for p in problems)
+    assert "At 'ssh.conect_timeout': unknown key (check the spelling)" in problems
+    assert any(p.startswith("At 'checks.save_log_size.warn_bytes':") for p in problems)
+    assert any(p.startswith("At 'checks.no_such_check': no such check") for p in problems)
+    assert str(tmp_path / "config.toml") in str(err.value)
+
+
+def test_invalid_toml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 2"):
+        load_config(write(tmp_path, "[ssh]\nuser = \n"), settings_models())
+
+
+def test_a_file_inventory_without_a_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"At 'inventory\.file': required"):
+        load_config(write(tmp_path, "[ssh]\nuser = 'root'\n"), settings_models())
+
+
+def test_the_generated_example_config_is_valid_and_lists_every_check(tmp_path: Path) -> None:
+    text = example_config(settings_models())
+    data = tomllib.loads(text)
+    assert set(data["checks"]) == set(settings_models())
+    p = write(tmp_path, text.replace('# file = "inventory.toml"', 'file = "inventory.toml"'))
+    cfg = load_config(p, settings_models())
+    assert cfg.check("mount_sanity").projects_fstypes == ["zfs"]
+
+
+def test_the_shipped_example_config_matches_the_schema() -> None:
+    shipped = Path(__file__).parents[2] / "examples" / "config.toml"
+    assert shipped.read_text() == example_config(settings_models()), (
+        "examples/config.toml is out of date: bup-watchdog config example > examples/config.toml"
+    )

@@ -1,0 +1,54 @@
+"""A whole sweep of the demo fleet: real sshd hosts, real bup repositories, planted faults."""
+
+from __future__ import annotations
+
+from watchdog.sandbox.fleet import SandboxFleet
+
+from watchdog.config import Config
+from watchdog.model import Inventory
+from watchdog.sandbox.expected import compare, expected_findings, observed
+from watchdog.sweep import sweep
+
+
+def names(inventory: Inventory) -> dict[str, str]:
+    return {s.server_id: s.label for s in inventory.servers.values()}
+
+
+def test_a_sweep_of_the_demo_fleet_finds_every_planted_fault_and_nothing_else(
+    demo_fleet: SandboxFleet, demo_config: Config, demo_inventory: Inventory
+) -> None:
+    result = sweep(demo_config, demo_inventory)
+    warn = demo_config.check("save_log_size").warn_bytes
+    cmp = compare(
+        expected_findings(demo_fleet.spec, warn), observed(result.findings, names(demo_inventory))
+    )
+    assert cmp.missed == set()
+    assert cmp.unexpected == set(), "false positives on healthy hosts or projects"
+    assert len(cmp.found) >= 6
+
+
+def test_a_sweep_opens_one_ssh_session_per_host_however_many_projects(
+    demo_config: Config, demo_inventory: Inventory
+) -> None:
+    result = sweep(demo_config, demo_inventory)
+    assert {sid: f.ssh_sessions for sid, f in result.facts.items()} == {
+        sid: 1 for sid in demo_inventory.servers
+    }
+    assert all(f.probed for f in result.facts.values())
+
+
+def test_the_probe_sees_every_repository_the_inventory_places_on_a_host(
+    demo_config: Config, demo_inventory: Inventory
+) -> None:
+    result = sweep(demo_config, demo_inventory)
+    for sid, facts in result.facts.items():
+        expected = {p.project_id for p in demo_inventory.projects_on(sid)}
+        assert set(facts.repos) == expected
+
+
+def test_only_and_server_restrict_the_sweep_to_what_was_asked(
+    demo_fleet: SandboxFleet, demo_config: Config, demo_inventory: Inventory
+) -> None:
+    result = sweep(demo_config, demo_inventory, only=["mount_sanity"], servers=["h3"])
+    assert set(result.facts) == {demo_fleet.server_id("h3")}
+    assert {(f.check, f.code) for f in result.findings} == {("mount_sanity", "not_mounted")}
