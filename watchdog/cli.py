@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from rich.console import Console
 
 from checks import registry, settings_models
 from watchdog import __version__
@@ -21,7 +20,7 @@ from watchdog.config import Config, example_config, load_config
 from watchdog.errors import ConfigError, WatchdogError
 from watchdog.inventory.file import FileInventory
 from watchdog.model import Inventory
-from watchdog.output import print_json, print_table
+from watchdog.output import make_console, print_json, print_table
 from watchdog.sweep import SweepResult, sweep
 
 EXIT_UNKNOWN = 3
@@ -112,7 +111,7 @@ def check_cmd(config_path: Path, only: tuple[str, ...], server: tuple[str, ...],
 
 
 def show(result: SweepResult, fmt: str) -> None:
-    console = Console(soft_wrap=fmt == "json")
+    console = make_console(json_output=fmt == "json")
     if fmt == "json":
         print_json(result, console)
     else:

@@ -23,7 +23,7 @@ from watchdog.config import load_config
 from watchdog.http.app import HttpServer, create_app
 from watchdog.inventory.file import FileInventory
 from watchdog.metrics import SweepCollector
-from watchdog.output import print_table
+from watchdog.output import make_console, print_table
 from watchdog.sandbox.expected import compare, expected_findings, observed
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sandbox.spec import demo_spec
@@ -55,7 +55,7 @@ def demo(workdir: Path | None, serve_seconds: float) -> None:
     Needs root (mount namespaces, sshd) and the Debian packages bup, openssh-server and rsync.
     Exit code: 0 when exactly the planted faults were found, 1 otherwise, 3 when it could not run.
     """
-    console = Console()
+    console = make_console()
     signal.signal(signal.SIGTERM, _raise_exit)
     root = workdir or Path(tempfile.mkdtemp(prefix="bup-watchdog-demo-"))
     spec = demo_spec()

@@ -11,6 +11,15 @@ from rich.table import Table
 from watchdog.model import Severity
 from watchdog.sweep import SweepResult
 
+
+def make_console(*, json_output: bool = False) -> Console:
+    """A console for our output: wide tables when piped (rich would fold them at 80 columns)."""
+    probe = Console()
+    if json_output:
+        return Console(soft_wrap=True)
+    return probe if probe.is_terminal else Console(width=200)
+
+
 _STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.UNKNOWN: "magenta"}
 
 

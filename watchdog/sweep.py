@@ -16,6 +16,7 @@ from checks.base import Check, CheckSettings
 from watchdog.config import Config
 from watchdog.gather import gather
 from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
+from watchdog.state import State
 
 log = logging.getLogger(__name__)
 
@@ -123,4 +124,28 @@ def sweep(
         started=started_wall,
         seconds=time.monotonic() - started,
         ssh_sessions=sum(f.ssh_sessions for f in facts.values()),
+    )
+
+
+# Checks that judge a host even when its probe failed (they read the gather's own outcome).
+HOST_LEVEL_CHECKS = frozenset({"reachability"})
+
+
+def evaluated_servers(result: SweepResult) -> dict[str, set[str]]:
+    """Per check, the servers whose findings this sweep could confirm or clear."""
+    probed = {sid for sid, f in result.facts.items() if f.probed}
+    every = set(result.facts)
+    return {name: every if name in HOST_LEVEL_CHECKS else probed for name in result.checks}
+
+
+def record(state: State, result: SweepResult) -> int:
+    """Write a sweep to the state in one transaction; return its id."""
+    return state.record_sweep(
+        started=result.started,
+        seconds=result.seconds,
+        facts=result.facts,
+        findings=result.findings,
+        checks_run={n: (r.seconds, r.error) for n, r in result.checks.items()},
+        evaluated_servers=evaluated_servers(result),
+        ssh_sessions=result.ssh_sessions,
     )

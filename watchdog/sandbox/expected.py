@@ -45,8 +45,9 @@ def expected_findings(
     for p in spec.projects:
         for host in p.corrupt_on:
             out.add(Expected("repo_integrity", "master_not_in_pack", host, p.project_id))
-        if p.save_log_bytes >= save_log_warn_bytes:
-            out.add(Expected("save_log_size", "too_large", p.master, p.project_id))
+        if p.save_log_bytes >= save_log_warn_bytes:  # replication copies conf/ too
+            for host in p.locations:
+                out.add(Expected("save_log_size", "too_large", host, p.project_id))
         for host in p.stale_on:
             out.add(Expected("replication_lag", "behind", host, p.project_id))
     return out

@@ -1,0 +1,54 @@
+"""Fixtures for real components: the sandbox fleet of sshd hosts with real bup repositories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from watchdog.sandbox.fleet import SandboxFleet
+
+from checks import settings_models
+from watchdog.config import Config, load_config
+from watchdog.inventory.file import FileInventory
+from watchdog.model import Inventory
+from watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec, demo_spec
+
+
+@pytest.fixture(scope="session")
+def demo_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFleet]:
+    """The demo's fleet (4 hosts, 6 projects, planted faults), built once per test run.
+
+    Tests must not change it; tests that break hosts use ``scratch_fleet``.
+    """
+    with SandboxFleet(tmp_path_factory.mktemp("demo-fleet"), demo_spec()) as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="session")
+def demo_config(demo_fleet: SandboxFleet) -> Config:
+    return load_config(demo_fleet.config_path, settings_models())
+
+
+@pytest.fixture(scope="session")
+def demo_inventory(demo_config: Config) -> Inventory:
+    assert demo_config.inventory.file is not None
+    return FileInventory(demo_config.inventory.file).load()
+
+
+SCRATCH_P1 = "5c7a2f1e-1111-4c1d-9a0b-000000000001"
+
+
+def scratch_spec() -> FleetSpec:
+    """Two healthy hosts and one project: for tests that freeze, kill or re-key a host."""
+    return FleetSpec(
+        hosts=(HostSpec("s1", dc=0), HostSpec("s2", dc=1)),
+        projects=(ProjectSpec(SCRATCH_P1, master="s1", replicas=("s2",)),),
+    )
+
+
+@pytest.fixture()
+def scratch_fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
+    """A fresh small fleet per test, torn down after it whatever the test did to it."""
+    with SandboxFleet(tmp_path / "fleet", scratch_spec()) as fleet:
+        yield fleet

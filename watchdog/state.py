@@ -1,0 +1,352 @@
+"""Durable state on the watchdog host: SQLite in WAL mode.
+
+Holds the latest findings and their history (first seen, last seen, resolved), per-host and
+per-check status of the last sweep, deep-check bookkeeping and the last good inventory. One sweep is
+written in one transaction, so a reader (metrics, a report) sees a whole sweep or the one before.
+The schema is versioned; ``migrate()`` brings an older file up to date and refuses a newer one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watchdog.errors import WatchdogError
+from watchdog.model import Finding, HostFacts, Severity
+
+MIGRATIONS: Sequence[str] = (
+    # 1: findings with history, host and check status, deep-check book, inventory cache
+    """
+    CREATE TABLE sweeps (
+        id INTEGER PRIMARY KEY,
+        started REAL NOT NULL,
+        seconds REAL NOT NULL,
+        hosts INTEGER NOT NULL,
+        repos INTEGER NOT NULL,
+        ssh_sessions INTEGER NOT NULL,
+        worst INTEGER NOT NULL
+    );
+    CREATE TABLE findings (
+        id INTEGER PRIMARY KEY,
+        check_name TEXT NOT NULL,
+        code TEXT NOT NULL,
+        server_id TEXT NOT NULL,
+        project_id TEXT NOT NULL DEFAULT '',
+        severity INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        value REAL,
+        details TEXT NOT NULL DEFAULT '{}',
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        resolved_at REAL
+    );
+    CREATE UNIQUE INDEX findings_open ON findings(check_name, code, server_id, project_id)
+        WHERE resolved_at IS NULL;
+    CREATE INDEX findings_server ON findings(server_id, check_name) WHERE resolved_at IS NULL;
+    CREATE TABLE hosts (
+        server_id TEXT PRIMARY KEY,
+        gathered_at REAL NOT NULL,
+        seconds REAL NOT NULL,
+        probed INTEGER NOT NULL,
+        failure TEXT,
+        failure_message TEXT,
+        repos INTEGER NOT NULL,
+        repo_bytes INTEGER NOT NULL,
+        save_log_max_bytes INTEGER NOT NULL,
+        bup_server_up INTEGER NOT NULL,
+        ssh_sessions INTEGER NOT NULL
+    );
+    CREATE TABLE check_runs (
+        check_name TEXT PRIMARY KEY,
+        last_run REAL NOT NULL,
+        last_success REAL,
+        seconds REAL NOT NULL,
+        error TEXT,
+        errors_total INTEGER NOT NULL DEFAULT 0,
+        runs_total INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE deep_checks (
+        server_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        checked_at REAL NOT NULL,
+        ok INTEGER NOT NULL,
+        master_sha TEXT,
+        message TEXT,
+        PRIMARY KEY (server_id, project_id)
+    );
+    CREATE TABLE inventory_cache (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        source TEXT NOT NULL,
+        saved_at REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    """,
+)
+
+
+class StateError(WatchdogError):
+    """The state database cannot be opened or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFinding:
+    """An open (or historical) finding as the state keeps it."""
+
+    id: int
+    check: str
+    code: str
+    server_id: str
+    project_id: str | None
+    severity: Severity
+    message: str
+    value: float | None
+    details: dict[str, Any]
+    first_seen: float
+    last_seen: float
+    resolved_at: float | None
+
+
+class State:
+    """The watchdog's SQLite state. Thread-safe: one connection guarded by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except (OSError, sqlite3.Error) as exc:
+            if "not a database" in str(exc):
+                raise StateError(
+                    f"{path} is not a usable SQLite database ({exc}); move it aside to start "
+                    "with empty state"
+                ) from None
+            raise StateError(f"cannot open the state database {path}: {exc}") from None
+        self._lock = threading.RLock()
+        self.migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Apply every migration newer than the file's version, each in its own transaction."""
+        with self._lock:
+            try:
+                current = self.schema_version()
+            except sqlite3.DatabaseError as exc:
+                raise StateError(
+                    f"{self.path} is not a usable SQLite database ({exc}); move it aside to "
+                    "start with empty state"
+                ) from None
+            if current > len(MIGRATIONS):
+                raise StateError(
+                    f"{self.path} has schema version {current}, newer than this watchdog knows "
+                    f"({len(MIGRATIONS)}); refusing to touch it"
+                )
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                with self.transaction() as db:
+                    for stmt in _statements(MIGRATIONS[version - 1]):
+                        db.execute(stmt)
+                    db.execute(f"PRAGMA user_version = {version}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error); errors become StateError."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write the state database {self.path}: {exc}") from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StateError(f"cannot write the state database {self.path}: {exc}") from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- sweeps -------------------------------------------------------------------------------
+
+    def record_sweep(
+        self,
+        *,
+        started: float,
+        seconds: float,
+        facts: dict[str, HostFacts],
+        findings: Iterable[Finding],
+        checks_run: dict[str, tuple[float, str | None]],
+        evaluated_servers: dict[str, set[str]],
+        ssh_sessions: int,
+    ) -> int:
+        """Store one sweep in one transaction.
+
+        ``checks_run`` maps check name to (seconds, error). ``evaluated_servers`` maps a check
+        to the servers it could judge in this sweep: only their open findings that were not
+        reported again are resolved (a host that was unreachable keeps its old findings open).
+        """
+        now = started + seconds
+        findings = list(findings)
+        worst = max((f.severity for f in findings), default=Severity.OK)
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO sweeps(started, seconds, hosts, repos, ssh_sessions, worst) "
+                "VALUES (?,?,?,?,?,?)",
+                (
+                    started,
+                    seconds,
+                    len(facts),
+                    sum(len(f.repos) for f in facts.values()),
+                    ssh_sessions,
+                    int(worst),
+                ),
+            )
+            sweep_id = int(cur.lastrowid or 0)
+            seen: set[tuple[str, str, str, str]] = set()
+            for f in findings:
+                key = (f.check, f.code, f.server_id, f.project_id or "")
+                seen.add(key)
+                updated = db.execute(
+                    "UPDATE findings SET severity=?, message=?, value=?, details=?, last_seen=? "
+                    "WHERE check_name=? AND code=? AND server_id=? AND project_id=? "
+                    "AND resolved_at IS NULL",
+                    (int(f.severity), f.message, f.value, _json(f.details), now, *key),
+                ).rowcount
+                if not updated:
+                    db.execute(
+                        "INSERT INTO findings(check_name, code, server_id, project_id, severity, "
+                        "message, value, details, first_seen, last_seen) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (*key, int(f.severity), f.message, f.value, _json(f.details), now, now),
+                    )
+            for check, servers in evaluated_servers.items():
+                if check not in checks_run or checks_run[check][1] is not None:
+                    continue  # a check that failed proves nothing resolved
+                for sid in servers:
+                    rows = db.execute(
+                        "SELECT id, code, project_id FROM findings WHERE check_name=? AND "
+                        "server_id=? AND resolved_at IS NULL",
+                        (check, sid),
+                    ).fetchall()
+                    for fid, code, pid in rows:
+                        if (check, code, sid, pid) not in seen:
+                            db.execute("UPDATE findings SET resolved_at=? WHERE id=?", (now, fid))
+            for sid, h in facts.items():
+                tcp = h.bup_server_tcp
+                db.execute(
+                    "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        sid,
+                        h.gathered_at,
+                        h.duration_seconds,
+                        int(h.probed),
+                        h.failure.value if h.failure else None,
+                        h.failure_message,
+                        len(h.repos),
+                        sum(r.repo_bytes for r in h.repos.values()),
+                        max((r.save_log_bytes or 0 for r in h.repos.values()), default=0),
+                        int(bool(tcp and tcp.ok)),
+                        h.ssh_sessions,
+                    ),
+                )
+            for check, (secs, error) in checks_run.items():
+                db.execute(
+                    "INSERT INTO check_runs(check_name, last_run, last_success, seconds, error, "
+                    "errors_total, runs_total) VALUES (?,?,?,?,?,?,1) "
+                    "ON CONFLICT(check_name) DO UPDATE SET last_run=excluded.last_run, "
+                    "last_success=COALESCE(excluded.last_success, check_runs.last_success), "
+                    "seconds=excluded.seconds, error=excluded.error, "
+                    "errors_total=check_runs.errors_total + excluded.errors_total, "
+                    "runs_total=check_runs.runs_total + 1",
+                    (check, now, None if error else now, secs, error, 1 if error else 0),
+                )
+        return sweep_id
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def open_findings(
+        self, *, server_id: str | None = None, check: str | None = None
+    ) -> list[StoredFinding]:
+        sql = "SELECT * FROM findings WHERE resolved_at IS NULL"
+        params: list[Any] = []
+        if server_id:
+            sql += " AND server_id=?"
+            params.append(server_id)
+        if check:
+            sql += " AND check_name=?"
+            params.append(check)
+        sql += " ORDER BY severity DESC, check_name, server_id, project_id"
+        return [_stored(r) for r in self.query(sql, params)]
+
+    def finding_history(self, since: float = 0.0) -> list[StoredFinding]:
+        rows = self.query(
+            "SELECT * FROM findings WHERE last_seen >= ? ORDER BY first_seen", (since,)
+        )
+        return [_stored(r) for r in rows]
+
+    def last_sweep(self) -> tuple[Any, ...] | None:
+        rows = self.query("SELECT * FROM sweeps ORDER BY id DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    # -- inventory cache ----------------------------------------------------------------------
+
+    def save_inventory(self, source: str, data: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO inventory_cache VALUES (1, ?, ?, ?)",
+                (source, time.time(), json.dumps(data)),
+            )
+
+    def cached_inventory(self) -> tuple[str, float, dict[str, Any]] | None:
+        rows = self.query("SELECT source, saved_at, data FROM inventory_cache WHERE id=1")
+        if not rows:
+            return None
+        source, saved_at, data = rows[0]
+        return str(source), float(saved_at), json.loads(data)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredFinding:
+    (fid, check, code, sid, pid, sev, msg, value, details, first, last, resolved) = row
+    return StoredFinding(
+        fid,
+        check,
+        code,
+        sid,
+        pid or None,
+        Severity(sev),
+        msg,
+        value,
+        json.loads(details),
+        first,
+        last,
+        resolved,
+    )
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
