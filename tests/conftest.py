@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from watchdog.sandbox.fleet import SandboxFleet
 
 from checks import settings_models
 from watchdog.config import Config, load_config
 from watchdog.inventory.file import FileInventory
 from watchdog.model import Inventory
+from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec, demo_spec
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from support.facts import S1, host_facts, host_records, inventory, mount
-
 from checks.mount_sanity import check
+from support.facts import S1, host_facts, host_records, inventory, mount
 from watchdog.model import Severity
 
 SETTINGS = check.Settings()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from support.facts import S1, host_facts, host_records, inventory
-
 from checks.reachability import check
+from support.facts import S1, host_facts, host_records, inventory
 from watchdog.model import GatherFailure, HostFacts, Severity
 
 SETTINGS = check.Settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from checks.replication_lag import check
 from support.facts import (
     P1,
     S1,
@@ -14,8 +15,6 @@ from support.facts import (
     project,
     repo,
 )
-
-from checks.replication_lag import check
 from watchdog.model import Finding, Severity
 
 SETTINGS = check.Settings()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from support.facts import P1, P2, S1, host_facts, host_records, inventory, project, repo
-
 from checks.repo_integrity import check
+from support.facts import P1, P2, S1, host_facts, host_records, inventory, project, repo
 from watchdog.model import Severity
 
 SETTINGS = check.Settings()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from support.facts import P1, S1, host_facts, host_records, inventory, repo
 
 from checks.save_log_size import check
+from support.facts import P1, S1, host_facts, host_records, inventory, repo
 from watchdog.model import Severity
 
 SETTINGS = check.Settings()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import shlex
 import time
 
-from watchdog.sandbox.fleet import SandboxFleet
-
 from checks import settings_models
 from checks.reachability import check as reachability
 from watchdog.config import Config, load_config
 from watchdog.inventory.file import FileInventory
 from watchdog.model import GatherFailure, Inventory
+from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sweep import sweep
 
 

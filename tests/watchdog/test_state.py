@@ -6,8 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from support.facts import P1, S1, S2
 
+from support.facts import P1, S1, S2
 from watchdog.model import Finding, HostFacts, Severity
 from watchdog.state import MIGRATIONS, State, StateError
 

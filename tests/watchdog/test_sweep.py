@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from watchdog.sandbox.fleet import SandboxFleet
-
 from watchdog.config import Config
 from watchdog.model import Inventory
 from watchdog.sandbox.expected import compare, expected_findings, observed
+from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sweep import sweep
 
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from support.facts import P1, S1, S2
 
+from support.facts import P1, S1, S2
 from watchdog.errors import ConfigError
 from watchdog.inventory.file import FileInventory, dump_inventory
 

@@ -6,14 +6,13 @@ import socket
 import time
 
 import pytest
-from conftest import scratch_spec  # noqa: F401  (documents which fleet these tests use)
-from watchdog.sandbox.fleet import SandboxFleet
 
 from checks import settings_models
 from watchdog.config import Config, load_config
 from watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, ProbeError
 from watchdog.inventory.file import FileInventory
 from watchdog.model import Server
+from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.transport.ssh import SshTransport
 
 
