@@ -1,0 +1,1 @@
+"""Repairs: one module per repair (plan, preconditions, execute, verify), run only by the guard."""
