@@ -20,6 +20,11 @@ class CheckSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     enabled: bool = Field(True, description="Run this check.")
+    interval_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Run at most this often (0: in every sweep). Sweeps share one gather.",
+    )
 
 
 S = TypeVar("S", bound=CheckSettings)

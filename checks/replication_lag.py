@@ -109,3 +109,30 @@ class ReplicationLag(Check[ReplicationLagSettings]):
 
 
 check = ReplicationLag()
+
+
+def replica_lags(facts: FleetFacts, inventory: Inventory) -> dict[str, list[float]]:
+    """Lag in seconds of every replica the sweep could compare, by the replica's server.
+
+    0 for a replica with the master's commit; for the metrics histogram, not for findings.
+    """
+    out: dict[str, list[float]] = {}
+    for project in inventory.projects.values():
+        m_host = facts.get(project.master)
+        if project.deleted or m_host is None or not m_host.probed:
+            continue
+        master = m_host.repos.get(project.project_id)
+        if master is None or master.master_sha is None or master.reflog_last_time is None:
+            continue
+        for rid in project.replicas:
+            r_host = facts.get(rid)
+            if rid == project.master or r_host is None or not r_host.probed:
+                continue
+            replica = r_host.repos.get(project.project_id)
+            if replica is None or replica.reflog_last_time is None:
+                continue
+            lag = 0.0
+            if replica.master_sha != master.master_sha:
+                lag = max(0.0, float(master.reflog_last_time - replica.reflog_last_time))
+            out.setdefault(rid, []).append(lag)
+    return out

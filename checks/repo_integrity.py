@@ -1,8 +1,10 @@
-"""repo_integrity (cheap tier): the master ref is readable and its commit is in a pack index.
+"""repo_integrity: the master ref is readable, its commit is in a pack, and deep checks pass.
 
-This is the tier every sweep can afford (FACTS.md: a pure-Python .idx lookup costs ~30 µs). It is
-not a full integrity check: an older deleted pack or a damaged .idx table slip through; the deep
-tier (``git fsck --connectivity-only`` + ``bup ls master``) catches those.
+Cheap tier, every sweep (FACTS.md: a pure-Python .idx lookup costs ~30 µs): master ref readable,
+its commit in a pack index whose pack exists. It is not a full integrity check: an older deleted
+pack or a damaged .idx table slip through. The deep tier (``git fsck --connectivity-only`` +
+``bup ls master``, on a rolling budget, see ``watchdog/deep.py``) catches those; its latest result
+for the repository's current master is judged here.
 """
 
 from __future__ import annotations
@@ -48,8 +50,17 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
         for sid, host in sorted(facts.items()):
             if not host.probed:
                 continue
+            if host.deep_error:
+                yield Finding(
+                    check=self.name,
+                    server_id=sid,
+                    severity=Severity.WARNING,
+                    code="deep_check_error",
+                    message=f"deep checks could not run: {host.deep_error}",
+                )
             for pid, repo in sorted(host.repos.items()):
-                for severity, code, message in _problems(repo):
+                problems = list(_problems(repo))
+                for severity, code, message in problems:
                     yield Finding(
                         check=self.name,
                         server_id=sid,
@@ -57,6 +68,24 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                         severity=severity,
                         code=code,
                         message=message,
+                    )
+                deep = host.deep.get(pid)
+                cheap_critical = any(sev is Severity.CRITICAL for sev, _, _ in problems)
+                # A result for an older master is stale: the repo is re-checked at once instead.
+                if (
+                    deep
+                    and not deep.ok
+                    and deep.master_sha == repo.master_sha
+                    and not cheap_critical
+                ):
+                    yield Finding(
+                        check=self.name,
+                        server_id=sid,
+                        project_id=pid,
+                        severity=Severity.CRITICAL,
+                        code="deep_check_failed",
+                        message=deep.message or "deep check failed",
+                        details={"checked_at": deep.checked_at},
                     )
         for project in sorted(inventory.projects.values(), key=lambda p: p.project_id):
             master = facts.get(project.master)

@@ -17,11 +17,12 @@ import click
 from checks import registry, settings_models
 from watchdog import __version__
 from watchdog.config import Config, example_config, load_config
+from watchdog.daemon import Daemon
 from watchdog.errors import ConfigError, WatchdogError
 from watchdog.inventory.file import FileInventory
-from watchdog.model import Inventory
 from watchdog.output import make_console, print_json, print_table
-from watchdog.sweep import SweepResult, sweep
+from watchdog.runner import Runner, inventory_source, open_state
+from watchdog.sweep import SweepResult
 
 EXIT_UNKNOWN = 3
 DEFAULT_CONFIG = Path("/etc/bup-watchdog/config.toml")
@@ -46,13 +47,6 @@ def load(config_path: Path) -> Config:
         return load_config(config_path, settings_models())
     except ConfigError as exc:
         _fail(str(exc))
-
-
-def load_inventory(config: Config) -> Inventory:
-    """Load the inventory named by the config (only the file source exists so far)."""
-    if config.inventory.source != "file" or config.inventory.file is None:
-        _fail(f"inventory source {config.inventory.source!r} is not available in this version")
-    return FileInventory(config.inventory.file, default_user=config.ssh.user).load()
 
 
 config_option = click.option(
@@ -90,7 +84,24 @@ def main(verbose: int) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-def check_cmd(config_path: Path, only: tuple[str, ...], server: tuple[str, ...], fmt: str) -> None:
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also deep-check a budget of repositories per host (git fsck + bup ls master).",
+)
+@click.option(
+    "--no-state",
+    is_flag=True,
+    help="Do not read or write the state (no history, no inventory cache, no deep-check book).",
+)
+def check_cmd(
+    config_path: Path,
+    only: tuple[str, ...],
+    server: tuple[str, ...],
+    fmt: str,
+    deep: bool,
+    no_state: bool,
+) -> None:
     """Run one sweep now and print the findings.
 
     Exit code: 0 ok, 1 warnings, 2 critical, 3 the watchdog could not run (Nagios convention).
@@ -100,14 +111,35 @@ def check_cmd(config_path: Path, only: tuple[str, ...], server: tuple[str, ...],
     if unknown:
         _fail(f"no such check: {', '.join(unknown)} (known: {', '.join(sorted(registry()))})")
     try:
-        inventory = load_inventory(config)
-        result = sweep(config, inventory, only=only, servers=server)
+        state = None if no_state else open_state(config)
+        runner = Runner(config, state, inventory_source(config))
+        result = runner.run_once(only=only, servers=server, deep=deep, force=True)
     except ValueError as exc:
         _fail(str(exc))
     except WatchdogError as exc:
         _fail(str(exc))
+    if result is None:
+        _fail("no check is enabled in the config; nothing to do")
     show(result, fmt)
     sys.exit(int(result.worst))
+
+
+@main.command("run")
+@config_option
+@click.option("--once", is_flag=True, help="Do one sweep (deep pass if due), then exit.")
+def run_cmd(config_path: Path, once: bool) -> None:
+    """Run the daemon: sweep on the configured schedule and serve /metrics, /healthz, /ready.
+
+    SIGTERM or Ctrl-C lets the current sweep finish, then exits 0. With --once, the exit code is
+    the sweep's Nagios status (3 when it could not run).
+    """
+    config = load(config_path)
+    try:
+        daemon = Daemon(config)
+        code = daemon.run(once=once)
+    except (WatchdogError, RuntimeError) as exc:
+        _fail(str(exc))
+    sys.exit(code)
 
 
 def show(result: SweepResult, fmt: str) -> None:

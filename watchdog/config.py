@@ -94,6 +94,56 @@ class StateConfig(Section):
     )
 
 
+class DeepConfig(Section):
+    """Deep integrity checks (git fsck --connectivity-only + bup ls master) on a rolling budget."""
+
+    enabled: bool = Field(True, description="Run deep checks during sweeps that ask for them.")
+    window_days: float = Field(
+        7.0, gt=0, description="Every repository is deep-checked at least once in this window."
+    )
+    per_host: int = Field(
+        50,
+        ge=0,
+        description="Repositories deep-checked per host per deep pass, least recently checked "
+        "first (a process per repository: ~30-60 ms each).",
+    )
+    changed_per_host: int = Field(
+        50,
+        ge=0,
+        description="Extra deep checks per host per pass for repositories whose master changed "
+        "or whose cheap facts look wrong.",
+    )
+    command_timeout: float = Field(
+        120.0, gt=0, description="Seconds one git fsck or bup ls may take on one repository."
+    )
+
+
+class ScheduleConfig(Section):
+    """When the daemon (bup-watchdog run) sweeps."""
+
+    sweep_interval_seconds: float = Field(
+        300.0, ge=5, description="A sweep (one gather per host, the due checks) this often."
+    )
+    jitter_seconds: float = Field(
+        15.0, ge=0, description="Random delay added to each sweep so watchdogs do not align."
+    )
+    deep_interval_seconds: float = Field(
+        3600.0, ge=0, description="Sweeps include a deep-check pass at most this often."
+    )
+
+
+class MetricsConfig(Section):
+    """What /metrics exports beyond per-host and per-check series."""
+
+    top_projects: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="Export the N projects with the most open findings with a project_id label "
+        "(bounded on purpose: a per-project series for 100k projects would swamp Prometheus).",
+    )
+
+
 class HttpConfig(Section):
     listen: str = Field(
         "127.0.0.1:9731",
@@ -109,6 +159,9 @@ class Config(Section):
     ssh: SshConfig = Field(default_factory=SshConfig)  # type: ignore[arg-type]
     state: StateConfig = Field(default_factory=StateConfig)  # type: ignore[arg-type]
     http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
+    deep: DeepConfig = Field(default_factory=DeepConfig)  # type: ignore[arg-type]
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # type: ignore[arg-type]
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
     checks: dict[str, Any] = Field(
         default_factory=dict,
         description="One table per check, [checks.NAME]; see each check's keys below.",

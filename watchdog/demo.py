@@ -15,19 +15,16 @@ from pathlib import Path
 from types import FrameType
 
 import click
-from prometheus_client import CollectorRegistry
-from rich.console import Console
 
-from checks import registry, settings_models
+from checks import settings_models
 from watchdog.config import load_config
-from watchdog.http.app import HttpServer, create_app
-from watchdog.inventory.file import FileInventory
-from watchdog.metrics import SweepCollector
+from watchdog.daemon import build_http
+from watchdog.http.app import HttpServer
 from watchdog.output import make_console, print_table
+from watchdog.runner import Runner, inventory_source, open_state
 from watchdog.sandbox.expected import compare, expected_findings, observed
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sandbox.spec import demo_spec
-from watchdog.sweep import SweepResult, sweep
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
@@ -71,8 +68,12 @@ def demo(workdir: Path | None, serve_seconds: float) -> None:
             f"{time.monotonic() - t0:.1f} s; config: {fleet.config_path}"
         )
         config = load_config(fleet.config_path, settings_models())
-        inventory = FileInventory(config.inventory.file or fleet.inventory_path).load()
-        result = sweep(config, inventory)
+        state = open_state(config)
+        runner = Runner(config, state, inventory_source(config))
+        result = runner.run_once(deep=True, force=True)
+        if result is None:
+            raise RuntimeError("the demo config enables no check")
+        inventory = result.inventory
         print_table(result, console)
         names = {s.server_id: s.label for s in inventory.servers.values()}
         warn = config.check("save_log_size").warn_bytes
@@ -88,7 +89,8 @@ def demo(workdir: Path | None, serve_seconds: float) -> None:
             console.print(f"[red]  unexpected: {e}[/]")
         code = 0 if cmp.exact else 1
         if serve_seconds > 0:
-            server = _serve(config.http.listen, result, console)
+            server = build_http(config, state)
+            server.start()
             console.print(
                 f"Serving http://{config.http.listen}/metrics for {serve_seconds:g} s "
                 "(Ctrl-C to stop) …"
@@ -107,12 +109,3 @@ def demo(workdir: Path | None, serve_seconds: float) -> None:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     sys.exit(code)
-
-
-def _serve(listen: str, result: SweepResult, console: Console) -> HttpServer:
-    reg = CollectorRegistry()
-    reg.register(SweepCollector(lambda: result, sorted(registry())))
-    host, port = listen.rsplit(":", 1)
-    server = HttpServer(create_app(reg, lambda: result), host, int(port))
-    server.start()
-    return server

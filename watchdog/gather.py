@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cache
 from pathlib import Path
 
-from watchdog.config import SshConfig
+from watchdog.config import DeepConfig, SshConfig
+from watchdog.deep import run_deep
 from watchdog.errors import (
     CommandTimeout,
     HostKeyError,
@@ -140,14 +141,44 @@ def make_transport(server: Server, ssh: SshConfig) -> Transport:
     return SshTransport(server, ssh)
 
 
+DeepSelector = Callable[[HostFacts], list[str]]
+
+
+def _deep_pass(
+    transport: Transport,
+    server: Server,
+    facts: HostFacts,
+    select: DeepSelector,
+    ssh: SshConfig,
+    deep: DeepConfig,
+) -> None:
+    """Deep-check the selected repos over the same connection; failures are recorded, not raised."""
+    ids = select(facts)
+    if not ids:
+        return
+    try:
+        results = run_deep(transport, server, ids, deep, ssh.python)
+    except WatchdogError as exc:
+        facts.deep_error = str(exc)
+        log.warning("deep check on %s: %s", server.label, exc)
+        return
+    facts.deep.update({r.project_id: r for r in results})
+    facts.deep_checked_now = len(results)
+
+
 def gather_host(
     server: Server,
     ssh: SshConfig,
     *,
     tcp_timeout: float = 3.0,
     transport_factory: Callable[[Server, SshConfig], Transport] = make_transport,
+    deep_select: DeepSelector | None = None,
+    deep: DeepConfig | None = None,
 ) -> HostFacts:
-    """Probe one host over one session and connect to its bup_server; never raises."""
+    """Probe one host over one connection (and deep-check some repos over the same one).
+
+    Also connects to the host's bup_server as its clients do. Never raises.
+    """
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
     facts.bup_server_tcp = tcp_probe(server.host, server.port, tcp_timeout)
@@ -157,6 +188,8 @@ def gather_host(
             probe_argv(server, ssh.python), stdin=probe_source(), timeout=ssh.command_timeout
         )
         parse_probe_lines(server.server_id, lines, facts)
+        if deep_select is not None and deep is not None:
+            _deep_pass(transport, server, facts, deep_select, ssh, deep)
     except WatchdogError as exc:
         facts.failure = _failure_kind(exc)
         msg = str(exc)
@@ -181,13 +214,20 @@ def gather(
     *,
     tcp_timeout: float = 3.0,
     on_host_done: Callable[[Server, HostFacts], None] | None = None,
+    deep_select: DeepSelector | None = None,
+    deep: DeepConfig | None = None,
 ) -> Iterator[HostFacts]:
     """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish."""
     servers = list(servers)
     if not servers:
         return
     with ThreadPoolExecutor(max_workers=min(ssh.parallel_hosts, len(servers))) as pool:
-        futures = {pool.submit(gather_host, s, ssh, tcp_timeout=tcp_timeout): s for s in servers}
+        futures = {
+            pool.submit(
+                gather_host, s, ssh, tcp_timeout=tcp_timeout, deep_select=deep_select, deep=deep
+            ): s
+            for s in servers
+        }
         for fut in as_completed(futures):
             facts = fut.result()
             if on_host_done is not None:

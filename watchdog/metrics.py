@@ -1,157 +1,273 @@
-"""Prometheus metrics built at scrape time from the latest complete sweep.
+"""Prometheus metrics rendered at scrape time from the state.
 
-A custom collector (no import-time registration, registry injected): a scrape sees one whole sweep
-or the one before it, never half of one. Labels are bounded: per server and check, never per
-project.
+A custom collector (no import-time registration; the registry is injected). It reads what the
+state holds, and the state writes each sweep in one transaction, so a scrape sees a whole sweep or
+the one before it, never half. Labels are bounded — server, check, severity — never one series per
+project, except an explicit top-N of the worst projects.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterator
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from watchdog.model import Severity
-from watchdog.sweep import SweepResult
+from watchdog import __version__
+from watchdog.model import Server, Severity
+from watchdog.state import State
 
 PREFIX = "bupwatch_"
+SEVERITIES = (Severity.WARNING, Severity.CRITICAL)
+
+log = logging.getLogger(__name__)
 
 
-class SweepCollector(Collector):
-    """Renders the latest sweep (from ``latest()``) as metric families."""
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
 
-    def __init__(self, latest: Callable[[], SweepResult | None], check_names: list[str]) -> None:
-        self._latest = latest
-        self._check_names = check_names
+
+class StateCollector(Collector):
+    """Renders the watchdog's state as metric families."""
+
+    def __init__(
+        self,
+        state: State,
+        servers: Callable[[], Mapping[str, Server]],
+        check_names: list[str],
+        *,
+        top_projects: int = 10,
+        deep_window_seconds: float = 7 * 86400,
+        lag_buckets: tuple[float, ...] = (),
+    ) -> None:
+        self.state = state
+        self.servers = servers
+        self.check_names = check_names
+        self.top_projects = top_projects
+        self.deep_window_seconds = deep_window_seconds
+        self.lag_buckets = lag_buckets
 
     def collect(self) -> Iterator[Metric]:
-        result = self._latest()
-        up = GaugeMetricFamily(
-            PREFIX + "sweep_available", "1 when at least one sweep has completed, else 0."
-        )
-        up.add_metric([], 1.0 if result is not None else 0.0)
-        yield up
-        if result is None:
+        info = _gauge("build_info", "Version of the running watchdog.", ["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+        ok = _gauge("state_up", "1 when the state database could be read for this scrape.")
+        try:
+            families = list(self._from_state())
+        except Exception as exc:  # a broken state must look broken, not empty
+            log.error("cannot render metrics from the state: %s", exc)
+            ok.add_metric([], 0.0)
+            yield ok
             return
-        yield from self._sweep(result)
-        yield from self._hosts(result)
-        yield from self._findings(result)
-
-    def _sweep(self, r: SweepResult) -> Iterator[Metric]:
-        g = GaugeMetricFamily(PREFIX + "sweep_duration_seconds", "Wall time of the last sweep.")
-        g.add_metric([], r.seconds)
-        yield g
-        g = GaugeMetricFamily(
-            PREFIX + "sweep_last_completed_timestamp_seconds",
-            "When the last sweep finished (Unix time).",
-        )
-        g.add_metric([], r.started + r.seconds)
-        yield g
-        g = GaugeMetricFamily(
-            PREFIX + "sweep_ssh_sessions", "SSH sessions the last sweep opened (all hosts)."
-        )
-        g.add_metric([], float(r.ssh_sessions))
-        yield g
-        dur = GaugeMetricFamily(
-            PREFIX + "check_duration_seconds",
-            "Time the check took in the last sweep.",
-            labels=["check"],
-        )
-        ok = GaugeMetricFamily(
-            PREFIX + "check_success",
-            "1 when the check ran without error in the last sweep.",
-            labels=["check"],
-        )
-        last = GaugeMetricFamily(
-            PREFIX + "check_last_run_timestamp_seconds",
-            "When the check last ran (Unix time).",
-            labels=["check"],
-        )
-        for name, run in sorted(r.checks.items()):
-            dur.add_metric([name], run.seconds)
-            ok.add_metric([name], 0.0 if run.error else 1.0)
-            last.add_metric([name], r.started + r.seconds)
-        yield dur
+        ok.add_metric([], 1.0)
         yield ok
-        yield last
-        inv = GaugeMetricFamily(
-            PREFIX + "inventory_stale",
-            "1 when the sweep ran on a cached inventory because the source was down.",
-            labels=["source"],
-        )
-        inv.add_metric([r.inventory.source], 1.0 if r.inventory.stale else 0.0)
-        yield inv
+        yield from families
 
-    def _hosts(self, r: SweepResult) -> Iterator[Metric]:
+    def _from_state(self) -> Iterator[Metric]:
+        servers = self.servers()
+        yield from self._sweep()
+        yield from self._hosts(servers)
+        yield from self._checks()
+        yield from self._findings(servers)
+        yield from self._meta()
+
+    def _labels(self, servers: Mapping[str, Server], sid: str) -> list[str]:
+        s = servers.get(sid)
+        return [sid, s.label if s else sid, str(s.dc) if s else ""]
+
+    def _sweep(self) -> Iterator[Metric]:
+        last = self.state.last_sweep()
+        avail = _gauge("sweep_available", "1 when at least one sweep is in the state.")
+        avail.add_metric([], 0.0 if last is None else 1.0)
+        yield avail
+        if last is None:
+            return
+        sweep_id, started, seconds, _hosts, repos, sessions, _worst = last
+        for name, doc, value in (
+            ("sweep_duration_seconds", "Wall time of the last sweep.", seconds),
+            (
+                "sweep_last_completed_timestamp_seconds",
+                "When the last sweep finished (Unix time).",
+                started + seconds,
+            ),
+            ("sweep_ssh_sessions", "SSH sessions (channels) the last sweep opened.", sessions),
+            ("sweep_repositories", "Repositories the last sweep gathered.", repos),
+        ):
+            g = _gauge(name, doc)
+            g.add_metric([], float(value))
+            yield g
+        c = CounterMetricFamily(PREFIX + "sweeps", "Sweeps recorded in the state.")
+        c.add_metric([], float(sweep_id))
+        yield c
+
+    def _hosts(self, servers: Mapping[str, Server]) -> Iterator[Metric]:
         labels = ["server_id", "host", "dc"]
-        probe = GaugeMetricFamily(
-            PREFIX + "host_probe_success",
-            "1 when the host's probe answered completely over SSH.",
+        fams = {
+            "probe": _gauge(
+                "host_probe_success", "1 when the host's probe answered completely.", labels
+            ),
+            "bup": _gauge(
+                "bup_server_up",
+                "1 when bup_server accepted a TCP connection at the inventory's address.",
+                labels,
+            ),
+            "dur": _gauge(
+                "host_gather_duration_seconds", "Time to gather the host's facts.", labels
+            ),
+            "last": _gauge(
+                "host_last_gather_timestamp_seconds", "When the host was last gathered.", labels
+            ),
+            "repos": _gauge("host_repositories", "bup repositories on the host.", labels),
+            "bytes": _gauge(
+                "host_repository_bytes", "Total size of the host's bup repositories.", labels
+            ),
+            "savelog": _gauge(
+                "host_save_log_max_bytes", "Largest conf/save_log.json on the host.", labels
+            ),
+        }
+        lag = HistogramMetricFamily(
+            PREFIX + "replication_lag_seconds",
+            "Lag of the replicas on this server behind their masters, at the last sweep.",
             labels=labels,
         )
-        bup = GaugeMetricFamily(
-            PREFIX + "bup_server_up",
-            "1 when bup_server accepted a TCP connection at the inventory's address.",
-            labels=labels,
+        coverage = _gauge(
+            "deep_check_coverage_ratio",
+            "Share of the host's repositories deep-checked within the deep-check window.",
+            labels,
         )
-        gdur = GaugeMetricFamily(
-            PREFIX + "host_gather_duration_seconds",
-            "Time to gather the host's facts in the last sweep.",
-            labels=labels,
+        covered = self.state.deep_coverage(self.deep_window_seconds)
+        rows = self.state.query(
+            "SELECT server_id, gathered_at, seconds, probed, repos, repo_bytes, "
+            "save_log_max_bytes, bup_server_up, lag_seconds FROM hosts ORDER BY server_id"
         )
-        repos = GaugeMetricFamily(
-            PREFIX + "host_repositories", "bup repositories the probe found.", labels=labels
-        )
-        repo_bytes = GaugeMetricFamily(
-            PREFIX + "host_repository_bytes",
-            "Total size of the host's bup repositories.",
-            labels=labels,
-        )
-        save_log = GaugeMetricFamily(
-            PREFIX + "host_save_log_max_bytes",
-            "Largest conf/save_log.json on the host.",
-            labels=labels,
-        )
-        for sid, facts in sorted(r.facts.items()):
-            server = r.inventory.servers.get(sid)
-            if server is None:
-                continue
-            lv = [sid, server.label, str(server.dc)]
-            probe.add_metric(lv, 1.0 if facts.probed else 0.0)
-            tcp = facts.bup_server_tcp
-            bup.add_metric(lv, 1.0 if tcp is not None and tcp.ok else 0.0)
-            gdur.add_metric(lv, facts.duration_seconds)
-            if facts.probed:
-                repos.add_metric(lv, float(len(facts.repos)))
-                repo_bytes.add_metric(lv, float(sum(x.repo_bytes for x in facts.repos.values())))
-                sizes = [x.save_log_bytes or 0 for x in facts.repos.values()]
-                save_log.add_metric(lv, float(max(sizes, default=0)))
-        yield from (probe, bup, gdur, repos, repo_bytes, save_log)
+        for sid, gathered, secs, probed, repos, rbytes, savelog, bup, lag_json in rows:
+            lv = self._labels(servers, sid)
+            fams["probe"].add_metric(lv, float(probed))
+            fams["bup"].add_metric(lv, float(bup))
+            fams["dur"].add_metric(lv, float(secs))
+            fams["last"].add_metric(lv, float(gathered))
+            if probed:
+                fams["repos"].add_metric(lv, float(repos))
+                fams["bytes"].add_metric(lv, float(rbytes))
+                fams["savelog"].add_metric(lv, float(savelog))
+                if repos:
+                    coverage.add_metric(lv, min(1.0, covered.get(sid, 0) / repos))
+            hist = json.loads(lag_json or "{}")
+            if hist.get("count") and len(hist.get("buckets", [])) == len(self.lag_buckets):
+                buckets = [
+                    (f"{b:g}", float(n))
+                    for b, n in zip(self.lag_buckets, hist["buckets"], strict=True)
+                ]
+                buckets.append(("+Inf", float(hist["count"])))
+                lag.add_metric(lv, buckets, float(hist["sum"]))
+        yield from fams.values()
+        yield lag
+        yield coverage
 
-    def _findings(self, r: SweepResult) -> Iterator[Metric]:
-        counts: Counter[tuple[str, str, str]] = Counter()
-        failing: dict[tuple[str, str], set[str]] = {}
-        for f in r.findings:
-            counts[(f.check, f.server_id, f.severity.label)] += 1
-            if f.project_id:
-                failing.setdefault((f.check, f.server_id), set()).add(f.project_id)
-        g = GaugeMetricFamily(
-            PREFIX + "findings",
-            "Open findings of the last sweep, per check, server and severity.",
-            labels=["check", "server_id", "severity"],
+    def _checks(self) -> Iterator[Metric]:
+        labels = ["check"]
+        last_run = _gauge("check_last_run_timestamp_seconds", "When the check last ran.", labels)
+        last_ok = _gauge(
+            "check_last_success_timestamp_seconds", "When the check last ran without error.", labels
         )
-        for sid in sorted(r.facts):
-            for name in self._check_names:
-                for sev in (Severity.WARNING, Severity.CRITICAL):
-                    g.add_metric([name, sid, sev.label], float(counts[(name, sid, sev.label)]))
+        dur = _gauge("check_duration_seconds", "Time the check took when it last ran.", labels)
+        success = _gauge("check_success", "1 when the check's last run had no error.", labels)
+        errors = CounterMetricFamily(
+            PREFIX + "check_errors",
+            "Runs of the check that raised (a bug, not the fleet).",
+            labels=labels,
+        )
+        runs = CounterMetricFamily(PREFIX + "check_runs", "Runs of the check.", labels=labels)
+        for name, lr, ls, secs, err, n_err, n_runs in self.state.query(
+            "SELECT check_name, last_run, last_success, seconds, error, errors_total, runs_total "
+            "FROM check_runs ORDER BY check_name"
+        ):
+            last_run.add_metric([name], float(lr))
+            if ls is not None:
+                last_ok.add_metric([name], float(ls))
+            dur.add_metric([name], float(secs))
+            success.add_metric([name], 0.0 if err else 1.0)
+            errors.add_metric([name], float(n_err))
+            runs.add_metric([name], float(n_runs))
+        yield from (last_run, last_ok, dur, success, errors, runs)
+
+    def _findings(self, servers: Mapping[str, Server]) -> Iterator[Metric]:
+        counts = {
+            (c, s, int(sev)): n
+            for c, s, sev, n in self.state.query(
+                "SELECT check_name, server_id, severity, COUNT(*) FROM findings "
+                "WHERE resolved_at IS NULL GROUP BY check_name, server_id, severity"
+            )
+        }
+        g = _gauge(
+            "findings",
+            "Open findings per check, server and severity.",
+            ["check", "server_id", "severity"],
+        )
+        server_ids = sorted(set(servers) | {s for _, s, _ in counts})
+        for sid in server_ids:
+            for name in self.check_names:
+                for sev in SEVERITIES:
+                    g.add_metric(
+                        [name, sid, sev.label], float(counts.get((name, sid, int(sev)), 0))
+                    )
         yield g
-        p = GaugeMetricFamily(
-            PREFIX + "projects_failing",
-            "Projects with at least one finding, per check and server.",
-            labels=["check", "server_id"],
+        p = _gauge(
+            "projects_failing",
+            "Projects with at least one open finding, per check and server.",
+            ["check", "server_id"],
         )
-        for (name, sid), projects in sorted(failing.items()):
-            p.add_metric([name, sid], float(len(projects)))
+        failing = {
+            (c, s): n
+            for c, s, n in self.state.query(
+                "SELECT check_name, server_id, COUNT(DISTINCT project_id) FROM findings "
+                "WHERE resolved_at IS NULL AND project_id != '' GROUP BY check_name, server_id"
+            )
+        }
+        for sid in server_ids:
+            for name in self.check_names:
+                p.add_metric([name, sid], float(failing.get((name, sid), 0)))
         yield p
+        top = _gauge(
+            "worst_project_findings",
+            f"Open findings of the (at most {self.top_projects}) projects with the most.",
+            ["project_id", "severity"],
+        )
+        if self.top_projects:
+            for pid, crit, total in self.state.query(
+                "SELECT project_id, SUM(severity = 2), COUNT(*) FROM findings "
+                "WHERE resolved_at IS NULL AND project_id != '' GROUP BY project_id "
+                "ORDER BY SUM(severity = 2) DESC, COUNT(*) DESC, project_id LIMIT ?",
+                (self.top_projects,),
+            ):
+                top.add_metric([pid, "critical"], float(crit))
+                top.add_metric([pid, "warning"], float(total - crit))
+        yield top
+
+    def _meta(self) -> Iterator[Metric]:
+        meta = self.state.meta()
+        stale = _gauge(
+            "inventory_stale",
+            "1 when the last sweep ran on the cached inventory because the source was down.",
+        )
+        stale.add_metric([], 1.0 if meta.get("inventory_stale") else 0.0)
+        yield stale
+        loaded = meta.get("inventory_loaded_at")
+        g = _gauge(
+            "inventory_last_success_timestamp_seconds", "When the inventory source last answered."
+        )
+        if loaded is not None:
+            g.add_metric([], float(loaded))
+        yield g
+        age = _gauge("inventory_age_seconds", "Seconds since the inventory source last answered.")
+        if loaded is not None:
+            age.add_metric([], max(0.0, time.time() - float(loaded)))
+        yield age

@@ -235,6 +235,8 @@ class RepoFacts:
     settings: Mapping[str, Any] | None = None
     symlinks_outside: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    #: All symlinks leading out of the repository; ``symlinks_outside`` lists only the first few.
+    symlinks_outside_count: int = 0
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> RepoFacts:
@@ -266,29 +268,83 @@ class RepoFacts:
             settings=_get(rec, "settings", dict),
             symlinks_outside=tuple(str(x) for x in _get(rec, "symlinks_outside", list, [])),
             errors=tuple(str(x) for x in _get(rec, "errors", list, [])),
+            symlinks_outside_count=_get(rec, "symlinks_outside_count", int, 0),
         )
+
+
+def _uid_key(key: object, field_name: str) -> int:
+    if not isinstance(key, str) or not key.isascii() or not key.isdigit():
+        raise ProbeError(f"probe record 'project_dir': {field_name} has a key that is no uid")
+    return int(key)
+
+
+def _owner_counts(rec: Mapping[str, Any]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for key, value in _get(rec, "owners", dict, {}).items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ProbeError("probe record 'project_dir': owners has a count that is no count")
+        counts[_uid_key(key, "owners")] = value
+    return counts
+
+
+def _owner_examples(rec: Mapping[str, Any]) -> dict[int, tuple[str, ...]]:
+    examples: dict[int, tuple[str, ...]] = {}
+    for key, paths in _get(rec, "examples", dict, {}).items():
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ProbeError("probe record 'project_dir': examples must map uids to lists of paths")
+        examples[_uid_key(key, "examples")] = tuple(paths)
+    return examples
 
 
 @dataclass(frozen=True, slots=True)
 class ProjectDirFacts:
-    """The top of a project's live directory under ``/projects`` (lstat only)."""
+    """A project's live directory under ``/projects``: lstat of its top and a bounded owner sample.
+
+    ``owners`` counts the sampled entries (the top included) by uid, ``examples`` holds a few
+    project-relative paths per uid (``.`` is the top). ``sample_skipped``: the host's sample budget
+    was spent before this project, so only the top's ``uid`` is known.
+    """
 
     project_id: str
     is_symlink: bool
     uid: int | None
     gid: int | None
+    owners: Mapping[int, int] = field(default_factory=dict)
+    sampled: int = 0
+    sample_truncated: bool = False
+    sample_skipped: bool = False
+    examples: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> ProjectDirFacts:
         project_id = _get(rec, "project_id", str, "")
         if not is_v4_uuid(project_id):
             raise ProbeError(f"probe reported a project directory with a bad id {project_id!r}")
+        sampled = _get(rec, "sampled", int, 0)
+        if sampled < 0:
+            raise ProbeError("probe record 'project_dir': sampled is negative")
         return cls(
             project_id=project_id.lower(),
             is_symlink=_get(rec, "is_symlink", bool, False),
             uid=_get(rec, "uid", int),
             gid=_get(rec, "gid", int),
+            owners=_owner_counts(rec),
+            sampled=sampled,
+            sample_truncated=_get(rec, "sample_truncated", bool, False),
+            sample_skipped=_get(rec, "sample_skipped", bool, False),
+            examples=_owner_examples(rec),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeepResult:
+    """The latest deep check of one repository (``git fsck --connectivity-only`` + ``bup ls``)."""
+
+    project_id: str
+    checked_at: float
+    ok: bool
+    master_sha: str | None
+    message: str | None = None
 
 
 class GatherFailure(enum.Enum):
@@ -331,6 +387,10 @@ class HostFacts:
     strays: list[dict[str, Any]] = field(default_factory=list)
     bup_server_tcp: TcpProbe | None = None
     ssh_sessions: int = 0
+    #: Latest deep-check result per repository (from this sweep or an earlier one).
+    deep: dict[str, DeepResult] = field(default_factory=dict)
+    deep_checked_now: int = 0
+    deep_error: str | None = None
 
     @property
     def probed(self) -> bool:

@@ -10,6 +10,8 @@ Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH ses
 # O_NOFOLLOW below directories the walk saw as real directories), nothing is written, no
 # subprocess is run, every file read is capped, and a problem in one repository becomes a field
 # or an ``errors`` entry in that repository's record instead of stopping the walk.
+# Below PROJECTS_ROOT only a bounded sample of each live tree is lstat'ed, for its owners
+# (``--owner-sample`` entries per project, ``--owner-sample-total`` per host).
 #
 # Text read from files is decoded as UTF-8 with ``replace``; file names are decoded with
 # os.fsdecode (surrogateescape), so odd bytes come out as \udcXX escapes in the JSON and the
@@ -18,6 +20,7 @@ Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH ses
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import json
 import os
@@ -45,6 +48,9 @@ MAX_REFLOG_COUNT_BYTES = 16 << 20  # newlines are counted up to this size, only 
 REFLOG_TAIL_BYTES = 64 << 10
 MAX_BAD_IDX = 20
 FLUSH_EVERY = 500
+OWNER_SAMPLE = 200  # entries per project whose owner is sampled
+OWNER_SAMPLE_TOTAL = 50_000  # and per host
+MAX_OWNER_EXAMPLES = 5  # paths shown per uid
 
 IDX_MAGIC = b"\377tOc"
 IDX_HEADER_BYTES = 8 + 256 * 4
@@ -852,11 +858,14 @@ def iter_records(
     process_name: str = "bup_server",
     max_symlinks: int = 20,
     max_strays: int = 100,
+    owner_sample: int = OWNER_SAMPLE,
+    owner_sample_total: int = OWNER_SAMPLE_TOTAL,
 ) -> Iterator[dict[str, Any]]:
     """Yield every record of one walk of this host, ``done`` last. Never raises."""
     started = time.monotonic()
     errors: list[str] = []
     counts = {"repos": 0, "project_dirs": 0, "strays": 0}
+    budget = SampleBudget(owner_sample_total)
 
     yield {
         "type": "hello",
@@ -911,7 +920,9 @@ def iter_records(
                     yield repo_facts(path, project_id, max_symlinks=max_symlinks)
                 else:
                     counts["project_dirs"] += 1
-                    yield project_dir_facts(path, project_id)
+                    yield project_dir_facts(
+                        path, project_id, owner_sample_limit=owner_sample, budget=budget
+                    )
             except Exception as e:
                 errors.append(f"{label}/{name!r}: {type(e).__name__}: {e}")
         if strays > max_strays:
@@ -925,8 +936,96 @@ def iter_records(
     }
 
 
-def project_dir_facts(path: str, project_id: str) -> dict[str, Any]:
-    """The project_dir record for /projects/<project_id> (lstat only, never descends)."""
+class SampleBudget:
+    """How many more entries the owner sample may lstat on this host (``--owner-sample-total``)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = max(0, left)
+
+
+def sample_owners(
+    top: bytes, top_st: os.stat_result, limit: int, budget: SampleBudget
+) -> dict[str, Any]:
+    """Owners of at most ``limit`` entries of a project's live tree, breadth first, top included.
+
+    lstat only: a symlink is counted (its own owner) and never followed. ``.snapshots`` at the top
+    (a FUSE mount of bup history) is skipped without being stat'ed, and the walk does not descend
+    into another filesystem (``find -xdev``), so a dead FUSE mount cannot hang the probe. Every
+    entry counted is taken from ``budget``; a project met with an empty budget is not sampled.
+    """
+    rec: dict[str, Any] = {
+        "owners": {},
+        "examples": {},
+        "sampled": 0,
+        "sample_truncated": False,
+        "sample_skipped": False,
+        "sample_errors": 0,
+    }
+    limit = min(limit, budget.left)
+    if limit <= 0:
+        rec["sample_skipped"] = True
+        return rec
+    owners: dict[int, int] = {}
+    examples: dict[int, list[str]] = {}
+    count = 0
+
+    def seen(rel: bytes, uid: int) -> None:
+        nonlocal count
+        count += 1
+        owners[uid] = owners.get(uid, 0) + 1
+        shown = examples.setdefault(uid, [])
+        if len(shown) < MAX_OWNER_EXAMPLES:
+            shown.append(os.fsdecode(rel))
+
+    seen(b".", top_st.st_uid)
+    queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
+    if stat.S_ISDIR(top_st.st_mode):
+        queue.append((b"", top))
+    while queue and not rec["sample_truncated"]:
+        rel, path = queue.popleft()
+        try:
+            it = os.scandir(path)
+        except OSError:
+            rec["sample_errors"] += 1
+            continue
+        with it:
+            for entry in it:
+                if not rel and entry.name == b".snapshots":
+                    continue
+                if count >= limit:
+                    rec["sample_truncated"] = True
+                    break
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:  # vanished while walking
+                    rec["sample_errors"] += 1
+                    continue
+                r = rel + b"/" + entry.name if rel else entry.name
+                seen(r, st.st_uid)
+                if stat.S_ISDIR(st.st_mode) and st.st_dev == top_st.st_dev:
+                    queue.append((r, entry.path))
+    budget.left -= count
+    rec["owners"] = {str(uid): n for uid, n in owners.items()}
+    rec["examples"] = {str(uid): paths for uid, paths in examples.items()}
+    rec["sampled"] = count
+    return rec
+
+
+def project_dir_facts(
+    path: str,
+    project_id: str,
+    *,
+    owner_sample_limit: int = OWNER_SAMPLE,
+    budget: SampleBudget | None = None,
+) -> dict[str, Any]:
+    """The project_dir record for /projects/<project_id>: lstat of the top, and an owner sample.
+
+    ``owners`` maps uid (as text) to the number of sampled entries it owns; ``examples`` maps uid
+    to up to MAX_OWNER_EXAMPLES project-relative paths (``.`` is the top). Which uid is right is
+    the ownership check's business, not the probe's.
+    """
     rec: dict[str, Any] = {
         "type": "project_dir",
         "project_id": project_id.lower(),
@@ -937,6 +1036,12 @@ def project_dir_facts(path: str, project_id: str) -> dict[str, Any]:
         "gid": None,
         "mtime": None,
         "error": None,
+        "owners": {},
+        "examples": {},
+        "sampled": 0,
+        "sample_truncated": False,
+        "sample_skipped": False,
+        "sample_errors": 0,
     }
     try:
         st = os.lstat(path)
@@ -948,6 +1053,11 @@ def project_dir_facts(path: str, project_id: str) -> dict[str, Any]:
     rec["uid"] = st.st_uid
     rec["gid"] = st.st_gid
     rec["mtime"] = st.st_mtime
+    if rec["is_symlink"]:
+        return rec  # never followed: the check reports the symlink itself
+    if budget is None:
+        budget = SampleBudget(owner_sample_limit)
+    rec.update(sample_owners(os.fsencode(path), st, owner_sample_limit, budget))
     return rec
 
 
@@ -960,6 +1070,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--process-name", default="bup_server")
     parser.add_argument("--max-symlinks", type=int, default=20)
     parser.add_argument("--max-strays", type=int, default=100)
+    parser.add_argument(
+        "--owner-sample",
+        type=int,
+        default=OWNER_SAMPLE,
+        help="entries of each project's live tree whose owner is sampled (0: none)",
+    )
+    parser.add_argument(
+        "--owner-sample-total",
+        type=int,
+        default=OWNER_SAMPLE_TOTAL,
+        help="entries sampled on the whole host; later projects are not sampled",
+    )
     return parser.parse_args(argv)
 
 
@@ -981,6 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
         process_name=args.process_name,
         max_symlinks=max(0, args.max_symlinks),
         max_strays=max(0, args.max_strays),
+        owner_sample=max(0, args.owner_sample),
+        owner_sample_total=max(0, args.owner_sample_total),
     )
     try:
         write_records(records, sys.stdout)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.errors import WatchdogError
-from watchdog.model import Finding, HostFacts, Severity
+from watchdog.model import DeepResult, Finding, HostFacts, Severity
 
 MIGRATIONS: Sequence[str] = (
     # 1: findings with history, host and check status, deep-check book, inventory cache
@@ -87,6 +87,14 @@ MIGRATIONS: Sequence[str] = (
         saved_at REAL NOT NULL,
         data TEXT NOT NULL
     );
+    """,
+    # 2: key/value facts about the watchdog itself (inventory status, breaker), lag histograms
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE hosts ADD COLUMN lag_seconds TEXT NOT NULL DEFAULT '{}';
     """,
 )
 
@@ -199,6 +207,7 @@ class State:
         checks_run: dict[str, tuple[float, str | None]],
         evaluated_servers: dict[str, set[str]],
         ssh_sessions: int,
+        lag_seconds: dict[str, dict[str, Any]] | None = None,
     ) -> int:
         """Store one sweep in one transaction.
 
@@ -255,7 +264,7 @@ class State:
             for sid, h in facts.items():
                 tcp = h.bup_server_tcp
                 db.execute(
-                    "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         sid,
                         h.gathered_at,
@@ -268,6 +277,7 @@ class State:
                         max((r.save_log_bytes or 0 for r in h.repos.values()), default=0),
                         int(bool(tcp and tcp.ok)),
                         h.ssh_sessions,
+                        json.dumps((lag_seconds or {}).get(sid, {})),
                     ),
                 )
             for check, (secs, error) in checks_run.items():
@@ -305,9 +315,49 @@ class State:
         )
         return [_stored(r) for r in rows]
 
+    def set_meta(self, **values: Any) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
+
     def last_sweep(self) -> tuple[Any, ...] | None:
         rows = self.query("SELECT * FROM sweeps ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
+
+    # -- deep checks --------------------------------------------------------------------------
+
+    def deep_book(self, server_id: str) -> dict[str, DeepResult]:
+        """The latest deep result of every repository of a server."""
+        rows = self.query(
+            "SELECT project_id, checked_at, ok, master_sha, message FROM deep_checks "
+            "WHERE server_id=?",
+            (server_id,),
+        )
+        return {r[0]: DeepResult(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows}
+
+    def record_deep(self, server_id: str, results: Iterable[DeepResult]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO deep_checks VALUES (?,?,?,?,?,?)",
+                [
+                    (server_id, r.project_id, r.checked_at, int(r.ok), r.master_sha, r.message)
+                    for r in results
+                ],
+            )
+
+    def deep_coverage(self, window_seconds: float, now: float | None = None) -> dict[str, int]:
+        """Per server, how many repositories were deep-checked within the window."""
+        since = (time.time() if now is None else now) - window_seconds
+        rows = self.query(
+            "SELECT server_id, COUNT(*) FROM deep_checks WHERE checked_at >= ? GROUP BY server_id",
+            (since,),
+        )
+        return {str(sid): int(n) for sid, n in rows}
 
     # -- inventory cache ----------------------------------------------------------------------
 

@@ -10,10 +10,13 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from checks import registry
 from checks.base import Check, CheckSettings
+from checks.replication_lag import replica_lags
 from watchdog.config import Config
+from watchdog.deep import select as select_for_deep
 from watchdog.gather import gather
 from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
 from watchdog.state import State
@@ -104,16 +107,41 @@ def sweep(
     only: Collection[str] = (),
     servers: Collection[str] = (),
     on_host_done: Callable[[Server, HostFacts], None] | None = None,
+    state: State | None = None,
+    deep: bool = False,
 ) -> SweepResult:
-    """Gather every selected host once, then run the selected checks on what came back."""
+    """Gather every selected host once, then run the selected checks on what came back.
+
+    With ``deep``, each host also deep-checks a budget of repositories over the same connection;
+    with ``state``, deep results are kept and the latest result of every repository is judged.
+    """
     started_wall = time.time()
     started = time.monotonic()
     chosen = select_servers(inventory, servers)
     tcp_timeout = config.check("reachability").connect_timeout
+    books = {s.server_id: state.deep_book(s.server_id) for s in chosen} if state else {}
+    deep_select = None
+    if deep and config.deep.enabled and (not only or "repo_integrity" in only):
+
+        def deep_select(f: HostFacts) -> list[str]:
+            return select_for_deep(f.repos, books.get(f.server_id, {}), config.deep)
+
     facts = {
         f.server_id: f
-        for f in gather(chosen, config.ssh, tcp_timeout=tcp_timeout, on_host_done=on_host_done)
+        for f in gather(
+            chosen,
+            config.ssh,
+            tcp_timeout=tcp_timeout,
+            on_host_done=on_host_done,
+            deep_select=deep_select,
+            deep=config.deep,
+        )
     }
+    if state is not None:
+        for sid, f in facts.items():
+            if f.deep:
+                state.record_deep(sid, f.deep.values())
+            f.deep = {**books.get(sid, {}), **f.deep}
     findings, runs = run_checks(facts, inventory, config, only)
     findings.sort(key=lambda f: (-f.severity, f.check, f.server_id, f.project_id or ""))
     return SweepResult(
@@ -138,9 +166,32 @@ def evaluated_servers(result: SweepResult) -> dict[str, set[str]]:
     return {name: every if name in HOST_LEVEL_CHECKS else probed for name in result.checks}
 
 
+LAG_BUCKETS = (
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4 * 3600.0,
+    12 * 3600.0,
+    86400.0,
+    3 * 86400.0,
+    7 * 86400.0,
+)
+
+
+def lag_histograms(result: SweepResult) -> dict[str, dict[str, Any]]:
+    """Per replica server: cumulative bucket counts, sum and count of replication lag."""
+    out: dict[str, dict[str, Any]] = {}
+    for sid, lags in replica_lags(result.facts, result.inventory).items():
+        buckets = [sum(1 for lag in lags if lag <= b) for b in LAG_BUCKETS]
+        out[sid] = {"buckets": buckets, "sum": sum(lags), "count": len(lags)}
+    return out
+
+
 def record(state: State, result: SweepResult) -> int:
     """Write a sweep to the state in one transaction; return its id."""
     return state.record_sweep(
+        lag_seconds=lag_histograms(result),
         started=result.started,
         seconds=result.seconds,
         facts=result.facts,

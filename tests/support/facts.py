@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from watchdog.gather import parse_probe_lines
-from watchdog.model import HostFacts, Inventory, Project, Server
+from watchdog.model import HostFacts, Inventory, Project, Server, project_uid
 
 S1 = "11111111-1111-4111-8111-111111111111"
 S2 = "22222222-2222-4222-8222-222222222222"
@@ -120,3 +120,41 @@ def project(project_id: str = P1, master: str = S1, replicas: tuple[str, ...] = 
 
 def random_v4() -> str:
     return str(uuid.uuid4())
+
+
+def project_dir(
+    project_id: str,
+    owners: dict[int, int] | None = None,
+    examples: dict[int, list[str]] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """A project_dir record as the probe emits it: by default 20 entries, all (the top included)
+    owned by the project's uid. ``owners`` and ``examples`` take int uids; the top's owner is
+    ``uid`` (default: the project's uid) and its example paths start with ``.``."""
+    top = kw.pop("uid", project_uid(project_id))
+    owners = {top: 20} if owners is None else owners
+    if examples is None:
+        examples = {
+            u: (["."] if u == top else []) + [f"dir/file-{u}-{i}" for i in range(n)]
+            for u, n in owners.items()
+        }
+        examples = {u: paths[: min(5, owners[u])] for u, paths in examples.items()}
+    rec: dict[str, Any] = {
+        "type": "project_dir",
+        "project_id": project_id,
+        "path": f"/projects/{project_id}",
+        "is_symlink": False,
+        "is_dir": True,
+        "uid": top,
+        "gid": top,
+        "mtime": 1_700_000_000.0,
+        "error": None,
+        "owners": {str(u): n for u, n in owners.items()},
+        "examples": {str(u): list(p) for u, p in examples.items()},
+        "sampled": sum(owners.values()),
+        "sample_truncated": False,
+        "sample_skipped": False,
+        "sample_errors": 0,
+    }
+    rec.update(kw)
+    return rec

@@ -584,7 +584,7 @@ def test_an_unexpected_exception_in_one_repo_becomes_an_error_entry(
 # ------------------------------------------------------------------------------------------
 
 
-def test_project_dirs_are_reported_with_owner_and_strays_without_descending(host: Host) -> None:
+def test_project_dirs_are_reported_with_owner_sample_and_strays(host: Host) -> None:
     (host.projects / PID_A).mkdir()
     (host.projects / PID_A / "secret").write_text("x")
     (host.projects / PID_B).symlink_to("/etc")
@@ -594,6 +594,7 @@ def test_project_dirs_are_reported_with_owner_and_strays_without_descending(host
 
     dirs = {d["project_id"]: d for d in of_type(records, "project_dir")}
     st = os.lstat(host.projects / PID_A)
+    uid = str(st.st_uid)
     assert dirs[PID_A] == {
         "type": "project_dir",
         "project_id": PID_A,
@@ -604,8 +605,15 @@ def test_project_dirs_are_reported_with_owner_and_strays_without_descending(host
         "gid": st.st_gid,
         "mtime": st.st_mtime,
         "error": None,
+        "owners": {uid: 2},
+        "examples": {uid: [".", "secret"]},
+        "sampled": 2,
+        "sample_truncated": False,
+        "sample_skipped": False,
+        "sample_errors": 0,
     }
     assert dirs[PID_B]["is_symlink"] is True and dirs[PID_B]["is_dir"] is False
+    assert dirs[PID_B]["sampled"] == 0 and dirs[PID_B]["owners"] == {}  # never followed
     assert of_type(records, "stray") == [
         {
             "type": "stray",
@@ -615,6 +623,110 @@ def test_project_dirs_are_reported_with_owner_and_strays_without_descending(host
         }
     ]
     assert records[-1]["project_dirs"] == 2
+
+
+PID_C = "c0ffee00-0000-4000-8000-00000000000c"
+
+
+def make_tree(top: Path, files: int, uid: int = 0) -> None:
+    """A live tree: ``files`` files spread over the top and one subdirectory, all owned by uid."""
+    (top / "sub").mkdir(parents=True)
+    for i in range(files):
+        where = top if i % 2 else top / "sub"
+        (where / f"f{i}").write_text(str(i))
+    for path in (top, top / "sub", *top.rglob("*")):
+        os.lchown(path, uid, uid)
+
+
+def project_dirs(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["project_id"]: d for d in of_type(records, "project_dir")}
+
+
+def test_the_owner_sample_counts_every_uid_and_gives_examples_per_uid(host: Host) -> None:
+    top = host.projects / PID_A
+    make_tree(top, 10, uid=70001)
+    os.chown(top / "f1", 0, 0)
+    os.chown(top / "sub" / "f0", 0, 0)
+    os.chown(top / "f3", 4242, 4242)
+    odd = os.fsencode(top) + b"/caf\xe9"
+    with open(odd, "wb"):
+        pass
+    os.chown(odd, 4242, 4242)
+
+    rec = project_dirs(host.probe())[PID_A]
+
+    # top + sub + 10 files + the oddly named one
+    assert rec["sampled"] == 13 and rec["sample_truncated"] is False
+    assert rec["owners"] == {"70001": 9, "0": 2, "4242": 2}
+    assert sorted(rec["examples"]["0"]) == ["f1", "sub/f0"]
+    assert sorted(os.fsencode(p) for p in rec["examples"]["4242"]) == [b"caf\xe9", b"f3"]
+    assert rec["examples"]["70001"][0] == "."  # the top comes first
+    assert len(rec["examples"]["70001"]) == 5  # at most five paths per uid
+
+
+def test_the_owner_sample_skips_snapshots_at_the_top_only(host: Host) -> None:
+    top = host.projects / PID_A
+    make_tree(top, 2, uid=70001)
+    snaps = top / ".snapshots"
+    (snaps / "2014-05-01").mkdir(parents=True)
+    (snaps / "2014-05-01" / "old").write_text("history")
+    deeper = top / "sub" / ".snapshots"
+    deeper.mkdir()  # a user's own directory of that name, below the top: sampled
+    os.chown(deeper, 70001, 70001)
+
+    rec = project_dirs(host.probe())[PID_A]
+
+    assert rec["owners"] == {"70001": 5}  # top, sub, f0, f1, sub/.snapshots
+    assert not any(p.startswith(".snapshots") for p in rec["examples"]["70001"])
+
+
+def test_the_owner_sample_counts_a_symlink_itself_and_never_follows_it(host: Host) -> None:
+    top = host.projects / PID_A
+    make_tree(top, 0, uid=70001)
+    (top / "etc").symlink_to("/etc")
+    os.lchown(top / "etc", 4242, 4242)
+    (top / "sub" / "up").symlink_to("../../..")
+    os.lchown(top / "sub" / "up", 70001, 70001)
+
+    rec = project_dirs(host.probe())[PID_A]
+
+    assert rec["owners"] == {"70001": 3, "4242": 1}  # top, sub, sub/up + etc
+    assert rec["examples"]["4242"] == ["etc"]
+    assert rec["sampled"] == 4
+
+
+def test_the_owner_sample_stops_at_the_per_project_cap(host: Host) -> None:
+    make_tree(host.projects / PID_A, 30)
+    make_tree(host.projects / PID_B, 8)  # top + sub + 8 = exactly 10: not truncated
+
+    dirs = project_dirs(host.probe("--owner-sample", "10"))
+
+    assert (dirs[PID_A]["sampled"], dirs[PID_A]["sample_truncated"]) == (10, True)
+    assert sum(dirs[PID_A]["owners"].values()) == 10
+    assert (dirs[PID_B]["sampled"], dirs[PID_B]["sample_truncated"]) == (10, False)
+
+
+def test_the_owner_sample_stops_at_the_hosts_total_and_later_projects_are_skipped(
+    host: Host,
+) -> None:
+    for pid in (PID_A, PID_B, PID_C):  # sorted: A (0b…), B (7d…), C (c0…)
+        make_tree(host.projects / pid, 8)  # 10 entries each
+
+    dirs = project_dirs(host.probe("--owner-sample-total", "15"))
+
+    a, b, c = dirs[PID_A], dirs[PID_B], dirs[PID_C]
+    assert (a["sampled"], a["sample_truncated"], a["sample_skipped"]) == (10, False, False)
+    assert (b["sampled"], b["sample_truncated"], b["sample_skipped"]) == (5, True, False)
+    assert (c["sampled"], c["sample_skipped"], c["owners"]) == (0, True, {})
+    assert c["uid"] == 0  # the top's own lstat is still reported
+
+
+def test_an_owner_sample_of_zero_turns_sampling_off(host: Host) -> None:
+    make_tree(host.projects / PID_A, 3)
+
+    rec = project_dirs(host.probe("--owner-sample", "0"))[PID_A]
+
+    assert (rec["sampled"], rec["sample_skipped"], rec["owners"]) == (0, True, {})
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The HTTP application (FastAPI, so the API has an OpenAPI schema and no hand-written parsing)."""
+"""The HTTP application (FastAPI: the API gets an OpenAPI schema and no hand-written parsing)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from watchdog import __version__
-from watchdog.sweep import SweepResult
+from watchdog.state import State
 
 
-def create_app(registry: CollectorRegistry, latest: Callable[[], SweepResult | None]) -> FastAPI:
-    """Build the app over a metrics registry and a source of the latest sweep."""
+def create_app(
+    registry: CollectorRegistry, state: State, ready: Callable[[], bool] | None = None
+) -> FastAPI:
+    """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200."""
     app = FastAPI(title="bup-watchdog", version=__version__)
 
     @app.get("/metrics", include_in_schema=False)
@@ -28,21 +30,37 @@ def create_app(registry: CollectorRegistry, latest: Callable[[], SweepResult | N
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="Readiness: at least one sweep has completed")
-    def ready() -> JSONResponse:
-        result = latest()
-        if result is None:
+    @app.get("/ready", summary="Readiness: a sweep has completed and the state is readable")
+    def ready_() -> JSONResponse:
+        try:
+            last = state.last_sweep()
+        except Exception as exc:
+            return JSONResponse({"status": f"state unreadable: {exc}"}, status_code=503)
+        if last is None or (ready is not None and not ready()):
             return JSONResponse({"status": "waiting for the first sweep"}, status_code=503)
-        return JSONResponse({"status": "ready", "last_sweep": result.started})
+        return JSONResponse({"status": "ready", "last_sweep_started": last[1]})
 
-    @app.get("/api/findings", summary="Findings of the latest sweep")
-    def findings() -> dict[str, Any]:
-        result = latest()
-        if result is None:
-            return {"sweep": None, "findings": []}
+    @app.get("/api/findings", summary="Open findings, worst first")
+    def findings(
+        server_id: str | None = Query(None, max_length=64),
+        check: str | None = Query(None, max_length=64),
+    ) -> dict[str, Any]:
+        rows = state.open_findings(server_id=server_id, check=check)
         return {
-            "sweep": {"started": result.started, "seconds": result.seconds},
-            "findings": [f.as_dict() for f in result.findings],
+            "findings": [
+                {
+                    "check": f.check,
+                    "code": f.code,
+                    "server_id": f.server_id,
+                    "project_id": f.project_id,
+                    "severity": f.severity.label,
+                    "message": f.message,
+                    "value": f.value,
+                    "first_seen": f.first_seen,
+                    "last_seen": f.last_seen,
+                }
+                for f in rows
+            ]
         }
 
     return app
@@ -66,7 +84,7 @@ class HttpServer:
                     "(port in use?)"
                 )
             if time.monotonic() > deadline:
-                raise RuntimeError("the HTTP server did not start within 10 s")
+                raise RuntimeError(f"the HTTP server did not start within {timeout:g} s")
             time.sleep(0.02)
 
     def stop(self) -> None:

@@ -1,0 +1,98 @@
+"""The deep tier: budget selection (pure) and real deep checks on the sandbox fleet."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from conftest import SCRATCH_P1
+
+from checks import settings_models
+from support.facts import P1, P2, SHA_A, SHA_B
+from support.facts import repo as repo_record
+from watchdog.config import DeepConfig, load_config
+from watchdog.deep import select
+from watchdog.inventory.file import FileInventory
+from watchdog.model import DeepResult, RepoFacts
+from watchdog.sandbox.fleet import SandboxFleet
+from watchdog.state import State
+from watchdog.sweep import sweep
+
+P3 = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
+NOW = 1_800_000_000.0
+
+
+def repos(**overrides: dict[str, object]) -> dict[str, RepoFacts]:
+    out = {}
+    for pid in (P1, P2, P3):
+        out[pid] = RepoFacts.from_record(repo_record(pid, **overrides.get(pid, {})))
+    return out
+
+
+def test_never_checked_repos_come_first_then_the_least_recently_checked() -> None:
+    book = {P1: DeepResult(P1, NOW - 100, True, SHA_A), P2: DeepResult(P2, NOW - 900, True, SHA_A)}
+    chosen = select(repos(), book, DeepConfig(per_host=2, changed_per_host=0), NOW)
+    assert chosen == [P3, P2]
+
+
+def test_a_repo_whose_master_changed_is_checked_at_once_beyond_the_budget() -> None:
+    book = {pid: DeepResult(pid, NOW - 10, True, SHA_A) for pid in (P1, P2, P3)}
+    changed = repos(**{P2: {"master_sha": SHA_B}})
+    chosen = select(changed, book, DeepConfig(per_host=1, changed_per_host=5), NOW)
+    assert chosen[0] == P2 and len(chosen) == 2
+
+
+def test_a_wrong_looking_repo_is_rechecked_at_most_hourly() -> None:
+    wrong = repos(**{P1: {"master_in_pack": False}})
+    recent = {P1: DeepResult(P1, NOW - 60, False, SHA_A)}
+    old = {P1: DeepResult(P1, NOW - 7200, False, SHA_A)}
+    cfg = DeepConfig(per_host=0, changed_per_host=5)
+    assert select(wrong, recent, cfg, NOW) == []
+    assert select(wrong, old, cfg, NOW) == [P1]
+
+
+def delete_an_older_pack(repo: Path) -> str:
+    """Delete a pack that does NOT hold the newest commit: the cheap tier cannot see this."""
+    master = (repo / "refs" / "heads" / "master").read_text().strip()
+    for idx in sorted((repo / "objects" / "pack").glob("*.idx")):
+        shas = subprocess.run(
+            ["git", "show-index"], stdin=idx.open("rb"), capture_output=True, check=True
+        ).stdout.decode()
+        if master not in shas:
+            idx.with_suffix(".pack").unlink()
+            return idx.name
+    raise AssertionError("no older pack to delete")
+
+
+def test_a_deleted_older_pack_passes_the_cheap_tier_and_fails_the_deep_one(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    delete_an_older_pack(scratch_fleet.repo_path("s1", SCRATCH_P1))
+    config = load_config(scratch_fleet.config_path, settings_models())
+    assert config.inventory.file is not None
+    inventory = FileInventory(config.inventory.file).load()
+    state = State(tmp_path / "state.db")
+    cheap = sweep(config, inventory, only=["repo_integrity"], state=state)
+    assert cheap.findings == []
+    deep = sweep(config, inventory, only=["repo_integrity"], state=state, deep=True)
+    s1 = scratch_fleet.server_id("s1")
+    assert [(f.server_id, f.project_id, f.code) for f in deep.findings] == [
+        (s1, SCRATCH_P1, "deep_check_failed")
+    ]
+    assert "git fsck --connectivity-only failed" in deep.findings[0].message
+    assert deep.facts[s1].deep_checked_now == 1
+    again = sweep(config, inventory, only=["repo_integrity"], state=state)
+    assert [f.code for f in again.findings] == ["deep_check_failed"], "kept from the state"
+
+
+def test_deep_checks_of_healthy_repos_pass_and_are_booked(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config = load_config(scratch_fleet.config_path, settings_models())
+    assert config.inventory.file is not None
+    inventory = FileInventory(config.inventory.file).load()
+    state = State(tmp_path / "state.db")
+    result = sweep(config, inventory, state=state, deep=True)
+    assert result.findings == []
+    assert state.deep_coverage(7 * 86400) == {sid: 1 for sid in inventory.servers}
+    assert all(f.ssh_sessions == 2 for f in result.facts.values()), "probe + deep, one connection"

@@ -1,0 +1,162 @@
+"""``bup-watchdog run``: sweeps on a schedule (APScheduler) behind one HTTP server.
+
+One interval job sweeps the due checks with one gather per host; runs never overlap
+(``max_instances=1``), missed runs are coalesced into one, and each run gets jitter. SIGTERM or
+SIGINT lets the current sweep finish, then stops. A sweep that fails is logged and recorded and the
+next one runs as planned; the loop itself never dies of it. ``--once`` does one pass and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from checks import registry as check_registry
+from watchdog.config import Config
+from watchdog.errors import WatchdogError
+from watchdog.http.app import HttpServer, create_app
+from watchdog.inventory.file import parse_inventory
+from watchdog.metrics import StateCollector
+from watchdog.model import Inventory, Server, Severity
+from watchdog.runner import Runner, inventory_source, open_state
+from watchdog.state import State
+from watchdog.sweep import LAG_BUCKETS, SweepResult
+
+log = logging.getLogger(__name__)
+
+
+def build_http(config: Config, state: State, daemon: Daemon | None = None) -> HttpServer:
+    """The HTTP server over the state: /metrics, /healthz, /ready, API."""
+    reg = CollectorRegistry()
+
+    def servers() -> Mapping[str, Server]:
+        return daemon.servers() if daemon is not None else cached_servers(state)
+
+    reg.register(
+        StateCollector(
+            state,
+            servers,
+            sorted(check_registry()),
+            top_projects=config.metrics.top_projects,
+            deep_window_seconds=config.deep.window_days * 86400,
+            lag_buckets=LAG_BUCKETS,
+        )
+    )
+    host, port = config.http.listen.rsplit(":", 1)
+    return HttpServer(create_app(reg, state), host, int(port))
+
+
+def cached_servers(state: State) -> Mapping[str, Server]:
+    """Servers of the cached inventory (labels for metrics before the first sweep)."""
+    cached = state.cached_inventory()
+    if cached is None:
+        return {}
+    try:
+        return parse_inventory(cached[2], source="cached inventory").servers
+    except WatchdogError:
+        return {}
+
+
+class Daemon:
+    """The scheduler loop and the HTTP server around one Runner."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = open_state(config)
+        self.runner = Runner(config, self.state, inventory_source(config))
+        self.inventory: Inventory | None = None
+        self.last_result: SweepResult | None = None
+        self.stopping = threading.Event()
+        self._servers_cache: Mapping[str, Server] | None = None
+
+    def servers(self) -> Mapping[str, Server]:
+        if self.inventory is not None:
+            return self.inventory.servers
+        if self._servers_cache is None:
+            self._servers_cache = cached_servers(self.state)
+        return self._servers_cache
+
+    def sweep_job(self) -> None:
+        """One scheduled sweep; every failure is logged and recorded, never raised."""
+        if self.stopping.is_set():
+            return
+        started = time.monotonic()
+        try:
+            result = self.runner.run_once()
+        except WatchdogError as exc:
+            log.error("sweep failed: %s", exc)
+            self.state.set_meta(last_sweep_error=str(exc), last_sweep_error_at=time.time())
+            return
+        except Exception:
+            log.exception("sweep failed unexpectedly; the next one runs as planned")
+            return
+        if result is None:
+            log.debug("no check is due")
+            return
+        self.inventory = result.inventory
+        self.last_result = result
+        counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
+        log.info(
+            "sweep done in %.2f s: %d hosts, %d critical, %d warning, %d SSH sessions",
+            time.monotonic() - started,
+            len(result.facts),
+            counts[Severity.CRITICAL],
+            counts[Severity.WARNING],
+            result.ssh_sessions,
+        )
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.warning(
+            "received %s: finishing the current sweep, then stopping", signal.Signals(signum).name
+        )
+        self.stopping.set()
+
+    def run(self, *, once: bool = False) -> int:
+        """Serve and sweep until a signal (or one pass with ``once``); return an exit code."""
+        http = build_http(self.config, self.state, self)
+        http.start()
+        log.info("serving http://%s/metrics", self.config.http.listen)
+        try:
+            if once:
+                self.sweep_job()
+                return int(self.last_result.worst) if self.last_result else 3
+            return self._loop()
+        finally:
+            http.stop()
+            self.state.close()
+
+    def _loop(self) -> int:
+        sched = self.config.schedule
+        scheduler = BackgroundScheduler(
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": int(sched.sweep_interval_seconds),
+            }
+        )
+        scheduler.add_job(
+            self.sweep_job,
+            "interval",
+            seconds=sched.sweep_interval_seconds,
+            jitter=sched.jitter_seconds or None,
+            next_run_time=datetime.now().astimezone(),
+            id="sweep",
+        )
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        scheduler.start()
+        try:
+            self.stopping.wait()
+        finally:
+            scheduler.shutdown(wait=True)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        log.info("stopped")
+        return 0

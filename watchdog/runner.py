@@ -1,0 +1,162 @@
+"""The watchdog's unit of work: load the inventory (or its cache), sweep what is due, record it.
+
+Shared by ``bup-watchdog check`` (one sweep now) and the daemon (sweeps on a schedule). When the
+inventory source is down, the last good inventory from the state is used and flagged stale, so the
+watchdog keeps watching instead of stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Collection
+
+from checks import registry
+from watchdog.config import Config
+from watchdog.errors import ConfigError, InventoryError, WatchdogError
+from watchdog.inventory.base import InventorySource
+from watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
+from watchdog.model import HostFacts, Inventory, Server
+from watchdog.state import State
+from watchdog.sweep import SweepResult, record, sweep
+
+log = logging.getLogger(__name__)
+
+
+def inventory_source(config: Config) -> InventorySource:
+    """The configured inventory source."""
+    if config.inventory.source == "file" and config.inventory.file is not None:
+        return FileInventory(config.inventory.file, default_user=config.ssh.user)
+    raise ConfigError(
+        str(config.path or "config"),
+        [f"At 'inventory.source': {config.inventory.source!r} is not available in this version"],
+    )
+
+
+def load_inventory(source: InventorySource, state: State | None) -> Inventory:
+    """Load the inventory; on failure fall back to the cached one, flagged stale."""
+    try:
+        inventory = source.load()
+    except WatchdogError as exc:
+        cached = state.cached_inventory() if state is not None else None
+        if cached is None:
+            raise
+        name, saved_at, data = cached
+        age = time.time() - saved_at
+        log.error(
+            "inventory source %s is unavailable (%s); using the cached inventory from %.0f s ago",
+            source.name,
+            str(exc).splitlines()[0],
+            age,
+        )
+        inventory = parse_inventory(data, source=f"cached {name} inventory")
+        inventory = dataclasses.replace(inventory, source=name, stale=True, loaded_at=saved_at)
+        if state is not None:
+            state.set_meta(inventory_stale=True, inventory_error=str(exc).splitlines()[0])
+        return inventory
+    if state is not None:
+        state.save_inventory(source.name, dump_inventory(inventory))
+        state.set_meta(inventory_stale=False, inventory_error=None, inventory_loaded_at=time.time())
+    return dataclasses.replace(inventory, source=source.name)
+
+
+class Runner:
+    """Runs sweeps for one config, with state, check back-off and deep-check cadence."""
+
+    def __init__(self, config: Config, state: State | None, source: InventorySource) -> None:
+        self.config = config
+        self.state = state
+        self.source = source
+        self._check_failures: dict[str, int] = {}
+        self._check_backoff_until: dict[str, float] = {}
+
+    def due_checks(
+        self, now: float, only: Collection[str] = (), *, force: bool = False
+    ) -> list[str]:
+        """Enabled checks whose interval has passed and that are not backing off after errors.
+
+        With ``force`` (a sweep an operator asked for), every enabled check is due.
+        """
+        last_runs = {}
+        if self.state is not None:
+            last_runs = {
+                name: float(t)
+                for name, t in self.state.query("SELECT check_name, last_run FROM check_runs")
+            }
+        due = []
+        for name in registry():
+            settings = self.config.check(name)
+            if not settings.enabled or (only and name not in only):
+                continue
+            if force:
+                due.append(name)
+                continue
+            if now < self._check_backoff_until.get(name, 0.0):
+                continue
+            interval = settings.interval_seconds
+            if interval and now < last_runs.get(name, 0.0) + interval:
+                continue
+            due.append(name)
+        return due
+
+    def deep_due(self, now: float) -> bool:
+        if not self.config.deep.enabled or self.state is None:
+            return False
+        last = self.state.meta().get("deep_last_run", 0.0)
+        return bool(now >= float(last or 0.0) + self.config.schedule.deep_interval_seconds)
+
+    def run_once(
+        self,
+        *,
+        only: Collection[str] = (),
+        servers: Collection[str] = (),
+        deep: bool | None = None,
+        on_host_done: Callable[[Server, HostFacts], None] | None = None,
+        force: bool = False,
+    ) -> SweepResult | None:
+        """One sweep of the due checks (None when nothing is due).
+
+        Raises WatchdogError when neither the inventory nor its cache can be read.
+        """
+        now = time.time()
+        checks = self.due_checks(now, only, force=force)
+        run_deep = self.deep_due(now) if deep is None else deep
+        if not checks:
+            return None
+        inventory = load_inventory(self.source, self.state)
+        result = sweep(
+            self.config,
+            inventory,
+            only=checks,
+            servers=servers,
+            on_host_done=on_host_done,
+            state=self.state,
+            deep=run_deep,
+        )
+        self._note_check_errors(result, now)
+        if self.state is not None:
+            record(self.state, result)
+            if run_deep:
+                self.state.set_meta(deep_last_run=now)
+        return result
+
+    def _note_check_errors(self, result: SweepResult, now: float) -> None:
+        """A check that raised backs off exponentially (capped at an hour); success resets it."""
+        for name, run in result.checks.items():
+            if run.error is None:
+                self._check_failures.pop(name, None)
+                self._check_backoff_until.pop(name, None)
+                continue
+            n = self._check_failures.get(name, 0) + 1
+            self._check_failures[name] = n
+            delay = min(3600.0, self.config.schedule.sweep_interval_seconds * 2 ** (n - 1))
+            self._check_backoff_until[name] = now + delay
+            log.error("check %s failed (%d in a row); next try in %.0f s", name, n, delay)
+
+
+def open_state(config: Config) -> State:
+    return State(config.state.directory / "state.db")
+
+
+__all__ = ["InventoryError", "Runner", "inventory_source", "load_inventory", "open_state"]
