@@ -48,6 +48,7 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
             top_projects=config.metrics.top_projects,
             deep_window_seconds=config.deep.window_days * 86400,
             lag_buckets=LAG_BUCKETS,
+            max_patience=config.check("reachability").max_patience,
         )
     )
     host, port = config.http.listen.rsplit(":", 1)

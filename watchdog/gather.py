@@ -11,7 +11,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cache
 from pathlib import Path
@@ -216,15 +216,30 @@ def gather(
     on_host_done: Callable[[Server, HostFacts], None] | None = None,
     deep_select: DeepSelector | None = None,
     deep: DeepConfig | None = None,
+    timeouts: Mapping[str, float] | None = None,
 ) -> Iterator[HostFacts]:
-    """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish."""
+    """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish.
+
+    ``timeouts`` overrides the connect timeout (SSH and bup_server) per server id.
+    """
+    timeouts = timeouts or {}
+
+    def ssh_for(s: Server) -> SshConfig:
+        t = timeouts.get(s.server_id)
+        return ssh if t is None else ssh.model_copy(update={"connect_timeout": t})
+
     servers = list(servers)
     if not servers:
         return
     with ThreadPoolExecutor(max_workers=min(ssh.parallel_hosts, len(servers))) as pool:
         futures = {
             pool.submit(
-                gather_host, s, ssh, tcp_timeout=tcp_timeout, deep_select=deep_select, deep=deep
+                gather_host,
+                s,
+                ssh_for(s),
+                tcp_timeout=timeouts.get(s.server_id, tcp_timeout),
+                deep_select=deep_select,
+                deep=deep,
             ): s
             for s in servers
         }

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from watchdog import __version__
 from watchdog.model import Server, Severity
 from watchdog.state import State
+from watchdog.suspicion import suspicion
 
 PREFIX = "bupwatch_"
 SEVERITIES = (Severity.WARNING, Severity.CRITICAL)
@@ -47,7 +48,9 @@ class StateCollector(Collector):
         top_projects: int = 10,
         deep_window_seconds: float = 7 * 86400,
         lag_buckets: tuple[float, ...] = (),
+        max_patience: int = 3,
     ) -> None:
+        self.max_patience = max_patience
         self.state = state
         self.servers = servers
         self.check_names = check_names
@@ -143,6 +146,13 @@ class StateCollector(Collector):
             "Share of the host's repositories deep-checked within the deep-check window.",
             labels,
         )
+        suspicion_g = _gauge(
+            "host_suspicion",
+            "Adaptive reachability: failed sweeps in a row / the host's patience (>= 1: down).",
+            labels,
+        )
+        for sid, rec in sorted(self.state.host_records().items()):
+            suspicion_g.add_metric(self._labels(servers, sid), suspicion(rec, self.max_patience))
         covered = self.state.deep_coverage(self.deep_window_seconds)
         rows = self.state.query(
             "SELECT server_id, gathered_at, seconds, probed, repos, repo_bytes, "
@@ -171,6 +181,7 @@ class StateCollector(Collector):
         yield from fams.values()
         yield lag
         yield coverage
+        yield suspicion_g
 
     def _checks(self) -> Iterator[Metric]:
         labels = ["check"]

@@ -391,6 +391,10 @@ class HostFacts:
     deep: dict[str, DeepResult] = field(default_factory=dict)
     deep_checked_now: int = 0
     deep_error: str | None = None
+    #: Adaptive reachability (see watchdog/suspicion.py): failed sweeps in a row including this
+    #: one, and how many the host's record allows before it is declared down.
+    fail_streak: int = 0
+    patience: int = 1
 
     @property
     def probed(self) -> bool:

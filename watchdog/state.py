@@ -20,6 +20,7 @@ from typing import Any
 
 from watchdog.errors import WatchdogError
 from watchdog.model import DeepResult, Finding, HostFacts, Severity
+from watchdog.suspicion import HostRecord
 
 MIGRATIONS: Sequence[str] = (
     # 1: findings with history, host and check status, deep-check book, inventory cache
@@ -95,6 +96,13 @@ MIGRATIONS: Sequence[str] = (
         value TEXT NOT NULL
     );
     ALTER TABLE hosts ADD COLUMN lag_seconds TEXT NOT NULL DEFAULT '{}';
+    """,
+    # 3: each host's reachability record (adaptive timeouts and patience)
+    """
+    CREATE TABLE host_records (
+        server_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+    );
     """,
 )
 
@@ -358,6 +366,43 @@ class State:
             (since,),
         )
         return {str(sid): int(n) for sid, n in rows}
+
+    # -- reachability records ------------------------------------------------------------------
+
+    def host_records(self) -> dict[str, HostRecord]:
+        out = {}
+        for sid, data in self.query("SELECT server_id, record FROM host_records"):
+            d = json.loads(data)
+            out[sid] = HostRecord(
+                sid,
+                int(d["ok_streak"]),
+                int(d["fail_streak"]),
+                tuple(bool(x) for x in d["recent"]),
+                d["rtt"],
+                int(d.get("ok_before_failures", 0)),
+            )
+        return out
+
+    def save_host_records(self, records: Iterable[HostRecord]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO host_records VALUES (?, ?)",
+                [
+                    (
+                        r.server_id,
+                        json.dumps(
+                            {
+                                "ok_streak": r.ok_streak,
+                                "fail_streak": r.fail_streak,
+                                "recent": list(r.recent),
+                                "rtt": r.rtt,
+                                "ok_before_failures": r.ok_before_failures,
+                            }
+                        ),
+                    )
+                    for r in records
+                ],
+            )
 
     # -- inventory cache ----------------------------------------------------------------------
 

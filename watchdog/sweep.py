@@ -20,6 +20,8 @@ from watchdog.deep import select as select_for_deep
 from watchdog.gather import gather
 from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
 from watchdog.state import State
+from watchdog.suspicion import HostRecord, connect_timeout, patience
+from watchdog.suspicion import update as update_record
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,17 @@ def sweep(
     started_wall = time.time()
     started = time.monotonic()
     chosen = select_servers(inventory, servers)
-    tcp_timeout = config.check("reachability").connect_timeout
+    reach = config.check("reachability")
+    tcp_timeout = reach.connect_timeout
+    records = state.host_records() if state else {}
+    timeouts = {
+        s.server_id: connect_timeout(
+            records.get(s.server_id, HostRecord(s.server_id)),
+            reach.connect_timeout,
+            reach.max_connect_timeout,
+        )
+        for s in chosen
+    }
     books = {s.server_id: state.deep_book(s.server_id) for s in chosen} if state else {}
     deep_select = None
     if deep and config.deep.enabled and (not only or "repo_integrity" in only):
@@ -135,8 +147,21 @@ def sweep(
             on_host_done=on_host_done,
             deep_select=deep_select,
             deep=config.deep,
+            timeouts=timeouts,
         )
     }
+    updated = []
+    for sid, f in facts.items():
+        tcp = f.bup_server_tcp
+        ok = f.probed and tcp is not None and tcp.ok
+        rec = update_record(
+            records.get(sid, HostRecord(sid)), ok, tcp.seconds if tcp and tcp.ok else None
+        )
+        updated.append(rec)
+        f.fail_streak = rec.fail_streak
+        f.patience = patience(rec, reach.max_patience)
+    if state is not None:
+        state.save_host_records(updated)
     if state is not None:
         for sid, f in facts.items():
             if f.deep:

@@ -47,3 +47,26 @@ def test_a_missing_bup_server_process_is_critical() -> None:
 
 def test_a_port_that_differs_from_the_inventory_is_reported() -> None:
     assert codes({S1: host_facts(S1, host_records(listen_port=6001))}) == {"port_mismatch"}
+
+
+def test_a_failure_within_the_hosts_patience_is_a_warning_that_says_so() -> None:
+    facts = host_facts(S1, host_records(), tcp_ok=False)
+    facts.fail_streak, facts.patience = 1, 3
+    [finding] = list(check.evaluate({S1: facts}, inventory(), SETTINGS))
+    assert finding.severity is Severity.WARNING
+    assert "failed sweep 1 of 3" in finding.message
+
+
+def test_a_failure_that_exhausts_the_patience_is_critical() -> None:
+    facts = host_facts(S1, host_records(), tcp_ok=False)
+    facts.fail_streak, facts.patience = 3, 3
+    [finding] = list(check.evaluate({S1: facts}, inventory(), SETTINGS))
+    assert finding.severity is Severity.CRITICAL
+
+
+def test_a_changed_host_key_is_critical_whatever_the_patience() -> None:
+    facts = HostFacts(server_id=S1, gathered_at=0.0)
+    facts.failure, facts.failure_message = GatherFailure.HOST_KEY, "HOST KEY CHANGED"
+    facts.fail_streak, facts.patience = 1, 3
+    [finding] = list(check.evaluate({S1: facts}, inventory(), SETTINGS))
+    assert finding.severity is Severity.CRITICAL
