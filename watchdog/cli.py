@@ -7,21 +7,30 @@ Exit codes follow the Nagios convention so existing schedulers can use ``check``
 
 from __future__ import annotations
 
+import getpass
+import json
 import logging
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import click
+from rich.table import Table
 
 from checks import registry, settings_models
+from repairs.base import RepairRequest
 from watchdog import __version__
 from watchdog.config import Config, example_config, load_config
 from watchdog.daemon import Daemon
 from watchdog.errors import ConfigError, WatchdogError
+from watchdog.guard import Decision, Guard
 from watchdog.inventory.file import FileInventory
+from watchdog.journal import Journal
+from watchdog.model import Inventory
 from watchdog.output import make_console, print_json, print_table
-from watchdog.runner import Runner, inventory_source, open_state
+from watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from watchdog.sweep import SweepResult
 
 EXIT_UNKNOWN = 3
@@ -140,6 +149,162 @@ def run_cmd(config_path: Path, once: bool) -> None:
     except (WatchdogError, RuntimeError) as exc:
         _fail(str(exc))
     sys.exit(code)
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _guard(config: Config) -> Guard:
+    state = open_state(config)
+    inventory = load_inventory(inventory_source(config), state)
+    return Guard(config, state, inventory)
+
+
+def _parse_target(inventory: Inventory, target: str) -> tuple[str, str | None]:
+    """'SERVER' or 'SERVER/PROJECT', the server by id or name."""
+    server, _, project = target.partition("/")
+    by_name = {s.name: s.server_id for s in inventory.servers.values() if s.name}
+    sid = by_name.get(server, server.lower())
+    return sid, (project.lower() if project else None)
+
+
+def _print_decision(decision: Decision, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "id": decision.entry_id,
+                    "status": decision.status,
+                    "message": decision.message,
+                    "plan": decision.plan,
+                }
+            )
+        )
+        return
+    click.echo(f"repair #{decision.entry_id}: {decision.status} — {decision.message}")
+    for i, step in enumerate(decision.plan, 1):
+        click.echo(f"  {i}. on {step['on']}: {step['command']}")
+        click.echo(f"     ({step['description']})")
+
+
+_DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "refused": 2}
+
+
+@main.command("repair")
+@config_option
+@click.argument("name")
+@click.argument("target")
+@click.option("--dry-run", "mode", flag_value="dry-run", default=True, help="Plan only (default).")
+@click.option("--execute", "mode", flag_value="execute", help="Run it now (counts as approval).")
+@click.option("--reason", default="", help="Why, for the journal.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def repair_cmd(config_path: Path, name: str, target: str, mode: str, reason: str, fmt: str) -> None:
+    """Plan or run one repair by hand, through the guard.
+
+    TARGET is SERVER (for server repairs) or SERVER/PROJECT_ID; SERVER is an id or a name.
+    Exit code: 0 done (or planned), 1 failed or stopped on a conflict, 2 refused, 3 could not run.
+    """
+    config = load(config_path)
+    try:
+        guard = _guard(config)
+        sid, pid = _parse_target(guard.inventory, target)
+        req = RepairRequest(
+            name,
+            sid,
+            pid,
+            requested_by=_who(),
+            reason=reason,
+            params={"dry_run": mode != "execute"},
+        )
+        decision = guard.submit(req, execute=mode == "execute")
+    except WatchdogError as exc:
+        _fail(str(exc))
+    _print_decision(decision, fmt)
+    sys.exit(_DECISION_EXIT.get(decision.status, 1))
+
+
+@main.group("repairs")
+def repairs_group() -> None:
+    """List the repair journal; approve or deny pending repairs."""
+
+
+def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
+    config = load(config_path)
+    journal = Journal(open_state(config))
+    entries = journal.entries(status=status, limit=limit)
+    if fmt == "json":
+        click.echo(json.dumps([e.as_dict() for e in entries]))
+        return
+    if not entries:
+        click.echo("no repairs" + (f" with status {status}" if status else ""))
+        return
+    console = make_console()
+    table = Table(title_justify="left")
+    for col in ("id", "when (UTC)", "repair", "target", "status", "by", "why / outcome"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        when = datetime.fromtimestamp(e.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            str(e.id),
+            when,
+            e.repair,
+            e.target,
+            e.status,
+            e.decided_by or e.requested_by,
+            e.refusal or e.verification or (e.output or "")[-200:],
+        )
+    console.print(table)
+
+
+@repairs_group.command("list")
+@config_option
+@click.option("--status", help="Only this status (refused, pending, succeeded, failed, …).")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def repairs_list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
+    """The journal, newest first: every decision, refusals with their reason."""
+    _list(config_path, status, limit, fmt)
+
+
+@repairs_group.command("pending")
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def repairs_pending(config_path: Path, fmt: str) -> None:
+    """Repairs waiting for an operator's approval."""
+    _list(config_path, "pending", 1000, fmt)
+
+
+@repairs_group.command("approve")
+@config_option
+@click.argument("entry_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def repairs_approve(config_path: Path, entry_id: int, fmt: str) -> None:
+    """Approve a pending repair: the guard checks everything again, then runs it."""
+    config = load(config_path)
+    try:
+        decision = _guard(config).approve(entry_id, _who())
+    except WatchdogError as exc:
+        _fail(str(exc))
+    _print_decision(decision, fmt)
+    sys.exit(_DECISION_EXIT.get(decision.status, 1))
+
+
+@repairs_group.command("deny")
+@config_option
+@click.argument("entry_id", type=int)
+@click.option("--why", default="", help="Why, for the journal.")
+def repairs_deny(config_path: Path, entry_id: int, why: str) -> None:
+    """Deny a pending repair; it will not run."""
+    config = load(config_path)
+    try:
+        decision = _guard(config).deny(entry_id, _who(), why)
+    except WatchdogError as exc:
+        _fail(str(exc))
+    click.echo(f"repair #{decision.entry_id}: {decision.status}")
 
 
 def show(result: SweepResult, fmt: str) -> None:

@@ -144,6 +144,52 @@ class MetricsConfig(Section):
     )
 
 
+class MaintenanceWindow(Section):
+    """A weekly window during which no repair runs (operators at work; do not fight them)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], description="Days of the week (UTC)."
+    )
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, UTC.")
+    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$", description="HH:MM, UTC.")
+
+
+class GuardConfig(Section):
+    """The guard every repair passes through."""
+
+    breaker_unreachable_fraction: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Suspend all repairs when more than this share of hosts was unreachable in "
+        "the last sweep: the fault is more likely the watchdog's own view (network, DNS).",
+    )
+    max_per_hour_per_host: int = Field(
+        5, ge=0, description="At most this many repairs on one host per hour."
+    )
+    max_failures: int = Field(
+        3,
+        ge=1,
+        description="After this many failed attempts on one target (within failure_window_hours, "
+        "none succeeded since) the guard stops trying and raises a finding.",
+    )
+    failure_window_hours: float = Field(24.0, gt=0, description="Window for max_failures.")
+    lease_seconds: float = Field(
+        3600.0, gt=0, description="A lease on a repair target expires after this (crash safety)."
+    )
+    maintenance: list[MaintenanceWindow] = Field(
+        default_factory=list,
+        description='Weekly windows with no repairs, e.g. [{days=["sat"], start="02:00", '
+        'end="04:00"}].',
+    )
+    api_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token for the HTTP API's write endpoints and the "
+        "Alertmanager webhook. Without it those endpoints answer 403.",
+        examples=["/etc/bup-watchdog/api-token"],
+    )
+
+
 class HttpConfig(Section):
     listen: str = Field(
         "127.0.0.1:9731",
@@ -162,6 +208,12 @@ class Config(Section):
     deep: DeepConfig = Field(default_factory=DeepConfig)  # type: ignore[arg-type]
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
+    guard: GuardConfig = Field(default_factory=GuardConfig)  # type: ignore[arg-type]
+    repairs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="One table per repair, [repairs.NAME]; see each repair's keys below.",
+    )
+    repair_settings: dict[str, Any] = Field(default_factory=dict, exclude=True)
     checks: dict[str, Any] = Field(
         default_factory=dict,
         description="One table per check, [checks.NAME]; see each check's keys below.",
@@ -173,6 +225,10 @@ class Config(Section):
     def check(self, name: str) -> Any:
         """Validated settings of one check (its defaults when the file says nothing)."""
         return self.check_settings[name]
+
+    def repair(self, name: str) -> Any:
+        """Validated settings of one repair (its defaults when the file says nothing)."""
+        return self.repair_settings[name]
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -195,12 +251,34 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def _plugin_sections(
+    data: Mapping[str, Any], key: str, kind: str, models: Mapping[str, type[BaseModel]]
+) -> tuple[dict[str, Any], list[str]]:
+    """Validate [checks.NAME] or [repairs.NAME] tables against each plug-in's model."""
+    raw = data.get(key, {}) if isinstance(data, Mapping) else {}
+    settings: dict[str, Any] = {}
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        return settings, problems  # the top-level model reports the wrong type
+    for name in raw:
+        if name not in models:
+            known = ", ".join(sorted(models))
+            problems.append(f"At '{key}.{name}': no such {kind} (known: {known})")
+    for name, model in models.items():
+        try:
+            settings[name] = model.model_validate(raw.get(name, {}))
+        except ValidationError as exc:
+            problems.extend(_messages(exc, (key, name)))
+    return settings, problems
+
+
 def parse_config(
     data: Mapping[str, Any],
     check_models: Mapping[str, type[BaseModel]],
     *,
     source: str = "config",
     base: Path | None = None,
+    repair_models: Mapping[str, type[BaseModel]] | None = None,
 ) -> Config:
     """Validate a config mapping; raise one ConfigError listing every problem found."""
     problems: list[str] = []
@@ -209,27 +287,24 @@ def parse_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_messages(exc))
-    raw_checks = data.get("checks", {}) if isinstance(data, Mapping) else {}
-    settings: dict[str, Any] = {}
-    if isinstance(raw_checks, Mapping):
-        for name in raw_checks:
-            if name not in check_models:
-                known = ", ".join(sorted(check_models))
-                problems.append(f"At 'checks.{name}': no such check (known: {known})")
-        for name, model in check_models.items():
-            section = raw_checks.get(name, {})
-            try:
-                settings[name] = model.model_validate(section)
-            except ValidationError as exc:
-                problems.extend(_messages(exc, ("checks", name)))
+    settings, more = _plugin_sections(data, "checks", "check", check_models)
+    problems.extend(more)
+    if repair_models is None:
+        from repairs import settings_models as repair_settings_models  # plug-ins load late
+
+        repair_models = repair_settings_models()
+    repair_settings, more = _plugin_sections(data, "repairs", "repair", repair_models)
+    problems.extend(more)
     if problems or config is None:
         raise ConfigError(source, problems)
     config.check_settings = settings
+    config.repair_settings = repair_settings
     if base is not None:
         config.inventory.file = _resolve(base, config.inventory.file)
         config.ssh.known_hosts = _resolve(base, config.ssh.known_hosts)
         config.ssh.key_file = _resolve(base, config.ssh.key_file)
         config.state.directory = _resolve(base, config.state.directory) or config.state.directory
+        config.guard.api_token_file = _resolve(base, config.guard.api_token_file)
     if config.inventory.source == "file" and config.inventory.file is None:
         raise ConfigError(source, ["At 'inventory.file': required when inventory.source = 'file'"])
     return config
@@ -271,7 +346,7 @@ def _section_lines(title: str, model: type[BaseModel], doc: str | None = None) -
     if doc:
         lines.insert(0, f"# {doc}")
     for name, f in model.model_fields.items():
-        if f.exclude or name == "checks":
+        if f.exclude or name in ("checks", "repairs"):
             continue
         ann = f.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -314,5 +389,12 @@ def example_config(check_models: Mapping[str, type[BaseModel]]) -> str:
             parts.append("")
     for name, model in sorted(check_models.items()):
         parts.extend(_section_lines(f"checks.{name}", model, (model.__doc__ or "").strip() or None))
+        parts.append("")
+    from repairs import settings_models as repair_settings_models
+
+    for name, rmodel in sorted(repair_settings_models().items()):
+        parts.extend(
+            _section_lines(f"repairs.{name}", rmodel, (rmodel.__doc__ or "").strip() or None)
+        )
         parts.append("")
     return "\n".join(parts)

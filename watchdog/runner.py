@@ -11,12 +11,14 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
 from checks import registry
 from watchdog.config import Config
 from watchdog.errors import ConfigError, InventoryError, WatchdogError
 from watchdog.inventory.base import InventorySource
 from watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
+from watchdog.journal import Journal
 from watchdog.model import HostFacts, Inventory, Server
 from watchdog.state import State
 from watchdog.sweep import SweepResult, record, sweep
@@ -34,8 +36,33 @@ def inventory_source(config: Config) -> InventorySource:
     )
 
 
+def apply_overrides(inventory: Inventory, overrides: dict[str, dict[str, Any]]) -> Inventory:
+    """The inventory as the watchdog must act on it: fenced hosts take no new projects (they
+    count as experimental) and a bup_server port recorded after a restart replaces the old one."""
+    if not overrides:
+        return inventory
+    servers = dict(inventory.servers)
+    for sid, values in overrides.items():
+        server = servers.get(sid)
+        if server is None:
+            continue
+        if values.get("fenced"):
+            server = dataclasses.replace(server, experimental=True)
+        if isinstance(values.get("port"), int):
+            server = dataclasses.replace(server, port=int(values["port"]))
+        servers[sid] = server
+    return dataclasses.replace(inventory, servers=servers)
+
+
 def load_inventory(source: InventorySource, state: State | None) -> Inventory:
-    """Load the inventory; on failure fall back to the cached one, flagged stale."""
+    """Load the inventory (overrides applied); on failure fall back to the cache, flagged stale."""
+    inventory = _load_inventory(source, state)
+    if state is not None:
+        inventory = apply_overrides(inventory, Journal(state).overrides())
+    return inventory
+
+
+def _load_inventory(source: InventorySource, state: State | None) -> Inventory:
     try:
         inventory = source.load()
     except WatchdogError as exc:

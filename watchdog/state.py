@@ -104,6 +104,44 @@ MIGRATIONS: Sequence[str] = (
         record TEXT NOT NULL
     );
     """,
+    # 4: the repair journal, leases on repair targets, the watchdog's own overrides (fences, ports)
+    """
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        repair TEXT NOT NULL,
+        target TEXT NOT NULL,
+        server_id TEXT NOT NULL,
+        project_id TEXT NOT NULL DEFAULT '',
+        requested_by TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        fingerprint TEXT,
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        refusal TEXT,
+        plan TEXT NOT NULL DEFAULT '[]',
+        created_at REAL NOT NULL,
+        decided_by TEXT,
+        started_at REAL,
+        finished_at REAL,
+        output TEXT,
+        verification TEXT
+    );
+    CREATE INDEX journal_target ON journal(target, created_at);
+    CREATE INDEX journal_status ON journal(status);
+    CREATE TABLE leases (
+        target TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE overrides (
+        server_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        set_by TEXT NOT NULL,
+        set_at REAL NOT NULL,
+        PRIMARY KEY (server_id, key)
+    );
+    """,
 )
 
 
@@ -302,6 +340,23 @@ class State:
         return sweep_id
 
     # -- reading ------------------------------------------------------------------------------
+
+    def raise_finding(self, f: Finding) -> None:
+        """Open (or refresh) one finding outside a sweep, e.g. the guard giving up on a target."""
+        now = time.time()
+        key = (f.check, f.code, f.server_id, f.project_id or "")
+        with self.transaction() as db:
+            updated = db.execute(
+                "UPDATE findings SET severity=?, message=?, value=?, last_seen=? WHERE "
+                "check_name=? AND code=? AND server_id=? AND project_id=? AND resolved_at IS NULL",
+                (int(f.severity), f.message, f.value, now, *key),
+            ).rowcount
+            if not updated:
+                db.execute(
+                    "INSERT INTO findings(check_name, code, server_id, project_id, severity, "
+                    "message, value, details, first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (*key, int(f.severity), f.message, f.value, _json(f.details), now, now),
+                )
 
     def open_findings(
         self, *, server_id: str | None = None, check: str | None = None

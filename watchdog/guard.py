@@ -1,0 +1,369 @@
+"""The guard: every repair request passes here, whoever asked, and every decision is journaled.
+
+In order: the request is validated (known repair, server in the inventory, a version-4 project id
+that lives on that server); the repair's mode (off, dry-run, approve, auto); the circuit breaker
+(too much of the fleet unreachable: the fault is likely our own view); maintenance windows; a stop
+after repeated failures on the target; rate limits per repair and per host; one repair per target
+(a lease); the repair's own preconditions, checked against facts taken at that moment. Only then is
+the intent journaled and ``execute`` called; ``verify`` decides success.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from repairs import registry as repair_registry
+from repairs.base import Repair, RepairRequest, RepairSettings, Step
+from watchdog.config import Config, MaintenanceWindow
+from watchdog.errors import WatchdogError
+from watchdog.journal import (
+    CONFLICT,
+    DENIED,
+    DRY_RUN,
+    FAILED,
+    PENDING,
+    REFUSED,
+    RUNNING,
+    SUCCEEDED,
+    Journal,
+)
+from watchdog.model import Finding, Inventory, Severity, is_v4_uuid
+from watchdog.repair_context import Context
+from watchdog.state import State
+
+log = logging.getLogger(__name__)
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the guard did with a request: the journal row, its status, and why."""
+
+    entry_id: int
+    status: str
+    message: str
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ran(self) -> bool:
+        return self.status in (SUCCEEDED, FAILED, CONFLICT)
+
+
+def _clean(value: object) -> str:
+    """An untrusted value, safe to journal and print: repr, truncated."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if text.isprintable() and len(text) <= 100 else repr(text)[:100]
+
+
+def in_window(windows: list[MaintenanceWindow], now: datetime) -> MaintenanceWindow | None:
+    """The maintenance window ``now`` (UTC) falls in, if any."""
+    day = _DAYS[now.weekday()]
+    hhmm = now.strftime("%H:%M")
+    for w in windows:
+        if day in w.days and w.start <= hhmm < w.end:
+            return w
+    return None
+
+
+class Guard:
+    """Decides on and runs repair requests for one watchdog."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        inventory: Inventory,
+        *,
+        holder: str | None = None,
+        repairs: Mapping[str, Repair[RepairSettings]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.journal = Journal(state)
+        self.inventory = inventory
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.repairs = repair_registry() if repairs is None else repairs
+        self.clock = clock
+
+    # -- public -------------------------------------------------------------------------------
+
+    def submit(self, req: RepairRequest, *, execute: bool = False) -> Decision:
+        """Decide on a request. ``execute``: an operator asks to run it now (counts as approval)."""
+        invalid = self._invalid(req)
+        if invalid:
+            return self._refuse(req, "invalid", invalid, mode="?")
+        repair = self.repairs[req.repair]
+        settings = self.config.repair(req.repair)
+        mode = settings.mode
+        if mode == "off":
+            return self._refuse(
+                req, "mode_off", f"{req.repair} is switched off in the config", mode
+            )
+        dry = bool(req.params.get("dry_run")) or mode == "dry-run"
+        if execute and mode == "dry-run":
+            return self._refuse(
+                req, "mode_dry_run", f"{req.repair} is in dry-run mode; it only plans", mode
+            )
+        if req.fingerprint:
+            active = self.journal.active_fingerprint(req.fingerprint)
+            if active is not None:
+                return self._refuse(
+                    req,
+                    "duplicate",
+                    f"alert {req.fingerprint} already has repair #{active.id} ({active.status})",
+                    mode,
+                )
+        if dry:
+            return self._dry_run(req, repair, settings, mode)
+        if mode == "approve" and not execute:
+            ctx = self._context(req.requested_by)
+            try:
+                plan = self._plan(repair, req, ctx, settings)
+            finally:
+                ctx.close()
+            entry = self._write(req, mode, PENDING, plan=plan)
+            log.info("repair #%d %s on %s waits for approval", entry, req.repair, req.target)
+            return Decision(entry, PENDING, "waiting for an operator's approval", plan)
+        return self._run(
+            req, repair, settings, mode, decided_by=req.requested_by if execute else None
+        )
+
+    def approve(self, entry_id: int, by: str) -> Decision:
+        """Approve a pending repair: every guard rule is checked again, now, then it runs."""
+        entry = self.journal.get(entry_id)
+        if entry is None:
+            raise WatchdogError(f"no repair #{entry_id} in the journal")
+        if entry.status != PENDING:
+            raise WatchdogError(f"repair #{entry_id} is {entry.status}, not pending")
+        req = RepairRequest(
+            entry.repair,
+            entry.server_id,
+            entry.project_id,
+            requested_by=entry.requested_by,
+            reason=entry.reason,
+            fingerprint=None,  # the pending row itself holds the fingerprint
+        )
+        self.journal.update(entry_id, status=DENIED, decided_by=by, refusal="superseded: approved")
+        repair = self.repairs[req.repair]
+        settings = self.config.repair(req.repair)
+        decision = self._run(req, repair, settings, settings.mode, decided_by=by)
+        self.journal.update(
+            entry_id,
+            refusal=f"approved by {by}; ran as repair #{decision.entry_id} ({decision.status})",
+        )
+        return decision
+
+    def deny(self, entry_id: int, by: str, why: str = "") -> Decision:
+        entry = self.journal.get(entry_id)
+        if entry is None:
+            raise WatchdogError(f"no repair #{entry_id} in the journal")
+        if entry.status != PENDING:
+            raise WatchdogError(f"repair #{entry_id} is {entry.status}, not pending")
+        self.journal.update(entry_id, status=DENIED, decided_by=by, refusal=f"denied: {why or by}")
+        return Decision(entry_id, DENIED, f"denied by {by}")
+
+    def breaker(self) -> tuple[bool, str]:
+        """(open?, why): open when too much of the fleet was unreachable in the last sweep."""
+        rows = self.state.query("SELECT COUNT(*), SUM(probed = 0) FROM hosts")
+        total, down = int(rows[0][0] or 0), int(rows[0][1] or 0)
+        limit = self.config.guard.breaker_unreachable_fraction
+        if total and down / total > limit:
+            return True, (
+                f"{down} of {total} hosts were unreachable in the last sweep "
+                f"({down / total:.0%} > {limit:.0%}); the fault is more likely the watchdog's own "
+                "view (network, DNS) — all repairs are suspended until it clears"
+            )
+        return False, ""
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _invalid(self, req: RepairRequest) -> str | None:
+        if req.repair not in self.repairs:
+            return f"no such repair {_clean(req.repair)} (known: {', '.join(sorted(self.repairs))})"
+        repair = self.repairs[req.repair]
+        if req.server_id not in self.inventory.servers:
+            return f"server {_clean(req.server_id)} is not in the inventory"
+        if repair.needs_project:
+            if req.project_id is None:
+                return f"{req.repair} needs a project id"
+            if not is_v4_uuid(req.project_id):
+                return f"{_clean(req.project_id)} is not a version-4 UUID, so it is not a project"
+            project = self.inventory.projects.get(req.project_id)
+            if project is None:
+                return f"project {req.project_id} is not in the inventory"
+            if req.server_id not in project.locations:
+                return f"project {req.project_id} does not live on server {req.server_id}"
+        elif req.project_id is not None:
+            return f"{req.repair} acts on a server, not on a project"
+        return None
+
+    def _write(
+        self,
+        req: RepairRequest,
+        mode: str,
+        status: str,
+        *,
+        refusal: str | None = None,
+        plan: list[dict[str, Any]] | None = None,
+    ) -> int:
+        return self.journal.write(
+            repair=_clean(req.repair),
+            target=_clean(req.target),
+            server_id=_clean(req.server_id),
+            project_id=_clean(req.project_id) if req.project_id else None,
+            requested_by=_clean(req.requested_by),
+            reason=req.reason[:500],
+            fingerprint=_clean(req.fingerprint) if req.fingerprint else None,
+            mode=mode,
+            status=status,
+            refusal=refusal,
+            plan=plan,
+        )
+
+    def _refuse(self, req: RepairRequest, code: str, why: str, mode: str) -> Decision:
+        entry = self._write(req, mode, REFUSED, refusal=f"{code}: {why}")
+        log.warning("repair %s on %s refused: %s", _clean(req.repair), _clean(req.target), why)
+        return Decision(entry, REFUSED, f"{code}: {why}")
+
+    def _context(self, who: str) -> Context:
+        return Context(self.config, self.inventory, self.journal, who)
+
+    def _plan(
+        self, repair: Repair[RepairSettings], req: RepairRequest, ctx: Context, settings: Any
+    ) -> list[dict[str, Any]]:
+        steps: list[Step] = repair.plan(req, ctx, settings)
+        return [s.as_dict(dict(self.inventory.servers)) for s in steps]
+
+    def _dry_run(
+        self, req: RepairRequest, repair: Repair[RepairSettings], settings: Any, mode: str
+    ) -> Decision:
+        ctx = self._context(req.requested_by)
+        try:
+            plan = self._plan(repair, req, ctx, settings)
+            blockers = repair.preconditions(req, ctx, settings)
+        except WatchdogError as exc:
+            plan, blockers = [], [f"cannot plan: {exc}"]
+        finally:
+            ctx.close()
+        note = "; ".join(blockers) if blockers else "preconditions hold now"
+        entry = self._write(req, mode, DRY_RUN, refusal=f"dry run (nothing run); {note}", plan=plan)
+        log.info(
+            "(dry run; not actually repairing) %s on %s: %d steps",
+            req.repair,
+            req.target,
+            len(plan),
+        )
+        return Decision(entry, DRY_RUN, f"dry run: nothing was run; {note}", plan)
+
+    def _limits(self, req: RepairRequest, settings: Any) -> tuple[str, str] | None:
+        now = self.clock()
+        is_open, why = self.breaker()
+        if is_open:
+            return "circuit_breaker", why
+        window = in_window(self.config.guard.maintenance, datetime.fromtimestamp(now, UTC))
+        if window is not None:
+            return "maintenance", f"inside the maintenance window {window.start}-{window.end} UTC"
+        g = self.config.guard
+        failures = self.journal.recent_failures(
+            req.repair, req.target, now - g.failure_window_hours * 3600
+        )
+        if failures >= g.max_failures:
+            self._gave_up_finding(req, failures)
+            return "gave_up", (
+                f"{failures} failed attempts on {req.target} in the last "
+                f"{g.failure_window_hours:g} h; the guard stopped trying — a human has to look"
+            )
+        hour = now - 3600
+        if self.journal.count_started(hour, repair=req.repair) >= settings.max_per_hour:
+            return (
+                "rate_limited",
+                f"{req.repair} already ran {settings.max_per_hour} times this hour",
+            )
+        if self.journal.count_started(hour, server_id=req.server_id) >= g.max_per_hour_per_host:
+            return "rate_limited", (
+                f"{g.max_per_hour_per_host} repairs already ran on this host this hour"
+            )
+        return None
+
+    def _gave_up_finding(self, req: RepairRequest, failures: int) -> None:
+        self.state.raise_finding(
+            Finding(
+                check="guard",
+                server_id=req.server_id,
+                project_id=req.project_id,
+                severity=Severity.CRITICAL,
+                code="gave_up",
+                value=float(failures),
+                message=f"{req.repair} failed {failures} times on this target; automatic "
+                "repair stopped",
+            )
+        )
+
+    def _run(
+        self,
+        req: RepairRequest,
+        repair: Repair[RepairSettings],
+        settings: Any,
+        mode: str,
+        *,
+        decided_by: str | None,
+    ) -> Decision:
+        limited = self._limits(req, settings)
+        if limited:
+            return self._refuse(req, limited[0], limited[1], mode)
+        lease_ttl = self.config.guard.lease_seconds
+        if not self.journal.acquire_lease(req.target, self.holder, lease_ttl):
+            holder = self.journal.lease_holder(req.target) or "another repair"
+            return self._refuse(
+                req, "lease", f"{req.target} is being repaired by {holder}; one at a time", mode
+            )
+        ctx = self._context(decided_by or req.requested_by)
+        try:
+            try:
+                blockers = repair.preconditions(req, ctx, settings)
+            except WatchdogError as exc:
+                blockers = [f"precondition_error: cannot check preconditions: {exc}"]
+            if blockers:
+                return self._refuse(req, "precondition", "; ".join(blockers), mode)
+            steps = repair.plan(req, ctx, settings)
+            plan = [s.as_dict(dict(self.inventory.servers)) for s in steps]
+            # Journal first: the intent is on disk before any command runs.
+            entry = self._write(req, mode, RUNNING, plan=plan)
+            self.journal.update(entry, started_at=self.clock(), decided_by=decided_by)
+            log.info(
+                "repair #%d %s on %s: running %d steps", entry, req.repair, req.target, len(steps)
+            )
+            try:
+                outcome = repair.execute(req, steps, ctx, settings)
+            except WatchdogError as exc:
+                self.journal.update(entry, status=FAILED, output=str(exc)[-4000:])
+                log.error("repair #%d %s on %s failed: %s", entry, req.repair, req.target, exc)
+                return Decision(entry, FAILED, str(exc), plan)
+            output = "\n".join(outcome.output)[-8000:]
+            if outcome.status == CONFLICT:
+                self.journal.update(entry, status=CONFLICT, output=output)
+                return Decision(
+                    entry, CONFLICT, outcome.output[-1] if outcome.output else "conflict", plan
+                )
+            try:
+                ok, verification = repair.verify(req, ctx, settings)
+            except WatchdogError as exc:
+                ok, verification = False, f"could not verify: {exc}"
+            status = SUCCEEDED if ok else FAILED
+            self.journal.update(entry, status=status, output=output, verification=verification)
+            log.info(
+                "repair #%d %s on %s: %s (%s)", entry, req.repair, req.target, status, verification
+            )
+            return Decision(entry, status, verification, plan)
+        finally:
+            ctx.close()
+            self.journal.release_lease(req.target, self.holder)

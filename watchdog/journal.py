@@ -1,0 +1,267 @@
+"""The repair journal, leases on repair targets, and the watchdog's own overrides.
+
+Journal first: a repair's intent (plan, who asked, why) is written before any command runs, its
+outcome after. A row still ``running`` when the watchdog starts was interrupted (crash, SIGKILL):
+it is reported, never blindly re-run. Every guard decision — refusals included — is a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from watchdog.state import State
+
+# Statuses a journal row goes through.
+REFUSED = "refused"
+DRY_RUN = "dry_run"
+PENDING = "pending"  # waiting for an operator (mode approve)
+DENIED = "denied"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"  # a command failed, or verification did not pass
+INTERRUPTED = "interrupted"
+CONFLICT = "conflict"  # stopped on purpose: newer data on the target (resync_replica)
+
+FINISHED = frozenset({REFUSED, DRY_RUN, DENIED, SUCCEEDED, FAILED, INTERRUPTED, CONFLICT})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One journal row."""
+
+    id: int
+    repair: str
+    target: str
+    server_id: str
+    project_id: str | None
+    requested_by: str
+    reason: str
+    fingerprint: str | None
+    mode: str
+    status: str
+    refusal: str | None
+    plan: list[dict[str, Any]]
+    created_at: float
+    decided_by: str | None
+    started_at: float | None
+    finished_at: float | None
+    output: str | None
+    verification: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+_COLUMNS = (
+    "id, repair, target, server_id, project_id, requested_by, reason, fingerprint, mode, status, "
+    "refusal, plan, created_at, decided_by, started_at, finished_at, output, verification"
+)
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    values = list(row)
+    values[4] = values[4] or None
+    values[11] = json.loads(values[11] or "[]")
+    return Entry(*values)
+
+
+class Journal:
+    """Journal, leases and overrides, stored in the watchdog's state database."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    # -- journal ------------------------------------------------------------------------------
+
+    def write(
+        self,
+        *,
+        repair: str,
+        target: str,
+        server_id: str,
+        project_id: str | None,
+        requested_by: str,
+        reason: str,
+        fingerprint: str | None,
+        mode: str,
+        status: str,
+        refusal: str | None = None,
+        plan: list[dict[str, Any]] | None = None,
+    ) -> int:
+        """Write a new row (an intent or a decision) and return its id."""
+        now = time.time()
+        with self.state.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO journal(repair, target, server_id, project_id, requested_by, reason, "
+                "fingerprint, mode, status, refusal, plan, created_at, finished_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    repair,
+                    target,
+                    server_id,
+                    project_id or "",
+                    requested_by,
+                    reason,
+                    fingerprint,
+                    mode,
+                    status,
+                    refusal,
+                    json.dumps(plan or []),
+                    now,
+                    now if status in FINISHED else None,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def update(self, entry_id: int, **fields: Any) -> None:
+        allowed = {
+            "status",
+            "refusal",
+            "plan",
+            "decided_by",
+            "started_at",
+            "finished_at",
+            "output",
+            "verification",
+        }
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"journal fields cannot be updated: {sorted(bad)}")
+        if "plan" in fields:
+            fields["plan"] = json.dumps(fields["plan"])
+        if fields.get("status") in FINISHED and "finished_at" not in fields:
+            fields["finished_at"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.state.transaction() as db:
+            db.execute(f"UPDATE journal SET {cols} WHERE id=?", (*fields.values(), entry_id))  # noqa: S608
+
+    def get(self, entry_id: int) -> Entry | None:
+        rows = self.state.query(f"SELECT {_COLUMNS} FROM journal WHERE id=?", (entry_id,))  # noqa: S608
+        return _entry(rows[0]) if rows else None
+
+    def entries(self, *, status: str | None = None, limit: int = 100) -> list[Entry]:
+        sql = f"SELECT {_COLUMNS} FROM journal"  # noqa: S608
+        params: list[Any] = []
+        if status:
+            sql += " WHERE status=?"
+            params.append(status)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        return [_entry(r) for r in self.state.query(sql, params)]
+
+    def mark_interrupted(self) -> list[Entry]:
+        """On start-up: rows still running were interrupted. Mark and return them."""
+        running = self.entries(status=RUNNING, limit=10_000)
+        for e in running:
+            self.update(
+                e.id,
+                status=INTERRUPTED,
+                output=(e.output or "")
+                + "\nthe watchdog stopped while this repair ran; its outcome is unknown. "
+                "Not re-run: check the target and repair again if needed.",
+            )
+        return running
+
+    def count_started(
+        self, since: float, *, repair: str | None = None, server_id: str | None = None
+    ) -> int:
+        """Repairs that started executing since a time (for rate limits)."""
+        sql = "SELECT COUNT(*) FROM journal WHERE started_at >= ?"
+        params: list[Any] = [since]
+        if repair:
+            sql += " AND repair=?"
+            params.append(repair)
+        if server_id:
+            sql += " AND server_id=?"
+            params.append(server_id)
+        return int(self.state.query(sql, params)[0][0])
+
+    def recent_failures(self, repair: str, target: str, since: float) -> int:
+        """Failed attempts on a target since a time, not counting those before a success."""
+        rows = self.state.query(
+            "SELECT status FROM journal WHERE repair=? AND target=? AND started_at >= ? "
+            "AND status IN (?, ?, ?) ORDER BY id DESC",
+            (repair, target, since, SUCCEEDED, FAILED, INTERRUPTED),
+        )
+        n = 0
+        for (status,) in rows:
+            if status == SUCCEEDED:
+                break
+            n += 1
+        return n
+
+    def active_fingerprint(self, fingerprint: str) -> Entry | None:
+        """A pending or running repair started for this alert fingerprint, if any."""
+        rows = self.state.query(
+            f"SELECT {_COLUMNS} FROM journal WHERE fingerprint=? AND status IN (?, ?) "  # noqa: S608
+            "ORDER BY id DESC LIMIT 1",
+            (fingerprint, PENDING, RUNNING),
+        )
+        return _entry(rows[0]) if rows else None
+
+    def counts_by(self) -> dict[tuple[str, str], int]:
+        """Journal rows per (repair, status), for metrics."""
+        return {
+            (r, s): int(n)
+            for r, s, n in self.state.query(
+                "SELECT repair, status, COUNT(*) FROM journal GROUP BY repair, status"
+            )
+        }
+
+    def refusals_by_reason(self) -> dict[tuple[str, str], int]:
+        """Refusals per (repair, short reason code), for metrics."""
+        out: dict[tuple[str, str], int] = {}
+        for repair, refusal, n in self.state.query(
+            "SELECT repair, refusal, COUNT(*) FROM journal WHERE status=? GROUP BY repair, refusal",
+            (REFUSED,),
+        ):
+            code = (refusal or "").split(":", 1)[0]
+            out[(repair, code)] = out.get((repair, code), 0) + int(n)
+        return out
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def acquire_lease(self, target: str, holder: str, ttl: float) -> bool:
+        """Take the lease on a target unless someone holds an unexpired one."""
+        now = time.time()
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
+            try:
+                db.execute("INSERT INTO leases VALUES (?, ?, ?)", (target, holder, now + ttl))
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def lease_holder(self, target: str) -> str | None:
+        rows = self.state.query(
+            "SELECT holder FROM leases WHERE target=? AND expires_at >= ?", (target, time.time())
+        )
+        return str(rows[0][0]) if rows else None
+
+    def release_lease(self, target: str, holder: str) -> None:
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM leases WHERE target=? AND holder=?", (target, holder))
+
+    # -- overrides ----------------------------------------------------------------------------
+
+    def set_override(self, server_id: str, key: str, value: Any, set_by: str) -> None:
+        with self.state.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO overrides VALUES (?, ?, ?, ?, ?)",
+                (server_id, key, json.dumps(value), set_by, time.time()),
+            )
+
+    def clear_override(self, server_id: str, key: str) -> None:
+        with self.state.transaction() as db:
+            db.execute("DELETE FROM overrides WHERE server_id=? AND key=?", (server_id, key))
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for sid, key, value in self.state.query("SELECT server_id, key, value FROM overrides"):
+            out.setdefault(sid, {})[key] = json.loads(value)
+        return out

@@ -1,0 +1,87 @@
+"""The context a repair runs in: the inventory, transports, fresh facts and checks, overrides.
+
+Fresh facts matter: preconditions are checked against a probe taken at the last moment (a host's
+/projects can be unmounted between the sweep and the repair), and verify() re-runs the check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from checks import registry as check_registry
+from watchdog.config import Config
+from watchdog.errors import WatchdogError
+from watchdog.gather import gather, gather_host, make_transport
+from watchdog.journal import Journal
+from watchdog.model import Finding, HostFacts, Inventory, Project, Server
+from watchdog.transport.base import CommandResult, Transport
+
+
+class Context:
+    """Implements ``repairs.base.RepairContext`` for one repair run; ``close()`` afterwards."""
+
+    def __init__(self, config: Config, inventory: Inventory, journal: Journal, who: str) -> None:
+        self.config = config
+        self.inventory = inventory
+        self.journal = journal
+        self.who = who
+        self._transports: dict[str, Transport] = {}
+
+    def server(self, server_id: str) -> Server:
+        try:
+            return self.inventory.servers[server_id]
+        except KeyError:
+            raise WatchdogError(f"server {server_id} is not in the inventory") from None
+
+    def project(self, project_id: str) -> Project | None:
+        return self.inventory.projects.get(project_id)
+
+    def transport(self, server_id: str) -> Transport:
+        if server_id not in self._transports:
+            self._transports[server_id] = make_transport(self.server(server_id), self.config.ssh)
+        return self._transports[server_id]
+
+    def run(self, step: Any) -> CommandResult:
+        return self.transport(step.server_id).run(
+            list(step.argv), stdin=step.stdin, timeout=step.timeout
+        )
+
+    def facts(self, server_id: str, deep_ids: tuple[str, ...] = ()) -> HostFacts:
+        """A fresh probe of one host (and deep checks of the given repos) right now."""
+        ids = list(deep_ids)
+        return gather_host(
+            self.server(server_id),
+            self.config.ssh,
+            tcp_timeout=self.config.check("reachability").connect_timeout,
+            deep_select=(lambda _facts: ids) if ids else None,
+            deep=self.config.deep,
+        )
+
+    def evaluate(self, check: str, server_ids: tuple[str, ...]) -> list[Finding]:
+        """Gather the servers now and run one check on them."""
+        servers = [self.server(s) for s in server_ids]
+        facts = {
+            f.server_id: f
+            for f in gather(
+                servers,
+                self.config.ssh,
+                tcp_timeout=self.config.check("reachability").connect_timeout,
+            )
+        }
+        return list(
+            check_registry()[check].evaluate(facts, self.inventory, self.config.check(check))
+        )
+
+    def fenced(self, server_id: str) -> bool:
+        return bool(self.journal.overrides().get(server_id, {}).get("fenced"))
+
+    def set_override(self, server_id: str, key: str, value: Any) -> None:
+        self.journal.set_override(server_id, key, value, self.who)
+
+    def clear_override(self, server_id: str, key: str) -> None:
+        self.journal.clear_override(server_id, key)
+
+    def close(self) -> None:
+        for t in self._transports.values():
+            t.close()
+        self._transports.clear()
