@@ -130,6 +130,16 @@ class ScheduleConfig(Section):
     deep_interval_seconds: float = Field(
         3600.0, ge=0, description="Sweeps include a deep-check pass at most this often."
     )
+    auto_repair: bool = Field(
+        True,
+        description="After each sweep, ask the guard to repair what the findings point at "
+        "(repairs in 'auto' run, in 'approve' wait for an operator; 'off'/'dry-run' are skipped).",
+    )
+    repair_cooldown_seconds: float = Field(
+        1800.0,
+        ge=0,
+        description="After a decision on a finding, the schedule asks again only after this.",
+    )
 
 
 class MetricsConfig(Section):

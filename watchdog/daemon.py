@@ -22,11 +22,15 @@ from prometheus_client import CollectorRegistry
 from checks import registry as check_registry
 from watchdog.config import Config
 from watchdog.errors import WatchdogError
+from watchdog.guard import Guard
 from watchdog.http.app import HttpServer, create_app
+from watchdog.http.auth import read_token
 from watchdog.inventory.file import parse_inventory
+from watchdog.journal import Entry, Journal
 from watchdog.metrics import StateCollector
-from watchdog.model import Inventory, Server, Severity
-from watchdog.runner import Runner, inventory_source, open_state
+from watchdog.model import Finding, Inventory, Server, Severity
+from watchdog.repair_queue import QueueFull, RepairQueue, Work
+from watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from watchdog.state import State
 from watchdog.sweep import LAG_BUCKETS, SweepResult
 
@@ -49,10 +53,17 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
             deep_window_seconds=config.deep.window_days * 86400,
             lag_buckets=LAG_BUCKETS,
             max_patience=config.check("reachability").max_patience,
+            breaker_fraction=config.guard.breaker_unreachable_fraction,
         )
     )
     host, port = config.http.listen.rsplit(":", 1)
-    return HttpServer(create_app(reg, state), host, int(port))
+    app = create_app(
+        reg,
+        state,
+        repairs=daemon.queue if daemon is not None else None,
+        token=read_token(config.guard.api_token_file),
+    )
+    return HttpServer(app, host, int(port))
 
 
 def cached_servers(state: State) -> Mapping[str, Server]:
@@ -77,6 +88,15 @@ class Daemon:
         self.last_result: SweepResult | None = None
         self.stopping = threading.Event()
         self._servers_cache: Mapping[str, Server] | None = None
+        self.queue = RepairQueue(self.guard)
+
+    def guard(self) -> Guard:
+        """A guard over the freshest inventory (the last sweep's, or loaded now)."""
+        inventory = self.inventory
+        if inventory is None:
+            inventory = load_inventory(self.runner.source, self.state)
+            self.inventory = inventory
+        return Guard(self.config, self.state, inventory)
 
     def servers(self) -> Mapping[str, Server]:
         if self.inventory is not None:
@@ -104,6 +124,8 @@ class Daemon:
             return
         self.inventory = result.inventory
         self.last_result = result
+        if self.config.schedule.auto_repair and not self.stopping.is_set():
+            self._repair(result)
         counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
         log.info(
             "sweep done in %.2f s: %d hosts, %d critical, %d warning, %d SSH sessions",
@@ -114,6 +136,44 @@ class Daemon:
             result.ssh_sessions,
         )
 
+    def _repair(self, result: SweepResult) -> None:
+        """Hand the sweep's findings to the guard; a failure here never stops the loop."""
+        try:
+            guard = self.guard()
+            cooldown = self.config.schedule.repair_cooldown_seconds
+            for req in guard.scheduled_requests(result.findings, cooldown):
+                if self.queue.put(Work(request=req)):
+                    log.info("scheduled repair queued: %s on %s", req.repair, req.target)
+        except QueueFull as exc:
+            log.error("scheduled repairs not queued: %s", exc)
+        except Exception:
+            log.exception("scheduled repairs failed; the next sweep tries again")
+
+    def report_interrupted(self) -> list[Entry]:
+        """Repairs the last run left running: reported (finding + journal), never re-run."""
+        interrupted = Journal(self.state).mark_interrupted()
+        for e in interrupted:
+            log.error(
+                "repair #%d %s on %s was interrupted (the watchdog stopped while it ran); "
+                "its outcome is unknown and it is NOT re-run",
+                e.id,
+                e.repair,
+                e.target,
+            )
+            self.state.raise_finding(
+                Finding(
+                    check="guard",
+                    server_id=e.server_id,
+                    project_id=e.project_id,
+                    severity=Severity.CRITICAL,
+                    code="interrupted",
+                    value=float(e.id),
+                    message=f"repair #{e.id} {e.repair} was interrupted; check the target and "
+                    "repair again if needed",
+                )
+            )
+        return interrupted
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.warning(
             "received %s: finishing the current sweep, then stopping", signal.Signals(signum).name
@@ -122,8 +182,10 @@ class Daemon:
 
     def run(self, *, once: bool = False) -> int:
         """Serve and sweep until a signal (or one pass with ``once``); return an exit code."""
+        self.report_interrupted()
         http = build_http(self.config, self.state, self)
         http.start()
+        self.queue.start()
         log.info("serving http://%s/metrics", self.config.http.listen)
         try:
             if once:
@@ -131,6 +193,7 @@ class Daemon:
                 return int(self.last_result.worst) if self.last_result else 3
             return self._loop()
         finally:
+            self.queue.stop()
             http.stop()
             self.state.close()
 

@@ -63,6 +63,19 @@ def _clean(value: object) -> str:
     return text if text.isprintable() and len(text) <= 100 else repr(text)[:100]
 
 
+def breaker(state: State, limit: float) -> tuple[bool, str]:
+    """The circuit breaker from the last sweep's hosts: (open?, why)."""
+    rows = state.query("SELECT COUNT(*), SUM(probed = 0) FROM hosts")
+    total, down = int(rows[0][0] or 0), int(rows[0][1] or 0)
+    if total and down / total > limit:
+        return True, (
+            f"{down} of {total} hosts were unreachable in the last sweep "
+            f"({down / total:.0%} > {limit:.0%}); the fault is more likely the watchdog's own "
+            "view (network, DNS) — all repairs are suspended until it clears"
+        )
+    return False, ""
+
+
 def in_window(windows: list[MaintenanceWindow], now: datetime) -> MaintenanceWindow | None:
     """The maintenance window ``now`` (UTC) falls in, if any."""
     day = _DAYS[now.weekday()]
@@ -71,6 +84,29 @@ def in_window(windows: list[MaintenanceWindow], now: datetime) -> MaintenanceWin
         if day in w.days and w.start <= hhmm < w.end:
             return w
     return None
+
+
+def requests_for(
+    findings: list[Finding], repairs: Mapping[str, Repair[RepairSettings]], who: str
+) -> list[RepairRequest]:
+    """The repair each finding points at (a repair answers its check's codes), one per target."""
+    out: dict[tuple[str, str], RepairRequest] = {}
+    for f in findings:
+        for repair in repairs.values():
+            if repair.check != f.check or (repair.codes and f.code not in repair.codes):
+                continue
+            if repair.needs_project != (f.project_id is not None):
+                continue
+            req = RepairRequest(
+                repair.name,
+                f.server_id,
+                f.project_id,
+                requested_by=who,
+                reason=f"{f.check}/{f.code}: {f.message}",
+                fingerprint=f"finding:{repair.name}:{f.target}",
+            )
+            out.setdefault((repair.name, req.target), req)
+    return list(out.values())
 
 
 class Guard:
@@ -137,6 +173,19 @@ class Guard:
             req, repair, settings, mode, decided_by=req.requested_by if execute else None
         )
 
+    def scheduled_requests(self, findings: list[Finding], cooldown: float) -> list[RepairRequest]:
+        """What the schedule should ask for: repairs the findings point at, in auto or approve
+        mode, not decided on within the cooldown (so the journal is not flooded each sweep)."""
+        now = self.clock()
+        out = []
+        for req in requests_for(findings, self.repairs, "schedule"):
+            if self.config.repair(req.repair).mode not in ("auto", "approve"):
+                continue
+            if req.fingerprint and self.journal.decided_since(req.fingerprint, now - cooldown):
+                continue
+            out.append(req)
+        return out
+
     def approve(self, entry_id: int, by: str) -> Decision:
         """Approve a pending repair: every guard rule is checked again, now, then it runs."""
         entry = self.journal.get(entry_id)
@@ -173,16 +222,7 @@ class Guard:
 
     def breaker(self) -> tuple[bool, str]:
         """(open?, why): open when too much of the fleet was unreachable in the last sweep."""
-        rows = self.state.query("SELECT COUNT(*), SUM(probed = 0) FROM hosts")
-        total, down = int(rows[0][0] or 0), int(rows[0][1] or 0)
-        limit = self.config.guard.breaker_unreachable_fraction
-        if total and down / total > limit:
-            return True, (
-                f"{down} of {total} hosts were unreachable in the last sweep "
-                f"({down / total:.0%} > {limit:.0%}); the fault is more likely the watchdog's own "
-                "view (network, DNS) — all repairs are suspended until it clears"
-            )
-        return False, ""
+        return breaker(self.state, self.config.guard.breaker_unreachable_fraction)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -204,6 +204,14 @@ class Journal:
         )
         return _entry(rows[0]) if rows else None
 
+    def decided_since(self, fingerprint: str, since: float) -> bool:
+        """Whether any decision was taken for this fingerprint since a time (schedule cooldown)."""
+        rows = self.state.query(
+            "SELECT 1 FROM journal WHERE fingerprint=? AND created_at >= ? LIMIT 1",
+            (fingerprint, since),
+        )
+        return bool(rows)
+
     def counts_by(self) -> dict[tuple[str, str], int]:
         """Journal rows per (repair, status), for metrics."""
         return {

@@ -22,6 +22,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from watchdog import __version__
+from watchdog.guard import breaker
+from watchdog.journal import Journal
 from watchdog.model import Server, Severity
 from watchdog.state import State
 from watchdog.suspicion import suspicion
@@ -49,7 +51,9 @@ class StateCollector(Collector):
         deep_window_seconds: float = 7 * 86400,
         lag_buckets: tuple[float, ...] = (),
         max_patience: int = 3,
+        breaker_fraction: float = 0.3,
     ) -> None:
+        self.breaker_fraction = breaker_fraction
         self.max_patience = max_patience
         self.state = state
         self.servers = servers
@@ -81,6 +85,7 @@ class StateCollector(Collector):
         yield from self._checks()
         yield from self._findings(servers)
         yield from self._meta()
+        yield from self._repairs()
 
     def _labels(self, servers: Mapping[str, Server], sid: str) -> list[str]:
         s = servers.get(sid)
@@ -262,6 +267,32 @@ class StateCollector(Collector):
                 top.add_metric([pid, "critical"], float(crit))
                 top.add_metric([pid, "warning"], float(total - crit))
         yield top
+
+    def _repairs(self) -> Iterator[Metric]:
+        journal = Journal(self.state)
+        entries = _gauge(
+            "repair_journal_entries",
+            "Journal entries per repair and status (refused, dry_run, pending, succeeded, …).",
+            ["repair", "status"],
+        )
+        for (repair, status), n in sorted(journal.counts_by().items()):
+            entries.add_metric([repair, status], float(n))
+        yield entries
+        refused = _gauge(
+            "repairs_refused",
+            "Repair requests the guard refused, per repair and reason.",
+            ["repair", "reason"],
+        )
+        for (repair, reason), n in sorted(journal.refusals_by_reason().items()):
+            refused.add_metric([repair, reason], float(n))
+        yield refused
+        is_open, _ = breaker(self.state, self.breaker_fraction)
+        g = _gauge(
+            "circuit_breaker_open",
+            "1 when repairs are suspended because too much of the fleet looks unreachable.",
+        )
+        g.add_metric([], 1.0 if is_open else 0.0)
+        yield g
 
     def _meta(self) -> Iterator[Metric]:
         meta = self.state.meta()

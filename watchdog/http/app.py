@@ -8,19 +8,71 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from repairs.base import RepairRequest
 from watchdog import __version__
+from watchdog.http.auth import TokenAuth
+from watchdog.journal import Journal
+from watchdog.repair_queue import QueueFull, RepairQueue, Work
 from watchdog.state import State
 
 
+class RepairBody(BaseModel):
+    """A repair request through the API (it goes through the guard like any other)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repair: str = Field(pattern=r"^[a-z_]{1,40}$", examples=["chown_project"])
+    server_id: str = Field(min_length=1, max_length=64)
+    project_id: str | None = Field(None, max_length=64)
+    reason: str = Field("", max_length=500)
+    dry_run: bool = False
+
+
+class DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    why: str = Field("", max_length=500)
+
+
+def _field_errors(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"At '{loc}': {e.get('msg', 'invalid')}")
+    return "; ".join(parts)[:2000]
+
+
 def create_app(
-    registry: CollectorRegistry, state: State, ready: Callable[[], bool] | None = None
+    registry: CollectorRegistry,
+    state: State,
+    ready: Callable[[], bool] | None = None,
+    *,
+    repairs: RepairQueue | None = None,
+    token: str | None = None,
 ) -> FastAPI:
-    """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200."""
+    """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200.
+
+    Write endpoints need ``repairs`` (the queue to the guard) and a bearer ``token``.
+    """
     app = FastAPI(title="bup-watchdog", version=__version__)
+    auth = TokenAuth(token)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _field_errors(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -63,7 +115,64 @@ def create_app(
             ]
         }
 
+    @app.get("/api/repairs", summary="The repair journal, newest first")
+    def list_repairs(
+        status: str | None = Query(None, pattern=r"^[a-z_]{1,20}$"),
+        limit: int = Query(100, ge=1, le=10000),
+    ) -> dict[str, Any]:
+        return {
+            "repairs": [e.as_dict() for e in Journal(state).entries(status=status, limit=limit)]
+        }
+
+    def _queue() -> RepairQueue:
+        if repairs is None:
+            raise HTTPException(status_code=503, detail="repairs are not served by this process")
+        return repairs
+
+    @app.post(
+        "/api/repairs",
+        status_code=202,
+        summary="Ask for a repair (queued; the guard decides)",
+        dependencies=[Depends(auth)],
+    )
+    def request_repair(body: RepairBody) -> dict[str, Any]:
+        req = RepairRequest(
+            body.repair,
+            body.server_id.lower(),
+            body.project_id.lower() if body.project_id else None,
+            requested_by="api",
+            reason=body.reason,
+            params={"dry_run": body.dry_run},
+        )
+        return _enqueue(_queue(), Work(request=req))
+
+    @app.post(
+        "/api/repairs/{entry_id}/approve",
+        status_code=202,
+        summary="Approve a pending repair (queued; every guard rule is checked again)",
+        dependencies=[Depends(auth)],
+    )
+    def approve(entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
+        return _enqueue(_queue(), Work(approve=entry_id, by="api"))
+
+    @app.post(
+        "/api/repairs/{entry_id}/deny",
+        status_code=202,
+        summary="Deny a pending repair",
+        dependencies=[Depends(auth)],
+    )
+    def deny(body: DecisionBody, entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
+        return _enqueue(_queue(), Work(deny=entry_id, by="api", why=body.why))
+
     return app
+
+
+def _enqueue(q: RepairQueue, work: Work) -> dict[str, Any]:
+    try:
+        queued = q.put(work)
+    except QueueFull as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from None
+    return {"queued": queued, "queue_length": q.qsize()}
 
 
 class HttpServer:

@@ -1,0 +1,123 @@
+"""The guard's rules on a real fleet: every refusal journaled with its reason, nothing run."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import SCRATCH_P1
+
+from repairs.base import RepairRequest
+from support.fleet import fleet_config, fleet_digest, make_guard
+from watchdog.guard import Guard
+from watchdog.runner import Runner, inventory_source, open_state
+from watchdog.sandbox.fleet import SandboxFleet
+
+
+def chown(fleet: SandboxFleet, **kw: object) -> RepairRequest:
+    return RepairRequest("chown_project", fleet.server_id("s1"), SCRATCH_P1, **kw)  # type: ignore[arg-type]
+
+
+def plant_wrong_owner(fleet: SandboxFleet) -> None:
+    f = fleet.hosts["s1"].projects_dir_outside / SCRATCH_P1 / "wrong.txt"
+    f.write_text("x")
+    os.chown(f, 0, 0)
+
+
+def refusal(guard: Guard) -> str:
+    [entry] = guard.journal.entries(status="refused", limit=1)
+    return entry.refusal or ""
+
+
+def test_a_project_id_that_is_not_a_v4_uuid_is_refused_before_anything_runs(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    guard = make_guard(scratch_fleet)
+    before = fleet_digest(scratch_fleet)
+    for bad in ("../../etc", "not-a-uuid; rm -rf /", SCRATCH_P1.replace("-4", "-1", 1)):
+        decision = guard.submit(
+            RepairRequest("chown_project", scratch_fleet.server_id("s1"), bad), execute=True
+        )
+        assert decision.status == "refused"
+        assert decision.message.startswith("invalid:")
+    assert fleet_digest(scratch_fleet) == before
+    assert len(guard.journal.entries(status="refused")) == 3
+
+
+def test_an_unknown_server_or_repair_is_refused_with_the_known_names(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    guard = make_guard(scratch_fleet)
+    d1 = guard.submit(RepairRequest("chown_project", "nope", SCRATCH_P1), execute=True)
+    d2 = guard.submit(RepairRequest("format_disk", scratch_fleet.server_id("s1")), execute=True)
+    assert "not in the inventory" in d1.message
+    assert "no such repair format_disk" in d2.message and "chown_project" in d2.message
+
+
+def test_a_repair_switched_off_is_refused(scratch_fleet: SandboxFleet) -> None:
+    guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "off"\n')
+    assert guard.submit(chown(scratch_fleet), execute=True).message.startswith("mode_off:")
+
+
+def test_in_approve_mode_a_request_waits_and_nothing_changes_until_approved(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
+    before = fleet_digest(scratch_fleet)
+    pending = guard.submit(chown(scratch_fleet, fingerprint="abc123"))
+    assert pending.status == "pending"
+    assert fleet_digest(scratch_fleet) == before
+    again = guard.submit(chown(scratch_fleet, fingerprint="abc123"))
+    assert again.message.startswith("duplicate:"), "one repair per alert fingerprint"
+    done = guard.approve(pending.entry_id, "tester")
+    assert done.status == "succeeded"
+    assert fleet_digest(scratch_fleet) != before
+    assert guard.journal.get(done.entry_id).decided_by == "tester"  # type: ignore[union-attr]
+
+
+def test_a_target_under_lease_is_refused(scratch_fleet: SandboxFleet) -> None:
+    guard = make_guard(scratch_fleet)
+    req = chown(scratch_fleet)
+    assert guard.journal.acquire_lease(req.target, "other-watchdog:1", 60)
+    assert guard.submit(req, execute=True).message.startswith("lease:")
+    assert "other-watchdog:1" in refusal(guard)
+
+
+def test_the_rate_limit_per_repair_refuses_the_next_run_within_the_hour(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet, "[repairs.chown_project]\nmax_per_hour = 1\n")
+    assert guard.submit(chown(scratch_fleet), execute=True).status == "succeeded"
+    assert guard.submit(chown(scratch_fleet), execute=True).message.startswith("rate_limited:")
+
+
+def test_repairs_are_refused_inside_a_maintenance_window(scratch_fleet: SandboxFleet) -> None:
+    guard = make_guard(scratch_fleet, '[[guard.maintenance]]\nstart = "00:00"\nend = "24:00"\n')
+    assert guard.submit(chown(scratch_fleet), execute=True).message.startswith("maintenance:")
+
+
+def test_the_circuit_breaker_suspends_repairs_when_half_the_fleet_is_unreachable(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    config = fleet_config(scratch_fleet)
+    state = open_state(config)
+    scratch_fleet.hosts["s2"].kill_sshd()
+    result = Runner(config, state, inventory_source(config)).run_once(force=True)
+    assert result is not None
+    guard = Guard(config, state, result.inventory)
+    is_open, why = guard.breaker()
+    assert is_open and "1 of 2 hosts were unreachable" in why
+    decision = guard.submit(chown(scratch_fleet), execute=True)
+    assert decision.message.startswith("circuit_breaker:")
+
+
+def test_a_dry_run_journals_the_plan_and_changes_nothing(scratch_fleet: SandboxFleet) -> None:
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet)
+    before = fleet_digest(scratch_fleet)
+    decision = guard.submit(chown(scratch_fleet, params={"dry_run": True}), execute=True)
+    assert decision.status == "dry_run"
+    [entry] = guard.journal.entries(status="dry_run")
+    assert entry.plan and "find" in entry.plan[0]["command"]
+    assert fleet_digest(scratch_fleet) == before
