@@ -200,6 +200,49 @@ class GuardConfig(Section):
     )
 
 
+class AlertRule(Section):
+    """Which repair an Alertmanager alert asks for."""
+
+    alertname: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The alert's name.")
+    repair: str = Field(pattern=r"^[a-z_]+$", description="The repair it asks for.")
+
+
+def _default_alert_rules() -> list[AlertRule]:
+    return [
+        AlertRule(alertname="BupWatchBupServerDown", repair="restart_bup_server"),
+        AlertRule(alertname="BupWatchProjectsNotMounted", repair="fence_host"),
+        AlertRule(alertname="BupWatchSaveLogTooLarge", repair="rotate_save_log"),
+        AlertRule(alertname="BupWatchWrongOwner", repair="chown_project"),
+        AlertRule(alertname="BupWatchReplicaBehind", repair="resync_replica"),
+        AlertRule(alertname="BupWatchRepoGarbage", repair="clean_repo"),
+    ]
+
+
+class AlertsConfig(Section):
+    """The Alertmanager webhook (POST /alertmanager): which alerts start which repairs."""
+
+    rules: list[AlertRule] = Field(
+        default_factory=_default_alert_rules,
+        description="alertname -> repair. The alert's server_id label names the server; its "
+        "project_id label the project, or else every project with an open finding of the "
+        "repair's check on that server.",
+    )
+    max_alerts_per_payload: int = Field(
+        1000, ge=1, description="Larger payloads are refused with 413."
+    )
+    silence: bool = Field(
+        False,
+        description="While a repair started by an alert runs, silence that alert in "
+        "Alertmanager; expire the silence after verification.",
+    )
+    alertmanager_url: str = Field(
+        "http://127.0.0.1:9093",
+        pattern=r"^https?://[^\s]+$",
+        description="Alertmanager's base URL, for silences.",
+    )
+    silence_minutes: float = Field(60.0, gt=0, description="Longest a silence may last.")
+
+
 class HttpConfig(Section):
     listen: str = Field(
         "127.0.0.1:9731",
@@ -224,6 +267,7 @@ class Config(Section):
         description="One table per repair, [repairs.NAME]; see each repair's keys below.",
     )
     repair_settings: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
     checks: dict[str, Any] = Field(
         default_factory=dict,
         description="One table per check, [checks.NAME]; see each check's keys below.",
@@ -305,6 +349,10 @@ def parse_config(
         repair_models = repair_settings_models()
     repair_settings, more = _plugin_sections(data, "repairs", "repair", repair_models)
     problems.extend(more)
+    if config is not None:
+        for i, rule in enumerate(config.alerts.rules):
+            if rule.repair not in repair_models:
+                problems.append(f"At 'alerts.rules.{i}.repair': no such repair {rule.repair!r}")
     if problems or config is None:
         raise ConfigError(source, problems)
     config.check_settings = settings

@@ -62,6 +62,7 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
         state,
         repairs=daemon.queue if daemon is not None else None,
         token=read_token(config.guard.api_token_file),
+        alerts=config.alerts,
     )
     return HttpServer(app, host, int(port))
 

@@ -15,8 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from repairs import registry as repair_registry
 from repairs.base import RepairRequest
 from watchdog import __version__
+from watchdog.config import AlertsConfig
+from watchdog.http.alertmanager import WebhookPayload
+from watchdog.http.alertmanager import handle as handle_alerts
 from watchdog.http.auth import TokenAuth
 from watchdog.journal import Journal
 from watchdog.repair_queue import QueueFull, RepairQueue, Work
@@ -56,6 +60,8 @@ def create_app(
     *,
     repairs: RepairQueue | None = None,
     token: str | None = None,
+    alerts: AlertsConfig | None = None,
+    max_body_bytes: int = 8 * 1024 * 1024,
 ) -> FastAPI:
     """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200.
 
@@ -63,6 +69,15 @@ def create_app(
     """
     app = FastAPI(title="bup-watchdog", version=__version__)
     auth = TokenAuth(token)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return JSONResponse(
+                {"error": f"request body over {max_body_bytes} bytes"}, status_code=413
+            )
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -163,6 +178,21 @@ def create_app(
     )
     def deny(body: DecisionBody, entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
         return _enqueue(_queue(), Work(deny=entry_id, by="api", why=body.why))
+
+    @app.post(
+        "/alertmanager",
+        summary="Alertmanager webhook (payload version 4): firing alerts become repair requests",
+        dependencies=[Depends(auth)],
+    )
+    def alertmanager(payload: WebhookPayload) -> dict[str, Any]:
+        rules = alerts or AlertsConfig.model_validate({})
+        if len(payload.alerts) > rules.max_alerts_per_payload:
+            raise HTTPException(
+                status_code=413,
+                detail=f"{len(payload.alerts)} alerts in one payload; at most "
+                f"{rules.max_alerts_per_payload}",
+            )
+        return handle_alerts(payload, rules, repair_registry(), state, _queue())
 
     return app
 
