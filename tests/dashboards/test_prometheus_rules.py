@@ -1,0 +1,85 @@
+"""The shipped Prometheus rules and Alertmanager example: valid, unit-tested, and naming only
+metrics the watchdog really exports."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from checks import registry as check_registry
+from watchdog.config import Config
+from watchdog.metrics import StateCollector
+from watchdog.model import Inventory
+from watchdog.state import State
+from watchdog.sweep import LAG_BUCKETS, record, sweep
+
+ROOT = Path(__file__).parents[2] / "dashboards"
+PROM = ROOT / "prometheus"
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=PROM)
+
+
+def test_promtool_accepts_the_alerting_and_recording_rules() -> None:
+    proc = run("promtool", "check", "rules", "alerts.yml", "recording.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_rules_pass_their_promtool_unit_tests() -> None:
+    proc = run("promtool", "test", "rules", "tests.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_amtool_accepts_the_alertmanager_example() -> None:
+    proc = run("amtool", "check-config", str(ROOT / "alertmanager" / "alertmanager.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def rule_expressions() -> list[str]:
+    exprs = []
+    for name in ("alerts.yml", "recording.yml"):
+        for group in yaml.safe_load((PROM / name).read_text())["groups"]:
+            exprs.extend(rule["expr"] for rule in group["rules"])
+    return exprs
+
+
+def exported_names(config: Config, inventory: Inventory, tmp_path: Path) -> set[str]:
+    state = State(tmp_path / "state.db")
+    record(state, sweep(config, inventory, state=state))
+    reg = CollectorRegistry()
+    reg.register(
+        StateCollector(
+            state, lambda: inventory.servers, sorted(check_registry()), lag_buckets=LAG_BUCKETS
+        )
+    )
+    return {s.name for family in reg.collect() for s in family.samples} | {
+        family.name for family in reg.collect()
+    }
+
+
+def test_every_metric_a_rule_uses_is_exported_by_the_watchdog(
+    demo_config: Config, demo_inventory: Inventory, tmp_path: Path
+) -> None:
+    used = {m for e in rule_expressions() for m in re.findall(r"\bbupwatch_[a-z0-9_]+", e)}
+    exported = exported_names(demo_config, demo_inventory, tmp_path)
+    assert used, "no metric found in the rules"
+    assert used - exported == set()
+
+
+def test_every_alert_the_webhook_maps_to_a_repair_is_defined_and_keeps_server_id() -> None:
+    alerts = {
+        rule["alert"]: rule
+        for group in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    mapped = {r.alertname for r in Config.model_validate({}).alerts.rules}
+    assert mapped <= set(alerts)
+    for name in mapped:
+        assert alerts[name]["labels"].get("auto_repair") == "true"
+        assert "server_id" in alerts[name]["expr"]
