@@ -10,9 +10,9 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from watchdog.errors import ConfigError
 
@@ -21,6 +21,99 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+_CQL_NAME = r"^[a-z][a-z0-9_]{0,47}$"
+
+
+class CassandraConfig(Section):
+    """The Cassandra inventory ([inventory.cassandra]): the fleet's own database, read-only
+    except for `bup-watchdog inventory load`."""
+
+    hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")]] = Field(
+        ["127.0.0.1"],
+        min_length=1,
+        description="Contact points (addresses or host names); the driver finds the other nodes.",
+        examples=[["10.1.1.10", "10.1.2.10"]],
+    )
+    port: int = Field(9042, ge=1, le=65535, description="CQL native transport port.")
+    keyspace: str = Field(
+        "salvus",
+        pattern=_CQL_NAME,
+        description="Keyspace holding storage_servers, storage_topology and projects.",
+    )
+    local_dc: str | None = Field(
+        None,
+        description="The data centre whose nodes are asked first (and the only ones for LOCAL_* "
+        "consistency levels). Empty = the data centre of the first contact point.",
+        examples=["dc0"],
+    )
+    consistency: Literal[
+        "one", "two", "three", "quorum", "all", "local_quorum", "each_quorum", "local_one"
+    ] = Field(
+        "local_quorum",
+        description="Consistency level of every read (and of `inventory load`'s writes).",
+    )
+    username: str | None = Field(
+        None,
+        description="Login for PasswordAuthenticator; needs password_file. Empty = no login.",
+        examples=["bupwatch"],
+    )
+    password_file: Path | None = Field(
+        None,
+        description="File holding the password (first line). Absolute, or relative to this config.",
+        examples=["/etc/bup-watchdog/cassandra-password"],
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) to verify the nodes' certificates: setting it turns on TLS. "
+        "Absolute, or relative to this config.",
+        examples=["/etc/bup-watchdog/cassandra-ca.pem"],
+    )
+    cert_file: Path | None = Field(
+        None,
+        description="Client certificate (PEM) for nodes that require one (needs ca_file).",
+        examples=["/etc/bup-watchdog/cassandra-client.pem"],
+    )
+    key_file: Path | None = Field(
+        None,
+        description="Private key (PEM) of cert_file.",
+        examples=["/etc/bup-watchdog/cassandra-client.key"],
+    )
+    check_hostname: bool = Field(
+        True, description="With TLS, the node's certificate must name the address connected to."
+    )
+    connect_timeout: float = Field(
+        5.0, gt=0, le=120, description="Seconds allowed to open a connection to a node."
+    )
+    request_timeout: float = Field(
+        15.0, gt=0, le=600, description="Seconds allowed for one request (one page of rows)."
+    )
+    protocol_version: int | None = Field(
+        None,
+        ge=1,
+        le=6,
+        description="CQL native protocol version. Empty = negotiated with the cluster (the driver "
+        "logs a warning for each version it steps down from).",
+        examples=[5],
+    )
+    fetch_size: int = Field(
+        5000,
+        ge=100,
+        le=100_000,
+        description="Rows per page when reading projects: the whole table is streamed page by "
+        "page, never asked for at once.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> CassandraConfig:
+        if self.username and self.password_file is None:
+            raise ValueError("username needs password_file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("cert_file needs ca_file (TLS)")
+        return self
 
 
 class InventoryConfig(Section):
@@ -33,6 +126,11 @@ class InventoryConfig(Section):
         None,
         description="Inventory file (TOML or JSON) when source = 'file'. Relative to this config.",
         examples=["inventory.toml"],
+    )
+    cassandra: CassandraConfig = Field(
+        default_factory=CassandraConfig,  # type: ignore[arg-type]
+        description="Connection to Cassandra when source = 'cassandra' (and for `bup-watchdog "
+        "inventory load`).",
     )
 
 
@@ -394,6 +492,9 @@ def _toml_value(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, BaseModel):
+        items = value.model_dump(mode="python")
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in items.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)

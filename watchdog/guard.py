@@ -164,6 +164,8 @@ class Guard:
             ctx = self._context(req.requested_by)
             try:
                 plan = self._plan(repair, req, ctx, settings)
+            except WatchdogError as exc:
+                return self._refuse(req, "cannot_plan", str(exc), mode)
             finally:
                 ctx.close()
             entry = self._write(req, mode, PENDING, plan=plan)

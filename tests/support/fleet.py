@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 from checks import settings_models
@@ -54,3 +55,75 @@ def fleet_digest(fleet: SandboxFleet) -> dict[str, str]:
         if projects.exists():
             out[f"{name}:projects"] = tree_digest(projects)
     return out
+
+
+def repo_inside(fleet: SandboxFleet, name: str, project_id: str) -> str:
+    """A project's repository on host ``name``, as the host itself (and the inventory) names it."""
+    return f"{fleet.hosts[name].bup_root}/bups/{project_id}"
+
+
+def git_digest(repo: Path) -> str:
+    """A checksum of a repository's packs, pack indexes, refs, packed-refs and HEAD."""
+    h = hashlib.sha256()
+    files = [
+        *sorted((repo / "objects" / "pack").glob("*.pack")),
+        *sorted((repo / "objects" / "pack").glob("*.idx")),
+        *sorted(p for p in (repo / "refs").rglob("*") if p.is_file()),
+        *[p for p in (repo / "packed-refs", repo / "HEAD") if p.exists()],
+    ]
+    for p in files:
+        h.update(f"{p.relative_to(repo)}|".encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def start_in_host(fleet: SandboxFleet, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start a background process inside host ``name``'s mount namespace; the caller kills it."""
+    host = fleet.hosts[name]
+    full = ["nsenter", f"--mount=/proc/{host.sshd_pid}/ns/mnt", "--", *argv]
+    if not host.namespaced:
+        full = argv
+    return subprocess.Popen(
+        full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """The SHA-256 of every regular file under root, by relative path (no symlink follow)."""
+    out = {}
+    for dirpath, _dirnames, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def bup_save_on(
+    fleet: SandboxFleet, name: str, project_id: str, when: int, files: dict[str, str]
+) -> str:
+    """Write ``files`` into the host's live tree, then a real ``bup index`` + ``bup save -n
+    master`` inside the host, dated ``when`` (commit and reflog); returns the new master sha."""
+    host = fleet.hosts[name]
+    live = host.projects_dir_outside / project_id
+    for rel, text in files.items():
+        (live / rel).parent.mkdir(parents=True, exist_ok=True)
+        (live / rel).write_text(text)
+    inside = f"{host.projects_root}/{project_id}"
+    env = ["env", f"BUP_DIR={host.bup_root}/bups/{project_id}", "LC_ALL=C"]
+    for who in ("AUTHOR", "COMMITTER"):
+        env += [f"GIT_{who}_NAME=tester", f"GIT_{who}_EMAIL=tester@localhost"]
+        env += [f"GIT_{who}_DATE={when} +0000"]
+    host.run([*env, "bup", "index", inside], check=True)
+    host.run(
+        [*env, "bup", "save", "-q", "--strip", "-n", "master", "-d", str(when), inside], check=True
+    )
+    return git_out(fleet, name, project_id, "rev-parse", "refs/heads/master")
+
+
+def git_out(fleet: SandboxFleet, name: str, project_id: str, *args: str) -> str:
+    """stdout of a git command on a host's copy of a repository (run from outside, read-only)."""
+    repo = fleet.repo_path(name, project_id)
+    proc = subprocess.run(
+        ["git", f"--git-dir={repo}", *args], capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()

@@ -1,0 +1,358 @@
+"""resync_replica on a real scratch fleet (s1 master, s2 replica): real bup saves, real rsync over
+the hosts' own SSH, and byte-for-byte checks that nothing on either side was lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import SCRATCH_P1
+
+from repairs.base import RepairRequest
+from support.fleet import (
+    bup_save_on,
+    file_digests,
+    fleet_digest,
+    git_out,
+    make_guard,
+    tree_digest,
+)
+from watchdog.guard import Guard
+from watchdog.repair_context import Context
+from watchdog.sandbox import repos
+from watchdog.sandbox.fleet import SandboxFleet
+
+P = SCRATCH_P1
+AUTO = '[repairs.resync_replica]\nmode = "auto"\n'
+# The sandbox's newest saves are 10 min old; a 1-minute bound makes the stale replica a finding.
+LAG = "[checks.replication_lag]\nwarn_seconds = 60\n"
+
+
+def request(fleet: SandboxFleet, project_id: str = P, **params: object) -> RepairRequest:
+    return RepairRequest("resync_replica", fleet.server_id("s2"), project_id, params=params)
+
+
+def make_master_newer(fleet: SandboxFleet) -> str:
+    """A new real save on the master, one second newer than anything else: s2 is now stale."""
+    return bup_save_on(
+        fleet, "s1", P, int(time.time()), {"work/after-the-replica.txt": "new on the master\n"}
+    )
+
+
+def lag_findings(guard: Guard, fleet: SandboxFleet) -> list[str]:
+    ctx = Context(guard.config, guard.inventory, guard.journal, "test")
+    try:
+        found = ctx.evaluate("replication_lag", (fleet.server_id("s1"), fleet.server_id("s2")))
+    finally:
+        ctx.close()
+    return [f.code for f in found if f.project_id == P]
+
+
+def assert_refused(guard: Guard, decision_status: str, code: str) -> None:
+    """Refused, and the journal holds exactly that one refusal with its reason."""
+    assert decision_status == "refused"
+    [entry] = guard.journal.entries(status="refused")
+    assert entry.refusal is not None and f"{code}:" in entry.refusal, entry.refusal
+    assert guard.journal.entries(status="running") == []
+    assert guard.journal.entries(status="succeeded") == []
+
+
+def assert_kept(before: dict[str, str], root_after: dict[str, str]) -> None:
+    """Every file that existed before still exists with the same bytes."""
+    lost = sorted(k for k in before if k not in root_after)
+    changed = sorted(k for k in before if k in root_after and before[k] != root_after[k])
+    assert not lost, f"files lost: {lost}"
+    assert not changed, f"files changed: {changed}"
+
+
+@pytest.fixture()
+def stale(scratch_fleet: SandboxFleet) -> Iterator[SandboxFleet]:
+    """The scratch fleet with a master one real save ahead of its replica."""
+    make_master_newer(scratch_fleet)
+    yield scratch_fleet
+
+
+def test_a_stale_replica_is_brought_up_to_date_in_auto_mode_and_nothing_is_lost(
+    stale: SandboxFleet,
+) -> None:
+    fleet = stale
+    s2_live = fleet.hosts["s2"].projects_dir_outside / P
+    (s2_live / "only-on-the-replica.txt").write_text("never on the master\n")
+    newer = s2_live / "README.md"
+    newer.write_text("edited on the replica after the master's copy\n")
+    future = time.time() + 3600
+    os.utime(newer, (future, future))
+    guard = make_guard(fleet, AUTO + LAG)
+    assert lag_findings(guard, fleet) == ["behind"]
+    new = git_out(fleet, "s1", P, "rev-parse", "refs/heads/master")
+    when = int(git_out(fleet, "s1", P, "log", "-1", "--format=%ct", new))
+    replica_objects = file_digests(fleet.repo_path("s2", P) / "objects")
+    master_before = {k: v for k, v in fleet_digest(fleet).items() if k.startswith("s1:")}
+
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "succeeded", decision.message
+    assert "replication_lag passes" in decision.message
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == new
+    shown = fleet.hosts["s2"].run(["bup", "-d", f"/bup/bups/{P}", "ls", "master"], check=True)
+    assert datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d-%H%M%S") in shown.stdout.split()
+    assert lag_findings(guard, fleet) == []
+    # The reflog carries the master's save time, so the replica never looks newer than it is.
+    reflog = (fleet.repo_path("s2", P) / "logs/refs/heads/master").read_text().splitlines()
+    assert reflog[-1].endswith(f" {when} +0000\tresync_replica from {fleet.server_id('s1')}")
+    # Nothing lost: every object file the replica had is still there, byte for byte; its own
+    # live file and its newer README survive; the master was only read.
+    assert_kept(replica_objects, file_digests(fleet.repo_path("s2", P) / "objects"))
+    assert (s2_live / "only-on-the-replica.txt").read_text() == "never on the master\n"
+    assert newer.read_text() == "edited on the replica after the master's copy\n"
+    assert (s2_live / "work/after-the-replica.txt").read_text() == "new on the master\n"
+    assert {k: v for k, v in fleet_digest(fleet).items() if k.startswith("s1:")} == master_before
+    [entry] = guard.journal.entries(status="succeeded")
+    assert all("--delete" not in step["command"] for step in entry.plan)
+
+
+def test_dry_run_and_the_approval_queue_change_nothing_and_show_the_commands(
+    stale: SandboxFleet,
+) -> None:
+    fleet = stale
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet)  # the default mode: approve
+
+    dry = guard.submit(request(fleet, dry_run=True))
+    pending = guard.submit(request(fleet))
+
+    assert dry.status == "dry_run" and "preconditions hold now" in dry.message
+    assert pending.status == "pending"
+    assert fleet_digest(fleet) == before
+    for plan in (dry.plan, pending.plan):
+        commands = [step["command"] for step in plan]
+        assert any(c.startswith("rsync ") and "--ignore-existing" in c for c in commands)
+        assert any("objects/" in c for c in commands)
+        assert any("update-ref --create-reflog" in c and "refs/heads/master" in c for c in commands)
+        assert any("merge-base --is-ancestor" in c for c in commands)
+        assert not any("--delete" in c for c in commands)
+        assert not any("refs/heads" in c and c.startswith("rsync") for c in commands)
+
+    done = guard.approve(pending.entry_id, "operator")
+    assert done.status == "succeeded", done.message
+
+
+@pytest.mark.parametrize("host", ["s2", "s1"], ids=["replica", "master"])
+def test_a_host_whose_projects_is_not_mounted_is_refused_with_mount_sanity(
+    stale: SandboxFleet, host: str
+) -> None:
+    fleet = stale
+    fleet.hosts[host].run(["umount", "/projects"], check=True)
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert_refused(guard, decision.status, "mount_sanity")
+    assert "/projects" in decision.message
+    assert fleet_digest(fleet) == before
+
+
+def test_a_replica_newer_than_its_master_is_refused_and_kept(scratch_fleet: SandboxFleet) -> None:
+    fleet = scratch_fleet
+    bup_save_on(fleet, "s2", P, int(time.time()), {"replica-work.txt": "saved on the replica\n"})
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert_refused(guard, decision.status, "replica_newer")
+    assert fleet_digest(fleet) == before
+
+
+def test_a_replica_with_saves_the_master_lacks_stops_as_a_conflict_tagged_on_both_sides(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    fleet = scratch_fleet
+    now = int(time.time())
+    theirs = bup_save_on(fleet, "s2", P, now - 300, {"replica-work.txt": "only on s2\n"})
+    ours = bup_save_on(fleet, "s1", P, now, {"master-work.txt": "only on s1\n"})
+    replica_repo = file_digests(fleet.repo_path("s2", P))
+    master_repo = file_digests(fleet.repo_path("s1", P))
+    s2_live = tree_digest(fleet.hosts["s2"].projects_dir_outside / P)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "conflict", decision.message
+    assert "an operator must merge or choose" in decision.message
+    for host in ("s1", "s2"):
+        tags = git_out(fleet, host, P, "tag", "--list", "conflict-master-*").split()
+        assert len(tags) == 1, tags
+        assert git_out(fleet, host, P, "rev-parse", f"{tags[0]}^{{commit}}") == theirs
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == theirs
+    assert git_out(fleet, "s1", P, "rev-parse", "refs/heads/master") == ours
+    assert_kept(replica_repo, file_digests(fleet.repo_path("s2", P)))
+    assert_kept(master_repo, file_digests(fleet.repo_path("s1", P)))
+    assert tree_digest(fleet.hosts["s2"].projects_dir_outside / P) == s2_live
+    [entry] = guard.journal.entries(status="conflict")
+    assert "conflict-master-" in (entry.output or "")
+
+    again = guard.submit(request(fleet))
+
+    assert_refused(guard, again.status, "conflict_pending")
+    assert len(git_out(fleet, "s2", P, "tag", "--list", "conflict-master-*").split()) == 1
+
+
+def _older_pack(repo: Path) -> Path:
+    """Delete a pack that does not hold the master commit: only a deep check notices."""
+    sha = bytes.fromhex(repos.master_sha(repo))
+    for idx in sorted((repo / "objects" / "pack").glob("*.idx")):
+        if not repos.idx_contains(idx, sha):
+            pack = idx.with_suffix(".pack")
+            pack.unlink()
+            return pack
+    raise AssertionError("no older pack to delete")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "caught_by"),
+    [(repos.corrupt_newest_pack, "is in no pack"), (_older_pack, "fails the deep check")],
+    ids=["newest-pack-deleted", "older-pack-deleted-only-the-deep-check-sees-it"],
+)
+def test_a_master_that_fails_repo_integrity_is_never_replicated(
+    stale: SandboxFleet, corrupt: Callable[[Path], Path], caught_by: str
+) -> None:
+    fleet = stale
+    corrupt(fleet.repo_path("s1", P))
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert_refused(guard, decision.status, "repo_integrity")
+    assert caught_by in decision.message
+    assert fleet_digest(fleet) == before
+
+
+def test_a_replica_without_room_for_the_master_repository_is_refused(stale: SandboxFleet) -> None:
+    """A full disk is hard to make for real (the replica's /bup/bups is a bind mount of the root
+    disk): an absurd space_margin stands in for it, exercising the same free-space comparison."""
+    fleet = stale
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO + "space_margin = 1e12\n")
+
+    decision = guard.submit(request(fleet))
+
+    assert_refused(guard, decision.status, "space")
+    assert fleet_digest(fleet) == before
+
+
+def test_a_second_resync_of_a_target_under_lease_is_refused(stale: SandboxFleet) -> None:
+    fleet = stale
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+    req = request(fleet)
+    assert guard.journal.acquire_lease(req.target, "someone-else", 60)
+
+    decision = guard.submit(req)
+
+    assert_refused(guard, decision.status, "lease")
+    assert "someone-else" in decision.message
+    assert fleet_digest(fleet) == before
+
+
+def test_a_fenced_replica_is_refused(stale: SandboxFleet) -> None:
+    fleet = stale
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+    guard.journal.set_override(fleet.server_id("s2"), "fenced", True, "test")
+
+    decision = guard.submit(request(fleet))
+
+    assert_refused(guard, decision.status, "fenced")
+    assert fleet_digest(fleet) == before
+
+
+def test_a_stale_inventory_is_refused_before_any_host_is_asked(stale: SandboxFleet) -> None:
+    """From the cache (its source down), the inventory may name a master that has moved."""
+    fleet = stale
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+    guard.inventory = dataclasses.replace(guard.inventory, stale=True)
+
+    decision = guard.submit(request(fleet))
+
+    assert_refused(guard, decision.status, "inventory_stale")
+    assert fleet_digest(fleet) == before
+
+
+def test_a_running_bup_on_the_master_repository_is_refused(stale: SandboxFleet) -> None:
+    """A real ``bup split`` waiting on its input holds the master's repository open."""
+    fleet = stale
+    s1 = fleet.hosts["s1"]
+    busy = subprocess.Popen(
+        ["nsenter", f"--mount=/proc/{s1.sshd_pid}/ns/mnt", "--", "env",
+         f"BUP_DIR=/bup/bups/{P}", "bup", "split", "-n", "in-progress"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.3)
+        assert busy.poll() is None
+        guard = make_guard(fleet, AUTO)
+        decision = guard.submit(request(fleet))
+    finally:
+        busy.kill()
+        busy.wait()
+
+    assert_refused(guard, decision.status, "busy")
+    assert f"pid {busy.pid}" in decision.message
+
+
+def test_a_missing_replica_repository_is_made_from_the_master(scratch_fleet: SandboxFleet) -> None:
+    fleet = scratch_fleet
+    subprocess.run(["rm", "-rf", str(fleet.repo_path("s2", P))], check=True)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "succeeded", decision.message
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == git_out(
+        fleet, "s1", P, "rev-parse", "refs/heads/master"
+    )
+    assert (fleet.repo_path("s2", P) / "conf" / "replicas.json").read_bytes() == (
+        fleet.repo_path("s1", P) / "conf" / "replicas.json"
+    ).read_bytes()
+
+
+BAD_IDS = [
+    "../../etc",
+    f"{P}/../../../etc",
+    "not-a-project",
+    "5c7a2f1e-1111-1c1d-9a0b-000000000001",  # a version-1 UUID
+    "5c7a2f1e-1111-4c1d-9a0b-00000000000",  # one digit short
+    f"{P}\n",
+]
+
+
+def test_ids_that_are_not_projects_are_refused_before_any_command(
+    scratch_fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = scratch_fleet
+
+    def no(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("no host may be touched for an invalid request")
+
+    for name in ("run", "facts", "evaluate", "transport"):
+        monkeypatch.setattr(Context, name, no)
+    before = fleet_digest(fleet)
+    guard = make_guard(fleet, AUTO)
+
+    decisions = [guard.submit(request(fleet, bad)) for bad in BAD_IDS]
+
+    assert [d.status for d in decisions] == ["refused"] * len(BAD_IDS)
+    refused = guard.journal.entries(status="refused")
+    assert len(refused) == len(BAD_IDS)
+    assert all((e.refusal or "").startswith("invalid: ") for e in refused)
+    assert fleet_digest(fleet) == before
