@@ -60,6 +60,7 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
     app = create_app(
         reg,
         state,
+        ready=(lambda: daemon.last_result is not None) if daemon is not None else None,
         repairs=daemon.queue if daemon is not None else None,
         token=read_token(config.guard.api_token_file),
         alerts=config.alerts,
@@ -183,20 +184,26 @@ class Daemon:
 
     def run(self, *, once: bool = False) -> int:
         """Serve and sweep until a signal (or one pass with ``once``); return an exit code."""
-        self.report_interrupted()
-        http = build_http(self.config, self.state, self)
-        http.start()
-        self.queue.start()
-        log.info("serving http://%s/metrics", self.config.http.listen)
+        # Handlers first: a SIGTERM right after start must still mean a clean stop.
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if once:
-                self.sweep_job()
-                return int(self.last_result.worst) if self.last_result else 3
-            return self._loop()
+            self.report_interrupted()
+            http = build_http(self.config, self.state, self)
+            http.start()
+            self.queue.start()
+            log.info("serving http://%s/metrics", self.config.http.listen)
+            try:
+                if once:
+                    self.sweep_job()
+                    return int(self.last_result.worst) if self.last_result else 3
+                return self._loop()
+            finally:
+                self.queue.stop()
+                http.stop()
+                self.state.close()
         finally:
-            self.queue.stop()
-            http.stop()
-            self.state.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def _loop(self) -> int:
         sched = self.config.schedule
@@ -215,13 +222,12 @@ class Daemon:
             next_run_time=datetime.now().astimezone(),
             id="sweep",
         )
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self.stopping.is_set():
+            return 0
         scheduler.start()
         try:
             self.stopping.wait()
         finally:
             scheduler.shutdown(wait=True)
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         log.info("stopped")
         return 0

@@ -20,6 +20,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from watchdog import __version__
 from watchdog.guard import breaker
@@ -178,7 +179,7 @@ class StateCollector(Collector):
             hist = json.loads(lag_json or "{}")
             if hist.get("count") and len(hist.get("buckets", [])) == len(self.lag_buckets):
                 buckets = [
-                    (f"{b:g}", float(n))
+                    (floatToGoString(b), float(n))  # type: ignore[no-untyped-call]
                     for b, n in zip(self.lag_buckets, hist["buckets"], strict=True)
                 ]
                 buckets.append(("+Inf", float(hist["count"])))

@@ -142,6 +142,10 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (server_id, key)
     );
     """,
+    # 5: deep-check coverage is read at every scrape
+    """
+    CREATE INDEX deep_checks_coverage ON deep_checks(server_id, checked_at);
+    """,
 )
 
 

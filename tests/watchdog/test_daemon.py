@@ -1,0 +1,280 @@
+"""The real daemon (``bup-watchdog run``) as a subprocess against the sandbox fleets.
+
+Each test writes its own copy of the fleet's config into ``tmp_path`` (own state directory, own
+HTTP port, a short schedule where it matters, scheduled repairs off) and talks to the daemon over
+HTTP, as Prometheus and an operator do.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from support.prometheus import WatchdogDaemon, poll, watchdog_config
+from watchdog.model import Severity
+from watchdog.sandbox.fleet import SandboxFleet
+from watchdog.state import State
+
+CLI = [sys.executable, "-m", "watchdog.cli"]
+
+
+def get(url: str) -> httpx.Response | None:
+    """GET, or None while nothing answers."""
+    try:
+        return httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return None
+
+
+def wait_status(
+    daemon: WatchdogDaemon, url: str, status: int, timeout: float = 30.0
+) -> httpx.Response:
+    def probe() -> httpx.Response | None:
+        r = get(url)
+        return r if r is not None and r.status_code == status else None
+
+    return poll(
+        probe, timeout=timeout, what=f"{url} to answer {status}", interval=0.05, alive=daemon.dead
+    )
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metrics(base: str) -> Samples:
+    r = httpx.get(f"{base}/metrics", timeout=5)
+    assert r.status_code == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+    }
+
+
+def sample(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+def by_label(found: Samples, name: str, label: str) -> dict[str, float]:
+    """Every sample of ``name``, keyed by one of its labels."""
+    return {dict(lv)[label]: v for (n, lv), v in found.items() if n == name}
+
+
+def wait_for_sweeps(
+    daemon: WatchdogDaemon, base: str, count: int, timeout: float = 30.0
+) -> Samples:
+    """Poll /metrics until the state holds ``count`` sweeps; return that scrape."""
+
+    def probe() -> Samples | None:
+        if get(f"{base}/healthz") is None:
+            return None
+        found = metrics(base)
+        return found if (sample(found, "bupwatch_sweeps_total") or 0) >= count else None
+
+    return poll(probe, timeout=timeout, what=f"sweep {count} to be recorded", alive=daemon.dead)
+
+
+SHORT_SCHEDULE = {"sweep_interval_seconds": 5, "jitter_seconds": 0}
+
+
+def test_run_once_on_the_demo_fleet_exits_2_and_leaves_the_findings_in_the_state(
+    demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config, _ = watchdog_config(demo_fleet, tmp_path)
+    proc = subprocess.run(
+        [*CLI, "run", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    state = State(tmp_path / "state" / "state.db")
+    try:
+        found = {(f.check, f.server_id, f.severity) for f in state.open_findings()}
+        assert state.last_sweep() is not None
+    finally:
+        state.close()
+    h3, h4 = demo_fleet.server_id("h3"), demo_fleet.server_id("h4")
+    assert ("mount_sanity", h3, Severity.CRITICAL) in found
+    assert ("reachability", h4, Severity.CRITICAL) in found
+    assert {check for check, _, _ in found} >= {
+        "mount_sanity",
+        "reachability",
+        "repo_integrity",
+        "replication_lag",
+        "save_log_size",
+    }
+
+
+def test_healthz_answers_at_once_and_ready_only_after_the_first_sweep(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    # A frozen host holds the first sweep for the banner timeout, so "not ready yet" is
+    # observable rather than a race against a 0.2 s sweep.
+    config, base = watchdog_config(scratch_fleet, tmp_path, ssh={"banner_timeout": 2})
+    s1, s2 = scratch_fleet.server_id("s1"), scratch_fleet.server_id("s2")
+    scratch_fleet.hosts["s2"].freeze()
+    try:
+        with WatchdogDaemon(config) as daemon:
+            first = poll(
+                lambda: get(f"{base}/healthz"),
+                timeout=30,
+                what="the HTTP server",
+                interval=0.05,
+                alive=daemon.dead,
+            )
+            assert first.status_code == 200
+            not_ready = get(f"{base}/ready")
+            assert not_ready is not None and not_ready.status_code == 503
+            assert "waiting for the first sweep" in not_ready.text
+
+            wait_status(daemon, f"{base}/ready", 200)
+            found = metrics(base)
+            assert by_label(found, "bupwatch_host_probe_success", "server_id") == {
+                s1: 1.0,
+                s2: 0.0,
+            }
+            assert sample(found, "bupwatch_sweeps_total") == 1
+    finally:
+        scratch_fleet.hosts["s2"].thaw()
+
+
+def test_metrics_after_the_first_sweep_carry_the_probe_of_every_demo_host(
+    demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config, base = watchdog_config(demo_fleet, tmp_path)
+    with WatchdogDaemon(config) as daemon:
+        wait_status(daemon, f"{base}/ready", 200)
+        found = metrics(base)
+    probes = by_label(found, "bupwatch_host_probe_success", "host")
+    assert probes == {name: 1.0 for name in demo_fleet.hosts}
+    assert by_label(found, "bupwatch_bup_server_up", "host")["h4"] == 0.0
+    assert sample(found, "bupwatch_state_up") == 1.0
+
+
+def test_sigterm_stops_the_daemon_within_seconds_with_exit_0_and_no_traceback(
+    demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config, base = watchdog_config(demo_fleet, tmp_path)
+    with WatchdogDaemon(config) as daemon:
+        wait_status(daemon, f"{base}/ready", 200)
+        sent = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.proc.wait(10)
+        took = time.monotonic() - sent
+    assert code == 0, daemon.log()
+    assert took < 5, f"took {took:.1f} s to stop"
+    assert "Traceback" not in daemon.log()
+    assert "received SIGTERM" in daemon.log()
+    assert get(f"{base}/healthz") is None, "the HTTP server is gone"
+
+
+def test_sigterm_during_a_sweep_lets_it_finish_and_be_recorded_before_exiting_0(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config, _ = watchdog_config(scratch_fleet, tmp_path, ssh={"banner_timeout": 2})
+    scratch_fleet.hosts["s2"].freeze()  # the sweep now lasts the banner timeout
+    try:
+        with WatchdogDaemon(config) as daemon:
+            poll(
+                lambda: "Running job" in daemon.log() or None,
+                timeout=30,
+                what="the first sweep to start",
+                interval=0.02,
+                alive=daemon.dead,
+            )
+            daemon.proc.send_signal(signal.SIGTERM)
+            code = daemon.proc.wait(15)
+    finally:
+        scratch_fleet.hosts["s2"].thaw()
+    log = daemon.log()
+    assert code == 0, log
+    assert "Traceback" not in log
+    assert log.index("received SIGTERM") < log.index("sweep done"), "the signal came mid-sweep"
+    state = State(tmp_path / "state" / "state.db")
+    try:
+        assert state.last_sweep() is not None, "the sweep in progress was finished and recorded"
+        assert {f.check for f in state.open_findings(server_id=scratch_fleet.server_id("s2"))} == {
+            "reachability"
+        }
+    finally:
+        state.close()
+
+
+def test_sweeps_repeat_on_schedule_and_a_host_frozen_between_them_is_found_while_serving(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config, base = watchdog_config(
+        scratch_fleet, tmp_path, schedule=SHORT_SCHEDULE, ssh={"banner_timeout": 2}
+    )
+    s2 = scratch_fleet.server_id("s2")
+    with WatchdogDaemon(config) as daemon:
+        first = wait_for_sweeps(daemon, base, 1)
+        assert sample(first, "bupwatch_sweeps_total") == 1
+        assert by_label(first, "bupwatch_host_probe_success", "host") == {"s1": 1.0, "s2": 1.0}
+        reach = dict(check="reachability", server_id=s2)
+        assert sample(first, "bupwatch_findings", **reach, severity="critical") == 0
+
+        scratch_fleet.hosts["s2"].freeze()
+        try:
+            second = wait_for_sweeps(daemon, base, 2)
+            # still serving while a host hangs, and still running
+            assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+            assert daemon.proc.poll() is None
+        finally:
+            scratch_fleet.hosts["s2"].thaw()
+
+    def started(found: Samples) -> float:
+        done = sample(found, "bupwatch_sweep_last_completed_timestamp_seconds")
+        took = sample(found, "bupwatch_sweep_duration_seconds")
+        assert done is not None and took is not None
+        return done - took
+
+    interval = started(second) - started(first)
+    assert 4.5 <= interval <= 6.5, f"second sweep started {interval:.2f} s after the first"
+    assert by_label(second, "bupwatch_host_probe_success", "host") == {"s1": 1.0, "s2": 0.0}
+    frozen = sum(
+        sample(second, "bupwatch_findings", **reach, severity=sev) or 0
+        for sev in ("warning", "critical")
+    )
+    assert frozen >= 1
+
+
+def test_a_garbled_inventory_is_replaced_by_the_cached_one_and_flagged_stale_until_restored(
+    demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "inventory.toml"
+    shutil.copyfile(demo_fleet.inventory_path, inventory)
+    good = inventory.read_bytes()
+    config, base = watchdog_config(
+        demo_fleet, tmp_path, schedule=SHORT_SCHEDULE, inventory={"file": str(inventory)}
+    )
+    with WatchdogDaemon(config) as daemon:
+        first = wait_for_sweeps(daemon, base, 1)
+        assert sample(first, "bupwatch_inventory_stale") == 0
+
+        inventory.write_bytes(b"[[servers]\nthis is = not toml \x00\xff")
+        second = wait_for_sweeps(daemon, base, 2)
+        assert sample(second, "bupwatch_inventory_stale") == 1
+        # the sweep ran on the cached inventory: every host was probed again
+        assert by_label(second, "bupwatch_host_probe_success", "host") == {
+            name: 1.0 for name in demo_fleet.hosts
+        }
+        gathered = "bupwatch_host_last_gather_timestamp_seconds"
+        before, after = by_label(first, gathered, "host"), by_label(second, gathered, "host")
+        assert min(after.values()) > max(before.values())
+
+        inventory.write_bytes(good)
+        third = wait_for_sweeps(daemon, base, 3)
+        assert sample(third, "bupwatch_inventory_stale") == 0
+        assert daemon.proc.poll() is None
+    assert "using the cached inventory" in daemon.log()

@@ -1,0 +1,423 @@
+"""The metrics collector over a real SQLite state: what a sweep recorded is what a scrape shows.
+
+Each test records sweeps with ``watchdog.sweep.record`` (the daemon's own path: lag histograms and
+the servers each check could judge are derived from the sweep) and reads the result through an
+injected ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from checks import registry as check_registry
+from watchdog.metrics import StateCollector
+from watchdog.model import (
+    Finding,
+    GatherFailure,
+    HostFacts,
+    Inventory,
+    Project,
+    RepoFacts,
+    Server,
+    Severity,
+    TcpProbe,
+)
+from watchdog.state import State
+from watchdog.sweep import LAG_BUCKETS, CheckRun, SweepResult, record
+
+S1 = "11111111-1111-4111-8111-111111111111"
+S2 = "22222222-2222-4222-8222-222222222222"
+S3 = "33333333-3333-4333-8333-333333333333"
+SERVERS = {
+    S1: Server(S1, "127.0.0.1", 6000, dc=0, ssh_host="127.0.0.1", name="s1"),
+    S2: Server(S2, "127.0.0.2", 6000, dc=0, ssh_host="127.0.0.2", name="s2"),
+    S3: Server(S3, "127.0.0.3", 6000, dc=1, ssh_host="127.0.0.3", name="s3"),
+}
+SHA_A, SHA_B = "a" * 40, "b" * 40
+T0 = 1_700_000_000.0
+CHECKS = sorted(check_registry())
+WORST = "bupwatch_worst_project_findings"
+LAGS = (0.0, 30.0, 600.0, 7200.0, 100_000.0)  # of the replicas on S2, one per project
+
+
+def pid(n: int) -> str:
+    """A deterministic version-4 project id."""
+    return str(uuid.UUID(int=n, version=4))
+
+
+P = [pid(n) for n in range(len(LAGS))]
+
+
+def repo(project_id: str, *, sha: str = SHA_A, when: float = T0, save_log: int = 2000) -> RepoFacts:
+    return RepoFacts(
+        project_id=project_id,
+        path=f"/bup/bups/{project_id}",
+        master_sha=sha,
+        reflog_last_time=int(when),
+        repo_bytes=100_000,
+        save_log_bytes=save_log,
+    )
+
+
+def host(
+    sid: str, repos: Iterable[RepoFacts], *, tcp_ok: bool = True, duration: float = 0.5
+) -> HostFacts:
+    return HostFacts(
+        server_id=sid,
+        gathered_at=T0 + 1,
+        duration_seconds=duration,
+        complete=True,
+        repos={r.project_id: r for r in repos},
+        bup_server_tcp=TcpProbe("127.0.0.1", 6000, tcp_ok, 0.001, None if tcp_ok else "refused"),
+        ssh_sessions=1,
+    )
+
+
+def unreachable(sid: str) -> HostFacts:
+    return HostFacts(
+        server_id=sid,
+        gathered_at=T0 + 1,
+        duration_seconds=3.0,
+        failure=GatherFailure.UNREACHABLE,
+        failure_message="connection refused",
+    )
+
+
+def f(
+    check: str, sid: str, severity: Severity, project: str | None = None, code: str = "x"
+) -> Finding:
+    return Finding(check, sid, severity, "msg", project_id=project, code=code)
+
+
+def small_fleet() -> tuple[Inventory, dict[str, HostFacts]]:
+    """s1 masters five projects replicated to s2 with LAGS; s2's bup_server is down; s3 is gone."""
+    inventory = Inventory(
+        servers=SERVERS, projects={p: Project(p, master=S1, replicas=(S2,)) for p in P}
+    )
+    s1 = host(S1, [repo(p, save_log=62_000_000 if i == 2 else 2000) for i, p in enumerate(P)])
+    s2 = host(
+        S2,
+        [
+            repo(p, sha=SHA_A if lag == 0 else SHA_B, when=T0 - lag)
+            for p, lag in zip(P, LAGS, strict=True)
+        ],
+        tcp_ok=False,
+        duration=0.7,
+    )
+    return inventory, {S1: s1, S2: s2, S3: unreachable(S3)}
+
+
+SMALL_FINDINGS = [
+    f("save_log_size", S1, Severity.WARNING, P[2], "too_large"),
+    f("save_log_size", S2, Severity.WARNING, P[2], "too_large"),
+    f("repo_integrity", S1, Severity.CRITICAL, P[1], "master_not_in_pack"),
+    f("replication_lag", S2, Severity.WARNING, P[3], "behind"),
+    f("replication_lag", S2, Severity.WARNING, P[4], "behind"),
+    f("replication_lag", S2, Severity.WARNING, P[4], "no_recent_save"),
+    f("mount_sanity", S2, Severity.CRITICAL, None, "not_mounted"),
+    f("reachability", S2, Severity.CRITICAL, None, "bup_server_unreachable"),
+    f("reachability", S3, Severity.CRITICAL, None, "unreachable"),
+]
+
+
+def sweep_result(
+    inventory: Inventory,
+    facts: dict[str, HostFacts],
+    findings: list[Finding],
+    *,
+    started: float = T0,
+    errors: Mapping[str, str] | None = None,
+) -> SweepResult:
+    errors = errors or {}
+    return SweepResult(
+        inventory=inventory,
+        facts=facts,
+        findings=findings,
+        checks={
+            name: CheckRun(
+                name, 0.01, sum(1 for x in findings if x.check == name), errors.get(name)
+            )
+            for name in CHECKS
+        },
+        started=started,
+        seconds=2.0,
+        ssh_sessions=sum(h.ssh_sessions for h in facts.values()),
+    )
+
+
+def scrape(
+    state: State, servers: Mapping[str, Server] = SERVERS, *, top_projects: int = 10
+) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(
+        StateCollector(
+            state,
+            lambda: servers,
+            CHECKS,
+            top_projects=top_projects,
+            lag_buckets=LAG_BUCKETS,
+        )
+    )
+    return reg
+
+
+def labels(sid: str) -> dict[str, str]:
+    s = SERVERS[sid]
+    return {"server_id": sid, "host": s.name, "dc": str(s.dc)}
+
+
+def samples(reg: CollectorRegistry, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(dict(s.labels), s.value) for m in reg.collect() for s in m.samples if s.name == name]
+
+
+@pytest.fixture()
+def state(tmp_path: Path) -> State:
+    return State(tmp_path / "state.db")
+
+
+@pytest.fixture()
+def recorded(state: State) -> CollectorRegistry:
+    """A state holding one sweep of the small fleet, and a registry scraping it."""
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS))
+    return scrape(state)
+
+
+def test_open_findings_are_counted_per_check_server_and_severity_with_explicit_zeros(
+    recorded: CollectorRegistry,
+) -> None:
+    got = {
+        (lv["check"], lv["server_id"], lv["severity"]): v
+        for lv, v in samples(recorded, "bupwatch_findings")
+    }
+    expected = {
+        (c, s, sev): 0.0 for c in CHECKS for s in SERVERS for sev in ("warning", "critical")
+    }
+    for x in SMALL_FINDINGS:
+        expected[(x.check, x.server_id, x.severity.label)] += 1
+    assert got == expected
+    assert got[("replication_lag", S2, "warning")] == 3
+
+
+def test_projects_failing_counts_distinct_projects_per_check_and_server(
+    recorded: CollectorRegistry,
+) -> None:
+    got = {
+        (lv["check"], lv["server_id"]): v
+        for lv, v in samples(recorded, "bupwatch_projects_failing")
+    }
+    nonzero = {k: v for k, v in got.items() if v}
+    assert nonzero == {
+        ("save_log_size", S1): 1,
+        ("save_log_size", S2): 1,
+        ("repo_integrity", S1): 1,
+        ("replication_lag", S2): 2,  # P4 has two findings, it is one failing project
+    }
+    assert got[("mount_sanity", S2)] == 0  # a host-level finding is no failing project
+    assert len(got) == len(CHECKS) * len(SERVERS)
+
+
+def test_host_gauges_show_what_each_host_answered(recorded: CollectorRegistry) -> None:
+    def value(name: str, sid: str) -> float | None:
+        return recorded.get_sample_value(f"bupwatch_{name}", labels(sid))
+
+    assert [value("host_probe_success", s) for s in (S1, S2, S3)] == [1.0, 1.0, 0.0]
+    assert [value("bup_server_up", s) for s in (S1, S2, S3)] == [1.0, 0.0, 0.0]
+    assert [value("host_repositories", s) for s in (S1, S2)] == [5.0, 5.0]
+    assert value("host_repository_bytes", S1) == 500_000
+    assert value("host_save_log_max_bytes", S1) == 62_000_000
+    assert value("host_save_log_max_bytes", S2) == 2000
+    assert [value("host_gather_duration_seconds", s) for s in (S1, S2, S3)] == [0.5, 0.7, 3.0]
+    assert value("host_last_gather_timestamp_seconds", S3) == T0 + 1
+    # a host whose probe failed exports no made-up repository figures
+    assert value("host_repositories", S3) is None
+    assert value("host_repository_bytes", S3) is None
+    assert recorded.get_sample_value("bupwatch_sweep_available") == 1
+    assert recorded.get_sample_value("bupwatch_sweep_last_completed_timestamp_seconds") == T0 + 2
+    assert recorded.get_sample_value("bupwatch_sweep_repositories") == 10
+    assert recorded.get_sample_value("bupwatch_sweeps_total") == 1
+
+
+def test_check_success_and_timestamps_follow_each_checks_last_run(state: State) -> None:
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS, started=T0))
+    record(
+        state,
+        sweep_result(
+            inventory,
+            facts,
+            SMALL_FINDINGS,
+            started=T0 + 300,
+            errors={"repo_integrity": "RuntimeError: boom"},
+        ),
+    )
+    reg = scrape(state)
+
+    def value(name: str, check: str) -> float | None:
+        return reg.get_sample_value(f"bupwatch_check_{name}", {"check": check})
+
+    assert value("success", "repo_integrity") == 0
+    assert value("last_run_timestamp_seconds", "repo_integrity") == T0 + 302
+    assert value("last_success_timestamp_seconds", "repo_integrity") == T0 + 2
+    assert value("errors_total", "repo_integrity") == 1
+    assert value("runs_total", "repo_integrity") == 2
+    assert value("duration_seconds", "repo_integrity") == 0.01
+    for name in CHECKS:
+        if name != "repo_integrity":
+            assert value("success", name) == 1, name
+            assert value("last_success_timestamp_seconds", name) == T0 + 302, name
+            assert value("errors_total", name) == 0, name
+    assert reg.get_sample_value("bupwatch_sweeps_total") == 2
+
+
+def test_the_replication_lag_histogram_is_cumulative_and_inf_equals_the_count(
+    recorded: CollectorRegistry,
+) -> None:
+    buckets = {
+        float(lv["le"]): v
+        for lv, v in samples(recorded, "bupwatch_replication_lag_seconds_bucket")
+        if lv["server_id"] == S2
+    }
+    expected = {b: float(sum(1 for lag in LAGS if lag <= b)) for b in LAG_BUCKETS}
+    expected[math.inf] = len(LAGS)
+    assert buckets == expected
+    ordered = [buckets[b] for b in sorted(buckets)]
+    assert ordered == sorted(ordered)
+    assert recorded.get_sample_value("bupwatch_replication_lag_seconds_count", labels(S2)) == 5
+    assert recorded.get_sample_value("bupwatch_replication_lag_seconds_sum", labels(S2)) == sum(
+        LAGS
+    )
+    # s1 holds no replica: it has no histogram rather than an empty one
+    assert not [
+        lv
+        for lv, _ in samples(recorded, "bupwatch_replication_lag_seconds_count")
+        if lv["server_id"] != S2
+    ]
+
+
+def test_an_empty_state_exports_no_sweep_and_is_still_up(state: State) -> None:
+    reg = scrape(state)
+    assert reg.get_sample_value("bupwatch_state_up") == 1
+    assert reg.get_sample_value("bupwatch_sweep_available") == 0
+    assert reg.get_sample_value("bupwatch_sweeps_total") is None
+    assert samples(reg, "bupwatch_host_probe_success") == []
+    assert reg.get_sample_value("bupwatch_inventory_stale") == 0
+
+
+def close(state: State, path: Path) -> None:
+    state.close()
+
+
+def drop_hosts_table(state: State, path: Path) -> None:
+    other = sqlite3.connect(path)
+    other.execute("DROP TABLE hosts")
+    other.commit()
+    other.close()
+
+
+@pytest.mark.parametrize("breakage", [close, drop_hosts_table], ids=["closed", "table_gone"])
+def test_a_broken_state_exports_state_up_0_instead_of_raising(
+    tmp_path: Path, breakage: Callable[[State, Path], None]
+) -> None:
+    path = tmp_path / "state.db"
+    state = State(path)
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS))
+    reg = scrape(state)
+    assert reg.get_sample_value("bupwatch_state_up") == 1
+    breakage(state, path)
+
+    body = generate_latest(reg).decode()
+    assert "bupwatch_state_up 0.0" in body
+    families = {m.name for m in reg.collect()}
+    assert families == {"bupwatch_build_info", "bupwatch_state_up"}, "no half-rendered state"
+
+
+def test_only_the_top_n_worst_projects_are_exported_most_critical_first(state: State) -> None:
+    a, b, c, d = (pid(100 + n) for n in range(4))
+    findings = [
+        f("repo_integrity", S1, Severity.CRITICAL, a, "bad_idx"),
+        f("repo_integrity", S2, Severity.CRITICAL, a, "bad_idx"),
+        f("repo_integrity", S1, Severity.CRITICAL, b, "bad_idx"),
+        *(f(check, S1, Severity.WARNING, b, "w") for check in CHECKS[:3]),
+        *(f(check, S1, Severity.WARNING, c, "w") for check in CHECKS[:4]),
+        f("save_log_size", S1, Severity.WARNING, d, "too_large"),
+    ]
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, findings))
+    got = {
+        (lv["project_id"], lv["severity"]): v
+        for lv, v in samples(scrape(state, top_projects=2), WORST)
+    }
+    assert got == {(a, "critical"): 2, (a, "warning"): 0, (b, "critical"): 1, (b, "warning"): 3}
+    assert samples(scrape(state, top_projects=0), WORST) == []
+
+
+# ------------------------------------------------------------------ bounded cardinality
+
+FLEET = [str(uuid.UUID(int=0xF1EE7 << 64 | n, version=4)) for n in range(10)]
+
+
+def record_fleet(state: State, projects: int) -> int:
+    """One sweep of 10 servers holding ``projects`` projects (master + one replica each), with
+    findings on 10 % of them; returns the number of findings recorded."""
+    servers = {
+        sid: Server(sid, f"10.0.0.{n}", 6000, dc=n % 2, ssh_host=f"10.0.0.{n}", name=f"b{n}")
+        for n, sid in enumerate(FLEET)
+    }
+    inv_projects = {}
+    repos: dict[str, list[RepoFacts]] = {sid: [] for sid in FLEET}
+    findings = [f("mount_sanity", FLEET[3], Severity.CRITICAL, None, "not_mounted")]
+    for n in range(projects):
+        p = pid(n)
+        master, replica = FLEET[n % 10], FLEET[(n + 1) % 10]
+        inv_projects[p] = Project(p, master=master, replicas=(replica,))
+        repos[master].append(repo(p))
+        lag = (n % 50) * 1000.0
+        repos[replica].append(repo(p, sha=SHA_B if lag else SHA_A, when=T0 - lag))
+        if n % 10 == 0:
+            findings.append(f("save_log_size", master, Severity.WARNING, p, "too_large"))
+        if n % 30 == 0:
+            findings.append(f("repo_integrity", master, Severity.CRITICAL, p, "bad_idx"))
+        if n % 20 == 0:
+            findings.append(f("replication_lag", replica, Severity.WARNING, p, "behind"))
+    inventory = Inventory(servers=servers, projects=inv_projects)
+    facts = {sid: host(sid, repos[sid]) for sid in FLEET}
+    record(state, sweep_result(inventory, facts, findings))
+    return len(findings)
+
+
+def series(reg: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    out = set()
+    for m in reg.collect():
+        for s in m.samples:
+            out.add((s.name, tuple(sorted(s.labels.items()))))
+    return out
+
+
+def test_the_number_of_series_does_not_grow_with_the_number_of_projects(tmp_path: Path) -> None:
+    found: dict[int, set[tuple[str, tuple[tuple[str, str], ...]]]] = {}
+    for projects in (100, 10_000):
+        state = State(tmp_path / f"{projects}.db")
+        n_findings = record_fleet(state, projects)
+        servers = {sid: Server(sid, "x", 1, dc=n % 2, name=f"b{n}") for n, sid in enumerate(FLEET)}
+        reg = scrape(state, servers, top_projects=10)
+        # the findings really are there: the bounded series carry them as counts
+        assert sum(v for _, v in samples(reg, "bupwatch_findings")) == n_findings
+        found[projects] = series(reg)
+        state.close()
+
+    small, big = found[100], found[10_000]
+    for got in (small, big):
+        with_project = {name for name, lv in got if "project_id" in dict(lv)}
+        assert with_project <= {WORST}, "project_id only on the bounded top-N family"
+        assert sum(1 for name, _ in got if name == WORST) <= 2 * 10
+    assert {s for s in small if s[0] != WORST} == {s for s in big if s[0] != WORST}
+    assert len(big) == len(small)  # 10 % of 100 projects already fill the top 10
