@@ -100,6 +100,7 @@ class RepairContext(Protocol):
     """What a repair may use: the inventory, fresh facts, transports, the watchdog's overrides."""
 
     inventory: Inventory
+    python: str
 
     def server(self, server_id: str) -> Server: ...
 

@@ -202,6 +202,7 @@ class Guard:
             requested_by=entry.requested_by,
             reason=entry.reason,
             fingerprint=None,  # the pending row itself holds the fingerprint
+            params=dict(entry.params),
         )
         self.journal.update(entry_id, status=DENIED, decided_by=by, refusal="superseded: approved")
         repair = self.repairs[req.repair]
@@ -269,6 +270,7 @@ class Guard:
             status=status,
             refusal=refusal,
             plan=plan,
+            params={k: v for k, v in req.params.items() if k != "dry_run"},
         )
 
     def _refuse(self, req: RepairRequest, code: str, why: str, mode: str) -> Decision:
@@ -376,7 +378,10 @@ class Guard:
                 blockers = [f"precondition_error: cannot check preconditions: {exc}"]
             if blockers:
                 return self._refuse(req, "precondition", "; ".join(blockers), mode)
-            steps = repair.plan(req, ctx, settings)
+            try:
+                steps = repair.plan(req, ctx, settings)
+            except WatchdogError as exc:
+                return self._refuse(req, "cannot_plan", str(exc), mode)
             plan = [s.as_dict(dict(self.inventory.servers)) for s in steps]
             # Journal first: the intent is on disk before any command runs.
             entry = self._write(req, mode, RUNNING, plan=plan)

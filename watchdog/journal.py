@@ -7,6 +7,7 @@ it is reported, never blindly re-run. Every guard decision — refusals included
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from watchdog.model import Inventory
 from watchdog.state import State
 
 # Statuses a journal row goes through.
@@ -52,6 +54,7 @@ class Entry:
     finished_at: float | None
     output: str | None
     verification: str | None
+    params: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -59,7 +62,7 @@ class Entry:
 
 _COLUMNS = (
     "id, repair, target, server_id, project_id, requested_by, reason, fingerprint, mode, status, "
-    "refusal, plan, created_at, decided_by, started_at, finished_at, output, verification"
+    "refusal, plan, created_at, decided_by, started_at, finished_at, output, verification, params"
 )
 
 
@@ -67,6 +70,7 @@ def _entry(row: Sequence[Any]) -> Entry:
     values = list(row)
     values[4] = values[4] or None
     values[11] = json.loads(values[11] or "[]")
+    values[18] = json.loads(values[18] or "{}")
     return Entry(*values)
 
 
@@ -92,14 +96,15 @@ class Journal:
         status: str,
         refusal: str | None = None,
         plan: list[dict[str, Any]] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> int:
         """Write a new row (an intent or a decision) and return its id."""
         now = time.time()
         with self.state.transaction() as db:
             cur = db.execute(
                 "INSERT INTO journal(repair, target, server_id, project_id, requested_by, reason, "
-                "fingerprint, mode, status, refusal, plan, created_at, finished_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "fingerprint, mode, status, refusal, plan, created_at, finished_at, params) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     repair,
                     target,
@@ -114,6 +119,7 @@ class Journal:
                     json.dumps(plan or []),
                     now,
                     now if status in FINISHED else None,
+                    json.dumps(params or {}, default=str),
                 ),
             )
             return int(cur.lastrowid or 0)
@@ -273,3 +279,21 @@ class Journal:
         for sid, key, value in self.state.query("SELECT server_id, key, value FROM overrides"):
             out.setdefault(sid, {})[key] = json.loads(value)
         return out
+
+
+def apply_overrides(inventory: Inventory, overrides: dict[str, dict[str, Any]]) -> Inventory:
+    """The inventory as the watchdog must act on it: fenced hosts take no new projects (they
+    count as experimental) and a bup_server port recorded after a restart replaces the old one."""
+    if not overrides:
+        return inventory
+    servers = dict(inventory.servers)
+    for sid, values in overrides.items():
+        server = servers.get(sid)
+        if server is None:
+            continue
+        if values.get("fenced"):
+            server = dataclasses.replace(server, experimental=True)
+        if isinstance(values.get("port"), int):
+            server = dataclasses.replace(server, port=int(values["port"]))
+        servers[sid] = server
+    return dataclasses.replace(inventory, servers=servers)

@@ -12,7 +12,7 @@ from checks import registry as check_registry
 from watchdog.config import Config
 from watchdog.errors import WatchdogError
 from watchdog.gather import gather, gather_host, make_transport
-from watchdog.journal import Journal
+from watchdog.journal import Journal, apply_overrides
 from watchdog.model import Finding, HostFacts, Inventory, Project, Server
 from watchdog.transport.base import CommandResult, Transport
 
@@ -22,9 +22,12 @@ class Context:
 
     def __init__(self, config: Config, inventory: Inventory, journal: Journal, who: str) -> None:
         self.config = config
-        self.inventory = inventory
         self.journal = journal
+        self._base_inventory = inventory
+        self.inventory = apply_overrides(inventory, journal.overrides())
         self.who = who
+        #: The Python interpreter on the storage hosts (for stdlib programs sent on stdin).
+        self.python = config.ssh.python
         self._transports: dict[str, Transport] = {}
 
     def server(self, server_id: str) -> Server:
@@ -76,10 +79,13 @@ class Context:
         return bool(self.journal.overrides().get(server_id, {}).get("fenced"))
 
     def set_override(self, server_id: str, key: str, value: Any) -> None:
+        """Record an override and act on it at once (e.g. a new bup_server port for verify)."""
         self.journal.set_override(server_id, key, value, self.who)
+        self.inventory = apply_overrides(self._base_inventory, self.journal.overrides())
 
     def clear_override(self, server_id: str, key: str) -> None:
         self.journal.clear_override(server_id, key)
+        self.inventory = apply_overrides(self._base_inventory, self.journal.overrides())
 
     def close(self) -> None:
         for t in self._transports.values():

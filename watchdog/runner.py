@@ -11,14 +11,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection
-from typing import Any
 
 from checks import registry
 from watchdog.config import Config
 from watchdog.errors import ConfigError, InventoryError, WatchdogError
 from watchdog.inventory.base import InventorySource
 from watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
-from watchdog.journal import Journal
+from watchdog.journal import Journal, apply_overrides
 from watchdog.model import HostFacts, Inventory, Server
 from watchdog.state import State
 from watchdog.sweep import SweepResult, record, sweep
@@ -30,28 +29,14 @@ def inventory_source(config: Config) -> InventorySource:
     """The configured inventory source."""
     if config.inventory.source == "file" and config.inventory.file is not None:
         return FileInventory(config.inventory.file, default_user=config.ssh.user)
+    if config.inventory.source == "cassandra":
+        from watchdog.inventory.cassandra import CassandraInventory
+
+        return CassandraInventory.from_config(config)
     raise ConfigError(
         str(config.path or "config"),
         [f"At 'inventory.source': {config.inventory.source!r} is not available in this version"],
     )
-
-
-def apply_overrides(inventory: Inventory, overrides: dict[str, dict[str, Any]]) -> Inventory:
-    """The inventory as the watchdog must act on it: fenced hosts take no new projects (they
-    count as experimental) and a bup_server port recorded after a restart replaces the old one."""
-    if not overrides:
-        return inventory
-    servers = dict(inventory.servers)
-    for sid, values in overrides.items():
-        server = servers.get(sid)
-        if server is None:
-            continue
-        if values.get("fenced"):
-            server = dataclasses.replace(server, experimental=True)
-        if isinstance(values.get("port"), int):
-            server = dataclasses.replace(server, port=int(values["port"]))
-        servers[sid] = server
-    return dataclasses.replace(inventory, servers=servers)
 
 
 def load_inventory(source: InventorySource, state: State | None) -> Inventory:

@@ -146,6 +146,10 @@ MIGRATIONS: Sequence[str] = (
     """
     CREATE INDEX deep_checks_coverage ON deep_checks(server_id, checked_at);
     """,
+    # 6: a request's parameters, so an approved repair runs exactly as it was asked for
+    """
+    ALTER TABLE journal ADD COLUMN params TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
 

@@ -85,7 +85,11 @@ class Prometheus:
         *,
         job: str = "bupwatch",
         scrape_interval: str = "1s",
+        rule_files: Sequence[Path] = (),
+        alertmanagers: Sequence[str] = (),
     ) -> None:
+        self.rule_files = [str(p) for p in rule_files]
+        self.alertmanagers = list(alertmanagers)
         self.workdir = workdir
         self.targets = list(targets)
         self.job = job
@@ -118,6 +122,12 @@ class Prometheus:
                 }
             ],
         }
+        if self.rule_files:
+            config["rule_files"] = self.rule_files
+        if self.alertmanagers:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": self.alertmanagers}]}]
+            }
         self.config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         check = subprocess.run(
             [_binary(PROMTOOL), "check", "config", str(self.config_path)],

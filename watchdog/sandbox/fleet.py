@@ -473,6 +473,9 @@ class SandboxFleet:
         )
         lines += _table("[state]", {"directory": "state"})
         lines += _table("[http]", {"listen": f"127.0.0.1:{self.http_port}"})
+        # A sandbox's faults are planted on purpose (tests and the demo share the fleet): a daemon
+        # on this config only repairs what an operator, the API or an alert asks for.
+        lines += _table("[schedule]", {"auto_repair": False})
         if self.namespaces:
             lines += _table(
                 "[checks.mount_sanity]",
@@ -485,4 +488,30 @@ class SandboxFleet:
             )
         else:
             lines += _table("[checks.mount_sanity]", {"enabled": False})
+        if self.hosts:
+            lines += _table("[repairs.restart_bup_server]", {"command": self._restart_command()})
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
+
+    def _restart_command(self) -> list[str]:
+        """The restart command for the repair config: each host's daemonising bup_server command,
+        its per-host parts replaced by placeholders ({name} in the stand-in's path, {bup_root},
+        {host}) that restart_bup_server fills in from the inventory."""
+
+        def literal(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        h = next(iter(self.hosts.values()))
+        host_dir = str(h.dir)
+        out = []
+        for arg in h.bup_server_argv(daemon=True):
+            if arg == h.address:
+                out.append("{host}")
+            elif arg == h.bup_root or arg.startswith(h.bup_root + "/"):
+                out.append("{bup_root}" + literal(arg[len(h.bup_root) :]))
+            elif arg.startswith(host_dir + "/"):
+                out.append(
+                    literal(str(self.root / "hosts")) + "/{name}" + literal(arg[len(host_dir) :])
+                )
+            else:
+                out.append(literal(arg))
+        return out

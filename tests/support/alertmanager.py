@@ -1,0 +1,153 @@
+"""The real Alertmanager (Debian's ``prometheus-alertmanager``) for end-to-end tests.
+
+Started on 127.0.0.1 with a free port, gossip off (``--cluster.listen-address=``), a config that
+routes every alert labelled ``auto_repair="true"`` to the watchdog's webhook with its bearer token
+file, and short group timings so a test sees a notification within seconds (FACTS.md: ~1 s with
+``group_wait: 1s``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from support.prometheus import free_port, poll
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+class Alertmanager:
+    """One Alertmanager routing repairable alerts to ``webhook_url``."""
+
+    def __init__(self, workdir: Path, webhook_url: str, token_file: Path) -> None:
+        self.workdir = workdir
+        self.webhook_url = webhook_url
+        self.token_file = token_file
+        self.port = 0
+        self.config_path = workdir / "alertmanager.yml"
+        self.log_path = workdir / "alertmanager.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self) -> None:
+        config = {
+            "route": {
+                "receiver": "humans",
+                "group_by": ["alertname", "server_id"],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1m",
+                "routes": [
+                    {
+                        "matchers": ['auto_repair="true"'],
+                        "receiver": "bupwatch",
+                        "continue": True,
+                    }
+                ],
+            },
+            "receivers": [
+                {
+                    "name": "bupwatch",
+                    "webhook_configs": [
+                        {
+                            "url": self.webhook_url,
+                            "send_resolved": True,
+                            "http_config": {
+                                "authorization": {
+                                    "type": "Bearer",
+                                    "credentials_file": str(self.token_file),
+                                }
+                            },
+                        }
+                    ],
+                },
+                {"name": "humans"},
+            ],
+        }
+        self.config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        check = subprocess.run(
+            ["amtool", "check-config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"amtool rejects {self.config_path}:\n{check.stdout}{check.stderr}")
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self.port = free_port()
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [
+                    ALERTMANAGER,
+                    f"--config.file={self.config_path}",
+                    f"--storage.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+        def ready() -> bool | None:
+            try:
+                return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200 or None
+            except httpx.HTTPError:
+                return None
+
+        poll(ready, timeout=timeout, what="Alertmanager to be ready", alive=self._dead)
+
+    def _dead(self) -> str | None:
+        if self._proc is None or self._proc.poll() is None:
+            return None
+        return f"alertmanager exited with {self._proc.returncode}:\n{self.log_tail()}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def alerts(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/api/v2/alerts", timeout=5)
+        r.raise_for_status()
+        result: list[dict[str, Any]] = r.json()
+        return result
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+
+    def __enter__(self) -> Alertmanager:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
