@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from checks import settings_models
+from support.cassandra_fixture import cassandra  # noqa: F401 - the session fixture: a real Cassandra
 from watchdog.config import Config, load_config
 from watchdog.inventory.file import FileInventory
 from watchdog.model import Inventory

@@ -11,12 +11,23 @@ import getpass
 import json
 import logging
 import os
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from checks import registry, settings_models
@@ -28,10 +39,21 @@ from watchdog.errors import ConfigError, WatchdogError
 from watchdog.guard import Decision, Guard
 from watchdog.inventory.file import FileInventory
 from watchdog.journal import Journal
-from watchdog.model import Inventory
+from watchdog.model import HostFacts, Inventory, Server
 from watchdog.output import make_console, print_json, print_table
+from watchdog.report import (
+    ReportSettings,
+    Scope,
+    build_report,
+    check_names,
+    parse_duration,
+    render,
+    resolve_servers,
+    servers_from_state,
+)
 from watchdog.runner import Runner, inventory_source, load_inventory, open_state
-from watchdog.sweep import SweepResult
+from watchdog.state import State
+from watchdog.sweep import SweepResult, select_servers
 
 EXIT_UNKNOWN = 3
 DEFAULT_CONFIG = Path("/etc/bup-watchdog/config.toml")
@@ -201,8 +223,13 @@ _DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "re
 @click.option("--dry-run", "mode", flag_value="dry-run", default=True, help="Plan only (default).")
 @click.option("--execute", "mode", flag_value="execute", help="Run it now (counts as approval).")
 @click.option("--reason", default="", help="Why, for the journal.")
+@click.option(
+    "--unfence", is_flag=True, help="fence_host only: lift the fence (host healthy again)."
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def repair_cmd(config_path: Path, name: str, target: str, mode: str, reason: str, fmt: str) -> None:
+def repair_cmd(
+    config_path: Path, name: str, target: str, mode: str, reason: str, unfence: bool, fmt: str
+) -> None:
     """Plan or run one repair by hand, through the guard.
 
     TARGET is SERVER (for server repairs) or SERVER/PROJECT_ID; SERVER is an id or a name.
@@ -218,7 +245,7 @@ def repair_cmd(config_path: Path, name: str, target: str, mode: str, reason: str
             pid,
             requested_by=_who(),
             reason=reason,
-            params={"dry_run": mode != "execute"},
+            params={"dry_run": mode != "execute", **({"unfence": True} if unfence else {})},
         )
         decision = guard.submit(req, execute=mode == "execute")
     except WatchdogError as exc:
@@ -307,6 +334,170 @@ def repairs_deny(config_path: Path, entry_id: int, why: str) -> None:
     click.echo(f"repair #{decision.entry_id}: {decision.status}")
 
 
+_AUDIT_EXT = {"html": "html", "md": "md", "json": "json"}
+
+
+class _SweepProgress:
+    """Progress of an audit's fresh sweep on stderr: a bar on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.console = Console(stderr=True)
+        self.total = total
+        self.done = 0
+        self.progress: Progress | None = None
+        if self.console.is_terminal:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]sweeping[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.task = self.progress.add_task(f"{total} hosts", total=total)
+
+    def __enter__(self) -> _SweepProgress:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def host_done(self, server: Server, facts: HostFacts) -> None:
+        self.done += 1
+        if facts.probed:
+            what = f"{len(facts.repos)} repositories in {facts.duration_seconds:.2f} s"
+        else:
+            failure = facts.failure.value if facts.failure else "incomplete"
+            what = f"FAILED ({failure}): {facts.failure_message or 'no facts'}"
+        if self.progress is not None:
+            mark = "[green]✓[/]" if facts.probed else "[red]✗[/]"
+            self.progress.console.print(
+                f"{mark} {escape(server.label)}: {escape(what)}", highlight=False
+            )
+            self.progress.update(self.task, advance=1, description=escape(server.label))
+        else:
+            click.echo(f"audit: [{self.done}/{self.total}] {server.label}: {what}", err=True)
+
+
+def _fresh_sweep(
+    config: Config, state: State, servers: tuple[str, ...], checks: tuple[str, ...]
+) -> SweepResult | None:
+    """Sweep now (every enabled check due) with progress per host, and record it."""
+    runner = Runner(config, state, inventory_source(config))
+    inventory = load_inventory(runner.source, state)
+    total = len(select_servers(inventory, servers))
+    only = tuple(c for c in checks if c in registry())
+    with _SweepProgress(total) as progress:
+        return runner.run_once(
+            only=only, servers=servers, on_host_done=progress.host_done, force=True
+        )
+
+
+@main.command("audit")
+@config_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(list(_AUDIT_EXT)),
+    default="html",
+    show_default=True,
+    help="html: one self-contained page; md: Markdown; json: the data.",
+)
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    help="Where to write the report ('-': stdout). Default: bupwatch-audit-<UTC time>.<ext> "
+    "in the current directory.",
+)
+@click.option("--server", multiple=True, metavar="ID|NAME", help="Only this server (repeatable).")
+@click.option(
+    "--check", "checks", multiple=True, metavar="NAME", help="Only this check (repeatable)."
+)
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    metavar="DURATION",
+    help="Window of history: repairs journaled and findings opened or resolved in it (30m, 24h, "
+    "7d, 2w). Open findings are always shown.",
+)
+@click.option("--fresh", is_flag=True, help="Sweep the fleet first (every enabled check).")
+@click.option(
+    "--max-projects",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="List at most this many failing projects one by one (the worst); count the rest.",
+)
+def audit_cmd(
+    config_path: Path,
+    fmt: str,
+    output: str | None,
+    server: tuple[str, ...],
+    checks: tuple[str, ...],
+    since: str,
+    fresh: bool,
+    max_projects: int,
+) -> None:
+    """Write an audit report of the fleet (or part of it) from the watchdog's state.
+
+    Summary verdict, hosts, every failing project with the repair that answers it, replication
+    lag, save logs, deep-check coverage, the repair journal and the watchdog's own errors.
+    Prints the path written. Exit code: 0 written, 3 the report could not be made.
+    """
+    config = load(config_path)
+    try:
+        since_seconds = parse_duration(since)
+        wanted_checks = check_names(checks)
+        state = open_state(config)
+        servers = servers_from_state(state)
+        if not servers and not fresh:  # nothing cached yet: names from the source, if it answers
+            try:
+                servers = dict(inventory_source(config).load().servers)
+            except WatchdogError:
+                servers = {}
+        if fresh:
+            result = _fresh_sweep(config, state, tuple(server), wanted_checks)
+            if result is None:
+                _fail("no check is enabled in the config; nothing to sweep")
+            servers = dict(result.inventory.servers)
+        scope = Scope(resolve_servers(server, servers, state), wanted_checks)
+        settings = ReportSettings.from_config(config, max_projects=max_projects)
+        report = build_report(
+            state, servers=servers, settings=settings, scope=scope, since_seconds=since_seconds
+        )
+        text = render(report, fmt)
+    except ValueError as exc:
+        _fail(str(exc))
+    except WatchdogError as exc:
+        _fail(str(exc))
+    except sqlite3.Error as exc:
+        _fail(f"cannot read the state database: {exc}")
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(output) if output else Path(f"bupwatch-audit-{stamp}.{_AUDIT_EXT[fmt]}")
+    try:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        _fail(f"cannot write the report to {path}: {exc.strerror or exc}")
+    summary = report["summary"]
+    click.echo(
+        f"audit: {summary['verdict'].upper()}, {summary['failing_projects']} failing projects, "
+        f"{summary['watchdog_errors']} watchdog problems; {len(text) / 1000:.0f} kB",
+        err=True,
+    )
+    click.echo(str(path.resolve()))
+
+
 def show(result: SweepResult, fmt: str) -> None:
     console = make_console(json_output=fmt == "json")
     if fmt == "json":
@@ -344,6 +535,48 @@ def config_check(path: Path | None) -> None:
 def config_example() -> None:
     """Print a commented example config with every key and its default."""
     click.echo(example_config(settings_models()), nl=False)
+
+
+@main.group("inventory")
+def inventory_group() -> None:
+    """Move the inventory between a file and Cassandra."""
+
+
+@inventory_group.command("load")
+@config_option
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--replication-factor",
+    type=click.IntRange(1, 10),
+    default=None,
+    help="Create the keyspace when it is missing (SimpleStrategy, N copies): for a test or demo "
+    "cluster. Without it a missing keyspace is an error.",
+)
+def inventory_load(config_path: Path, path: Path, replication_factor: int | None) -> None:
+    """Write a file inventory (TOML or JSON) into Cassandra, as [inventory.cassandra] says.
+
+    The keyspace's schema is migrated first (the fleet's tables and the watchdog's, created where
+    missing). Servers and projects are upserted; nothing is deleted. Exit 0 done, 3 could not.
+    """
+    from watchdog.inventory.cassandra import CassandraInventory, write_inventory
+
+    config = load(config_path)
+    try:
+        inventory = FileInventory(path, default_user=config.ssh.user).load()
+        source = CassandraInventory.from_config(config)
+        with source.db as db:
+            stats = write_inventory(db, inventory, replication_factor=replication_factor)
+    except WatchdogError as exc:
+        _fail(str(exc))
+    migrated = (
+        f"; schema migrations applied: {', '.join(map(str, stats.migrations))}"
+        if stats.migrations
+        else ""
+    )
+    click.echo(
+        f"{stats.servers} servers and {stats.projects} projects written to keyspace "
+        f"{source.db.keyspace} at {source.db.where} in {stats.seconds:.1f} s{migrated}"
+    )
 
 
 # The demo lives in its own module; imported here so `--help` lists it.

@@ -30,6 +30,7 @@ from watchdog.journal import Entry, Journal
 from watchdog.metrics import StateCollector
 from watchdog.model import Finding, Inventory, Server, Severity
 from watchdog.repair_queue import QueueFull, RepairQueue, Work
+from watchdog.report import ReportSettings
 from watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from watchdog.state import State
 from watchdog.sweep import LAG_BUCKETS, SweepResult
@@ -64,6 +65,7 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
         repairs=daemon.queue if daemon is not None else None,
         token=read_token(config.guard.api_token_file),
         alerts=config.alerts,
+        report=ReportSettings.from_config(config),
     )
     return HttpServer(app, host, int(port))
 

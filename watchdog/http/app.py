@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +25,16 @@ from watchdog.http.alertmanager import handle as handle_alerts
 from watchdog.http.auth import TokenAuth
 from watchdog.journal import Journal
 from watchdog.repair_queue import QueueFull, RepairQueue, Work
+from watchdog.report import (
+    ReportSettings,
+    Scope,
+    build_report,
+    check_names,
+    parse_duration,
+    render,
+    resolve_servers,
+    servers_from_state,
+)
 from watchdog.state import State
 
 
@@ -62,11 +73,14 @@ def create_app(
     token: str | None = None,
     alerts: AlertsConfig | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
+    report: ReportSettings | None = None,
 ) -> FastAPI:
     """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200.
 
-    Write endpoints need ``repairs`` (the queue to the guard) and a bearer ``token``.
+    Write endpoints need ``repairs`` (the queue to the guard) and a bearer ``token``. ``report``
+    holds the thresholds and bounds of the /report page (defaults: the config's defaults).
     """
+    report_settings = report or ReportSettings()
     app = FastAPI(title="bup-watchdog", version=__version__)
     auth = TokenAuth(token)
 
@@ -138,6 +152,42 @@ def create_app(
         return {
             "repairs": [e.as_dict() for e in Journal(state).entries(status=status, limit=limit)]
         }
+
+    @app.get(
+        "/report",
+        summary="The audit report, rendered from the state now (HTML page, Markdown or JSON)",
+        response_class=HTMLResponse,
+    )
+    def report_page(
+        server: Annotated[
+            list[str] | None, Query(max_length=64, description="Server id or name (repeatable)")
+        ] = None,
+        check: Annotated[
+            list[str] | None, Query(max_length=64, description="Check name (repeatable)")
+        ] = None,
+        since: str = Query("7d", max_length=16, description="History window: 30m, 24h, 7d"),
+        fmt: str = Query("html", alias="format", pattern=r"^(html|md|json)$"),
+    ) -> Response:
+        try:
+            servers = servers_from_state(state)
+            scope = Scope(resolve_servers(server or (), servers, state), check_names(check or ()))
+            data = build_report(
+                state,
+                servers=servers,
+                settings=report_settings,
+                scope=scope,
+                since_seconds=parse_duration(since),
+            )
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        except sqlite3.Error as exc:
+            raise HTTPException(status_code=503, detail=f"state unreadable: {exc}") from None
+        text = render(data, fmt)
+        if fmt == "json":
+            return Response(text, media_type="application/json")
+        if fmt == "md":
+            return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
+        return HTMLResponse(text)
 
     def _queue() -> RepairQueue:
         if repairs is None:

@@ -1,0 +1,2 @@
+"""A real single-node Apache Cassandra for the tests: ``node.py`` runs it, ``pom.xml`` lists
+the jars."""
