@@ -8,7 +8,9 @@ next one runs as planned; the loop itself never dies of it. ``--once`` does one 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
 import time
@@ -32,6 +34,7 @@ from watchdog.model import Finding, Inventory, Server, Severity
 from watchdog.repair_queue import QueueFull, RepairQueue, Work
 from watchdog.report import ReportSettings
 from watchdog.runner import Runner, inventory_source, load_inventory, open_state
+from watchdog.silences import Silencer
 from watchdog.state import State
 from watchdog.sweep import LAG_BUCKETS, SweepResult
 
@@ -87,12 +90,18 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.state = open_state(config)
+        self.state.check_integrity()
+        self._lock_fd: int | None = None
         self.runner = Runner(config, self.state, inventory_source(config))
         self.inventory: Inventory | None = None
         self.last_result: SweepResult | None = None
         self.stopping = threading.Event()
         self._servers_cache: Mapping[str, Server] | None = None
-        self.queue = RepairQueue(self.guard)
+        alerts = config.alerts
+        silencer = (
+            Silencer(alerts.alertmanager_url, alerts.silence_minutes) if alerts.silence else None
+        )
+        self.queue = RepairQueue(self.guard, silencer=silencer)
 
     def guard(self) -> Guard:
         """A guard over the freshest inventory (the last sweep's, or loaded now)."""
@@ -118,7 +127,10 @@ class Daemon:
             result = self.runner.run_once()
         except WatchdogError as exc:
             log.error("sweep failed: %s", exc)
-            self.state.set_meta(last_sweep_error=str(exc), last_sweep_error_at=time.time())
+            try:
+                self.state.set_meta(last_sweep_error=str(exc), last_sweep_error_at=time.time())
+            except WatchdogError as again:  # the state itself is what failed (e.g. disk full)
+                log.error("cannot record the failed sweep either: %s", again)
             return
         except Exception:
             log.exception("sweep failed unexpectedly; the next one runs as planned")
@@ -189,6 +201,7 @@ class Daemon:
         # Handlers first: a SIGTERM right after start must still mean a clean stop.
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            self._take_state_lock()
             self.report_interrupted()
             http = build_http(self.config, self.state, self)
             http.start()
@@ -206,6 +219,27 @@ class Daemon:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock (the kernel does it on a crash too)
+                self._lock_fd = None
+
+    def _take_state_lock(self) -> None:
+        """One daemon per state directory: a second one would report the first one's running
+        repairs as interrupted and sweep and repair alongside it."""
+        path = self.state.path.with_name("daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise WatchdogError(
+                f"another bup-watchdog daemon (pid {holder}) runs on the state directory "
+                f"{path.parent}; refusing to start a second one on it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     def _loop(self) -> int:
         sched = self.config.schedule

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from repairs.base import RepairRequest
 from watchdog.guard import Decision, Guard
+from watchdog.silences import Silencer
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,14 @@ class QueueFull(Exception):
 class RepairQueue:
     """Bounded FIFO + one worker; ``guard_factory`` gives a guard over the current inventory."""
 
-    def __init__(self, guard_factory: Callable[[], Guard], maxsize: int = 1000) -> None:
+    def __init__(
+        self,
+        guard_factory: Callable[[], Guard],
+        maxsize: int = 1000,
+        silencer: Silencer | None = None,
+    ) -> None:
         self.guard_factory = guard_factory
+        self.silencer = silencer
         self._q: queue.Queue[Work | None] = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._work, name="repairs", daemon=True)
         self.processed = 0
@@ -96,7 +103,17 @@ class RepairQueue:
     def _handle(self, work: Work) -> None:
         guard = self.guard_factory()
         if work.request is not None:
-            self.last = guard.submit(work.request)
+            labels = work.request.params.get("alert_labels")
+            silence_id = None
+            if self.silencer is not None and isinstance(labels, dict) and labels:
+                req = work.request
+                why = f"bup-watchdog is running {req.repair} on {req.target}"
+                silence_id = self.silencer.silence(labels, why)
+            try:
+                self.last = guard.submit(work.request)
+            finally:
+                if silence_id is not None and self.silencer is not None:
+                    self.silencer.expire(silence_id)
         elif work.approve is not None:
             self.last = guard.approve(work.approve, work.by)
         elif work.deny is not None:

@@ -1,6 +1,7 @@
 """The whole loop, all real: sandbox fleet → watchdog daemon → Prometheus (shipped rules) → an alert
-fires → Alertmanager posts to the webhook → the guard runs the repair → the check passes → the
-alert resolves. And the same with the repair in approve mode: nothing changes until approval.
+fires → Alertmanager posts to the webhook → the guard runs the repair (the alert silenced in
+Alertmanager meanwhile) → the check passes → the alert resolves. And the same with the repair in
+approve mode: nothing changes until approval.
 
 The shipped alert rules are used as they are, except that every ``for:`` is set to 0s in the copy
 Prometheus loads, so the test does not wait minutes for a rule's pending period.
@@ -20,7 +21,7 @@ import pytest
 
 from support.alertmanager import Alertmanager
 from support.daemon import daemon_config
-from support.prometheus import Prometheus, WatchdogDaemon, poll
+from support.prometheus import Prometheus, WatchdogDaemon, free_port, poll
 from watchdog.journal import Journal
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.state import State
@@ -50,12 +51,16 @@ def loop(
     scratch_fleet: SandboxFleet, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[dict[str, Any]]:
     mode = request.param
-    config, url, token = daemon_config(scratch_fleet, tmp_path, mode)
+    am_port = free_port()
+    silence = {"silence": True, "alertmanager_url": f"http://127.0.0.1:{am_port}"}
+    config, url, token = daemon_config(
+        scratch_fleet, tmp_path, mode, alerts=silence if mode == "auto" else None
+    )
     scratch_fleet.hosts["s1"].stop_bup_server()
     faulted = time.monotonic()
     with (
         WatchdogDaemon(config) as daemon,
-        Alertmanager(tmp_path / "am", f"{url}/alertmanager", token) as am,
+        Alertmanager(tmp_path / "am", f"{url}/alertmanager", token, port=am_port) as am,
         Prometheus(
             tmp_path / "prom",
             [url.removeprefix("http://")],
@@ -104,6 +109,9 @@ def test_an_alert_for_a_stopped_bup_server_gets_it_restarted_and_then_resolves(
         timeout=60,
     )
     resolved = time.monotonic()
+    ours = [s for s in loop["am"].silences() if s["createdBy"] == "bup-watchdog"]
+    assert ours, "the alert was silenced while its repair ran"
+    assert all(s["status"]["state"] == "expired" for s in ours), "and unsilenced after it"
     print(
         f"fault -> repaired: {repaired - loop['faulted']:.1f} s; "
         f"fault -> alert resolved: {resolved - loop['faulted']:.1f} s (repair #{entry.id})"

@@ -25,11 +25,11 @@ ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 class Alertmanager:
     """One Alertmanager routing repairable alerts to ``webhook_url``."""
 
-    def __init__(self, workdir: Path, webhook_url: str, token_file: Path) -> None:
+    def __init__(self, workdir: Path, webhook_url: str, token_file: Path, port: int = 0) -> None:
         self.workdir = workdir
         self.webhook_url = webhook_url
         self.token_file = token_file
-        self.port = 0
+        self.port = port
         self.config_path = workdir / "alertmanager.yml"
         self.log_path = workdir / "alertmanager.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -86,7 +86,7 @@ class Alertmanager:
     def start(self, timeout: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        self.port = free_port()
+        self.port = self.port or free_port()
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
                 [
@@ -122,6 +122,12 @@ class Alertmanager:
 
     def alerts(self) -> list[dict[str, Any]]:
         r = httpx.get(f"{self.url}/api/v2/alerts", timeout=5)
+        r.raise_for_status()
+        result: list[dict[str, Any]] = r.json()
+        return result
+
+    def silences(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/api/v2/silences", timeout=5)
         r.raise_for_status()
         result: list[dict[str, Any]] = r.json()
         return result

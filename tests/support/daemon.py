@@ -12,7 +12,11 @@ from watchdog.sandbox.fleet import SandboxFleet
 
 
 def daemon_config(
-    fleet: SandboxFleet, workdir: Path, mode: str, **restart_settings: Any
+    fleet: SandboxFleet,
+    workdir: Path,
+    mode: str,
+    alerts: dict[str, Any] | None = None,
+    **restart_settings: Any,
 ) -> tuple[Path, str, Path]:
     """The fleet's config for a daemon: fast schedule, token file, no scheduled repairs."""
     data: dict[str, Any] = tomllib.loads(fleet.config_path.read_text())
@@ -29,6 +33,8 @@ def daemon_config(
     data["guard"] = {"api_token_file": str(token)}
     restart = data.setdefault("repairs", {}).setdefault("restart_bup_server", {})
     restart.update(mode=mode, **restart_settings)
+    if alerts:
+        data["alerts"] = alerts
     path = workdir / "config.toml"
     path.write_text(_toml(data))
     return path, f"http://{listen}", token
