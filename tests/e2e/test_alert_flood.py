@@ -57,6 +57,7 @@ def test_a_burst_of_1000_alerts_for_50_targets_stays_within_the_guards_limits(
     servers = [scratch_fleet.server_id("s1"), scratch_fleet.server_id("s2")]
     work = [(f"{i % 50:04x}", servers[i % 50 % 2]) for i in range(1000)]
     with WatchdogDaemon(config) as daemon:
+
         def up() -> bool | None:
             try:
                 return httpx.get(f"{url}/healthz", timeout=1).status_code == 200 or None
