@@ -194,6 +194,10 @@ class State:
                 ) from None
             raise StateError(f"cannot open the state database {path}: {exc}") from None
         self._lock = threading.RLock()
+        #: Writes that failed (disk full, read-only, locked) since this process opened the file,
+        #: and whether the last write succeeded: exported so a full disk looks broken.
+        self.write_errors = 0
+        self.writable = True
         self.migrate()
 
     def close(self) -> None:
@@ -233,17 +237,49 @@ class State:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._write_failed()
                 raise StateError(f"cannot write the state database {self.path}: {exc}") from None
             try:
                 yield self._db
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._write_failed()
+                raise StateError(f"cannot write the state database {self.path}: {exc}") from None
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
+                self._rollback()
+                self._write_failed()
                 raise StateError(f"cannot write the state database {self.path}: {exc}") from None
+            self.writable = True
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR); a ROLLBACK then
+        # fails with "no transaction is active" and would hide the real error.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _write_failed(self) -> None:
+        self.write_errors += 1
+        self.writable = False
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check``: a damaged file is refused when the daemon starts, instead of
+        failing every sweep that happens to read the broken page."""
+        with self._lock:
+            try:
+                rows = self._db.execute("PRAGMA quick_check(1)").fetchall()
+            except sqlite3.DatabaseError as exc:
+                rows = [(str(exc),)]
+        if rows != [("ok",)]:
+            why = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
+            raise StateError(
+                f"{self.path} is damaged ({why or 'no answer'}); move it (and its -wal and -shm "
+                "files) aside to start with empty state"
+            )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
