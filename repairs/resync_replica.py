@@ -245,7 +245,15 @@ def _git(repo: str, *args: str) -> tuple[str, ...]:
 
 def _tail(result: CommandResult) -> str:
     text = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
-    return text.splitlines()[-1][-300:] if text else "no output"
+    if not text:
+        return "no output"
+    lines = text.splitlines()
+    # rsync prints the cause first ("rsync: [receiver] write failed on …: No space left on
+    # device (28)") and a summary last ("rsync error: … (code 11)"), which alone hides it.
+    cause = next((line for line in lines if line.startswith("rsync: ")), None)
+    if cause is not None and cause != lines[-1]:
+        return f"{cause[-300:]} … {lines[-1][-200:]}"
+    return lines[-1][-300:]
 
 
 def _mount_problems(server: Server, facts: HostFacts) -> list[str]:

@@ -579,6 +579,42 @@ def inventory_load(config_path: Path, path: Path, replication_factor: int | None
     )
 
 
+@inventory_group.command("migrate")
+@config_option
+@click.option(
+    "--replication-factor",
+    type=click.IntRange(1, 10),
+    default=None,
+    help="Create the keyspace when it is missing (SimpleStrategy, N copies): for a test or demo "
+    "cluster. Without it a missing keyspace is an error.",
+)
+def inventory_migrate(config_path: Path, replication_factor: int | None) -> None:
+    """Bring the Cassandra keyspace of [inventory.cassandra] to the latest schema.
+
+    Versioned migrations, each applied once and recorded in bupwatch_schema_migrations: the
+    fleet's tables where missing (never altered), then the watchdog's own (bupwatch_servers,
+    bupwatch_members, bupwatch_leases, bupwatch_fences). Safe to run again. Run it once, from one
+    place, before starting the watchdogs (they never change the schema themselves: concurrent
+    schema changes from several nodes are what Cassandra handles worst). Exit 0 done, 3 could not.
+    """
+    from watchdog.inventory.cassandra import CassandraSession
+    from watchdog.inventory.cassandra_schema import LATEST, migrate
+    from watchdog.inventory.cassandra_shared import driver_errors
+
+    config = load(config_path)
+    base = config.path.parent if config.path is not None else None
+    try:
+        with CassandraSession(config.inventory.cassandra, base=base) as db:
+            try:
+                applied = migrate(db.session(), db.keyspace, replication_factor=replication_factor)
+            except driver_errors() as exc:
+                raise db.failed(exc, "migrating the schema") from None
+    except WatchdogError as exc:
+        _fail(str(exc))
+    done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
+    click.echo(f"keyspace {db.keyspace} at {db.where}: schema version {LATEST} ({done})")
+
+
 # The demo lives in its own module; imported here so `--help` lists it.
 from watchdog.demo import demo  # noqa: E402
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from watchdog.errors import ConfigError
+from watchdog.model import system_path_problem
 
 
 class Section(BaseModel):
@@ -283,7 +284,17 @@ class GuardConfig(Section):
     )
     failure_window_hours: float = Field(24.0, gt=0, description="Window for max_failures.")
     lease_seconds: float = Field(
-        3600.0, gt=0, description="A lease on a repair target expires after this (crash safety)."
+        3600.0,
+        gt=0,
+        description="A lease on a repair target expires after this (crash safety); while the "
+        "repair runs it is renewed every third of it. With leases = 'cassandra' a short value "
+        "(60) frees the targets of a watchdog that died mid-repair soon.",
+    )
+    leases: Literal["local", "cassandra"] = Field(
+        "local",
+        description="Where repair leases live: 'local' (the state database: one watchdog) or "
+        "'cassandra' (lightweight transactions in bupwatch_leases, over [inventory.cassandra]: "
+        "several watchdogs on one fleet; run `bup-watchdog inventory migrate` once).",
     )
     maintenance: list[MaintenanceWindow] = Field(
         default_factory=list,
@@ -341,6 +352,41 @@ class AlertsConfig(Section):
     silence_minutes: float = Field(60.0, gt=0, description="Longest a silence may last.")
 
 
+class MembershipConfig(Section):
+    """Several watchdogs on one fleet: heartbeats in Cassandra, hosts shared out among them."""
+
+    enabled: bool = Field(
+        False,
+        description="Heartbeat into bupwatch_members (over [inventory.cassandra]) and sweep only "
+        "the hosts rendezvous hashing over the live members gives this watchdog. Needs "
+        "guard.leases = 'cassandra'.",
+    )
+    ttl_seconds: float = Field(
+        30.0,
+        ge=2,
+        le=3600,
+        description="A watchdog that has not heartbeaten for this long is gone: its hosts move "
+        "to the others at their next sweep.",
+    )
+    heartbeat_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Heartbeat this often (well below ttl_seconds: a third or less).",
+    )
+    member_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$",
+        description="This watchdog's name among the members. Empty = host name and process id.",
+        examples=["watchdog-dc1"],
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_ttl(self) -> MembershipConfig:
+        if self.heartbeat_seconds >= self.ttl_seconds:
+            raise ValueError("heartbeat_seconds must be below ttl_seconds")
+        return self
+
+
 class HttpConfig(Section):
     listen: str = Field(
         "127.0.0.1:9731",
@@ -360,6 +406,7 @@ class Config(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
     guard: GuardConfig = Field(default_factory=GuardConfig)  # type: ignore[arg-type]
+    membership: MembershipConfig = Field(default_factory=MembershipConfig)  # type: ignore[arg-type]
     repairs: dict[str, Any] = Field(
         default_factory=dict,
         description="One table per repair, [repairs.NAME]; see each repair's keys below.",
@@ -451,6 +498,11 @@ def parse_config(
         for i, rule in enumerate(config.alerts.rules):
             if rule.repair not in repair_models:
                 problems.append(f"At 'alerts.rules.{i}.repair': no such repair {rule.repair!r}")
+    if config is not None and config.membership.enabled and config.guard.leases != "cassandra":
+        problems.append(
+            "At 'guard.leases': must be 'cassandra' when membership.enabled is true (several "
+            "watchdogs must share their repair leases)"
+        )
     if problems or config is None:
         raise ConfigError(source, problems)
     config.check_settings = settings
@@ -461,6 +513,9 @@ def parse_config(
         config.ssh.key_file = _resolve(base, config.ssh.key_file)
         config.state.directory = _resolve(base, config.state.directory) or config.state.directory
         config.guard.api_token_file = _resolve(base, config.guard.api_token_file)
+    bad = system_path_problem(str(config.state.directory.resolve()))
+    if bad:
+        raise ConfigError(source, [f"At 'state.directory': {config.state.directory} {bad}"])
     if config.inventory.source == "file" and config.inventory.file is None:
         raise ConfigError(source, ["At 'inventory.file': required when inventory.source = 'file'"])
     return config

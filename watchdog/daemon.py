@@ -4,6 +4,10 @@ One interval job sweeps the due checks with one gather per host; runs never over
 (``max_instances=1``), missed runs are coalesced into one, and each run gets jitter. SIGTERM or
 SIGINT lets the current sweep finish, then stops. A sweep that fails is logged and recorded and the
 next one runs as planned; the loop itself never dies of it. ``--once`` does one pass and exits.
+
+With ``[membership] enabled``, a second job heartbeats into Cassandra every ``heartbeat_seconds``
+(also once before the first sweep), sweeps cover only this watchdog's share of the hosts
+(``watchdog/membership.py``), and a clean stop leaves the members at once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,6 +33,8 @@ from watchdog.http.app import HttpServer, create_app
 from watchdog.http.auth import read_token
 from watchdog.inventory.file import parse_inventory
 from watchdog.journal import Entry, Journal
+from watchdog.leases import lease_backend
+from watchdog.membership import Membership
 from watchdog.metrics import StateCollector
 from watchdog.model import Finding, Inventory, Server, Severity
 from watchdog.repair_queue import QueueFull, RepairQueue, Work
@@ -92,7 +98,13 @@ class Daemon:
         self.state = open_state(config)
         self.state.check_integrity()
         self._lock_fd: int | None = None
-        self.runner = Runner(config, self.state, inventory_source(config))
+        #: With [membership] enabled: heartbeats, and this watchdog's share of the hosts.
+        self.membership = Membership.from_config(config) if config.membership.enabled else None
+        self.runner = Runner(
+            config, self.state, inventory_source(config), membership=self.membership
+        )
+        #: One lease backend for every guard of this daemon ([guard] leases).
+        self.leases = lease_backend(config, Journal(self.state))
         self.inventory: Inventory | None = None
         self.last_result: SweepResult | None = None
         self.stopping = threading.Event()
@@ -109,7 +121,7 @@ class Daemon:
         if inventory is None:
             inventory = load_inventory(self.runner.source, self.state)
             self.inventory = inventory
-        return Guard(self.config, self.state, inventory)
+        return Guard(self.config, self.state, inventory, leases=self.leases)
 
     def servers(self) -> Mapping[str, Server]:
         if self.inventory is not None:
@@ -117,6 +129,15 @@ class Daemon:
         if self._servers_cache is None:
             self._servers_cache = cached_servers(self.state)
         return self._servers_cache
+
+    def heartbeat_job(self) -> None:
+        """Tell the other watchdogs this one is alive (failures are logged, never raised)."""
+        if self.membership is None or self.stopping.is_set():
+            return
+        try:
+            self.membership.heartbeat()
+        except Exception:
+            log.exception("membership: heartbeat failed unexpectedly; the next one runs as planned")
 
     def sweep_job(self) -> None:
         """One scheduled sweep; every failure is logged and recorded, never raised."""
@@ -203,6 +224,7 @@ class Daemon:
         try:
             self._take_state_lock()
             self.report_interrupted()
+            self.heartbeat_job()  # a member before the first sweep, so it counts itself
             http = build_http(self.config, self.state, self)
             http.start()
             self.queue.start()
@@ -215,6 +237,7 @@ class Daemon:
             finally:
                 self.queue.stop()
                 http.stop()
+                self._leave()
                 self.state.close()
         finally:
             for s, handler in previous.items():
@@ -223,11 +246,21 @@ class Daemon:
                 os.close(self._lock_fd)  # releases the lock (the kernel does it on a crash too)
                 self._lock_fd = None
 
+    def _leave(self) -> None:
+        """On stop: leave the members at once (no TTL wait for the others), close Cassandra."""
+        if self.membership is not None:
+            self.membership.leave()
+            self.membership.close()
+        self.leases.close()
+
     def _take_state_lock(self) -> None:
         """One daemon per state directory: a second one would report the first one's running
         repairs as interrupted and sweep and repair alongside it."""
         path = self.state.path.with_name("daemon.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WatchdogError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -258,6 +291,15 @@ class Daemon:
             next_run_time=datetime.now().astimezone(),
             id="sweep",
         )
+        if self.membership is not None:
+            beat = self.config.membership.heartbeat_seconds
+            scheduler.add_job(
+                self.heartbeat_job,
+                "interval",
+                seconds=beat,
+                next_run_time=datetime.now().astimezone() + timedelta(seconds=beat),
+                id="heartbeat",
+            )
         if self.stopping.is_set():
             return 0
         scheduler.start()

@@ -1,20 +1,32 @@
 """Gather: one probe run per host (one SSH session, however many projects), bounded parallelism.
 
-Turns the probe's JSON lines into HostFacts. Anything a host answers that is not the probe's facts
-(garbage, a truncated stream, a flood) becomes a GatherFailure with one sentence, never a traceback,
-and the other hosts go on.
+Turns the probe's JSON lines into HostFacts as they stream in (the host's output is never held
+whole). Anything a host answers that is not the probe's facts (garbage, a truncated stream, a
+flood) becomes a GatherFailure with one sentence, never a traceback, and the other hosts go on.
+
+Incremental sweeps (optional, a ``RepoCache``): the gather sends each host's probe the fingerprints
+of the repositories it already knows (see ``probe.fingerprint``); the probe walks only those whose
+fingerprint changed and names the others in ``repo_unchanged`` records, for which the cached facts
+are reused. Every repository is still walked in full at least every ``max_age`` seconds (spread
+over time per repository), so what the fingerprint does not cover is late by at most that much.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
+import sys
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from watchdog.config import DeepConfig, SshConfig
 from watchdog.deep import run_deep
@@ -45,15 +57,46 @@ PROBE_PATH = Path(__file__).with_name("probe.py")
 MAX_STRAYS_KEPT = 100
 
 
+KNOWN_STATE_LINE = b'\nKNOWN_STATE = ""\n'
+# Unchanged repositories are walked again after at most this long (spread over the second half).
+DEFAULT_MAX_AGE = 6 * 3600.0
+
+
 @cache
 def probe_source() -> bytes:
     """The probe program, sent to each host on stdin."""
     return PROBE_PATH.read_bytes()
 
 
-def probe_argv(server: Server, python: str) -> list[str]:
-    """The probe's command line on a host; every value comes from the validated inventory."""
-    return [
+def probe_program(
+    known: Mapping[str, str] | None = None, known_dirs: Mapping[str, str] | None = None
+) -> bytes:
+    """The probe, with the host's known state filled in if any (see ``probe.KNOWN_STATE``).
+
+    ``known``: project id -> repo fingerprint; ``known_dirs``: project id -> project_dir digest.
+    """
+    source = probe_source()
+    if not known and not known_dirs:
+        return source
+    if source.count(KNOWN_STATE_LINE) != 1:  # pragma: no cover - guarded by a test
+        raise ProbeError("the probe has no single KNOWN_STATE line to fill in")
+    repos, dirs = known or {}, known_dirs or {}
+    data = "".join(
+        f"{pid} {repos.get(pid, '-')} {dirs.get(pid, '-')}\n" for pid in sorted({*repos, *dirs})
+    ).encode("ascii")
+    blob = base64.b64encode(zlib.compress(data, 1))  # level 1: 3x faster, hardly bigger
+    return source.replace(KNOWN_STATE_LINE, b'\nKNOWN_STATE = "' + blob + b'"\n', 1)
+
+
+def probe_argv(
+    server: Server, python: str, *, fingerprint: bool = False, racy_seconds: float | None = None
+) -> list[str]:
+    """The probe's command line on a host; every value comes from the validated inventory.
+
+    ``fingerprint`` asks for fingerprints and digests (incremental sweeps), with the probe's
+    default racy window unless ``racy_seconds`` is given.
+    """
+    argv = [
         python,
         "-S",
         "-",
@@ -62,6 +105,95 @@ def probe_argv(server: Server, python: str) -> list[str]:
         "--projects-root",
         server.projects_root,
     ]
+    if fingerprint:
+        argv.append("--fingerprint")
+        if racy_seconds is not None:
+            argv += ["--racy-seconds", f"{racy_seconds:g}"]
+    return argv
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRepo:
+    """A repository's facts from its last full walk, and the fingerprint that vouches for them."""
+
+    fingerprint: str
+    facts: RepoFacts
+    walked_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CachedDir:
+    """A project directory's last facts and the digest of the record they were read from."""
+
+    digest: str
+    facts: ProjectDirFacts
+
+
+@dataclass(slots=True)
+class HostCache:
+    """One host's entries: what its probe is told it may skip, and what to reuse then."""
+
+    repos: dict[str, CachedRepo] = field(default_factory=dict)
+    dirs: dict[str, CachedDir] = field(default_factory=dict)
+
+
+class RepoCache:
+    """What incremental sweeps remember per host: each repository's last fully walked facts (and
+    each project directory's last record).
+
+    Kept in memory by whoever runs sweeps repeatedly (the daemon's runner); safe to share between
+    the gather's threads (each host's entry is replaced whole). ``max_age``: a repository is walked
+    in full again after at most this long, even when its fingerprint did not change; each one's
+    own limit lies between half and all of it (from its id), so the full walks spread over time.
+    Project directories have no age: their owners are sampled at every sweep and only an identical
+    record is reused.
+    """
+
+    def __init__(self, max_age: float = DEFAULT_MAX_AGE, racy_seconds: float | None = None) -> None:
+        if max_age <= 0:
+            raise ValueError("max_age must be positive")
+        if racy_seconds is not None and racy_seconds < 0:
+            raise ValueError("racy_seconds must not be negative")
+        self.max_age = max_age
+        #: The probe's racy window (None: the probe's default, 2 s); tests make it short.
+        self.racy_seconds = racy_seconds
+        self._hosts: dict[str, HostCache] = {}
+        self._lock = threading.Lock()
+        #: Per host, from its last successful gather: repositories walked, and reused.
+        self.last_counts: dict[str, tuple[int, int]] = {}
+
+    def _limit(self, project_id: str) -> float:
+        return self.max_age * (0.5 + 0.5 * int(project_id[:8], 16) / 0xFFFFFFFF)
+
+    def known(self, server_id: str, now: float | None = None) -> HostCache:
+        """A host's entries that its probe may skip (repositories not due for a full walk)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            entry = self._hosts.get(server_id) or HostCache()
+        repos = {pid: c for pid, c in entry.repos.items() if now - c.walked_at < self._limit(pid)}
+        return HostCache(repos, dict(entry.dirs))
+
+    def replace(self, server_id: str, entry: HostCache, walked: int, reused: int) -> None:
+        """A host's new entries after a complete gather (repositories gone are dropped)."""
+        with self._lock:
+            self._hosts[server_id] = entry
+            self.last_counts[server_id] = (walked, reused)
+
+    def forget(self, server_id: str | None = None) -> None:
+        """Drop one host's entries (or all): its next gather walks every repository."""
+        with self._lock:
+            if server_id is None:
+                self._hosts.clear()
+                self.last_counts.clear()
+            else:
+                self._hosts.pop(server_id, None)
+                self.last_counts.pop(server_id, None)
+
+    def totals(self) -> tuple[int, int]:
+        """(walked, reused) repositories over every host's last gather."""
+        with self._lock:
+            counts = list(self.last_counts.values())
+        return sum(w for w, _ in counts), sum(r for _, r in counts)
 
 
 def tcp_probe(address: str, port: int, timeout: float) -> TcpProbe:
@@ -82,8 +214,41 @@ def tcp_probe(address: str, port: int, timeout: float) -> TcpProbe:
     return TcpProbe(address, port, True, time.monotonic() - started)
 
 
-def parse_probe_lines(server_id: str, lines: Iterable[bytes], facts: HostFacts) -> None:
-    """Fill ``facts`` from the probe's JSON lines; raise ProbeError on anything else."""
+def _share_values(rec: dict[str, Any], shared: dict[object, dict[str, Any]]) -> None:
+    """Let repositories with equal ``settings`` (and ``head``) share one object (facts are
+    read-only): most projects have the same few settings, and a host has thousands of them."""
+    head = rec.get("head")
+    if isinstance(head, str) and len(head) < 200:
+        rec["head"] = sys.intern(head)
+    settings = rec.get("settings")
+    if not isinstance(settings, dict) or len(shared) > 10_000:
+        return
+    try:  # type-exact: 1 and True are equal in Python, not in the settings
+        key = tuple(sorted((k, type(v).__name__, v) for k, v in settings.items()))
+        rec["settings"] = shared.setdefault(key, settings)
+    except TypeError:  # a list or dict value: not shared
+        pass
+
+
+def parse_probe_lines(
+    server_id: str,
+    lines: Iterable[bytes],
+    facts: HostFacts,
+    *,
+    previous: HostCache | None = None,
+    fresh: HostCache | None = None,
+) -> tuple[int, int]:
+    """Fill ``facts`` from the probe's JSON lines; raise ProbeError on anything else.
+
+    Incremental gathers pass ``previous`` (what the probe was told it may skip) and ``fresh``,
+    which receives the entries for the next sweep: a walked repository with a fingerprint, a
+    project_dir record with a digest, and the previous entries of those reported unchanged.
+    Returns (repositories walked, repositories reused).
+    """
+    walked = reused = 0
+    walked_at = time.time()
+    before = previous or HostCache()
+    shared: dict[object, dict[str, Any]] = {}
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -105,11 +270,42 @@ def parse_probe_lines(server_id: str, lines: Iterable[bytes], facts: HostFacts) 
         elif kind == "process":
             facts.process = ProcessFacts.from_record(rec)
         elif kind == "repo":
+            _share_values(rec, shared)
             r = RepoFacts.from_record(rec)
             facts.repos[r.project_id] = r
+            walked += 1
+            fp = rec.get("fingerprint")
+            if fresh is not None and isinstance(fp, str) and fp:
+                fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
+        elif kind == "repo_unchanged":
+            pid = rec.get("project_id")
+            known = before.repos.get(pid) if isinstance(pid, str) else None
+            if known is None or rec.get("fingerprint") != known.fingerprint:
+                raise ProbeError(
+                    f"line {n}: the probe reported repository {str(pid)[:40]!r} unchanged, "
+                    "but it was not given that repository's fingerprint"
+                )
+            facts.repos[known.facts.project_id] = known.facts
+            reused += 1
+            if fresh is not None:
+                fresh.repos[known.facts.project_id] = known
         elif kind == "project_dir":
             d = ProjectDirFacts.from_record(rec)
             facts.project_dirs[d.project_id] = d
+            digest = rec.get("digest")
+            if fresh is not None and isinstance(digest, str) and digest:
+                fresh.dirs[d.project_id] = CachedDir(digest, d)
+        elif kind == "project_dir_unchanged":
+            pid = rec.get("project_id")
+            kept = before.dirs.get(pid) if isinstance(pid, str) else None
+            if kept is None or rec.get("digest") != kept.digest:
+                raise ProbeError(
+                    f"line {n}: the probe reported project directory {str(pid)[:40]!r} "
+                    "unchanged, but it was not given that directory's digest"
+                )
+            facts.project_dirs[kept.facts.project_id] = kept.facts
+            if fresh is not None:
+                fresh.dirs[kept.facts.project_id] = kept
         elif kind == "stray":
             if len(facts.strays) < MAX_STRAYS_KEPT:
                 facts.strays.append(rec)
@@ -118,6 +314,7 @@ def parse_probe_lines(server_id: str, lines: Iterable[bytes], facts: HostFacts) 
         # Unknown record types from a newer probe are ignored on purpose.
     if not facts.complete:
         raise ProbeError("the probe's output stopped before its final record (truncated)")
+    return walked, reused
 
 
 def _failure_kind(exc: WatchdogError) -> GatherFailure:
@@ -174,20 +371,42 @@ def gather_host(
     transport_factory: Callable[[Server, SshConfig], Transport] = make_transport,
     deep_select: DeepSelector | None = None,
     deep: DeepConfig | None = None,
+    repo_cache: RepoCache | None = None,
 ) -> HostFacts:
     """Probe one host over one connection (and deep-check some repos over the same one).
 
-    Also connects to the host's bup_server as its clients do. Never raises.
+    Also connects to the host's bup_server as its clients do. Never raises. With ``repo_cache``
+    the walk is incremental (see the module's docstring) and the cache is updated when the
+    host's facts came back complete.
     """
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
     facts.bup_server_tcp = tcp_probe(server.host, server.port, tcp_timeout)
     transport = transport_factory(server, ssh)
+    previous = repo_cache.known(server.server_id) if repo_cache is not None else None
+    fresh = HostCache() if repo_cache is not None else None
     try:
+        program = probe_source()
+        if previous is not None:
+            program = probe_program(
+                {pid: c.fingerprint for pid, c in previous.repos.items()},
+                {pid: c.digest for pid, c in previous.dirs.items()},
+            )
         lines = transport.stream_lines(
-            probe_argv(server, ssh.python), stdin=probe_source(), timeout=ssh.command_timeout
+            probe_argv(
+                server,
+                ssh.python,
+                fingerprint=repo_cache is not None,
+                racy_seconds=repo_cache.racy_seconds if repo_cache is not None else None,
+            ),
+            stdin=program,
+            timeout=ssh.command_timeout,
         )
-        parse_probe_lines(server.server_id, lines, facts)
+        walked, reused = parse_probe_lines(
+            server.server_id, lines, facts, previous=previous, fresh=fresh
+        )
+        if repo_cache is not None and fresh is not None:
+            repo_cache.replace(server.server_id, fresh, walked, reused)
         if deep_select is not None and deep is not None:
             _deep_pass(transport, server, facts, deep_select, ssh, deep)
     except WatchdogError as exc:
@@ -217,10 +436,12 @@ def gather(
     deep_select: DeepSelector | None = None,
     deep: DeepConfig | None = None,
     timeouts: Mapping[str, float] | None = None,
+    repo_cache: RepoCache | None = None,
 ) -> Iterator[HostFacts]:
     """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish.
 
-    ``timeouts`` overrides the connect timeout (SSH and bup_server) per server id.
+    ``timeouts`` overrides the connect timeout (SSH and bup_server) per server id;
+    ``repo_cache`` makes the walks incremental.
     """
     timeouts = timeouts or {}
 
@@ -240,6 +461,7 @@ def gather(
                 tcp_timeout=timeouts.get(s.server_id, tcp_timeout),
                 deep_select=deep_select,
                 deep=deep,
+                repo_cache=repo_cache,
             ): s
             for s in servers
         }

@@ -34,6 +34,7 @@ from watchdog.journal import (
     SUCCEEDED,
     Journal,
 )
+from watchdog.leases import LeaseBackend, lease_backend
 from watchdog.model import Finding, Inventory, Severity, is_v4_uuid
 from watchdog.repair_context import Context
 from watchdog.state import State
@@ -121,6 +122,7 @@ class Guard:
         holder: str | None = None,
         repairs: Mapping[str, Repair[RepairSettings]] | None = None,
         clock: Callable[[], float] = time.time,
+        leases: LeaseBackend | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -129,6 +131,8 @@ class Guard:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.repairs = repair_registry() if repairs is None else repairs
         self.clock = clock
+        #: Where leases live ([guard] leases): the state database, or Cassandra.
+        self.leases = leases if leases is not None else lease_backend(config, self.journal)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -365,8 +369,12 @@ class Guard:
         if limited:
             return self._refuse(req, limited[0], limited[1], mode)
         lease_ttl = self.config.guard.lease_seconds
-        if not self.journal.acquire_lease(req.target, self.holder, lease_ttl):
-            holder = self.journal.lease_holder(req.target) or "another repair"
+        try:
+            acquired = self.leases.acquire(req.target, self.holder, lease_ttl)
+        except WatchdogError as exc:
+            return self._refuse(req, "lease", f"cannot take the lease on {req.target}: {exc}", mode)
+        if not acquired:
+            holder = self.leases.holder(req.target) or "another repair"
             return self._refuse(
                 req, "lease", f"{req.target} is being repaired by {holder}; one at a time", mode
             )
@@ -413,4 +421,4 @@ class Guard:
             return Decision(entry, status, verification, plan)
         finally:
             ctx.close()
-            self.journal.release_lease(req.target, self.holder)
+            self.leases.release(req.target, self.holder)

@@ -77,6 +77,17 @@ class StateCollector(Collector):
             return
         ok.add_metric([], 1.0)
         yield ok
+        writable = _gauge(
+            "state_writable",
+            "1 when the last write to the state database succeeded (0: disk full, read-only).",
+        )
+        writable.add_metric([], 1.0 if self.state.writable else 0.0)
+        yield writable
+        errors = CounterMetricFamily(
+            PREFIX + "state_write_errors", "Writes to the state database that failed."
+        )
+        errors.add_metric([], float(self.state.write_errors))
+        yield errors
         yield from families
 
     def _from_state(self) -> Iterator[Metric]:

@@ -30,6 +30,25 @@ def is_uuid(value: object) -> bool:
     return isinstance(value, str) and _UUID.match(value.lower()) is not None
 
 
+#: System trees a directory the watchdog writes under (a storage root where repairs chown, rsync
+#: and rotate; its own state) may not be, nor lie in.
+SYSTEM_DIRS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+    "/sbin", "/sys", "/usr", "/var/run",
+)  # fmt: skip
+
+
+def system_path_problem(path: str) -> str | None:
+    """Why an absolute directory is outside the roots the watchdog may write under, or None."""
+    path = "/" + path.strip("/") if path.strip("/") else "/"
+    if path == "/":
+        return "must not be / (the whole filesystem)"
+    for d in SYSTEM_DIRS:
+        if path == d or path.startswith(d + "/"):
+            return f"must not be in the system directory {d}"
+    return None
+
+
 def project_uid(project_id: str) -> int:
     """The Unix uid of a project, derived from its id exactly as the fleet's tooling does.
 

@@ -6,6 +6,16 @@ Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH ses
 # entry of BUP_ROOT/bups (sorted by name), one ``project_dir`` or ``stray`` per entry of
 # PROJECTS_ROOT, and ``done`` last (a stream without ``done`` is truncated).
 #
+# Incremental walks: with ``--fingerprint`` every ``repo`` record also carries ``fingerprint``, a
+# digest of the lstat of the paths that the cheap facts depend on (see ``fingerprint()``), or null
+# when one of them changed too recently to be trusted (``--racy-seconds``, like git's "racily
+# clean" entries), and every ``project_dir`` record a ``digest`` of its content. Given the known
+# state of the host (from ``KNOWN_STATE`` below, which the gather fills in, or ``--known-state
+# FILE``), a repository whose fingerprint is unchanged is not walked and is reported as
+# ``{"type": "repo_unchanged", "project_id": ..., "fingerprint": ...}``, and a project_dir record
+# equal to the known one as ``{"type": "project_dir_unchanged", "project_id": ..., "digest": ...}``;
+# the gather reuses the facts it already has for both.
+#
 # Rules kept everywhere: no symlink is followed out of a repository (files are opened with
 # O_NOFOLLOW below directories the walk saw as real directories), nothing is written, no
 # subprocess is run, every file read is capped, and a problem in one repository becomes a field
@@ -20,8 +30,10 @@ Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH ses
 from __future__ import annotations
 
 import argparse
+import base64
 import collections
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -31,10 +43,17 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 PROBE_VERSION = 1
+
+# The known state of this host for an incremental walk: zlib-compressed, base64 lines
+# "<project id> <repo fingerprint or -> <project_dir digest or ->". The gather replaces the empty
+# value on the next line when it sends the probe (one line, exactly as written here); empty means
+# "walk every repository".
+KNOWN_STATE = ""
 
 UUID4_RE = re.compile(
     rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.IGNORECASE
@@ -51,6 +70,7 @@ FLUSH_EVERY = 500
 OWNER_SAMPLE = 200  # entries per project whose owner is sampled
 OWNER_SAMPLE_TOTAL = 50_000  # and per host
 MAX_OWNER_EXAMPLES = 5  # paths shown per uid
+RACY_SECONDS = 2.0  # a fingerprint is not given for paths changed this shortly before a walk
 
 IDX_MAGIC = b"\377tOc"
 IDX_HEADER_BYTES = 8 + 256 * 4
@@ -806,9 +826,16 @@ def repo_facts(
     *,
     max_symlinks: int = 20,
     max_bad_idx: int = MAX_BAD_IDX,
+    with_fingerprint: bool = False,
+    racy_seconds: float = RACY_SECONDS,
 ) -> dict[str, Any]:
-    """The repo record for the bup repository at repo_path; never raises."""
+    """The repo record for the bup repository at repo_path; never raises.
+
+    With ``with_fingerprint`` the record has a ``fingerprint`` (see ``trusted_fingerprint``),
+    taken after the walk and vouching for it; null for a repository that could not be walked.
+    """
     rec = empty_repo_record(project_id, repo_path)
+    started_ns = time.time_ns()
     try:
         try:
             st = os.lstat(repo_path)
@@ -823,9 +850,137 @@ def repo_facts(
             rec["errors"].append("not a directory")
             return rec
         _fill_repo(repo_path, rec, max_symlinks, max_bad_idx)
+        if with_fingerprint:
+            rec["fingerprint"] = None
+            if rec["file_count"] is not None:
+                rec["fingerprint"] = trusted_fingerprint(repo_path, started_ns, racy_seconds)
     except Exception as e:  # one bad repo must not stop the walk
         rec["errors"].append(f"unexpected error: {type(e).__name__}: {e}")
+    if with_fingerprint:
+        rec.setdefault("fingerprint", None)
     return rec
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints for incremental walks
+# --------------------------------------------------------------------------------------------
+
+# Directories whose listing the cheap facts depend on (an entry added, removed or renamed in one
+# changes its mtime and ctime: a new pack, a deleted pack, a ref or conf file replaced by rename, a
+# tmp file, a planted symlink), with every ancestor of a fingerprinted file, so that a directory
+# swapped for a symlink is seen too.
+FP_DIRS = (
+    "",
+    "refs",
+    "refs/heads",
+    "objects",
+    "objects/pack",
+    "logs",
+    "logs/refs",
+    "logs/refs/heads",
+    "conf",
+)
+# Files the cheap facts read or size that are changed in place (appended, rewritten, touched).
+FP_FILES = (
+    "HEAD",
+    "packed-refs",
+    "refs/heads/master",
+    "logs/refs/heads/master",
+    "conf/save_log.json",
+    "conf/touch",
+    "conf/settings.json",
+    "conf/replicas.json",
+    "bupindex",
+    "bupindex.meta",
+    "bupindex.hlink",
+)
+_FP_SUFFIXES = tuple(b"/" + rel.encode() for rel in (*FP_DIRS[1:], *FP_FILES))
+
+
+def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
+    """(digest, newest change in ns) of what a repository's cheap facts depend on.
+
+    The digest covers the lstat (mode, inode, size, mtime, ctime) of the FP_DIRS and FP_FILES of
+    the repository: 20 ``lstat`` calls, however many packs it has. Any write, truncation, rename,
+    chmod, chown or link-count change of one of them changes its ctime, which no user tool can set
+    back, so the digest changes; entries added to, removed from or renamed in a fingerprinted
+    directory change that directory's. What it does not see, so that an incremental sweep reports
+    it only at the repository's next full walk (the gather's ``max_age``): a file rewritten in
+    place that is not in FP_FILES (a ``.idx`` or ``.pack`` overwritten without a rename, which git
+    never does), and entries in other directories (``hooks/``, ``info/``, loose objects in an
+    existing ``objects/xx/``), which only move ``repo_bytes``, ``file_count`` and
+    ``symlinks_outside``. Corruption of the data itself (bit rot) changes no timestamp at all: no
+    fingerprint sees it; the full walks and the deep checks do.
+    """
+    root = os.fsencode(repo_path)
+    parts: list[int] = []
+    add = parts.extend
+    newest = 0
+    lstat = os.lstat
+    for path in (root, *[root + suffix for suffix in _FP_SUFFIXES]):
+        try:
+            st = lstat(path)
+        except OSError as e:
+            add((-1, e.errno or 0))
+            continue
+        add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+    data = struct.pack(f"<{len(parts)}q", *parts)
+    return hashlib.blake2b(data, digest_size=10).hexdigest(), newest
+
+
+def trusted_fingerprint(repo_path: str | bytes, since_ns: int, racy_seconds: float) -> str | None:
+    """The fingerprint, or None when a fingerprinted path changed after ``since_ns - racy``.
+
+    ``since_ns`` is when the walk the fingerprint vouches for began. A change after that moment
+    may or may not be in the walk's facts, and a later change within the filesystem's timestamp
+    granularity could leave the same fingerprint (git's "racily clean" problem), so such a walk is
+    not trusted: the repository is walked again at the next sweep. Since a trusted fingerprint's
+    ctimes all lie ``racy_seconds`` before its walk, any later change gives a different ctime.
+    """
+    digest, newest = fingerprint(repo_path)
+    if newest >= since_ns - int(racy_seconds * 1e9):
+        return None
+    return digest
+
+
+def record_digest(rec: dict[str, Any]) -> str:
+    """A digest of a record's content (sorted-keys JSON), to say "same as last time" instead."""
+    data = json.dumps(rec, sort_keys=True).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(data, digest_size=10).hexdigest()
+
+
+def parse_known_state(text: str | bytes) -> tuple[dict[str, str], dict[str, str]]:
+    """The known state (see KNOWN_STATE): (repo fingerprints, project_dir digests) by project id.
+
+    Each line is ``<project id> <repo fingerprint or -> <project_dir digest or ->``; malformed
+    lines are ignored (that repository is then walked, which is always safe).
+    """
+    text = text.strip()
+    repos: dict[str, str] = {}
+    dirs: dict[str, str] = {}
+    if not text:
+        return repos, dirs
+    data = zlib.decompress(base64.b64decode(text))
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) != 3 or not UUID4_RE.fullmatch(fields[0]):
+            continue
+        pid = fields[0].decode("ascii").lower()
+        if fields[1] != b"-" and fields[1].isalnum():
+            repos[pid] = fields[1].decode("ascii")
+        if fields[2] != b"-" and fields[2].isalnum():
+            dirs[pid] = fields[2].decode("ascii")
+    return repos, dirs
+
+
+def encode_known_state(repos: Mapping[str, str], dirs: Mapping[str, str] | None = None) -> str:
+    """The inverse of parse_known_state (used by the gather and the tests)."""
+    dirs = dirs or {}
+    lines = [
+        f"{pid} {repos.get(pid, '-')} {dirs.get(pid, '-')}\n" for pid in sorted({*repos, *dirs})
+    ]
+    return base64.b64encode(zlib.compress("".join(lines).encode("ascii"), 6)).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------
@@ -860,11 +1015,33 @@ def iter_records(
     max_strays: int = 100,
     owner_sample: int = OWNER_SAMPLE,
     owner_sample_total: int = OWNER_SAMPLE_TOTAL,
+    known: Mapping[str, str] | None = None,
+    with_fingerprint: bool = False,
+    racy_seconds: float = RACY_SECONDS,
+    known_dirs: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield every record of one walk of this host, ``done`` last. Never raises."""
+    """Yield every record of one walk of this host, ``done`` last. Never raises.
+
+    Incremental walks: ``known`` (project id -> repo fingerprint) makes a repository whose
+    fingerprint is unchanged yield ``repo_unchanged`` instead of being walked; ``known_dirs``
+    (project id -> project_dir digest) makes a project_dir record whose content is unchanged yield
+    ``project_dir_unchanged`` instead (its owners are still sampled: only the record is saved).
+    ``with_fingerprint`` (implied by either) adds ``fingerprint`` to repo records and ``digest``
+    to project_dir records.
+    """
     started = time.monotonic()
+    cpu_started = time.process_time()
     errors: list[str] = []
-    counts = {"repos": 0, "project_dirs": 0, "strays": 0}
+    counts = {
+        "repos": 0,
+        "project_dirs": 0,
+        "strays": 0,
+        "repos_unchanged": 0,
+        "project_dirs_unchanged": 0,
+    }
+    known = known or {}
+    known_dirs = known_dirs or {}
+    with_fingerprint = with_fingerprint or bool(known) or bool(known_dirs)
     budget = SampleBudget(owner_sample_total)
 
     yield {
@@ -917,12 +1094,39 @@ def iter_records(
                 project_id = name.decode("ascii").lower()
                 if label == "bups":
                     counts["repos"] += 1
-                    yield repo_facts(path, project_id, max_symlinks=max_symlinks)
+                    was = known.get(project_id)
+                    if was is not None and fingerprint(path)[0] == was:
+                        counts["repos_unchanged"] += 1
+                        yield {
+                            "type": "repo_unchanged",
+                            "project_id": project_id,
+                            "fingerprint": was,
+                        }
+                        continue
+                    yield repo_facts(
+                        path,
+                        project_id,
+                        max_symlinks=max_symlinks,
+                        with_fingerprint=with_fingerprint,
+                        racy_seconds=racy_seconds,
+                    )
                 else:
                     counts["project_dirs"] += 1
-                    yield project_dir_facts(
+                    rec = project_dir_facts(
                         path, project_id, owner_sample_limit=owner_sample, budget=budget
                     )
+                    if with_fingerprint:
+                        digest = record_digest(rec)
+                        if known_dirs.get(project_id) == digest:
+                            counts["project_dirs_unchanged"] += 1
+                            yield {
+                                "type": "project_dir_unchanged",
+                                "project_id": project_id,
+                                "digest": digest,
+                            }
+                            continue
+                        rec["digest"] = digest
+                    yield rec
             except Exception as e:
                 errors.append(f"{label}/{name!r}: {type(e).__name__}: {e}")
         if strays > max_strays:
@@ -933,6 +1137,7 @@ def iter_records(
         **counts,
         "errors": errors,
         "elapsed_seconds": round(time.monotonic() - started, 6),
+        "cpu_seconds": round(time.process_time() - cpu_started, 6),
     }
 
 
@@ -1082,6 +1287,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=OWNER_SAMPLE_TOTAL,
         help="entries sampled on the whole host; later projects are not sampled",
     )
+    parser.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="add a fingerprint to every repo record (for the next incremental walk)",
+    )
+    parser.add_argument(
+        "--known-state",
+        metavar="FILE",
+        help="known state for an incremental walk (the KNOWN_STATE format); implies --fingerprint",
+    )
+    parser.add_argument(
+        "--racy-seconds",
+        type=float,
+        default=RACY_SECONDS,
+        help="a fingerprint whose paths changed this shortly before the walk is not given",
+    )
     return parser.parse_args(argv)
 
 
@@ -1097,6 +1318,17 @@ def write_records(records: Iterator[dict[str, Any]], out: IO[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one walk with the command-line options; 0 when the stream was written in full."""
     args = _parse_args(argv)
+    known_text: str | bytes = KNOWN_STATE
+    if args.known_state:
+        with open(args.known_state, "rb") as f:
+            known_text = f.read()
+    try:
+        known, known_dirs = parse_known_state(known_text)
+    except (ValueError, zlib.error) as e:
+        print(
+            f"probe: the known state is unreadable ({e}); walking every repository", file=sys.stderr
+        )
+        known, known_dirs = {}, {}
     records = iter_records(
         bup_root=args.bup_root,
         projects_root=args.projects_root,
@@ -1105,6 +1337,10 @@ def main(argv: list[str] | None = None) -> int:
         max_strays=max(0, args.max_strays),
         owner_sample=max(0, args.owner_sample),
         owner_sample_total=max(0, args.owner_sample_total),
+        known=known,
+        known_dirs=known_dirs,
+        with_fingerprint=args.fingerprint or bool(args.known_state) or bool(KNOWN_STATE),
+        racy_seconds=max(0.0, args.racy_seconds),
     )
     try:
         write_records(records, sys.stdout)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from repairs.base import RepairRequest
+from watchdog.errors import WatchdogError
 from watchdog.guard import Decision, Guard
 from watchdog.silences import Silencer
 
@@ -92,6 +93,8 @@ class RepairQueue:
                 if work is None:
                     return
                 self._handle(work)
+            except WatchdogError as exc:  # e.g. approve/deny of an id that is not pending
+                log.warning("repair work not done: %s", exc)
             except Exception:
                 log.exception("a repair request failed unexpectedly; the queue goes on")
             finally:

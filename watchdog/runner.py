@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
 
 from checks import registry
 from watchdog.config import Config
@@ -21,6 +22,9 @@ from watchdog.journal import Journal, apply_overrides
 from watchdog.model import HostFacts, Inventory, Server
 from watchdog.state import State
 from watchdog.sweep import SweepResult, record, sweep
+
+if TYPE_CHECKING:
+    from watchdog.membership import Membership
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +78,23 @@ def _load_inventory(source: InventorySource, state: State | None) -> Inventory:
 
 
 class Runner:
-    """Runs sweeps for one config, with state, check back-off and deep-check cadence."""
+    """Runs sweeps for one config, with state, check back-off and deep-check cadence.
 
-    def __init__(self, config: Config, state: State | None, source: InventorySource) -> None:
+    With ``membership`` (several watchdogs on one fleet), a sweep that names no servers sweeps
+    only those this watchdog owns now (``watchdog/membership.py``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        state: State | None,
+        source: InventorySource,
+        membership: Membership | None = None,
+    ) -> None:
         self.config = config
         self.state = state
         self.source = source
+        self.membership = membership
         self._check_failures: dict[str, int] = {}
         self._check_backoff_until: dict[str, float] = {}
 
@@ -137,6 +152,11 @@ class Runner:
         if not checks:
             return None
         inventory = load_inventory(self.source, self.state)
+        if self.membership is not None and not servers:
+            servers = self.membership.select(inventory, self.state)
+            if not servers:
+                log.debug("no server is this watchdog's to sweep now (the others own them all)")
+                return None
         result = sweep(
             self.config,
             inventory,

@@ -17,7 +17,7 @@ from checks.base import Check, CheckSettings
 from checks.replication_lag import replica_lags
 from watchdog.config import Config
 from watchdog.deep import select as select_for_deep
-from watchdog.gather import gather
+from watchdog.gather import RepoCache, gather
 from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
 from watchdog.state import State
 from watchdog.suspicion import HostRecord, connect_timeout, patience
@@ -111,11 +111,15 @@ def sweep(
     on_host_done: Callable[[Server, HostFacts], None] | None = None,
     state: State | None = None,
     deep: bool = False,
+    repo_cache: RepoCache | None = None,
 ) -> SweepResult:
     """Gather every selected host once, then run the selected checks on what came back.
 
     With ``deep``, each host also deep-checks a budget of repositories over the same connection;
     with ``state``, deep results are kept and the latest result of every repository is judged.
+    With ``repo_cache`` (kept by the caller from one sweep to the next) the hosts' walks are
+    incremental: only repositories whose fingerprint changed are walked, the others' facts are
+    reused from the cache (see ``watchdog.gather``); findings are the same as a full sweep's.
     """
     started_wall = time.time()
     started = time.monotonic()
@@ -148,6 +152,7 @@ def sweep(
             deep_select=deep_select,
             deep=config.deep,
             timeouts=timeouts,
+            repo_cache=repo_cache,
         )
     }
     updated = []

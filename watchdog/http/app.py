@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette import types as asgi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from repairs import registry as repair_registry
@@ -64,6 +65,38 @@ def _field_errors(exc: RequestValidationError) -> str:
     return "; ".join(parts)[:2000]
 
 
+class BodyLimit:
+    """413 for a request body over ``max_bytes``, declared or not: a chunked upload has no
+    Content-Length, so the bytes are counted as they arrive and reading stops at the bound."""
+
+    def __init__(self, app: asgi.ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = f"request body over {self.max_bytes} bytes"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await JSONResponse({"error": too_big}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> asgi.Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Raised inside the route's body read: the app's handler answers 413.
+                    raise StarletteHTTPException(status_code=413, detail=too_big)
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(
     registry: CollectorRegistry,
     state: State,
@@ -84,14 +117,7 @@ def create_app(
     app = FastAPI(title="bup-watchdog", version=__version__)
     auth = TokenAuth(token)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse(
-                {"error": f"request body over {max_body_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -56,6 +56,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "projects_root text, transport text)",
         ),
     ),
+    Migration(
+        3,
+        "bupwatch_members, bupwatch_leases, bupwatch_fences: several watchdogs on one fleet",
+        (
+            # One row per live watchdog, written with a TTL at every heartbeat: a watchdog that
+            # stops heartbeating disappears by itself (watchdog/membership.py).
+            "CREATE TABLE IF NOT EXISTS {ks}.bupwatch_members (id text PRIMARY KEY, host text, "
+            "pid int, started timestamp, heartbeat timestamp)",
+            # One row per repair target under repair, taken and released with lightweight
+            # transactions, with a TTL renewed while the repair runs (watchdog/leases.py).
+            "CREATE TABLE IF NOT EXISTS {ks}.bupwatch_leases (target text PRIMARY KEY, "
+            "holder text)",
+            # One row per server fence_host fenced: the storage_servers.experimental it had
+            # before, restored by un-fencing (watchdog/fences.py).
+            "CREATE TABLE IF NOT EXISTS {ks}.bupwatch_fences (server_id uuid PRIMARY KEY, "
+            "previous_experimental boolean, fenced_by text, fenced_at timestamp, reason text)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

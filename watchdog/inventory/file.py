@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from watchdog.errors import ConfigError
-from watchdog.model import Inventory, Project, Server, is_uuid, is_v4_uuid
+from watchdog.model import Inventory, Project, Server, is_uuid, is_v4_uuid, system_path_problem
 
 _HOSTNAME = r"^[A-Za-z0-9][A-Za-z0-9.:-]*$"
 _ABS_PATH = r"^/[A-Za-z0-9_./-]*$"
@@ -51,7 +51,20 @@ class ServerEntry(BaseModel):
     def _no_dotdot(cls, v: str) -> str:
         if ".." in v.split("/"):
             raise ValueError("must not contain '..'")
+        bad = system_path_problem(v)
+        if bad:
+            raise ValueError(bad)
         return v.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _separate_roots(self) -> ServerEntry:
+        b, p = self.bup_root, self.projects_root
+        if b == p or p.startswith(b + "/") or b.startswith(p + "/"):
+            raise ValueError(
+                f"bup_root {b!r} and projects_root {p!r} must be separate trees (a repair of one "
+                "would act on the other)"
+            )
+        return self
 
 
 class ProjectEntry(BaseModel):

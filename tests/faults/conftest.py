@@ -1,0 +1,84 @@
+"""The fault suite's recorder: rows from every test, ``docs/RELIABILITY.md`` at the end.
+
+The file is written only when the run executed every test module of ``tests/faults`` with nothing
+deselected and nothing failed, so it never shows a partial table. ``BUPWATCH_RELIABILITY_MD``
+names another output file, written whatever ran (to look at a partial run without touching the
+committed one).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faults.harness import Daemon
+from faults.recorder import Recorder, Reliability, render
+
+HERE = Path(__file__).parent
+DEFAULT_OUT = HERE.parents[1] / "docs" / "RELIABILITY.md"
+
+_failed: set[str] = set()
+_deselected: set[str] = set()
+
+
+def _ours(path: Path | str) -> bool:
+    return Path(path).resolve().is_relative_to(HERE)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected.update(i.nodeid for i in items if _ours(i.path))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and "tests/faults/" in report.nodeid:
+        _failed.add(report.nodeid)
+
+
+@pytest.fixture(scope="session")
+def _recorder(request: pytest.FixtureRequest) -> Iterator[Recorder]:
+    recorder = Recorder()
+    yield recorder
+    session = request.session
+    ran = {Path(i.path).name for i in session.items if _ours(i.path)}
+    modules = {p.name for p in HERE.glob("test_*.py")}
+    tests = sum(1 for i in session.items if _ours(i.path))
+    complete = ran == modules and not _deselected and not _failed and recorder.rows
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    asked = os.environ.get("BUPWATCH_RELIABILITY_MD")
+    out = Path(asked or DEFAULT_OUT)
+    if not complete and not (asked and recorder.rows):
+        why = (
+            f"{len(_failed)} failed"
+            if _failed
+            else f"partial run ({len(ran)} of {len(modules)} modules, "
+            f"{len(_deselected)} deselected)"
+        )
+        if reporter is not None:
+            reporter.write_line(f"faults: {out} not written: {why}")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    crashes = sum(1 for d in Daemon.started if d.crashed)
+    out.write_text(
+        render(
+            recorder,
+            tests=tests,
+            seconds=time.monotonic() - recorder.started,
+            daemons=len(Daemon.started),
+            crashes=crashes,
+        )
+    )
+    if reporter is not None:
+        t = recorder.totals()
+        reporter.write_line(
+            f"faults: wrote {out}: {t['faults']} faults, {t['inputs']} hostile inputs, "
+            f"{crashes} daemon crashes, {t['bytes_lost']} bytes lost"
+        )
+
+
+@pytest.fixture()
+def reliability(_recorder: Recorder, request: pytest.FixtureRequest) -> Reliability:
+    return Reliability(_recorder, request.node.nodeid)

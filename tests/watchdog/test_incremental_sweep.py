@@ -1,0 +1,469 @@
+"""Incremental sweeps: a repository is skipped only when nothing its cheap facts depend on changed.
+
+The probe runs as in production (its source, with the known state filled in by the gather, on the
+standard input of ``python -S -``), through ``gather_host`` with a local transport, on real bup
+repositories; then end to end over SSH on the sandbox fleets. Every change a save, a replication,
+an operator or a fault makes to a ref, a pack or a conf file must give fresh facts, equal to a full
+walk's, at the very next sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import SCRATCH_P1
+
+from checks import settings_models
+from watchdog.config import Config, SshConfig, load_config
+from watchdog.errors import ProbeError
+from watchdog.gather import (
+    KNOWN_STATE_LINE,
+    CachedRepo,
+    HostCache,
+    RepoCache,
+    gather_host,
+    parse_probe_lines,
+    probe_program,
+    probe_source,
+)
+from watchdog.inventory.file import FileInventory
+from watchdog.model import (
+    Finding,
+    GatherFailure,
+    HostFacts,
+    Inventory,
+    RepoFacts,
+    Server,
+    Severity,
+)
+from watchdog.sandbox import repos as sandbox_repos
+from watchdog.sandbox.fleet import SandboxFleet
+from watchdog.sweep import sweep
+
+SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
+PID_A = "0b6f5e2c-1b7f-4c3e-9a6e-1f2e3d4c5b6a"
+PID_B = "7d3a9f10-55aa-4b2c-8d11-0123456789ab"
+RACY = 0.05  # the tests' racy window; each waits a little longer before trusting a walk
+
+
+def settle() -> None:
+    time.sleep(RACY * 3)
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bup repository with two saves, conf/ files and a bupindex, as on a storage host."""
+    if shutil.which("bup") is None:
+        pytest.fail("bup is not installed (apt-get install bup)")
+    base = tmp_path_factory.mktemp("incremental-template")
+    repo, data = base / "repo", base / "data"
+    data.mkdir()
+    env = {**os.environ, "BUP_DIR": str(repo)}
+    subprocess.run(["bup", "init"], env=env, check=True, capture_output=True)
+    for n in range(2):
+        (data / f"file-{n}.txt").write_text(f"save {n}\n" * 50)
+        subprocess.run(["bup", "index", str(data)], env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["bup", "save", "-n", "master", str(data)], env=env, check=True, capture_output=True
+        )
+    conf = repo / "conf"
+    conf.mkdir()
+    (conf / "settings.json").write_text('{"disk": 3000}\n')
+    (conf / "replicas.json").write_text('["a", "b"]\n')
+    (conf / "save_log.json").write_text('{"timestamp": 1}\n')
+    (conf / "touch").write_bytes(b"")
+    return repo
+
+
+class LocalHost:
+    """A storage host that is this machine: BUP_ROOT/bups and PROJECTS_ROOT under tmp_path."""
+
+    def __init__(self, base: Path, template: Path) -> None:
+        self.bup_root = base / "bup"
+        self.projects = base / "projects"
+        (self.bup_root / "bups").mkdir(parents=True)
+        self.projects.mkdir()
+        self.template = template
+        self.server = Server(
+            SID,
+            "127.0.0.1",
+            1,  # nothing listens there: bup_server is not what these tests look at
+            bup_root=str(self.bup_root),
+            projects_root=str(self.projects),
+            name="local",
+            transport="local",
+        )
+        self.ssh = SshConfig.model_validate({"python": sys.executable})
+
+    def add_repo(self, pid: str = PID_A) -> Path:
+        repo = self.bup_root / "bups" / pid
+        shutil.copytree(self.template, repo, symlinks=True)
+        (self.projects / pid).mkdir()
+        (self.projects / pid / "notes.txt").write_text("live file\n")
+        return repo
+
+    def gather(self, cache: RepoCache | None) -> HostFacts:
+        facts = gather_host(self.server, self.ssh, tcp_timeout=0.2, repo_cache=cache)
+        assert facts.probed, facts.failure_message
+        return facts
+
+
+@pytest.fixture
+def host(tmp_path: Path, template_repo: Path) -> LocalHost:
+    return LocalHost(tmp_path, template_repo)
+
+
+def primed(host: LocalHost, *pids: str) -> RepoCache:
+    """A cache after one full walk of freshly made repositories (older than the racy window)."""
+    for pid in pids or (PID_A,):
+        host.add_repo(pid)
+    settle()
+    cache = RepoCache(racy_seconds=RACY)
+    host.gather(cache)
+    assert cache.totals() == (len(pids or (PID_A,)), 0)
+    return cache
+
+
+# ------------------------------------------------------------------------------------------
+# the program sent to the host
+# ------------------------------------------------------------------------------------------
+
+
+def test_the_probe_has_exactly_one_known_state_line_to_fill_in() -> None:
+    assert probe_source().count(KNOWN_STATE_LINE) == 1
+    program = probe_program({PID_A: "ab" * 10}, {PID_B: "cd" * 10})
+    assert program.count(KNOWN_STATE_LINE) == 0
+    compile(program, "probe", "exec")
+    assert probe_program({}, {}) == probe_source()
+
+
+def test_a_probe_given_an_unreadable_known_state_walks_everything(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    host.add_repo()
+    bad = tmp_path / "known"
+    bad.write_text("this is not base64 zlib!")
+    proc = subprocess.run(
+        [sys.executable, "-S", "-", "--bup-root", str(host.bup_root), "--known-state", str(bad)],
+        input=probe_source(),
+        capture_output=True,
+        check=True,
+    )
+    kinds = [json.loads(line)["type"] for line in proc.stdout.splitlines()]
+    assert "repo" in kinds and "repo_unchanged" not in kinds
+    assert b"walking every repository" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# what is skipped, and what is not
+# ------------------------------------------------------------------------------------------
+
+
+def test_an_unchanged_repository_is_not_walked_and_its_facts_are_those_of_a_full_walk(
+    host: LocalHost,
+) -> None:
+    cache = primed(host, PID_A, PID_B)
+    facts = host.gather(cache)
+    assert cache.totals() == (0, 2)
+    full = host.gather(None)
+    assert facts.repos == full.repos
+    assert facts.project_dirs == full.project_dirs
+    assert facts.repos[PID_A].master_in_pack is True
+
+
+def first_pack(repo: Path) -> Path:
+    return sorted((repo / "objects" / "pack").glob("*.pack"))[0]
+
+
+def rewrite_ref_in_place(repo: Path) -> None:
+    with open(repo / "refs" / "heads" / "master", "r+") as f:
+        f.write("1" * 40 + "\n")  # same length, same inode: only its ctime and mtime say so
+
+
+def move_ref_like_git(repo: Path) -> None:
+    parent = subprocess.run(
+        ["git", f"--git-dir={repo}", "rev-parse", "master~1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(
+        ["git", f"--git-dir={repo}", "update-ref", "refs/heads/master", parent], check=True
+    )
+
+
+def delete_pack_of_master(repo: Path) -> None:
+    sandbox_repos.corrupt_newest_pack(repo)
+
+
+def add_pack(repo: Path) -> None:
+    pack = first_pack(repo)
+    shutil.copyfile(pack, pack.with_name("pack-" + "9" * 40 + ".pack"))
+    shutil.copyfile(pack.with_suffix(".idx"), pack.with_name("pack-" + "9" * 40 + ".idx"))
+
+
+def leave_tmp_pack(repo: Path) -> None:
+    (repo / "objects" / "pack" / "tmp_pack_abc123").write_bytes(b"PACK")
+
+
+def rewrite_settings_in_place(repo: Path) -> None:
+    (repo / "conf" / "settings.json").write_text('{"disk": 9000}\n')
+
+
+def replace_replicas_by_rename(repo: Path) -> None:
+    tmp = repo / "conf" / ".replicas.json.tmp"
+    tmp.write_text('["c"]\n')
+    tmp.rename(repo / "conf" / "replicas.json")
+
+
+def append_save_log(repo: Path) -> None:
+    with open(repo / "conf" / "save_log.json", "a") as f:
+        f.write('{"timestamp": 2}\n')
+
+
+def touch_touch(repo: Path) -> None:
+    os.utime(repo / "conf" / "touch", (1_700_000_000, 1_700_000_000))
+
+
+def append_reflog(repo: Path) -> None:
+    sha = (repo / "refs" / "heads" / "master").read_text().strip()
+    with open(repo / "logs" / "refs" / "heads" / "master", "a") as f:
+        f.write(f"{sha} {sha} x <x@y> 1800000000 +0000\tsave\n")
+
+
+def edit_head(repo: Path) -> None:
+    (repo / "HEAD").write_text("ref: refs/heads/main\n")
+
+
+def plant_symlink_in_refs(repo: Path) -> None:
+    (repo / "refs" / "escape").symlink_to("/etc")
+
+
+def grow_bupindex_in_place(repo: Path) -> None:
+    with open(repo / "bupindex", "ab") as f:
+        f.write(b"\0" * 4096)
+
+
+def replace_repo_by_symlink(repo: Path) -> None:
+    moved = repo.with_name(repo.name + ".moved")
+    repo.rename(moved)
+    repo.symlink_to(moved)
+
+
+def replace_settings_by_symlink(repo: Path) -> None:
+    (repo / "conf" / "settings.json").unlink()
+    (repo / "conf" / "settings.json").symlink_to("/etc/passwd")
+
+
+CHANGES: dict[str, tuple[Callable[[Path], None], Callable[[RepoFacts], object]]] = {
+    "ref rewritten in place": (rewrite_ref_in_place, lambda r: (r.master_sha, r.master_in_pack)),
+    "ref moved by git update-ref": (move_ref_like_git, lambda r: r.master_sha),
+    "pack of master deleted": (delete_pack_of_master, lambda r: r.idx_without_pack),
+    "pack added": (add_pack, lambda r: r.pack_count),
+    "tmp pack left behind": (leave_tmp_pack, lambda r: r.tmp_count),
+    "settings.json rewritten in place": (rewrite_settings_in_place, lambda r: r.settings),
+    "replicas.json replaced by rename": (replace_replicas_by_rename, lambda r: r.replicas),
+    "save log appended": (append_save_log, lambda r: r.save_log_bytes),
+    "conf/touch touched": (touch_touch, lambda r: r.touch_mtime),
+    "reflog appended": (append_reflog, lambda r: r.reflog_last_time),
+    "HEAD edited in place": (edit_head, lambda r: r.head),
+    "symlink planted in refs/": (plant_symlink_in_refs, lambda r: r.symlinks_outside),
+    "bupindex grown in place": (grow_bupindex_in_place, lambda r: r.bupindex_bytes),
+    "repository replaced by a symlink": (replace_repo_by_symlink, lambda r: r.is_symlink),
+    "settings.json replaced by a symlink": (replace_settings_by_symlink, lambda r: r.settings),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_changed_repository_is_walked_again_and_reported_with_fresh_facts(
+    host: LocalHost, change: str
+) -> None:
+    make, field = CHANGES[change]
+    cache = primed(host, PID_A, PID_B)
+    before = host.gather(cache)
+    assert cache.totals() == (0, 2)
+    make(host.bup_root / "bups" / PID_A)
+    after = host.gather(cache)
+    assert cache.last_counts[SID] == (1, 1), "the changed repository must be walked, only it"
+    full = host.gather(None)
+    assert after.repos == full.repos, "incremental facts must equal a full walk's"
+    assert field(after.repos[PID_A]) != field(before.repos[PID_A])
+    assert after.repos[PID_B] is before.repos[PID_B]
+
+
+def test_a_repository_changed_just_before_its_walk_is_walked_again_at_the_next_sweep(
+    host: LocalHost,
+) -> None:
+    host.add_repo(PID_A)
+    cache = RepoCache(racy_seconds=60)  # everything here changed less than a minute ago
+    host.gather(cache)
+    host.gather(cache)
+    assert cache.totals() == (1, 0)
+
+
+def test_what_the_fingerprint_cannot_see_is_reported_at_the_next_full_walk(
+    host: LocalHost,
+) -> None:
+    """An .idx overwritten in place (git never does that; a tool or an operator might) keeps its
+    directory's mtime: the fingerprint includes no pack file, so it shows up once the repository
+    is due for its full walk again (``max_age``, 6 h by default; here 0.4 s)."""
+    host.add_repo(PID_A)
+    settle()
+    cache = RepoCache(max_age=0.4, racy_seconds=RACY)
+    host.gather(cache)
+    idx = first_pack(host.bup_root / "bups" / PID_A).with_suffix(".idx")
+    with open(idx, "r+b") as f:
+        f.truncate(100)
+    stale = host.gather(cache)
+    assert cache.totals() == (0, 1) and stale.repos[PID_A].bad_idx == ()
+    time.sleep(0.45)
+    fresh = host.gather(cache)
+    assert cache.totals() == (1, 0)
+    assert fresh.repos[PID_A].bad_idx and fresh.repos == host.gather(None).repos
+
+
+def test_a_changed_project_directory_record_is_sent_again_and_an_unchanged_one_is_reused(
+    host: LocalHost,
+) -> None:
+    cache = primed(host, PID_A)
+    same = host.gather(cache)
+    os.chown(host.projects / PID_A / "notes.txt", 4242, 4242)
+    changed = host.gather(cache)
+    assert changed.project_dirs[PID_A] != same.project_dirs[PID_A]
+    assert 4242 in changed.project_dirs[PID_A].owners
+    assert changed.project_dirs == host.gather(None).project_dirs
+
+
+def test_a_removed_repository_leaves_the_cache_and_a_new_one_is_walked(host: LocalHost) -> None:
+    cache = primed(host, PID_A)
+    shutil.rmtree(host.bup_root / "bups" / PID_A)
+    host.add_repo(PID_B)
+    facts = host.gather(cache)
+    assert set(facts.repos) == {PID_B}
+    assert cache.last_counts[SID] == (1, 0)
+    assert set(cache.known(SID).repos) <= {PID_B}
+
+
+# ------------------------------------------------------------------------------------------
+# the gather's side
+# ------------------------------------------------------------------------------------------
+
+
+def lines(*records: dict[str, object]) -> list[bytes]:
+    return [json.dumps(r).encode() for r in records]
+
+
+def test_an_unchanged_report_for_a_repository_the_probe_was_not_told_about_is_refused() -> None:
+    facts = HostFacts(SID, time.time())
+    with pytest.raises(ProbeError, match="not given that repository's fingerprint"):
+        parse_probe_lines(
+            SID,
+            lines(
+                {"type": "hello"},
+                {"type": "repo_unchanged", "project_id": PID_A, "fingerprint": "00"},
+                {"type": "done"},
+            ),
+            facts,
+            previous=HostCache(),
+            fresh=HostCache(),
+        )
+
+
+def test_an_unchanged_report_with_another_fingerprint_is_refused() -> None:
+    kept = CachedRepo("aa" * 10, RepoFacts(PID_A, "/bup/bups/" + PID_A), time.time())
+    with pytest.raises(ProbeError):
+        parse_probe_lines(
+            SID,
+            lines(
+                {"type": "hello"},
+                {"type": "repo_unchanged", "project_id": PID_A, "fingerprint": "bb" * 10},
+                {"type": "done"},
+            ),
+            HostFacts(SID, time.time()),
+            previous=HostCache(repos={PID_A: kept}),
+        )
+
+
+def test_a_failed_gather_keeps_the_cache_as_it_was(host: LocalHost) -> None:
+    cache = primed(host, PID_A)
+    kept = cache.known(SID)
+    broken = Server(SID, "127.0.0.1", 1, bup_root=str(host.bup_root), transport="local")
+    ssh = SshConfig.model_validate({"python": "/nonexistent/python3"})
+    facts = gather_host(broken, ssh, tcp_timeout=0.2, repo_cache=cache)
+    assert facts.failure is GatherFailure.ERROR
+    assert cache.known(SID) == kept
+
+
+def test_full_walks_are_spread_between_half_and_all_of_max_age() -> None:
+    cache = RepoCache(max_age=1000.0)
+    now = 1_000_000.0
+    entries = {
+        pid: CachedRepo("ab", RepoFacts(pid, "x"), now)
+        for pid in ("00000000-0000-4000-8000-000000000000", "ffffffff-0000-4000-8000-000000000000")
+    }
+    cache.replace(SID, HostCache(repos=entries), 2, 0)
+    assert len(cache.known(SID, now + 499).repos) == 2
+    assert len(cache.known(SID, now + 501).repos) == 1
+    assert len(cache.known(SID, now + 1001).repos) == 0
+    with pytest.raises(ValueError):
+        RepoCache(max_age=0)
+
+
+# ------------------------------------------------------------------------------------------
+# end to end over SSH
+# ------------------------------------------------------------------------------------------
+
+
+def load(fleet: SandboxFleet) -> tuple[Config, Inventory]:
+    config = load_config(fleet.config_path, settings_models())
+    assert config.inventory.file is not None
+    return config, FileInventory(config.inventory.file).load()
+
+
+def what(findings: list[Finding]) -> list[tuple[str, str, str, str | None, Severity]]:
+    """Findings without their measured values (a TCP connect time differs from sweep to sweep)."""
+    return [(f.check, f.code, f.server_id, f.project_id, f.severity) for f in findings]
+
+
+def test_an_incremental_sweep_of_the_demo_fleet_equals_a_full_one(
+    demo_config: Config, demo_inventory: Inventory
+) -> None:
+    cache = RepoCache(racy_seconds=RACY)
+    sweep(demo_config, demo_inventory, repo_cache=cache)
+    settle()
+    sweep(demo_config, demo_inventory, repo_cache=cache)  # trusts what is older than RACY now
+    incremental = sweep(demo_config, demo_inventory, repo_cache=cache)
+    walked, reused = cache.totals()
+    assert reused > 0 and walked == 0
+    full = sweep(demo_config, demo_inventory)
+    assert {s: f.repos for s, f in incremental.facts.items()} == {
+        s: f.repos for s, f in full.facts.items()
+    }
+    assert what(incremental.findings) == what(full.findings)
+    assert incremental.ssh_sessions == len(demo_inventory.servers)
+
+
+def test_a_pack_lost_between_two_incremental_sweeps_is_found_at_once(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    config, inventory = load(scratch_fleet)
+    settle()
+    cache = RepoCache(racy_seconds=RACY)
+    sweep(config, inventory, repo_cache=cache)
+    quiet = sweep(config, inventory, repo_cache=cache)
+    assert cache.totals() == (0, 2)
+    assert not [f for f in quiet.findings if f.check == "repo_integrity"]
+    sandbox_repos.corrupt_newest_pack(scratch_fleet.repo_path("s1", SCRATCH_P1))
+    result = sweep(config, inventory, repo_cache=cache)
+    assert cache.last_counts[scratch_fleet.server_id("s1")] == (1, 0)
+    found = {(f.server_id, f.code) for f in result.findings if f.check == "repo_integrity"}
+    assert (scratch_fleet.server_id("s1"), "master_not_in_pack") in found
+    assert what(result.findings) == what(sweep(config, inventory).findings)
