@@ -861,7 +861,7 @@ def main() -> int:
         if args.wait_teardown:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            subprocess.Popen(  # noqa: S603 - a fixed argument list
+            subprocess.Popen(
                 ["rm", "-rf", "--one-file-system", str(tmp)],
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,

@@ -9,7 +9,6 @@ committed one).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ DEFAULT_OUT = HERE.parents[1] / "docs" / "RELIABILITY.md"
 
 _failed: set[str] = set()
 _deselected: set[str] = set()
+_seconds: list[float] = []
 
 
 def _ours(path: Path | str) -> bool:
@@ -34,7 +34,10 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.failed and "tests/faults/" in report.nodeid:
+    if "tests/faults/" not in report.nodeid:
+        return
+    _seconds.append(report.duration)  # setup, call and teardown of our tests only
+    if report.failed:
         _failed.add(report.nodeid)
 
 
@@ -66,7 +69,7 @@ def _recorder(request: pytest.FixtureRequest) -> Iterator[Recorder]:
         render(
             recorder,
             tests=tests,
-            seconds=time.monotonic() - recorder.started,
+            seconds=sum(_seconds),
             daemons=len(Daemon.started),
             crashes=crashes,
         )

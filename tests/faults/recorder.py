@@ -7,7 +7,6 @@ are written to ``docs/RELIABILITY.md`` (``render``); a partial or failing run wr
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -44,7 +43,6 @@ class Recorder:
     """Collects rows for the session."""
 
     rows: list[Row] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
 
     def add(self, row: Row) -> None:
         if row.area not in AREAS:
