@@ -209,6 +209,7 @@ def main() -> int:
         rng = random.Random(args.seed)
         cache = RepoCache()
         result = None
+        out["rss_before_incremental_mb"] = current_rss_mb()
         reset_peak()
         prime, result = one_sweep(config, inventory, pids, repo_cache=cache)
         prime["walked"], prime["reused"] = cache.totals()
