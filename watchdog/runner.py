@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,11 @@ def load_inventory(source: InventorySource, state: State | None) -> Inventory:
     return inventory
 
 
+# Per state, the inventory last written to its cache: a source that returns the very same object
+# again (a file inventory whose file did not change) is not written again.
+_CACHED: weakref.WeakKeyDictionary[State, Inventory] = weakref.WeakKeyDictionary()
+
+
 def _load_inventory(source: InventorySource, state: State | None) -> Inventory:
     try:
         inventory = source.load()
@@ -72,7 +78,9 @@ def _load_inventory(source: InventorySource, state: State | None) -> Inventory:
             state.set_meta(inventory_stale=True, inventory_error=str(exc).splitlines()[0])
         return inventory
     if state is not None:
-        state.save_inventory(source.name, dump_inventory(inventory))
+        if _CACHED.get(state) is not inventory:
+            state.save_inventory(source.name, dump_inventory(inventory))
+            _CACHED[state] = inventory
         state.set_meta(inventory_stale=False, inventory_error=None, inventory_loaded_at=time.time())
     return dataclasses.replace(inventory, source=source.name)
 

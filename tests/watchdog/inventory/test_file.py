@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from support.facts import P1, S1, S2
+from support.facts import P1, P2, S1, S2
 from watchdog.errors import ConfigError
+from watchdog.inventory.file import RACY_SECONDS as FILE_RACY_SECONDS
 from watchdog.inventory.file import FileInventory, dump_inventory
 
 SERVERS = f"""
@@ -106,3 +108,49 @@ def test_a_json_inventory_round_trips_through_dump(tmp_path: Path) -> None:
 def test_garbage_in_the_file_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid JSON"):
         load(tmp_path, "{nope", ".json").load()
+
+
+PROJECT = f"""
+[[projects]]
+project_id = "{P1}"
+master = "{S1}"
+replicas = ["{S2}"]
+"""
+
+
+def test_an_unchanged_file_is_not_parsed_again(tmp_path: Path) -> None:
+    source = load(tmp_path, SERVERS + PROJECT)
+    time.sleep(FILE_RACY_SECONDS + 0.1)  # the ctime (which utime cannot set back) must settle too
+    first = source.load()
+    assert source.load() is first
+
+
+def test_a_changed_file_is_read_again_at_the_next_load(tmp_path: Path) -> None:
+    source = load(tmp_path, SERVERS + PROJECT)
+    time.sleep(FILE_RACY_SECONDS + 0.1)
+    first = source.load()
+    assert first.projects[P1].replicas == (S2,)
+    source.path.write_text(SERVERS + PROJECT.replace(f'replicas = ["{S2}"]', "replicas = []"))
+    second = source.load()
+    assert second is not first
+    assert second.projects[P1].replicas == ()
+
+
+def test_a_file_written_just_now_is_read_again_even_with_the_same_stat(tmp_path: Path) -> None:
+    source = load(tmp_path, SERVERS + PROJECT)
+    first = source.load()  # written less than the racy window ago: not kept
+    assert source.load() is not first
+
+
+def test_projects_that_are_not_a_list_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, 'projects = "all of them"\nextra = 1\n' + SERVERS).load()
+    text = str(err.value)
+    assert "At 'projects': must be a list of tables ([[projects]])" in text
+    assert "At 'extra': unknown key" in text
+
+
+def test_server_ids_are_shared_by_every_project_naming_them(tmp_path: Path) -> None:
+    inv = load(tmp_path, SERVERS + PROJECT + PROJECT.replace(P1, P2)).load()
+    assert inv.projects[P1].master is inv.projects[P2].master is inv.servers[S1].server_id
+    assert inv.projects[P1].replicas[0] is inv.projects[P2].replicas[0]

@@ -1,0 +1,45 @@
+"""The runner's inventory cache: written when the inventory changed, not at every sweep."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from support.facts import P1, S1
+from watchdog.inventory.file import RACY_SECONDS, FileInventory
+from watchdog.runner import load_inventory
+from watchdog.state import State
+
+TEXT = f"""
+[[servers]]
+server_id = "{S1}"
+host = "127.0.1.2"
+port = 6000
+
+[[projects]]
+project_id = "{P1}"
+master = "{S1}"
+disk_mb = 1
+"""
+
+
+def _saved_at(state: State) -> float:
+    return float(state.query("SELECT saved_at FROM inventory_cache WHERE id=1")[0][0])
+
+
+def test_the_cache_is_written_again_only_when_the_inventory_file_changed(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_text(TEXT)
+    time.sleep(RACY_SECONDS + 0.1)
+    state = State(tmp_path / "state.db")
+    source = FileInventory(path)
+    load_inventory(source, state)
+    first = _saved_at(state)
+    load_inventory(source, state)
+    assert _saved_at(state) == first
+    path.write_text(TEXT.replace("disk_mb = 1", "disk_mb = 2"))
+    inventory = load_inventory(source, state)
+    assert inventory.projects[P1].disk_mb == 2
+    assert _saved_at(state) > first
+    cached = state.cached_inventory()
+    assert cached is not None and cached[2]["projects"][0]["disk_mb"] == 2
