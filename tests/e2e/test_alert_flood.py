@@ -15,36 +15,12 @@ from pathlib import Path
 
 import httpx
 
+from support.alerts import bup_server_down
 from support.daemon import daemon_config
 from support.prometheus import WatchdogDaemon, poll
 from watchdog.journal import Journal
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.state import State
-
-
-def payload(fingerprint: str, server_id: str) -> dict[str, object]:
-    return {
-        "version": "4",
-        "receiver": "bupwatch",
-        "status": "firing",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "BupWatchBupServerDown", "server_id": server_id},
-                "annotations": {"summary": "flood"},
-                "startsAt": "2026-11-28T01:00:00Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": fingerprint,
-            }
-        ],
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "",
-        "groupKey": "{}",
-        "truncatedAlerts": 0,
-    }
 
 
 def test_a_burst_of_1000_alerts_for_50_targets_stays_within_the_guards_limits(
@@ -74,7 +50,11 @@ def test_a_burst_of_1000_alerts_for_50_targets_stays_within_the_guards_limits(
 
             def post(item: tuple[str, str]) -> tuple[float, int]:
                 started = time.perf_counter()
-                r = client.post(f"{url}/alertmanager", json=payload(*item), headers=headers)
+                r = client.post(
+                    f"{url}/alertmanager",
+                    json=bup_server_down(item, summary="flood"),
+                    headers=headers,
+                )
                 return time.perf_counter() - started, r.status_code
 
             t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from faults.harness import AtStake, Daemon, sweeps, wait_metric, wait_until, wri
 from faults.recorder import Reliability, short
 from repairs.base import RepairRequest
 from support.alertmanager import Alertmanager
+from support.alerts import bup_server_down
 from support.cassandra.node import CassandraNode
 from support.cassandra_fixture import cassandra_toml
 from support.prometheus import Prometheus, free_port, values
@@ -31,31 +32,6 @@ from watchdog.journal import Journal
 from watchdog.runner import Runner, inventory_source
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.state import State
-
-
-def alert(fingerprint: str, server_id: str) -> dict[str, object]:
-    return {
-        "version": "4",
-        "receiver": "bupwatch",
-        "status": "firing",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "BupWatchBupServerDown", "server_id": server_id},
-                "annotations": {"summary": "bup_server down"},
-                "startsAt": "2026-11-28T01:00:00Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": fingerprint,
-            }
-        ],
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "",
-        "groupKey": "{}",
-        "truncatedAlerts": 0,
-    }
 
 
 def answers(address: str, port: int | None) -> bool:
@@ -103,7 +79,10 @@ def test_prometheus_killed_and_alertmanager_frozen_then_killed_never_stop_sweeps
             sid = fleet.server_id(host)
             posted = time.monotonic()
             r = httpx.post(
-                f"{url}/alertmanager", json=alert(f"a{host[1]}", sid), headers=headers, timeout=10
+                f"{url}/alertmanager",
+                json=bup_server_down((f"a{host[1]}", sid), summary="bup_server down"),
+                headers=headers,
+                timeout=10,
             )
             assert r.status_code == 200 and r.json()["queued"] == 1, r.text
             [entry] = wait_until(

@@ -12,6 +12,7 @@ import httpx
 
 from faults.harness import AtStake, Daemon, get, sample, sweeps, wait_metric, write_config
 from faults.recorder import Reliability, short
+from support.alerts import bup_server_down
 from watchdog.journal import Journal
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
@@ -20,32 +21,6 @@ from watchdog.state import State
 ALERTS = 10_000
 PER_PAYLOAD = 10
 TARGETS = 100  # distinct alert fingerprints
-
-
-def payload(alerts: list[tuple[str, str]]) -> dict[str, object]:
-    return {
-        "version": "4",
-        "receiver": "bupwatch",
-        "status": "firing",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "BupWatchBupServerDown", "server_id": sid},
-                "annotations": {"summary": "storm"},
-                "startsAt": "2026-11-28T01:00:00Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": fp,
-            }
-            for fp, sid in alerts
-        ],
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "",
-        "groupKey": "{}",
-        "truncatedAlerts": 0,
-    }
 
 
 def test_an_alert_storm_of_10000_alerts_in_a_minute_keeps_memory_repairs_and_journal_bounded(
@@ -60,7 +35,10 @@ def test_an_alert_storm_of_10000_alerts_in_a_minute_keeps_memory_repairs_and_jou
         fleet.hosts[host].stop_bup_server()
     servers = [fleet.server_id("s1"), fleet.server_id("s2")]
     alerts = [(f"{i % TARGETS:04x}", servers[i % TARGETS % 2]) for i in range(ALERTS)]
-    bodies = [payload(alerts[i : i + PER_PAYLOAD]) for i in range(0, ALERTS, PER_PAYLOAD)]
+    bodies = [
+        bup_server_down(*alerts[i : i + PER_PAYLOAD], summary="storm")
+        for i in range(0, ALERTS, PER_PAYLOAD)
+    ]
     headers = {"Authorization": f"Bearer {token}"}
     with Daemon(config, url) as daemon:
         wait_metric(daemon, lambda f: sweeps(f) >= 1, what="the first sweep")

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from support.alerts import alert, payload
 from support.facts import P1, P2, S1
 from watchdog.config import AlertsConfig
 from watchdog.http.app import create_app
@@ -22,33 +23,6 @@ from watchdog.state import State
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def alert(name: str, status: str = "firing", fp: str = "a1b2", **labels: str) -> dict[str, Any]:
-    return {
-        "status": status,
-        "labels": {"alertname": name, **labels},
-        "annotations": {"summary": f"{name} fired"},
-        "startsAt": "2026-11-28T01:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://127.0.0.1:9090/graph",
-        "fingerprint": fp,
-    }
-
-
-def payload(*alerts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "version": "4",
-        "receiver": "bupwatch",
-        "status": "firing",
-        "alerts": list(alerts),
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "groupKey": "{}:{}",
-        "truncatedAlerts": 0,
-    }
 
 
 @pytest.fixture()
