@@ -11,14 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from faults.harm import Loss, Snapshot, loss
-from support.prometheus import poll, watchdog_config
+from support.prometheus import WatchdogDaemon, poll, watchdog_config
 from watchdog.sandbox.fleet import SandboxFleet
 
 CLI = [sys.executable, "-m", "watchdog.cli"]
@@ -145,41 +144,23 @@ def write_config(
     return path, url, secret
 
 
-class Daemon:
+class Daemon(WatchdogDaemon):
     """``bup-watchdog -v run`` as a real process (optionally behind a ``prefix`` such as
-    ``unshare``), its log in a file. Stopped on exit; a death the test did not cause is a
-    crash."""
+    ``unshare``), its log in a file (appended to). Stopped on exit; a death the test did not
+    cause is a crash."""
 
     #: Every daemon the suite started: the table's daemon count and crash count come from here.
     started: ClassVar[list[Daemon]] = []
+    stop_timeout = 20.0
 
     def __init__(
         self, config: Path, url: str, *, prefix: Sequence[str] = (), log_name: str = "daemon.log"
     ) -> None:
-        Daemon.started.append(self)
         self.config = config
         self.url = url
-        self.log_path = config.parent / log_name
         self.stopped_by_test = False
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*prefix, *CLI, "-v", "run", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def dead(self) -> str | None:
-        if self.proc.poll() is None:
-            return None
-        return f"the daemon exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+        super().__init__(config, prefix=prefix, log_name=log_name, append=True)
+        Daemon.started.append(self)
 
     @property
     def crashed(self) -> bool:
@@ -187,12 +168,11 @@ class Daemon:
         return self.proc.poll() is not None and not self.stopped_by_test
 
     def wait_up(self, timeout: float = 30.0) -> None:
-        poll(
-            lambda: get(f"{self.url}/healthz"),
-            timeout=timeout,
-            what="the daemon's HTTP server",
+        self.wait_ready(
+            lambda: get(f"{self.url}/healthz") is not None,
+            timeout,
+            what="answer on its HTTP server",
             interval=0.05,
-            alive=self.dead,
         )
 
     def status(self, key: str) -> int:
@@ -209,28 +189,11 @@ class Daemon:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, timeout: float | None = None) -> int:
         """SIGTERM (a clean stop), SIGKILL after ``timeout``; the exit code."""
-        if self.proc.poll() is None:
+        if self.running:
             self.stopped_by_test = True
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return super().stop(timeout)
 
 
 def get(url: str, **kwargs: Any) -> httpx.Response | None:

@@ -9,30 +9,27 @@ file, and short group timings so a test sees a notification within seconds (FACT
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from support.prometheus import free_port, poll
+from support.process import ManagedProcess, answers_200, free_port
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 
-class Alertmanager:
+class Alertmanager(ManagedProcess):
     """One Alertmanager routing repairable alerts to ``webhook_url``."""
 
     def __init__(self, workdir: Path, webhook_url: str, token_file: Path, port: int = 0) -> None:
+        super().__init__("Alertmanager", workdir / "alertmanager.log")
         self.workdir = workdir
         self.webhook_url = webhook_url
         self.token_file = token_file
         self.port = port
         self.config_path = workdir / "alertmanager.yml"
-        self.log_path = workdir / "alertmanager.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -87,38 +84,16 @@ class Alertmanager:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self.port = self.port or free_port()
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [
-                    ALERTMANAGER,
-                    f"--config.file={self.config_path}",
-                    f"--storage.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--cluster.listen-address=",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-        def ready() -> bool | None:
-            try:
-                return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200 or None
-            except httpx.HTTPError:
-                return None
-
-        poll(ready, timeout=timeout, what="Alertmanager to be ready", alive=self._dead)
-
-    def _dead(self) -> str | None:
-        if self._proc is None or self._proc.poll() is None:
-            return None
-        return f"alertmanager exited with {self._proc.returncode}:\n{self.log_tail()}"
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        self.spawn(
+            [
+                ALERTMANAGER,
+                f"--config.file={self.config_path}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ]
+        )
+        self.wait_ready(lambda: answers_200(f"{self.url}/-/ready"), timeout)
 
     def alerts(self) -> list[dict[str, Any]]:
         r = httpx.get(f"{self.url}/api/v2/alerts", timeout=5)
@@ -131,29 +106,3 @@ class Alertmanager:
         r.raise_for_status()
         result: list[dict[str, Any]] = r.json()
         return result
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-
-    def __enter__(self) -> Alertmanager:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

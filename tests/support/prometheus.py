@@ -12,57 +12,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import httpx
 
+from support.process import ManagedProcess, answers_200, free_port, poll
 from watchdog.sandbox.fleet import SandboxFleet
-
-T = TypeVar("T")
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``address`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
-def poll(
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.1,
-    alive: Callable[[], str | None] | None = None,
-) -> T:
-    """Call ``probe`` until it returns something other than None; fail after ``timeout`` s.
-
-    ``alive`` returns a message when whatever is being waited on has died, to fail at once
-    with that message rather than at the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if alive is not None and (dead := alive()) is not None:
-            raise AssertionError(f"gave up waiting for {what}: {dead}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(interval)
 
 
 def _binary(path: str) -> str:
@@ -75,7 +39,7 @@ def _binary(path: str) -> str:
     return found
 
 
-class Prometheus:
+class Prometheus(ManagedProcess):
     """One Prometheus server scraping ``targets`` as job ``job`` every ``scrape_interval``."""
 
     def __init__(
@@ -88,6 +52,7 @@ class Prometheus:
         rule_files: Sequence[Path] = (),
         alertmanagers: Sequence[str] = (),
     ) -> None:
+        super().__init__("Prometheus", workdir / "prometheus.log")
         self.rule_files = [str(p) for p in rule_files]
         self.alertmanagers = list(alertmanagers)
         self.workdir = workdir
@@ -97,9 +62,7 @@ class Prometheus:
         self.port = 0
         self.config_path = workdir / "prometheus.yml"
         self.tsdb = workdir / "tsdb"
-        self.log_path = workdir / "prometheus.log"
         self.started_at = 0.0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -146,53 +109,16 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         self.port = free_port()
-        with self.log_path.open("wb") as log:
-            self.started_at = time.monotonic()
-            self._proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={self.tsdb}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-        def ready() -> bool | None:
-            try:
-                return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200 or None
-            except httpx.HTTPError:
-                return None
-
-        poll(ready, timeout=timeout, what="Prometheus to be ready", alive=self._dead)
-
-    def _dead(self) -> str | None:
-        if self._proc is None or self._proc.poll() is None:
-            return None
-        return f"prometheus exited with {self._proc.returncode}:\n{self.log_tail()}"
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout`` s; the exit code (None if never started)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        return proc.returncode
+        self.started_at = time.monotonic()
+        self.spawn(
+            [
+                binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.tsdb}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ]
+        )
+        self.wait_ready(lambda: answers_200(f"{self.url}/-/ready"), timeout)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """The result vector of an instant query (``/api/v1/query``); raises on an API error."""
@@ -221,24 +147,8 @@ class Prometheus:
             timeout=timeout,
             what=f"the query {promql!r} to give the expected result",
             interval=0.2,
-            alive=self._dead,
+            alive=self.dead,
         )
-
-    def __enter__(self) -> Prometheus:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def values(result: list[dict[str, Any]]) -> list[float]:
@@ -297,47 +207,41 @@ def watchdog_config(
     return path, "http://" + data["http"]["listen"]
 
 
-class WatchdogDaemon:
-    """``bup-watchdog -v run --config CONFIG`` as a subprocess, its log in a file next to the config
-    (a pipe could fill up and block it). As a context manager it is stopped on exit."""
+class WatchdogDaemon(ManagedProcess):
+    """``bup-watchdog -v run --config CONFIG`` as a subprocess, started at once (behind ``prefix``,
+    such as ``unshare``, if given), its log in ``log_name`` next to the config (appended to with
+    ``append``). As a context manager it is stopped on exit."""
 
-    def __init__(self, config: Path) -> None:
-        self.log_path = config.parent / "daemon.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watchdog.cli", "-v", "run", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+    log_tail_lines = 40
+    stop_timeout = 15.0
+
+    def __init__(
+        self,
+        config: Path,
+        *,
+        prefix: Sequence[str] = (),
+        log_name: str = "daemon.log",
+        append: bool = False,
+    ) -> None:
+        super().__init__("the daemon", config.parent / log_name)
+        self.spawn(
+            [*prefix, sys.executable, "-m", "watchdog.cli", "-v", "run", "--config", str(config)],
+            append=append,
+        )
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._proc is not None  # started in __init__
+        return self._proc
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def dead(self) -> str | None:
-        """A message when the daemon has exited (for ``poll``'s ``alive``), else None."""
-        if self.proc.poll() is None:
-            return None
-        return f"the daemon exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
-
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float | None = None) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` s; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
+        code = super().stop(timeout)
+        assert code is not None  # started in __init__
+        return code
 
-    def __enter__(self) -> WatchdogDaemon:
+    def __enter__(self) -> Self:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

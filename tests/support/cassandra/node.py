@@ -33,7 +33,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+
+if not __package__:  # run as a script: ``support`` is in tests/, two levels up
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+from support.process import ManagedProcess, NotReady, free_port
 
 CASSANDRA_VERSION = "5.0.9"
 MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
@@ -194,32 +198,22 @@ def _java() -> str:
     return java
 
 
-def _die_with_parent() -> list[str]:
-    """A prefix that has the JVM sent SIGTERM when the thread that started it dies (even by a
-    SIGKILL of the tests), so no Cassandra outlives a killed test run (util-linux ``setpriv
-    --pdeathsig``; no prefix where it is missing)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``address`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
 def _yaml(config: dict[str, object]) -> str:
     # JSON is YAML (and SnakeYAML reads it), so no YAML library is needed.
     return "\n".join(f"{k}: {json.dumps(v)}" for k, v in config.items()) + "\n"
 
 
-class CassandraNode:
+class CassandraNode(ManagedProcess):
     """One Cassandra node on 127.0.0.1 with its data, config and log under ``workdir``.
 
     Ports are picked when first started and kept, so ``stop()`` then ``start()`` brings the same
     node (same data, same address) back, the way an operator's restart would.
     """
+
+    log_tail_lines = 40
+    #: SIGTERM makes Cassandra drain: memtables flushed, commit log closed.
+    stop_timeout = 60.0
+    failure = CassandraError
 
     def __init__(
         self,
@@ -228,6 +222,7 @@ class CassandraNode:
         version: str = CASSANDRA_VERSION,
         heap: tuple[str, str] = ("512m", "1g"),
     ) -> None:
+        super().__init__("Cassandra", workdir / "logs" / "system.log")
         self.workdir = workdir
         self.version = version
         self.heap = heap
@@ -235,11 +230,9 @@ class CassandraNode:
         self.native_port = 0
         self.storage_port = 0
         self.jmx_port = 0
-        self.log_path = workdir / "logs" / "system.log"
         self.config_path = workdir / "conf" / "cassandra.yaml"
         self.start_seconds = 0.0
         self.fetch_seconds = 0.0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # ---------------------------------------------------------------- configuration
 
@@ -313,14 +306,6 @@ class CassandraNode:
 
     # ---------------------------------------------------------------- life cycle
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def start(self, timeout: float = 180.0) -> None:
         """Start the node (fetching the jars first if needed) and wait until CQL answers."""
         if self.running:
@@ -339,60 +324,44 @@ class CassandraNode:
         self.config_path.write_text(_yaml(self.cassandra_yaml()), encoding="utf-8")
         (self.workdir / "conf" / "logback.xml").write_text(LOGBACK_XML, encoding="utf-8")
         started = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [*_die_with_parent(), *self.jvm_args(lib, java)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C to the tests is not also sent to the JVM
-                env={**os.environ, "MALLOC_ARENA_MAX": "4"},  # as cassandra-env.sh sets it
-            )
-        try:
-            self._wait_for_cql(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self.spawn(
+            self.jvm_args(lib, java),
+            append=True,
+            pdeathsig=True,
+            cwd=self.workdir,
+            new_session=True,  # a Ctrl-C to the tests is not also sent to the JVM
+            env={**os.environ, "MALLOC_ARENA_MAX": "4"},  # as cassandra-env.sh sets it
+        )
+        self.wait_ready(
+            self._answers_cql,
+            timeout,
+            what=f"answer CQL on {self.address}:{self.native_port}",
+            interval=0.5,
+        )
         self.start_seconds = time.monotonic() - started
 
-    def _wait_for_cql(self, timeout: float) -> None:
+    def _answers_cql(self) -> bool:
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import RoundRobinPolicy
 
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        while True:
-            if not self.running:
-                code = self._proc.returncode if self._proc else None
-                raise CassandraError(
-                    f"Cassandra exited with status {code} while starting; the end of "
-                    f"{self.log_path}:\n{self.log_tail()}"
-                )
-            if self._port_open():
-                profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
-                cluster = Cluster(
-                    [self.address],
-                    port=self.native_port,
-                    connect_timeout=5,
-                    execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-                    protocol_version=5,
-                )
-                try:
-                    session = cluster.connect()
-                    session.execute("SELECT release_version FROM system.local", timeout=10)
-                    return
-                except Exception as exc:  # any driver error: not ready yet, try again
-                    last = f"{type(exc).__name__}: {exc}"
-                finally:
-                    cluster.shutdown()
-            if time.monotonic() > deadline:
-                self.stop()
-                raise CassandraError(
-                    f"Cassandra did not answer CQL on {self.address}:{self.native_port} within "
-                    f"{timeout:g} s ({last}); the end of {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.5)
+        if not self._port_open():
+            return False
+        profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
+        cluster = Cluster(
+            [self.address],
+            port=self.native_port,
+            connect_timeout=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            protocol_version=5,
+        )
+        try:
+            session = cluster.connect()
+            session.execute("SELECT release_version FROM system.local", timeout=10)
+            return True
+        except Exception as exc:  # any driver error: not ready yet, try again
+            raise NotReady(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            cluster.shutdown()
 
     def _port_open(self) -> bool:
         try:
@@ -400,40 +369,6 @@ class CassandraNode:
                 return True
         except OSError:
             return False
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (Cassandra drains: memtables flushed, commit log closed), SIGKILL after
-        ``timeout`` s; the exit status, None if it was never started."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        return proc.returncode
-
-    def __enter__(self) -> CassandraNode:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str]) -> int:
