@@ -22,7 +22,9 @@ from typing import Any, Self
 
 import httpx
 
-from support.process import ManagedProcess, answers_200, free_port, poll
+from support.process import ManagedProcess, answers_200
+from support.process import free_port as free_port  # the tests import these from here too
+from support.process import poll as poll
 from watchdog.sandbox.fleet import SandboxFleet
 
 PROMETHEUS = "/usr/bin/prometheus"

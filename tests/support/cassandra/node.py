@@ -37,7 +37,8 @@ from pathlib import Path
 if not __package__:  # run as a script: ``support`` is in tests/, two levels up
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from support.process import ManagedProcess, NotReady, free_port
+from support.process import ManagedProcess, NotReady
+from support.process import free_port as free_port  # the tests import it from here too
 
 CASSANDRA_VERSION = "5.0.9"
 MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
