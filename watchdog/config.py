@@ -350,6 +350,26 @@ class AlertsConfig(Section):
         description="Alertmanager's base URL, for silences.",
     )
     silence_minutes: float = Field(60.0, gt=0, description="Longest a silence may last.")
+    cooldown_seconds: float = Field(
+        1800.0,
+        ge=0,
+        description="After the guard decided on an alert's request (refused, dry run, denied, "
+        "succeeded, failed, conflict), alerts do not ask for the same repair on the same target "
+        "(server, or project on a server) again for this long: Alertmanager re-sends a firing "
+        "alert every group_interval/repeat_interval and each re-delivery would add a journal "
+        "row. Skipped requests are not journaled; they are counted in "
+        'bupwatch_repairs_refused{reason="alert_cooldown"}. Requests from the CLI, the API and '
+        "the schedule are not held back. 0: no cooldown.",
+    )
+    transient_cooldown_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="The shorter cooldown after a refusal whose cause clears by itself within "
+        "minutes: lease (another repair holds the target), circuit_breaker (too much of the "
+        "fleet looked unreachable), duplicate (a repair for the alert was pending or running). "
+        "Other refusals (rate_limited, maintenance, precondition, mode_off, gave_up, …) wait "
+        "cooldown_seconds: asking again sooner would only be refused again.",
+    )
 
 
 class MembershipConfig(Section):

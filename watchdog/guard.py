@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -21,9 +22,10 @@ from typing import Any
 
 from repairs import registry as repair_registry
 from repairs.base import Repair, RepairRequest, RepairSettings, Step
-from watchdog.config import Config, MaintenanceWindow
+from watchdog.config import AlertsConfig, Config, MaintenanceWindow
 from watchdog.errors import WatchdogError
 from watchdog.journal import (
+    ALERT_REQUESTER,
     CONFLICT,
     DENIED,
     DRY_RUN,
@@ -38,10 +40,20 @@ from watchdog.leases import LeaseBackend, lease_backend
 from watchdog.model import Finding, Inventory, Severity, is_v4_uuid
 from watchdog.repair_context import Context
 from watchdog.state import State
+from watchdog.transport.base import CommandResult
 
 log = logging.getLogger(__name__)
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+#: Refusals whose cause clears by itself within minutes: an alert may ask again after
+#: ``[alerts] transient_cooldown_seconds`` instead of the full cooldown.
+TRANSIENT_REFUSALS = frozenset({"lease", "circuit_breaker", "duplicate"})
+
+#: A failed row keeps the output of every step run before the failure: the last this many
+#: characters of each step, and at most this many characters in all (the oldest steps go first).
+STEP_OUTPUT_CHARS = 4000
+FAILED_OUTPUT_CHARS = 64_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,86 @@ def in_window(windows: list[MaintenanceWindow], now: datetime) -> MaintenanceWin
         if day in w.days and w.start <= hhmm < w.end:
             return w
     return None
+
+
+def alert_cooldown(
+    journal: Journal, req: RepairRequest, alerts: AlertsConfig, now: float
+) -> str | None:
+    """Why an alert's request is not submitted now, or None. An alert asks again for a repair on a
+    target only ``cooldown_seconds`` after the last decision on an alert's request for it
+    (``transient_cooldown_seconds`` after a refusal in TRANSIENT_REFUSALS)."""
+    longest = max(alerts.cooldown_seconds, alerts.transient_cooldown_seconds)
+    if longest <= 0:
+        return None
+    last = journal.last_alert_decision(req.repair, req.target, now - longest)
+    if last is None:
+        return None
+    code = (last.refusal or "").split(":", 1)[0] if last.status == REFUSED else ""
+    transient = code in TRANSIENT_REFUSALS
+    cooldown = alerts.transient_cooldown_seconds if transient else alerts.cooldown_seconds
+    age = max(0.0, now - (last.finished_at or last.created_at))
+    if age >= cooldown:
+        return None
+    what = f"{last.status} ({code})" if code else last.status
+    return (
+        f"cooldown: repair #{last.id} of this target was {what} {age:.0f} s ago; alerts ask "
+        f"again after {cooldown:g} s{' (transient refusal)' if transient else ''}"
+    )
+
+
+class _StepLog:
+    """What each command run through the context printed while ``execute`` ran, bounded."""
+
+    def __init__(self) -> None:
+        self.records: list[str] = []
+
+    def add(self, where: str, argv: Any, result: CommandResult | None, error: str = "") -> None:
+        command = shlex.join(str(a) for a in argv)
+        if len(command) > 500:
+            command = command[:500] + " …"
+        if result is None:
+            self.records.append(f"[{where}] $ {command}  # did not complete: {error}")
+            return
+        head = f"[{where}] $ {command}  # rc={result.returncode}, {result.seconds:.1f} s"
+        text = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
+        if len(text) > STEP_OUTPUT_CHARS:
+            cut = len(text) - STEP_OUTPUT_CHARS
+            text = f"[… {cut} earlier characters left out …]\n" + text[-STEP_OUTPUT_CHARS:]
+        self.records.append(f"{head}\n{text}" if text else head)
+
+    def text(self, error: str) -> str:
+        """Every step's record, then the error; the oldest steps are left out past the bound."""
+        tail = f"error: {error[-STEP_OUTPUT_CHARS:]}"
+        kept: list[str] = []
+        size = len(tail)
+        for record in reversed(self.records):
+            if size + len(record) + 1 > FAILED_OUTPUT_CHARS:
+                break
+            kept.append(record)
+            size += len(record) + 1
+        left_out = len(self.records) - len(kept)
+        lines = [f"[… {left_out} earlier steps left out …]"] if left_out else []
+        return "\n".join([*lines, *reversed(kept), tail])
+
+
+class _RecordingContext(Context):
+    """The repair context; while ``steps`` is set, every command's output is kept in it (a
+    repair that fails mid-plan raises, and its own Outcome with the earlier output is lost)."""
+
+    steps: _StepLog | None = None
+
+    def run(self, step: Any) -> CommandResult:
+        if self.steps is None:
+            return super().run(step)
+        server = self.inventory.servers.get(step.server_id)
+        where = server.label if server is not None else str(step.server_id)
+        try:
+            result = super().run(step)
+        except WatchdogError as exc:
+            self.steps.add(where, step.argv, None, str(exc))
+            raise
+        self.steps.add(where, step.argv, result)
+        return result
 
 
 def requests_for(
@@ -192,6 +284,12 @@ class Guard:
             out.append(req)
         return out
 
+    def alert_cooldown(self, req: RepairRequest) -> str | None:
+        """Why this request from an alert is not submitted now (``[alerts] cooldown_seconds``)."""
+        if not req.requested_by.startswith(ALERT_REQUESTER):
+            return None
+        return alert_cooldown(self.journal, req, self.config.alerts, self.clock())
+
     def approve(self, entry_id: int, by: str) -> Decision:
         """Approve a pending repair: every guard rule is checked again, now, then it runs."""
         entry = self.journal.get(entry_id)
@@ -282,8 +380,8 @@ class Guard:
         log.warning("repair %s on %s refused: %s", _clean(req.repair), _clean(req.target), why)
         return Decision(entry, REFUSED, f"{code}: {why}")
 
-    def _context(self, who: str) -> Context:
-        return Context(self.config, self.inventory, self.journal, who)
+    def _context(self, who: str) -> _RecordingContext:
+        return _RecordingContext(self.config, self.inventory, self.journal, who)
 
     def _plan(
         self, repair: Repair[RepairSettings], req: RepairRequest, ctx: Context, settings: Any
@@ -397,12 +495,22 @@ class Guard:
             log.info(
                 "repair #%d %s on %s: running %d steps", entry, req.repair, req.target, len(steps)
             )
+            ctx.steps = _StepLog()
             try:
                 outcome = repair.execute(req, steps, ctx, settings)
             except WatchdogError as exc:
-                self.journal.update(entry, status=FAILED, output=str(exc)[-4000:])
+                self.journal.update(entry, status=FAILED, output=ctx.steps.text(str(exc)))
                 log.error("repair #%d %s on %s failed: %s", entry, req.repair, req.target, exc)
                 return Decision(entry, FAILED, str(exc), plan)
+            except Exception as exc:
+                # A bug in a repair: the row must not stay 'running' (it would block the alert's
+                # fingerprint until a restart), and the queue goes on.
+                why = f"unexpected error in {req.repair}: {type(exc).__name__}: {exc}"
+                self.journal.update(entry, status=FAILED, output=ctx.steps.text(why))
+                log.exception("repair #%d %s on %s failed", entry, req.repair, req.target)
+                return Decision(entry, FAILED, why, plan)
+            finally:
+                ctx.steps = None
             output = "\n".join(outcome.output)[-8000:]
             if outcome.status == CONFLICT:
                 self.journal.update(entry, status=CONFLICT, output=output)

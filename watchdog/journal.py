@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,12 @@ INTERRUPTED = "interrupted"
 CONFLICT = "conflict"  # stopped on purpose: newer data on the target (resync_replica)
 
 FINISHED = frozenset({REFUSED, DRY_RUN, DENIED, SUCCEEDED, FAILED, INTERRUPTED, CONFLICT})
+
+#: ``requested_by`` of every request that comes from the Alertmanager webhook.
+ALERT_REQUESTER = "alertmanager:"
+#: The refusal code under which alert requests held back by the cooldown are counted (metrics).
+ALERT_COOLDOWN = "alert_cooldown"
+_COOLDOWN_META_KEY = "alert_cooldown_skipped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +224,37 @@ class Journal:
         )
         return bool(rows)
 
+    def last_alert_decision(self, repair: str, target: str, since: float) -> Entry | None:
+        """The latest decision (a finished row) on an alert's request for this repair and target,
+        taken since a time: what the alert cooldown is counted from."""
+        rows = self.state.query(
+            f"SELECT {_COLUMNS} FROM journal WHERE target=? AND repair=? "  # noqa: S608
+            "AND finished_at >= ? AND substr(requested_by, 1, ?) = ? "
+            "ORDER BY finished_at DESC, id DESC LIMIT 1",
+            (target, repair, since, len(ALERT_REQUESTER), ALERT_REQUESTER),
+        )
+        return _entry(rows[0]) if rows else None
+
+    def count_alert_cooldown(self, skipped: Mapping[str, int]) -> None:
+        """Add alert requests held back by the cooldown, per repair. They get no journal row (that
+        flood is what the cooldown stops), so they are counted here, in the state, for metrics."""
+        if not skipped:
+            return
+        with self.state.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (_COOLDOWN_META_KEY,)).fetchone()
+            totals: dict[str, int] = json.loads(row[0]) if row else {}
+            for repair, n in skipped.items():
+                totals[repair] = int(totals.get(repair, 0)) + int(n)
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (_COOLDOWN_META_KEY, json.dumps(totals, sort_keys=True)),
+            )
+
+    def alert_cooldown_counts(self) -> dict[str, int]:
+        """Alert requests held back by the cooldown so far, per repair."""
+        rows = self.state.query("SELECT value FROM meta WHERE key=?", (_COOLDOWN_META_KEY,))
+        return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
+
     def counts_by(self) -> dict[tuple[str, str], int]:
         """Journal rows per (repair, status), for metrics."""
         return {
@@ -228,8 +265,11 @@ class Journal:
         }
 
     def refusals_by_reason(self) -> dict[tuple[str, str], int]:
-        """Refusals per (repair, short reason code), for metrics."""
-        out: dict[tuple[str, str], int] = {}
+        """Refusals per (repair, short reason code), for metrics. Alert requests held back by the
+        cooldown (``[alerts] cooldown_seconds``) count under the code ``alert_cooldown``."""
+        out: dict[tuple[str, str], int] = {
+            (repair, ALERT_COOLDOWN): n for repair, n in self.alert_cooldown_counts().items()
+        }
         for repair, refusal, n in self.state.query(
             "SELECT repair, refusal, COUNT(*) FROM journal WHERE status=? GROUP BY repair, refusal",
             (REFUSED,),

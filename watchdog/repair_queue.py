@@ -2,7 +2,8 @@
 
 HTTP handlers (the API, the Alertmanager webhook) only enqueue and answer at once; the worker runs
 one guard decision at a time, so a flood of requests can never exceed the guard's limits, and a
-full queue says so instead of growing without bound.
+full queue says so instead of growing without bound. An alert's request queued before the guard
+decided on the same target is dropped when its turn comes (the alert cooldown, checked again).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class RepairQueue:
         self._q: queue.Queue[Work | None] = queue.Queue(maxsize=maxsize)
         self._thread = threading.Thread(target=self._work, name="repairs", daemon=True)
         self.processed = 0
+        #: Alert requests dropped at their turn because of the alert cooldown.
+        self.cooled_down = 0
         self.last: Decision | None = None
         self._pending_fingerprints: set[str] = set()
         self._lock = threading.Lock()
@@ -106,6 +109,13 @@ class RepairQueue:
     def _handle(self, work: Work) -> None:
         guard = self.guard_factory()
         if work.request is not None:
+            cooldown = guard.alert_cooldown(work.request)
+            if cooldown:
+                req = work.request
+                self.cooled_down += 1
+                log.debug("%s on %s not submitted: %s", req.repair, req.target, cooldown)
+                guard.journal.count_alert_cooldown({req.repair: 1})
+                return
             labels = work.request.params.get("alert_labels")
             silence_id = None
             if self.silencer is not None and isinstance(labels, dict) and labels:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from typing import Any
 
 from conftest import SCRATCH_P1
 
-from repairs.base import RepairRequest
+from checks import settings_models
+from repairs.base import Outcome, Repair, RepairContext, RepairRequest, Step
+from repairs.restart_bup_server import RestartBupServer, RestartBupServerSettings
 from support.fleet import fleet_config, fleet_digest, make_guard
+from watchdog.config import load_config
 from watchdog.guard import Guard
-from watchdog.runner import Runner, inventory_source, open_state
+from watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from watchdog.sandbox.fleet import SandboxFleet
 
 
@@ -121,3 +127,93 @@ def test_a_dry_run_journals_the_plan_and_changes_nothing(scratch_fleet: SandboxF
     [entry] = guard.journal.entries(status="dry_run")
     assert entry.plan and "find" in entry.plan[0]["command"]
     assert fleet_digest(scratch_fleet) == before
+
+
+def restart_guard(
+    fleet: SandboxFleet, command: list[str], repairs: dict[str, Any] | None = None
+) -> Guard:
+    """A guard whose restart_bup_server runs ``command`` and waits 2 s for bup_server, which the
+    command never starts: its one step succeeds, then the repair fails."""
+    text = re.sub(
+        r"^command = \[.*\]$",
+        lambda _: f"command = {json.dumps(command)}\nwait_seconds = 2",
+        fleet.config_path.read_text(),
+        count=1,
+        flags=re.MULTILINE,
+    )
+    path = fleet.config_path.with_name("config-test.toml")
+    path.write_text(text)
+    config = load_config(path, settings_models())
+    state = open_state(config)
+    inventory = load_inventory(inventory_source(config), state)
+    return Guard(config, state, inventory, repairs=repairs)
+
+
+def test_a_failed_repair_journals_the_output_of_the_steps_that_ran_before_the_error(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    scratch_fleet.hosts["s1"].stop_bup_server()
+    guard = restart_guard(
+        scratch_fleet,
+        [
+            "sh",
+            "-c",
+            "echo stopping bup_server on {name}; echo unit not found, nothing started >&2",
+        ],
+    )
+    decision = guard.submit(RepairRequest("restart_bup_server", scratch_fleet.server_id("s1")))
+    assert decision.status == "failed", decision.message
+    output = guard.journal.get(decision.entry_id).output or ""  # type: ignore[union-attr]
+    step = output.index("[s1] $ sh -c")
+    assert "# rc=0" in output[step:]
+    assert output.index("stopping bup_server on s1") > step
+    assert "unit not found, nothing started" in output, "stderr is kept too"
+    assert output.rstrip().splitlines()[-1].startswith("error: bup_server on s1 did not come up")
+
+
+def test_each_steps_output_in_a_failed_row_is_bounded_to_its_last_characters(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    scratch_fleet.hosts["s1"].stop_bup_server()
+    flood = "yes x | head -c 200000; echo END-OF-STEP"
+    guard = restart_guard(scratch_fleet, ["sh", "-c", flood])
+    decision = guard.submit(RepairRequest("restart_bup_server", scratch_fleet.server_id("s1")))
+    assert decision.status == "failed", decision.message
+    output = guard.journal.get(decision.entry_id).output or ""  # type: ignore[union-attr]
+    assert "END-OF-STEP" in output, "the end of a step's output is what explains it"
+    assert "earlier characters left out" in output
+    assert len(output) < 6000
+
+
+class RestartThatCrashes(RestartBupServer):
+    """restart_bup_server with a bug after its first step (not a WatchdogError)."""
+
+    def execute(
+        self,
+        req: RepairRequest,
+        plan: list[Step],
+        ctx: RepairContext,
+        settings: RestartBupServerSettings,
+    ) -> Outcome:
+        Repair.execute(self, req, plan, ctx, settings)
+        raise KeyError("port")
+
+
+def test_a_repair_that_crashes_is_journaled_as_failed_with_its_steps_not_left_running(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    scratch_fleet.hosts["s1"].stop_bup_server()
+    guard = restart_guard(
+        scratch_fleet,
+        ["echo", "restart", "requested"],
+        repairs={"restart_bup_server": RestartThatCrashes()},
+    )
+    req = RepairRequest("restart_bup_server", scratch_fleet.server_id("s1"), fingerprint="f00d")
+    decision = guard.submit(req)
+    assert decision.status == "failed"
+    entry = guard.journal.get(decision.entry_id)
+    assert entry is not None and entry.status == "failed" and entry.finished_at is not None
+    assert "restart requested" in (entry.output or "")
+    assert "unexpected error in restart_bup_server: KeyError: 'port'" in (entry.output or "")
+    assert guard.journal.active_fingerprint("f00d") is None, "the alert is not blocked"
+    assert guard.leases.holder(req.target) is None

@@ -2,13 +2,18 @@
 
 Validated strictly (a bad payload gets 400 naming the field), split into its alerts; firing alerts
 whose name maps to a repair are queued for the guard, resolved ones never start anything, and one
-alert fingerprint is never acted on twice while its repair is queued, pending or running. The
-handler only enqueues, so it answers in milliseconds whatever the repairs cost.
+alert fingerprint is never acted on twice while its repair is queued, pending or running, and a
+repair target the guard decided on for an alert within ``[alerts] cooldown_seconds`` is not asked
+for again (Alertmanager re-sends firing alerts; each re-delivery would be one more journal row).
+The handler only enqueues, so it answers in milliseconds whatever the repairs cost.
 Payload reference: https://prometheus.io/docs/alerting/latest/configuration/#webhook_config
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import Counter
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,10 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from repairs.base import Repair, RepairRequest, RepairSettings
 from watchdog.config import AlertsConfig
-from watchdog.journal import Journal
+from watchdog.guard import alert_cooldown
+from watchdog.journal import ALERT_REQUESTER, Journal
 from watchdog.model import is_uuid, is_v4_uuid
 from watchdog.repair_queue import QueueFull, RepairQueue, Work
-from watchdog.state import State
+from watchdog.state import State, StateError
+
+log = logging.getLogger(__name__)
 
 Labels = dict[str, str]
 
@@ -75,7 +83,10 @@ def handle(
     """Split the payload into repair requests and queue them; return what was done with each."""
     rules = {r.alertname: r.repair for r in config.rules}
     journal = Journal(state)
+    now = time.time()
+    receiver = "".join(c for c in payload.receiver[:64] if c.isprintable())
     queued, ignored = 0, []
+    cooled: Counter[str] = Counter()
     for alert in payload.alerts:
         name = alert.labels.get("alertname", "")
         why = _skip_reason(alert, name, rules, repairs)
@@ -118,11 +129,23 @@ def handle(
                 repair.name,
                 server_id,
                 pid,
-                requested_by=f"alertmanager:{payload.receiver[:64]}",
+                requested_by=f"{ALERT_REQUESTER}{receiver}",
                 reason=(alert.annotations.get("summary") or name)[:500],
                 fingerprint=fingerprint,
                 params={"alert_labels": dict(alert.labels)},
             )
+            cooldown = alert_cooldown(journal, req, config, now)
+            if cooldown:
+                cooled[repair.name] += 1
+                log.debug(
+                    "alert %s: %s on %s not asked for: %s",
+                    fingerprint,
+                    repair.name,
+                    req.target,
+                    cooldown,
+                )
+                ignored.append({"fingerprint": fingerprint, "alertname": name, "why": cooldown})
+                continue
             try:
                 if queue.put(Work(request=req)):
                     queued += 1
@@ -132,6 +155,10 @@ def handle(
                     )
             except QueueFull as exc:
                 ignored.append({"fingerprint": fingerprint, "alertname": name, "why": str(exc)})
+    try:
+        journal.count_alert_cooldown(cooled)
+    except StateError as exc:  # counting must not fail the webhook
+        log.warning("alert requests held back by the cooldown not counted: %s", exc)
     return {"queued": queued, "ignored": ignored, "alerts": len(payload.alerts)}
 
 
