@@ -101,7 +101,11 @@ class Daemon:
         #: With [membership] enabled: heartbeats, and this watchdog's share of the hosts.
         self.membership = Membership.from_config(config) if config.membership.enabled else None
         self.runner = Runner(
-            config, self.state, inventory_source(config), membership=self.membership
+            config,
+            self.state,
+            inventory_source(config),
+            membership=self.membership,
+            incremental=True,
         )
         #: One lease backend for every guard of this daemon ([guard] leases).
         self.leases = lease_backend(config, Journal(self.state))

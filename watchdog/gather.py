@@ -6,9 +6,10 @@ flood) becomes a GatherFailure with one sentence, never a traceback, and the oth
 
 Incremental sweeps (optional, a ``RepoCache``): the gather sends each host's probe the fingerprints
 of the repositories it already knows (see ``probe.fingerprint``); the probe walks only those whose
-fingerprint changed and names the others in ``repo_unchanged`` records, for which the cached facts
-are reused. Every repository is still walked in full at least every ``max_age`` seconds (spread
-over time per repository), so what the fingerprint does not cover is late by at most that much.
+fingerprint changed and names the others in one ``unchanged`` record (a bitmap over the known
+project ids), for which the cached facts are reused. Every repository is still walked in full at
+least every ``max_age`` seconds (spread over time per repository), so what the fingerprint does
+not cover is late by at most that much.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import cache
@@ -47,6 +48,7 @@ from watchdog.model import (
     Server,
     TcpProbe,
 )
+from watchdog.probe import known_order
 from watchdog.transport.base import Transport
 from watchdog.transport.local import LocalTransport
 from watchdog.transport.ssh import SshTransport
@@ -82,7 +84,7 @@ def probe_program(
         raise ProbeError("the probe has no single KNOWN_STATE line to fill in")
     repos, dirs = known or {}, known_dirs or {}
     data = "".join(
-        f"{pid} {repos.get(pid, '-')} {dirs.get(pid, '-')}\n" for pid in sorted({*repos, *dirs})
+        f"{pid} {repos.get(pid, '-')} {dirs.get(pid, '-')}\n" for pid in known_order(repos, dirs)
     ).encode("ascii")
     blob = base64.b64encode(zlib.compress(data, 1))  # level 1: 3x faster, hardly bigger
     return source.replace(KNOWN_STATE_LINE, b'\nKNOWN_STATE = "' + blob + b'"\n', 1)
@@ -189,6 +191,16 @@ class RepoCache:
                 self._hosts.pop(server_id, None)
                 self.last_counts.pop(server_id, None)
 
+    def retain(self, server_ids: Collection[str]) -> None:
+        """Drop the entries of every host not in ``server_ids`` (gone from the inventory, or now
+        swept by another watchdog): they would only take memory, and be old if the host came back
+        (still correct: fingerprints vouch for every reuse, but walked again soon anyway)."""
+        keep = set(server_ids)
+        with self._lock:
+            for sid in [sid for sid in self._hosts if sid not in keep]:
+                del self._hosts[sid]
+                self.last_counts.pop(sid, None)
+
     def totals(self) -> tuple[int, int]:
         """(walked, reused) repositories over every host's last gather."""
         with self._lock:
@@ -228,6 +240,65 @@ def _share_values(rec: dict[str, Any], shared: dict[object, dict[str, Any]]) -> 
         rec["settings"] = shared.setdefault(key, settings)
     except TypeError:  # a list or dict value: not shared
         pass
+
+
+def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> Iterator[int]:
+    """The bit numbers set in one of the ``unchanged`` record's bitmaps; ProbeError if malformed."""
+    try:
+        data = base64.b64decode(str(rec.get(key, "")), validate=True)
+    except ValueError:
+        raise ProbeError(f"line {line}: the probe's {key} bitmap is not base64") from None
+    if len(data) != (size + 7) // 8:
+        raise ProbeError(
+            f"line {line}: the probe's {key} bitmap has {len(data)} bytes for {size} known "
+            "projects (it was not given this host's known state)"
+        )
+    for i, byte in enumerate(data):
+        while byte:
+            low = byte & -byte
+            n = i * 8 + low.bit_length() - 1
+            if n >= size:
+                raise ProbeError(f"line {line}: the probe's {key} bitmap names no known project")
+            yield n
+            byte ^= low
+
+
+def _reuse_unchanged(
+    rec: dict[str, Any], line: int, before: HostCache, facts: HostFacts, fresh: HostCache | None
+) -> int:
+    """Reuse the cached facts of what the probe reports unchanged; returns repositories reused.
+
+    Refuses (ProbeError) a report naming a repository or directory the probe was not given a
+    fingerprint or digest for: facts are only ever reused for what the gather vouched for.
+    """
+    order = known_order(before.repos, before.dirs)
+    if rec.get("known") != len(order):
+        raise ProbeError(
+            f"line {line}: the probe knew {rec.get('known')!r} projects, it was given {len(order)}"
+        )
+    reused = 0
+    for n in _bits(rec, "repos", len(order), line):
+        kept = before.repos.get(order[n])
+        if kept is None:
+            raise ProbeError(
+                f"line {line}: the probe reported repository {order[n]} unchanged, "
+                "but it was not given that repository's fingerprint"
+            )
+        facts.repos[kept.facts.project_id] = kept.facts
+        reused += 1
+        if fresh is not None:
+            fresh.repos[kept.facts.project_id] = kept
+    for n in _bits(rec, "project_dirs", len(order), line):
+        kept_dir = before.dirs.get(order[n])
+        if kept_dir is None:
+            raise ProbeError(
+                f"line {line}: the probe reported project directory {order[n]} unchanged, "
+                "but it was not given that directory's digest"
+            )
+        facts.project_dirs[kept_dir.facts.project_id] = kept_dir.facts
+        if fresh is not None:
+            fresh.dirs[kept_dir.facts.project_id] = kept_dir
+    return reused
 
 
 def parse_probe_lines(
@@ -277,35 +348,14 @@ def parse_probe_lines(
             fp = rec.get("fingerprint")
             if fresh is not None and isinstance(fp, str) and fp:
                 fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
-        elif kind == "repo_unchanged":
-            pid = rec.get("project_id")
-            known = before.repos.get(pid) if isinstance(pid, str) else None
-            if known is None or rec.get("fingerprint") != known.fingerprint:
-                raise ProbeError(
-                    f"line {n}: the probe reported repository {str(pid)[:40]!r} unchanged, "
-                    "but it was not given that repository's fingerprint"
-                )
-            facts.repos[known.facts.project_id] = known.facts
-            reused += 1
-            if fresh is not None:
-                fresh.repos[known.facts.project_id] = known
         elif kind == "project_dir":
             d = ProjectDirFacts.from_record(rec)
             facts.project_dirs[d.project_id] = d
             digest = rec.get("digest")
             if fresh is not None and isinstance(digest, str) and digest:
                 fresh.dirs[d.project_id] = CachedDir(digest, d)
-        elif kind == "project_dir_unchanged":
-            pid = rec.get("project_id")
-            kept = before.dirs.get(pid) if isinstance(pid, str) else None
-            if kept is None or rec.get("digest") != kept.digest:
-                raise ProbeError(
-                    f"line {n}: the probe reported project directory {str(pid)[:40]!r} "
-                    "unchanged, but it was not given that directory's digest"
-                )
-            facts.project_dirs[kept.facts.project_id] = kept.facts
-            if fresh is not None:
-                fresh.dirs[kept.facts.project_id] = kept
+        elif kind == "unchanged":
+            reused += _reuse_unchanged(rec, n, before, facts, fresh)
         elif kind == "stray":
             if len(facts.strays) < MAX_STRAYS_KEPT:
                 facts.strays.append(rec)

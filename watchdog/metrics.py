@@ -325,3 +325,15 @@ class StateCollector(Collector):
         if loaded is not None:
             age.add_metric([], max(0.0, time.time() - float(loaded)))
         yield age
+        repos = _gauge(
+            "sweep_repositories",
+            "Repositories in the daemon's last incremental sweep, by how their facts were had: "
+            "walked in full, or reused because the host found their fingerprint unchanged "
+            "(absent when incremental sweeps are off).",
+            ["how"],
+        )
+        for how in ("walked", "reused"):
+            value = meta.get(f"incremental_{how}")
+            if value is not None:
+                repos.add_metric([how], float(value))
+        yield repos

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from checks import registry
 from watchdog.config import Config
 from watchdog.errors import ConfigError, InventoryError, WatchdogError
+from watchdog.gather import RepoCache
 from watchdog.inventory.base import InventorySource
 from watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
 from watchdog.journal import Journal, apply_overrides
@@ -89,7 +90,9 @@ class Runner:
     """Runs sweeps for one config, with state, check back-off and deep-check cadence.
 
     With ``membership`` (several watchdogs on one fleet), a sweep that names no servers sweeps
-    only those this watchdog owns now (``watchdog/membership.py``).
+    only those this watchdog owns now (``watchdog/membership.py``). With ``incremental`` (the
+    daemon, when ``[incremental] enabled``) the runner keeps a RepoCache from one sweep to the
+    next, so that hosts skip the walk of repositories that did not change.
     """
 
     def __init__(
@@ -98,11 +101,16 @@ class Runner:
         state: State | None,
         source: InventorySource,
         membership: Membership | None = None,
+        *,
+        incremental: bool = False,
     ) -> None:
         self.config = config
         self.state = state
         self.source = source
         self.membership = membership
+        self.repo_cache: RepoCache | None = None
+        if incremental and config.incremental.enabled:
+            self.repo_cache = RepoCache(max_age=config.incremental.full_walk_seconds)
         self._check_failures: dict[str, int] = {}
         self._check_backoff_until: dict[str, float] = {}
 
@@ -160,6 +168,7 @@ class Runner:
         if not checks:
             return None
         inventory = load_inventory(self.source, self.state)
+        explicit = bool(servers)
         if self.membership is not None and not servers:
             servers = self.membership.select(inventory, self.state)
             if not servers:
@@ -173,10 +182,16 @@ class Runner:
             on_host_done=on_host_done,
             state=self.state,
             deep=run_deep,
+            repo_cache=self.repo_cache,
         )
+        if self.repo_cache is not None and not explicit:
+            self.repo_cache.retain(result.facts)
         self._note_check_errors(result, now)
         if self.state is not None:
             record(self.state, result)
+            if self.repo_cache is not None:
+                walked, reused = self.repo_cache.totals()
+                self.state.set_meta(incremental_walked=walked, incremental_reused=reused)
             if run_deep:
                 self.state.set_meta(deep_last_run=now)
         return result

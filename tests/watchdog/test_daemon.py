@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import httpx
+from conftest import SCRATCH_P1
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.prometheus import WatchdogDaemon, poll, watchdog_config
 from watchdog.model import Severity
+from watchdog.sandbox import repos as sandbox_repos
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.state import State
 
@@ -278,3 +280,36 @@ def test_a_garbled_inventory_is_replaced_by_the_cached_one_and_flagged_stale_unt
         assert sample(third, "bupwatch_inventory_stale") == 0
         assert daemon.proc.poll() is None
     assert "using the cached inventory" in daemon.log()
+
+
+def test_the_daemon_sweeps_incrementally_and_still_finds_a_pack_lost_between_sweeps(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config, base = watchdog_config(scratch_fleet, tmp_path, schedule=SHORT_SCHEDULE)
+    s1 = scratch_fleet.server_id("s1")
+    integrity = dict(check="repo_integrity", server_id=s1, severity="critical")
+
+    def reused_everything(found: Samples) -> bool:
+        return sample(found, "bupwatch_sweep_repositories", how="reused") == 2
+
+    with WatchdogDaemon(config) as daemon:
+        # the first sweeps walk both copies (and trust their fingerprints once they are 2 s old)
+        found = wait_for_sweeps(daemon, base, 1)
+        for n in range(2, 5):
+            if reused_everything(found):
+                break
+            found = wait_for_sweeps(daemon, base, n)
+        assert reused_everything(found), "no sweep reused the two unchanged repositories"
+        assert sample(found, "bupwatch_sweep_repositories", how="walked") == 0
+        assert sample(found, "bupwatch_findings", **integrity) == 0
+        swept = sample(found, "bupwatch_sweeps_total") or 0
+
+        sandbox_repos.corrupt_newest_pack(scratch_fleet.repo_path("s1", SCRATCH_P1))
+        # the pack may go while a sweep is under way: the first sweep that sees it is the one
+        for n in range(int(swept) + 1, int(swept) + 4):
+            after = wait_for_sweeps(daemon, base, n)
+            if sample(after, "bupwatch_findings", **integrity):
+                break
+    assert sample(after, "bupwatch_sweep_repositories", how="walked") == 1
+    assert sample(after, "bupwatch_sweep_repositories", how="reused") == 1
+    assert (sample(after, "bupwatch_findings", **integrity) or 0) >= 1

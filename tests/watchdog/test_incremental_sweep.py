@@ -26,6 +26,7 @@ from watchdog.config import Config, SshConfig, load_config
 from watchdog.errors import ProbeError
 from watchdog.gather import (
     KNOWN_STATE_LINE,
+    CachedDir,
     CachedRepo,
     HostCache,
     RepoCache,
@@ -40,10 +41,12 @@ from watchdog.model import (
     GatherFailure,
     HostFacts,
     Inventory,
+    ProjectDirFacts,
     RepoFacts,
     Server,
     Severity,
 )
+from watchdog.probe import bitmap
 from watchdog.sandbox import repos as sandbox_repos
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sweep import sweep
@@ -158,7 +161,7 @@ def test_a_probe_given_an_unreadable_known_state_walks_everything(
         check=True,
     )
     kinds = [json.loads(line)["type"] for line in proc.stdout.splitlines()]
-    assert "repo" in kinds and "repo_unchanged" not in kinds
+    assert "repo" in kinds and "unchanged" not in kinds
     assert b"walking every repository" in proc.stderr
 
 
@@ -361,35 +364,69 @@ def lines(*records: dict[str, object]) -> list[bytes]:
     return [json.dumps(r).encode() for r in records]
 
 
+def unchanged(known: int, repos: list[int], dirs: list[int] = []) -> dict[str, object]:  # noqa: B006
+    return {
+        "type": "unchanged",
+        "known": known,
+        "repos": bitmap(repos, known),
+        "project_dirs": bitmap(dirs, known),
+    }
+
+
 def test_an_unchanged_report_for_a_repository_the_probe_was_not_told_about_is_refused() -> None:
-    facts = HostFacts(SID, time.time())
+    # PID_A was given with a project_dir digest only (no repository fingerprint).
+    kept_dir = CachedDir("cd" * 10, ProjectDirFacts(PID_A, False, 0, 0))
     with pytest.raises(ProbeError, match="not given that repository's fingerprint"):
         parse_probe_lines(
             SID,
-            lines(
-                {"type": "hello"},
-                {"type": "repo_unchanged", "project_id": PID_A, "fingerprint": "00"},
-                {"type": "done"},
-            ),
-            facts,
-            previous=HostCache(),
+            lines({"type": "hello"}, unchanged(1, [0]), {"type": "done"}),
+            HostFacts(SID, time.time()),
+            previous=HostCache(dirs={PID_A: kept_dir}),
             fresh=HostCache(),
         )
 
 
-def test_an_unchanged_report_with_another_fingerprint_is_refused() -> None:
+@pytest.mark.parametrize(
+    "record",
+    [
+        unchanged(2, [0]),  # the probe knew two projects, it was given one
+        {**unchanged(1, [0]), "repos": "AAAA"},  # three bytes for one known project
+        unchanged(8, [7]) | {"known": 1},  # bit 7 of one known project
+        {**unchanged(1, [0]), "repos": "not base64!"},
+    ],
+    ids=["count", "length", "bit-past-the-end", "not-base64"],
+)
+def test_an_unchanged_report_that_does_not_fit_the_known_state_is_refused(
+    record: dict[str, object],
+) -> None:
     kept = CachedRepo("aa" * 10, RepoFacts(PID_A, "/bup/bups/" + PID_A), time.time())
+    facts = HostFacts(SID, time.time())
     with pytest.raises(ProbeError):
         parse_probe_lines(
             SID,
-            lines(
-                {"type": "hello"},
-                {"type": "repo_unchanged", "project_id": PID_A, "fingerprint": "bb" * 10},
-                {"type": "done"},
-            ),
-            HostFacts(SID, time.time()),
+            lines({"type": "hello"}, record, {"type": "done"}),
+            facts,
             previous=HostCache(repos={PID_A: kept}),
         )
+    assert facts.repos == {}
+
+
+def test_an_unchanged_report_reuses_exactly_the_named_facts() -> None:
+    kept = {
+        pid: CachedRepo("aa" * 10, RepoFacts(pid, "/bup/bups/" + pid), time.time())
+        for pid in (PID_A, PID_B)
+    }
+    facts, fresh = HostFacts(SID, time.time()), HostCache()
+    order = sorted(kept)
+    walked, reused = parse_probe_lines(
+        SID,
+        lines({"type": "hello"}, unchanged(2, [order.index(PID_B)]), {"type": "done"}),
+        facts,
+        previous=HostCache(repos=kept),
+        fresh=fresh,
+    )
+    assert (walked, reused) == (0, 1)
+    assert set(facts.repos) == set(fresh.repos) == {PID_B}
 
 
 def test_a_failed_gather_keeps_the_cache_as_it_was(host: LocalHost) -> None:
@@ -467,3 +504,14 @@ def test_a_pack_lost_between_two_incremental_sweeps_is_found_at_once(
     found = {(f.server_id, f.code) for f in result.findings if f.check == "repo_integrity"}
     assert (scratch_fleet.server_id("s1"), "master_not_in_pack") in found
     assert what(result.findings) == what(sweep(config, inventory).findings)
+
+
+def test_retain_drops_the_hosts_no_longer_swept_and_keeps_the_others() -> None:
+    cache = RepoCache()
+    entry = HostCache(repos={PID_A: CachedRepo("ab", RepoFacts(PID_A, "x"), time.time())})
+    cache.replace(SID, entry, 1, 0)
+    cache.replace("other", HostCache(), 0, 0)
+    cache.retain([SID])
+    assert cache.known(SID).repos == entry.repos
+    assert cache.known("other") == HostCache()
+    assert set(cache.last_counts) == {SID}

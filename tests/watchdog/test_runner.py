@@ -1,13 +1,15 @@
-"""The runner's inventory cache: written when the inventory changed, not at every sweep."""
+"""The runner: its inventory cache and its incremental-sweep cache."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from checks import settings_models
 from support.facts import P1, S1
+from watchdog.config import Config, parse_config
 from watchdog.inventory.file import RACY_SECONDS, FileInventory
-from watchdog.runner import load_inventory
+from watchdog.runner import Runner, load_inventory
 from watchdog.state import State
 
 TEXT = f"""
@@ -43,3 +45,22 @@ def test_the_cache_is_written_again_only_when_the_inventory_file_changed(tmp_pat
     assert _saved_at(state) > first
     cached = state.cached_inventory()
     assert cached is not None and cached[2]["projects"][0]["disk_mb"] == 2
+
+
+def _config(tmp_path: Path, incremental: dict[str, object]) -> Config:
+    data = {
+        "inventory": {"file": str(tmp_path / "inventory.toml")},
+        "state": {"directory": str(tmp_path)},
+        "incremental": incremental,
+    }
+    return parse_config(data, settings_models(), source="test", base=tmp_path)
+
+
+def test_only_a_runner_asked_to_be_incremental_keeps_a_repo_cache(tmp_path: Path) -> None:
+    source = FileInventory(tmp_path / "inventory.toml")
+    on = _config(tmp_path, {"full_walk_seconds": 600})
+    assert Runner(on, None, source).repo_cache is None  # one-shot commands walk everything
+    cache = Runner(on, None, source, incremental=True).repo_cache
+    assert cache is not None and cache.max_age == 600
+    off = _config(tmp_path, {"enabled": False})
+    assert Runner(off, None, source, incremental=True).repo_cache is None
