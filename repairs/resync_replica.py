@@ -13,6 +13,13 @@ Design (DESIGN §4, and why):
   ``objects/`` is copied with ``--ignore-existing`` (bup's caches ``*.midx``/``bup.bloom``,
   ``*tmp*`` leftovers of an unfinished write and ``objects/info/`` are not copied). Refs are
   never rsynced.
+- **Each ``.pack`` before its ``.idx``.** rsync sends a directory in name order, ``pack-X.idx``
+  before ``pack-X.pack``, so a copy that stops half-way (ENOSPC, timeout) used to leave an
+  ``.idx`` whose ``.pack`` never came (``repo_garbage``: ``orphan_idx``). The objects are now
+  copied in two passes: the ``*.pack`` files alone, then everything (the ``.idx`` files). git and
+  bup ignore a ``.pack`` without ``.idx`` (nothing reads it until its index arrives) and treat
+  an ``.idx`` without ``.pack`` as absent, so the order only keeps a failed copy tidy; rsync
+  writes each file under a temporary name and renames it when complete.
 - **The ref moves last, by compare-and-swap, only forward.** After the copy the replica proves
   the master's commit is complete there (``git fsck --connectivity-only NEW``), then
   ``git merge-base --is-ancestor OLD NEW`` decides: 0, fast-forward; 1, conflict; anything else
@@ -35,7 +42,14 @@ Design (DESIGN §4, and why):
   placement change half done is the state in which the 2014 near-loss happened.
 - **Live files** are copied with ``--update --one-file-system --exclude=/.snapshots``, only when
   both hosts' ``/projects`` are mounted (checked on fresh facts, and again with ``mountpoint -q``
-  on both hosts right before the copy, the boot race). Known limit: ``--update`` does not apply
+  on both hosts right before the copy, the boot race). The re-check alone left a window: an
+  unmount between it and the rsync would let the rsync write into (or read from) the root
+  disk's ``/projects/<project_id>``. So the rsync itself runs behind ``MOUNTED_GUARD`` on both
+  sides (the receiver on the replica directly, the sender on the master as ``--rsync-path``):
+  it changes into ``/projects`` first, which holds the mount busy (``umount`` fails with EBUSY;
+  ``umount -l`` only detaches it, and the copy stays inside the tree it checked), then proves
+  that its working directory is the root of what is mounted at ``/projects`` now, and only then
+  execs rsync, with paths relative to that directory. Known limit: ``--update`` does not apply
   to a change of type, so a replica file where the master has a directory or symlink is
   replaced whatever the dates say.
 """
@@ -81,8 +95,27 @@ _OBJECT_EXCLUDES = (
     "--exclude=bup.bloom",
     "--exclude=/info/",
 )
+# The first pass over objects/: the packs alone (the .idx files come in the second pass).
+_PACKS_ONLY = ("--include=/pack/", "--include=/pack/*.pack", "--exclude=*")
 # The probe's master_error for a repository without the ref (watchdog/probe.py, _master_ref).
 _MISSING_REF = "refs/heads/master is missing"
+# How MOUNTED_GUARD starts the line that says why it refused (picked out of rsync's output).
+_REFUSED = "resync_replica refused: "
+
+# Run as ``sh -c MOUNTED_GUARD resync-guard SIDE ROOT COMMAND...``: fixed text, the values are
+# positional arguments (SIDE is "master" or "replica", ROOT a validated path). It enters ROOT
+# before it checks it: from then on this shell and the command it execs keep the filesystem
+# busy (umount: EBUSY), so the check and the copy cannot be separated by an unmount. If ROOT was
+# unmounted before the cd, the shell stands on the root disk: ROOT is then no mount point, or
+# (remounted since) not the directory the shell stands in (device:inode differ).
+MOUNTED_GUARD = (
+    "side=$1 root=$2; shift 2; "
+    'if ! cd -- "$root" || ! mountpoint -q "$root" || '
+    '[ "$(stat -c %d:%i .)" != "$(stat -c %d:%i "$root")" ]; '
+    f'then echo "{_REFUSED}$root on the $side is not mounted, or is no longer the filesystem '
+    'this copy stands in; nothing copied" >&2; exit 97; fi; '
+    'exec "$@"'
+)
 
 
 class ResyncReplicaSettings(RepairSettings):
@@ -239,6 +272,11 @@ def _live(server: Server, project_id: str) -> str:
     return f"{server.projects_root.rstrip('/')}/{project_id}"
 
 
+def _guarded(side: str, root: str, *argv: str) -> tuple[str, ...]:
+    """``argv`` run in ``root`` only while ``root`` is mounted there (MOUNTED_GUARD)."""
+    return ("sh", "-c", MOUNTED_GUARD, "resync-guard", side, root, *argv)
+
+
 def _git(repo: str, *args: str) -> tuple[str, ...]:
     return ("git", f"--git-dir={repo}", *args)
 
@@ -248,6 +286,9 @@ def _tail(result: CommandResult) -> str:
     if not text:
         return "no output"
     lines = text.splitlines()
+    refused = next((line for line in lines if line.startswith(_REFUSED)), None)
+    if refused is not None:  # MOUNTED_GUARD said why; rsync's own lines only say it ended
+        return refused[-300:]
     # rsync prints the cause first ("rsync: [receiver] write failed on …: No space left on
     # device (28)") and a summary last ("rsync error: … (code 11)"), which alone hides it.
     cause = next((line for line in lines if line.startswith("rsync: ")), None)
@@ -639,6 +680,21 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 f"create the missing repository {r_repo} on {r.label}",
             )
         add(
+            "packs",
+            rid,
+            self._copy(
+                settings,
+                m,
+                f"{m_repo}/objects/",
+                f"{r_repo}/objects/",
+                "--ignore-existing",
+                *_OBJECT_EXCLUDES,
+                *_PACKS_ONLY,
+            ),
+            f"copy the master's .pack files that {r.label} lacks first, so an .idx never "
+            "arrives without its .pack (immutable: no overwrite, no --delete)",
+        )
+        add(
             "objects",
             rid,
             self._copy(
@@ -673,6 +729,20 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 rid,
                 _git(r_repo, "update-ref", "-m", msg, tag, s.old, ZERO_SHA),
                 f"conflict: tag the replica's commit as {tag} on {r.label}",
+            )
+            add(
+                "conflict_packs",
+                mid,
+                self._copy(
+                    settings,
+                    r,
+                    f"{r_repo}/objects/",
+                    f"{m_repo}/objects/",
+                    "--ignore-existing",
+                    *_OBJECT_EXCLUDES,
+                    *_PACKS_ONLY,
+                ),
+                f"conflict: copy the replica's .pack files that {m.label} lacks first",
             )
             add(
                 "conflict_objects",
@@ -737,19 +807,30 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 ("mountpoint", "-q", m.projects_root),
                 f"{m.projects_root} is still mounted on {m.label}",
             )
+            # Both ends stand in their host's /projects, checked mounted in the same command
+            # (the sender through --rsync-path, which the master's login shell runs); the paths
+            # are relative to it, so neither end can reach the root disk's directory under it.
+            sender = shlex.join(_guarded("master", m.projects_root, "rsync"))
             add(
                 "live",
                 rid,
-                self._copy(
-                    settings,
-                    m,
-                    f"{_live(m, pid)}/",
-                    f"{_live(r, pid)}/",
-                    "--update",
-                    "--one-file-system",
-                    "--exclude=/.snapshots",
+                _guarded(
+                    "replica",
+                    r.projects_root,
+                    *self._copy(
+                        settings,
+                        m,
+                        f"{pid}/",
+                        f"{pid}/",
+                        "--update",
+                        "--one-file-system",
+                        "--exclude=/.snapshots",
+                        f"--rsync-path={sender}",
+                    ),
                 ),
-                "copy live files the replica lacks or has older (.snapshots skipped, no --delete)",
+                "copy live files the replica lacks or has older (.snapshots skipped, no "
+                f"--delete), only while {r.projects_root} on {r.label} and {m.projects_root} on "
+                f"{m.label} are mounted (checked in the same command, which holds them busy)",
             )
         env = [
             "env",
@@ -807,12 +888,13 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 )
             return result.returncode
 
-        for kind in ("init", "objects", "complete"):
+        for kind in ("init", "packs", "objects", "complete"):
             if kind in steps:
                 run(kind)
         if "ancestry" in steps and run("ancestry", ok=(0, 1)) == 1:
             for kind in (
                 "conflict_tag_replica",
+                "conflict_packs",
                 "conflict_objects",
                 "conflict_complete",
                 "conflict_tag_master",

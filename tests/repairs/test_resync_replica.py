@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import SCRATCH_P1
 
-from repairs.base import RepairRequest
+from repairs.base import RepairRequest, Step
 from support.fleet import (
     bup_save_on,
     file_digests,
@@ -29,6 +30,8 @@ from watchdog.sandbox import repos
 from watchdog.sandbox.fleet import SandboxFleet
 
 P = SCRATCH_P1
+# The root disk's /projects: what a host sees once its /projects tmpfs is unmounted.
+ROOT_DISK_PROJECTS = Path("/projects")
 AUTO = '[repairs.resync_replica]\nmode = "auto"\n'
 # The sandbox's newest saves are 10 min old; a 1-minute bound makes the stale replica a finding.
 LAG = "[checks.replication_lag]\nwarn_seconds = 60\n"
@@ -356,3 +359,101 @@ def test_ids_that_are_not_projects_are_refused_before_any_command(
     assert len(refused) == len(BAD_IDS)
     assert all((e.refusal or "").startswith("invalid: ") for e in refused)
     assert fleet_digest(fleet) == before
+
+
+def inside(fleet: SandboxFleet, host: str, path: str) -> Path:
+    """A path as the host sees it, from outside (through its sshd's root)."""
+    return Path(f"/proc/{fleet.hosts[host].sshd_pid}/root") / path.lstrip("/")
+
+
+def root_disk_files() -> dict[str, str] | None:
+    """The project's directory on the root disk, where an unguarded copy would land."""
+    where = ROOT_DISK_PROJECTS / P
+    return file_digests(where) if where.exists() else None
+
+
+@pytest.mark.parametrize("host", ["s2", "s1"], ids=["replica", "master"])
+def test_projects_unmounted_after_the_mount_recheck_is_refused_by_the_live_copy_command_itself(
+    stale: SandboxFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    """The boot race inside the repair: ``mountpoint -q`` has passed on both hosts, then
+    /projects goes away before the live-file rsync starts. The unmount is real (``umount``
+    inside the host); only its moment is chosen, by a wrapper around Context.run that unmounts
+    right before the live step's command goes out over SSH (else the window is milliseconds
+    wide). Nothing is faked: the command that runs rsync must itself see the mount is gone."""
+    fleet = stale
+    role = "replica" if host == "s2" else "master"
+    old = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
+    kept = {}
+    for h in ("s1", "s2"):  # the tmpfs outlives its unmount, so its files can be compared after
+        keep = tmp_path / f"keep-{h}"
+        keep.mkdir()
+        fleet.hosts[h].run(["mount", "--bind", "/projects", str(keep)], check=True)
+        kept[h] = inside(fleet, h, str(keep))
+    live_before = {h: tree_digest(kept[h]) for h in kept}
+    root_disk_before = root_disk_files()
+    real_run = Context.run
+    unmounted: list[str] = []
+
+    def run_unmounting_first(self: Context, step: Step) -> object:
+        if getattr(step, "kind", "") == "live":
+            fleet.hosts[host].run(["umount", "/projects"], check=True)
+            unmounted.append(host)
+        return real_run(self, step)
+
+    monkeypatch.setattr(Context, "run", run_unmounting_first)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert unmounted == [host], "the repair never reached its live copy"
+    assert decision.status == "failed", decision.message
+    assert f"resync_replica refused: /projects on the {role} is not mounted" in decision.message
+    [entry] = guard.journal.entries(status="failed")
+    assert "resync_replica refused" in (entry.output or "")
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == old, "ref not moved"
+    assert root_disk_files() == root_disk_before, "the copy wrote to the root disk's /projects"
+    assert {h: tree_digest(kept[h]) for h in kept} == live_before, "live files changed"
+
+
+def test_a_replica_disk_that_fills_up_mid_resync_is_left_without_an_idx_whose_pack_never_came(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    """Real ENOSPC (the replica's repository moved onto a tmpfs too small for the new pack, as
+    tests/faults does): rsync sends pack-X.idx before pack-X.pack by name, so the .packs go
+    first in a pass of their own and a full disk stops the copy before any .idx arrives."""
+    fleet = scratch_fleet
+    s2 = fleet.hosts["s2"]
+    # ~3 MB of incompressible text in one new save on the master: a pack that will not fit.
+    bup_save_on(fleet, "s1", P, int(time.time()), {"big.txt": os.urandom(1_500_000).hex()})
+    repo = f"/bup/bups/{P}"
+    used_kb = int(s2.run(["du", "-sk", repo], check=True).stdout.split()[0])
+    stage = tmp_path / "full"
+    stage.mkdir()
+    s2.run(
+        ["/bin/sh", "-c", 'set -e; mount -t tmpfs -o size="$1"k resync-full "$2"; '
+         'cp -a "$3"/. "$2"/; mount --move "$2" "$3"', "sh", str(used_kb + 512), str(stage), repo],
+        check=True,
+    )  # fmt: skip
+    packs = inside(fleet, "s2", repo) / "objects" / "pack"
+    before = sorted(p.name for p in packs.iterdir())
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "failed", decision.message
+    assert "No space left on device" in decision.message, decision.message
+    after = sorted(p.name for p in packs.iterdir())
+    orphans = [i for i in after if i.endswith(".idx") and i[:-4] + ".pack" not in after]
+    assert not orphans, f".idx without its .pack left on the replica: {orphans}"
+    assert after == before, "a failed copy leaves nothing behind in objects/pack"
+    [entry] = guard.journal.entries(status="failed")
+    commands = [step["command"] for step in entry.plan]
+    copies = [c for c in commands if c.startswith("rsync ") and "/objects/" in c]
+    # Both directions (the conflict path too): the packs alone, then the same copy in full.
+    pack_filters = ["--include=/pack/", "--include=/pack/*.pack", "--exclude=*"]
+    assert len(copies) == 4, copies
+    for packs_only, everything in zip(copies[::2], copies[1::2], strict=True):
+        argv = shlex.split(packs_only)
+        assert [a for a in argv if a not in pack_filters] == shlex.split(everything)
+        assert all(a in argv for a in pack_filters), packs_only
