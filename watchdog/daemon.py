@@ -70,7 +70,7 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
     app = create_app(
         reg,
         state,
-        ready=(lambda: daemon.last_result is not None) if daemon is not None else None,
+        ready=(lambda: daemon.last_worst is not None) if daemon is not None else None,
         repairs=daemon.queue if daemon is not None else None,
         token=read_token(config.guard.api_token_file),
         alerts=config.alerts,
@@ -110,7 +110,10 @@ class Daemon:
         #: One lease backend for every guard of this daemon ([guard] leases).
         self.leases = lease_backend(config, Journal(self.state))
         self.inventory: Inventory | None = None
-        self.last_result: SweepResult | None = None
+        #: The worst severity of the last sweep (None before the first). The sweep's result
+        #: itself is not kept: its facts (~150 MB at 100,000 repositories) would live on while the
+        #: next sweep builds its own.
+        self.last_worst: Severity | None = None
         self.stopping = threading.Event()
         self._servers_cache: Mapping[str, Server] | None = None
         alerts = config.alerts
@@ -164,7 +167,7 @@ class Daemon:
             log.debug("no check is due")
             return
         self.inventory = result.inventory
-        self.last_result = result
+        self.last_worst = result.worst
         if self.config.schedule.auto_repair and not self.stopping.is_set():
             self._repair(result)
         counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
@@ -236,7 +239,7 @@ class Daemon:
             try:
                 if once:
                     self.sweep_job()
-                    return int(self.last_result.worst) if self.last_result else 3
+                    return int(self.last_worst) if self.last_worst is not None else 3
                 return self._loop()
             finally:
                 self.queue.stop()

@@ -144,3 +144,17 @@ def test_a_project_dir_record_from_an_older_probe_has_an_empty_sample() -> None:
     d = host_facts(S1, host_records(old)).project_dirs[P1]
     assert (dict(d.owners), d.sampled, d.sample_skipped, dict(d.examples)) == ({}, 0, False, {})
     assert evaluate(old) == []
+
+
+def test_only_the_examples_of_other_owners_are_kept_from_a_project_dir_record() -> None:
+    rec = project_dir(
+        P1,
+        owners={str(UID1): 5, "0": 2},
+        examples={str(UID1): [".", "a", "b"], "0": ["x/root-owned"]},
+        sampled=7,
+    )
+    d = host_facts(S1, host_records(rec)).project_dirs[P1]
+    assert dict(d.examples) == {ROOT: ("x/root-owned",)}
+    assert dict(d.owners) == {UID1: 5, ROOT: 2}
+    (finding,) = evaluate(rec)
+    assert "e.g. x/root-owned" in finding.message
