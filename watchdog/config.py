@@ -217,6 +217,24 @@ class DeepConfig(Section):
     )
 
 
+class IncrementalConfig(Section):
+    """Incremental sweeps in the daemon: unchanged repositories are not walked again."""
+
+    enabled: bool = Field(
+        True,
+        description="Keep each repository's last facts in memory and let the hosts skip the walk "
+        "of unchanged ones (20 lstat calls instead of a full walk). One-shot commands (check, "
+        "run --once, audit --fresh) always walk everything.",
+    )
+    full_walk_seconds: float = Field(
+        21600.0,
+        ge=60,
+        description="Every repository is still walked in full at least this often (each one "
+        "between half and all of it, so the full walks spread out): what a fingerprint cannot "
+        "see (an .idx rewritten in place, entries in hooks/ or info/) is late by at most this.",
+    )
+
+
 class ScheduleConfig(Section):
     """When the daemon (bup-watchdog run) sweeps."""
 
@@ -423,6 +441,7 @@ class Config(Section):
     state: StateConfig = Field(default_factory=StateConfig)  # type: ignore[arg-type]
     http: HttpConfig = Field(default_factory=HttpConfig)  # type: ignore[arg-type]
     deep: DeepConfig = Field(default_factory=DeepConfig)  # type: ignore[arg-type]
+    incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)  # type: ignore[arg-type]
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # type: ignore[arg-type]
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # type: ignore[arg-type]
     guard: GuardConfig = Field(default_factory=GuardConfig)  # type: ignore[arg-type]
