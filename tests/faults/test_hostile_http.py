@@ -28,6 +28,7 @@ from schemathesis.generation import GenerationMode
 
 from faults.harness import AtStake, Daemon, get, write_config
 from faults.recorder import Reliability, short
+from support import alerts
 from watchdog.config import AlertsConfig
 from watchdog.guard import Guard
 from watchdog.http.app import create_app
@@ -79,34 +80,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def alert(labels: Any, **changes: Any) -> dict[str, Any]:
-    one = {
-        "status": "firing",
-        "labels": labels,
-        "annotations": {"summary": "hostile"},
-        "startsAt": "2026-11-28T01:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "",
-        "fingerprint": secrets.token_hex(8),
-    }
-    one.update(changes)
-    return one
+    """A firing alert (the shape of ``support.alerts``) with ``labels`` as given and any field
+    replaced by ``changes``: either may be deliberately malformed."""
+    one = alerts.alert("", fp=secrets.token_hex(8), summary="hostile", generator_url="")
+    return {**one, "labels": labels, **changes}
 
 
-def payload(*alerts: Any, **changes: Any) -> dict[str, Any]:
-    body = {
-        "version": "4",
-        "receiver": "bupwatch",
-        "status": "firing",
-        "alerts": list(alerts),
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "",
-        "groupKey": "{}",
-        "truncatedAlerts": 0,
-    }
-    body.update(changes)
-    return body
+def payload(*alerts_: Any, **changes: Any) -> dict[str, Any]:
+    """A bare body (no URLs) of ``alerts_`` with any field replaced by ``changes``."""
+    return {**alerts.payload(*alerts_, external_url="", group_key="{}"), **changes}
 
 
 def check_answer(r: httpx.Response, what: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from support.alerts import bup_server_down
 from support.fleet import make_guard
 from watchdog.guard import Guard
 from watchdog.http.app import create_app
@@ -24,32 +25,6 @@ TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def payload(server_id: str, *fingerprints: str) -> dict[str, Any]:
-    return {
-        "version": "4",
-        "receiver": "bupwatch",
-        "status": "firing",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "BupWatchBupServerDown", "server_id": server_id},
-                "annotations": {"summary": "bup_server down"},
-                "startsAt": "2026-11-28T01:00:00Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "generatorURL": "",
-                "fingerprint": fp,
-            }
-            for fp in fingerprints
-        ],
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "",
-        "groupKey": "{}",
-        "truncatedAlerts": 0,
-    }
-
-
 @dataclass
 class Webhook:
     client: TestClient
@@ -59,7 +34,8 @@ class Webhook:
     s1: str
 
     def post(self, *fingerprints: str) -> dict[str, Any]:
-        r = self.client.post("/alertmanager", json=payload(self.s1, *fingerprints), headers=AUTH)
+        body = bup_server_down(*((fp, self.s1) for fp in fingerprints), summary="bup_server down")
+        r = self.client.post("/alertmanager", json=body, headers=AUTH)
         assert r.status_code == 200, r.text
         return dict(r.json())
 
