@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from watchdog.config import DeepConfig, SshConfig
 from watchdog.deep import run_deep
@@ -263,6 +263,33 @@ def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> Iterator[int]:
             byte ^= low
 
 
+Kept = TypeVar("Kept", CachedRepo, CachedDir)
+
+
+def _reuse(
+    ids: Iterable[str],
+    kept: Mapping[str, Kept],
+    into: dict[str, Any],
+    fresh: dict[str, Kept] | None,
+    noun: str,
+    vouched_by: str,
+) -> int:
+    """Put the kept facts of ``ids`` into ``into`` (and their entries into ``fresh``)."""
+    count = 0
+    for pid in ids:
+        entry = kept.get(pid)
+        if entry is None:
+            raise ProbeError(
+                f"the probe reported {noun} {pid} unchanged, "
+                f"but it was not given that {noun}'s {vouched_by}"
+            )
+        into[entry.facts.project_id] = entry.facts
+        if fresh is not None:
+            fresh[entry.facts.project_id] = entry
+        count += 1
+    return count
+
+
 def _reuse_unchanged(
     rec: dict[str, Any], line: int, before: HostCache, facts: HostFacts, fresh: HostCache | None
 ) -> int:
@@ -276,28 +303,27 @@ def _reuse_unchanged(
         raise ProbeError(
             f"line {line}: the probe knew {rec.get('known')!r} projects, it was given {len(order)}"
         )
-    reused = 0
-    for n in _bits(rec, "repos", len(order), line):
-        kept = before.repos.get(order[n])
-        if kept is None:
-            raise ProbeError(
-                f"line {line}: the probe reported repository {order[n]} unchanged, "
-                "but it was not given that repository's fingerprint"
-            )
-        facts.repos[kept.facts.project_id] = kept.facts
-        reused += 1
-        if fresh is not None:
-            fresh.repos[kept.facts.project_id] = kept
-    for n in _bits(rec, "project_dirs", len(order), line):
-        kept_dir = before.dirs.get(order[n])
-        if kept_dir is None:
-            raise ProbeError(
-                f"line {line}: the probe reported project directory {order[n]} unchanged, "
-                "but it was not given that directory's digest"
-            )
-        facts.project_dirs[kept_dir.facts.project_id] = kept_dir.facts
-        if fresh is not None:
-            fresh.dirs[kept_dir.facts.project_id] = kept_dir
+    repos = (order[n] for n in _bits(rec, "repos", len(order), line))
+    dirs = (order[n] for n in _bits(rec, "project_dirs", len(order), line))
+    try:
+        reused = _reuse(
+            repos,
+            before.repos,
+            facts.repos,
+            None if fresh is None else fresh.repos,
+            "repository",
+            "fingerprint",
+        )
+        _reuse(
+            dirs,
+            before.dirs,
+            facts.project_dirs,
+            None if fresh is None else fresh.dirs,
+            "project directory",
+            "digest",
+        )
+    except ProbeError as exc:
+        raise ProbeError(f"line {line}: {exc}") from None
     return reused
 
 
