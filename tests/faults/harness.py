@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from faults.harm import Loss, Snapshot, loss
 from support.prometheus import WatchdogDaemon, poll, watchdog_config
+from support.scrape import Samples, metrics
+from support.scrape import sample as sample  # the fault tests import it from here too
 from watchdog.sandbox.fleet import SandboxFleet
 
 CLI = [sys.executable, "-m", "watchdog.cli"]
@@ -202,23 +203,6 @@ def get(url: str, **kwargs: Any) -> httpx.Response | None:
         return httpx.get(url, timeout=5, **kwargs)
     except httpx.HTTPError:
         return None
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def metrics(base: str) -> Samples:
-    r = httpx.get(f"{base}/metrics", timeout=5)
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(r.text)
-        for s in fam.samples
-    }
-
-
-def sample(found: Samples, name: str, **labels: str) -> float | None:
-    return found.get((name, frozenset(labels.items())))
 
 
 def wait_metric(

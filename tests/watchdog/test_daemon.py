@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 from conftest import SCRATCH_P1
-from prometheus_client.parser import text_string_to_metric_families
 
 from support.prometheus import WatchdogDaemon, poll, watchdog_config
+from support.scrape import Samples, by_label, metrics, sample
 from watchdog.model import Severity
 from watchdog.sandbox import repos as sandbox_repos
 from watchdog.sandbox.fleet import SandboxFleet
@@ -45,28 +45,6 @@ def wait_status(
     return poll(
         probe, timeout=timeout, what=f"{url} to answer {status}", interval=0.05, alive=daemon.dead
     )
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def metrics(base: str) -> Samples:
-    r = httpx.get(f"{base}/metrics", timeout=5)
-    assert r.status_code == 200
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(r.text)
-        for s in fam.samples
-    }
-
-
-def sample(found: Samples, name: str, **labels: str) -> float | None:
-    return found.get((name, frozenset(labels.items())))
-
-
-def by_label(found: Samples, name: str, label: str) -> dict[str, float]:
-    """Every sample of ``name``, keyed by one of its labels."""
-    return {dict(lv)[label]: v for (n, lv), v in found.items() if n == name}
 
 
 def wait_for_sweeps(
