@@ -33,6 +33,19 @@ class OwnershipSettings(CheckSettings):
         le=1,
         description="Share of the sampled entries with a wrong owner above which it is critical.",
     )
+    sample_per_project: int = Field(
+        200,
+        ge=0,
+        description="Entries of each project's live tree whose owner the probe samples (0: only "
+        "the top directory's).",
+    )
+    sample_per_host: int = Field(
+        50_000,
+        ge=0,
+        description="Entries sampled on one host per sweep; projects past it are not sampled in "
+        "that sweep. The daemon starts each host's next sample where this one ran out, so every "
+        "project is sampled in turn, and keeps a project's last sample until its next one.",
+    )
     report_missing: bool = Field(
         True,
         description="Report a project the inventory places on a host (with /projects mounted) "

@@ -110,9 +110,13 @@ class RepairContext(Protocol):
 
     def run(self, step: Step) -> CommandResult: ...
 
-    def facts(self, server_id: str, deep_ids: tuple[str, ...] = ()) -> HostFacts: ...
+    def facts(
+        self, server_id: str, deep_ids: tuple[str, ...] = (), *, focus: str | None = None
+    ) -> HostFacts: ...
 
-    def evaluate(self, check: str, server_ids: tuple[str, ...]) -> list[Finding]: ...
+    def evaluate(
+        self, check: str, server_ids: tuple[str, ...], *, focus: str | None = None
+    ) -> list[Finding]: ...
 
     def fenced(self, server_id: str) -> bool: ...
 
@@ -166,7 +170,7 @@ class Repair(Generic[S]):
         """Run the triggering check again on the target: success only when it passes."""
         findings = [
             f
-            for f in ctx.evaluate(self.check, (req.server_id,))
+            for f in ctx.evaluate(self.check, (req.server_id,), focus=req.project_id)
             if f.server_id == req.server_id
             and (not self.needs_project or f.project_id == req.project_id)
             and (not self.codes or f.code in self.codes)

@@ -40,7 +40,7 @@ class ChownProject(Repair[ChownProjectSettings]):
     def preconditions(
         self, req: RepairRequest, ctx: RepairContext, settings: ChownProjectSettings
     ) -> list[str]:
-        facts = ctx.facts(req.server_id)
+        facts = ctx.facts(req.server_id, focus=req.project_id)
         if not facts.probed:
             return [f"unreachable: cannot probe the host now ({facts.failure_message})"]
         server = ctx.server(req.server_id)

@@ -15,6 +15,7 @@ not cover is late by at most that much.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import socket
@@ -29,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from watchdog.config import DeepConfig, SshConfig
+from watchdog.config import Config, DeepConfig, SshConfig
 from watchdog.deep import run_deep
 from watchdog.errors import (
     CommandTimeout,
@@ -47,6 +48,7 @@ from watchdog.model import (
     RepoFacts,
     Server,
     TcpProbe,
+    is_v4_uuid,
 )
 from watchdog.probe import known_order
 from watchdog.transport.base import Transport
@@ -90,13 +92,35 @@ def probe_program(
     return source.replace(KNOWN_STATE_LINE, b'\nKNOWN_STATE = "' + blob + b'"\n', 1)
 
 
+@dataclass(frozen=True, slots=True)
+class OwnerSample:
+    """How the probe samples the owners of live trees (the ownership check's settings), and the
+    project to start from (the sample budget reaches it first)."""
+
+    per_project: int = 200
+    per_host: int = 50_000
+    start: str = ""
+
+
+def owner_sample(config: Config, start: str = "") -> OwnerSample:
+    """The probe's owner sample, sized by the ownership check's settings."""
+    own = config.check("ownership")
+    return OwnerSample(own.sample_per_project, own.sample_per_host, start)
+
+
 def probe_argv(
-    server: Server, python: str, *, fingerprint: bool = False, racy_seconds: float | None = None
+    server: Server,
+    python: str,
+    *,
+    fingerprint: bool = False,
+    racy_seconds: float | None = None,
+    owner_sample: OwnerSample | None = None,
 ) -> list[str]:
     """The probe's command line on a host; every value comes from the validated inventory.
 
     ``fingerprint`` asks for fingerprints and digests (incremental sweeps), with the probe's
-    default racy window unless ``racy_seconds`` is given.
+    default racy window unless ``racy_seconds`` is given; ``owner_sample`` sets the owner sample's
+    sizes and start (a project id: validated here, it is a command-line argument).
     """
     argv = [
         python,
@@ -111,6 +135,13 @@ def probe_argv(
         argv.append("--fingerprint")
         if racy_seconds is not None:
             argv += ["--racy-seconds", f"{racy_seconds:g}"]
+    if owner_sample is not None:
+        argv += ["--owner-sample", str(int(owner_sample.per_project))]
+        argv += ["--owner-sample-total", str(int(owner_sample.per_host))]
+        if owner_sample.start:
+            if not is_v4_uuid(owner_sample.start):
+                raise ValueError(f"{owner_sample.start!r} is not a project id")
+            argv += ["--owner-sample-from", owner_sample.start]
     return argv
 
 
@@ -125,10 +156,15 @@ class CachedRepo:
 
 @dataclass(frozen=True, slots=True)
 class CachedDir:
-    """A project directory's last facts and the digest of the record they were read from."""
+    """A project directory's last facts and the digest of the record they were read from.
+
+    ``skipped``: that record had no owner sample (the host's budget ran out before it); the facts
+    are then the directory's last sampled ones, if its top was the same.
+    """
 
     digest: str
     facts: ProjectDirFacts
+    skipped: bool = False
 
 
 @dataclass(slots=True)
@@ -160,6 +196,7 @@ class RepoCache:
         #: The probe's racy window (None: the probe's default, 2 s); tests make it short.
         self.racy_seconds = racy_seconds
         self._hosts: dict[str, HostCache] = {}
+        self._sample_from: dict[str, str] = {}
         self._lock = threading.Lock()
         #: Per host, from its last successful gather: repositories walked, and reused.
         self.last_counts: dict[str, tuple[int, int]] = {}
@@ -176,10 +213,24 @@ class RepoCache:
         return HostCache(repos, dict(entry.dirs))
 
     def replace(self, server_id: str, entry: HostCache, walked: int, reused: int) -> None:
-        """A host's new entries after a complete gather (repositories gone are dropped)."""
+        """A host's new entries after a complete gather (repositories gone are dropped).
+
+        The host's next owner sample starts at the first project whose sample was skipped, in
+        the order of this one (sorted ids from where it started, wrapping around).
+        """
+        skipped = sorted(pid for pid, c in entry.dirs.items() if c.skipped)
         with self._lock:
+            start = self._sample_from.get(server_id, "")
             self._hosts[server_id] = entry
             self.last_counts[server_id] = (walked, reused)
+            self._sample_from[server_id] = next(
+                (pid for pid in skipped if pid >= start), skipped[0] if skipped else ""
+            )
+
+    def sample_start(self, server_id: str) -> str:
+        """Where the host's next owner sample starts ("" = the first project)."""
+        with self._lock:
+            return self._sample_from.get(server_id, "")
 
     def forget(self, server_id: str | None = None) -> None:
         """Drop one host's entries (or all): its next gather walks every repository."""
@@ -187,9 +238,11 @@ class RepoCache:
             if server_id is None:
                 self._hosts.clear()
                 self.last_counts.clear()
+                self._sample_from.clear()
             else:
                 self._hosts.pop(server_id, None)
                 self.last_counts.pop(server_id, None)
+                self._sample_from.pop(server_id, None)
 
     def retain(self, server_ids: Collection[str]) -> None:
         """Drop the entries of every host not in ``server_ids`` (gone from the inventory, or now
@@ -200,6 +253,7 @@ class RepoCache:
             for sid in [sid for sid in self._hosts if sid not in keep]:
                 del self._hosts[sid]
                 self.last_counts.pop(sid, None)
+                self._sample_from.pop(sid, None)
 
     def totals(self) -> tuple[int, int]:
         """(walked, reused) repositories over every host's last gather."""
@@ -240,6 +294,18 @@ def _share_values(rec: dict[str, Any], shared: dict[object, dict[str, Any]]) -> 
         rec["settings"] = shared.setdefault(key, settings)
     except TypeError:  # a list or dict value: not shared
         pass
+
+
+def _last_sample(now: ProjectDirFacts, kept: CachedDir | None) -> ProjectDirFacts:
+    """A directory the probe did not sample this time keeps its last sample while its top (owner,
+    group, being a symlink) is the same: the ownership check then judges that sample instead of
+    the top alone, so a wrong owner found once stays reported until the next sample says."""
+    if kept is None or kept.facts.sample_skipped:
+        return now
+    last = kept.facts
+    if (last.uid, last.gid, last.is_symlink) != (now.uid, now.gid, now.is_symlink):
+        return now
+    return last
 
 
 def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> Iterator[int]:
@@ -376,10 +442,13 @@ def parse_probe_lines(
                 fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
         elif kind == "project_dir":
             d = ProjectDirFacts.from_record(rec)
+            skipped = d.sample_skipped
+            if skipped:
+                d = _last_sample(d, before.dirs.get(d.project_id))
             facts.project_dirs[d.project_id] = d
             digest = rec.get("digest")
             if fresh is not None and isinstance(digest, str) and digest:
-                fresh.dirs[d.project_id] = CachedDir(digest, d)
+                fresh.dirs[d.project_id] = CachedDir(digest, d, skipped)
         elif kind == "unchanged":
             reused += _reuse_unchanged(rec, n, before, facts, fresh)
         elif kind == "stray":
@@ -448,12 +517,14 @@ def gather_host(
     deep_select: DeepSelector | None = None,
     deep: DeepConfig | None = None,
     repo_cache: RepoCache | None = None,
+    owner_sample: OwnerSample | None = None,
 ) -> HostFacts:
     """Probe one host over one connection (and deep-check some repos over the same one).
 
     Also connects to the host's bup_server as its clients do. Never raises. With ``repo_cache``
-    the walk is incremental (see the module's docstring) and the cache is updated when the
-    host's facts came back complete.
+    the walk is incremental (see the module's docstring), the owner sample starts where the
+    host's last one ran out (unless ``owner_sample`` names a start), and the cache is updated
+    when the host's facts came back complete.
     """
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
@@ -461,6 +532,9 @@ def gather_host(
     transport = transport_factory(server, ssh)
     previous = repo_cache.known(server.server_id) if repo_cache is not None else None
     fresh = HostCache() if repo_cache is not None else None
+    if repo_cache is not None and not (owner_sample and owner_sample.start):
+        base = owner_sample or OwnerSample()
+        owner_sample = dataclasses.replace(base, start=repo_cache.sample_start(server.server_id))
     try:
         program = probe_source()
         if previous is not None:
@@ -474,6 +548,7 @@ def gather_host(
                 ssh.python,
                 fingerprint=repo_cache is not None,
                 racy_seconds=repo_cache.racy_seconds if repo_cache is not None else None,
+                owner_sample=owner_sample,
             ),
             stdin=program,
             timeout=ssh.command_timeout,
@@ -513,11 +588,12 @@ def gather(
     deep: DeepConfig | None = None,
     timeouts: Mapping[str, float] | None = None,
     repo_cache: RepoCache | None = None,
+    owner_sample: OwnerSample | None = None,
 ) -> Iterator[HostFacts]:
     """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish.
 
     ``timeouts`` overrides the connect timeout (SSH and bup_server) per server id;
-    ``repo_cache`` makes the walks incremental.
+    ``repo_cache`` makes the walks incremental; ``owner_sample`` sets the owner sample.
     """
     timeouts = timeouts or {}
 
@@ -538,6 +614,7 @@ def gather(
                 deep_select=deep_select,
                 deep=deep,
                 repo_cache=repo_cache,
+                owner_sample=owner_sample,
             ): s
             for s in servers
         }

@@ -23,7 +23,10 @@ Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH ses
 # subprocess is run, every file read is capped, and a problem in one repository becomes a field
 # or an ``errors`` entry in that repository's record instead of stopping the walk.
 # Below PROJECTS_ROOT only a bounded sample of each live tree is lstat'ed, for its owners
-# (``--owner-sample`` entries per project, ``--owner-sample-total`` per host).
+# (``--owner-sample`` entries per project, ``--owner-sample-total`` per host), the projects taken
+# in name order from ``--owner-sample-from`` on, wrapping around, so that a host whose budget runs
+# out before its last project has every project sampled in turn over successive walks; the
+# project_dir records come in that order.
 #
 # Text read from files is decoded as UTF-8 with ``replace``; file names are decoded with
 # os.fsdecode (surrogateescape), so odd bytes come out as \udcXX escapes in the JSON and the
@@ -1066,6 +1069,7 @@ def iter_records(
     with_fingerprint: bool = False,
     racy_seconds: float = RACY_SECONDS,
     known_dirs: Mapping[str, str] | None = None,
+    owner_sample_from: str = "",
 ) -> Iterator[dict[str, Any]]:
     """Yield every record of one walk of this host, ``done`` last. Never raises.
 
@@ -1075,6 +1079,8 @@ def iter_records(
     owners are still sampled: only the record is saved). Both are named in the ``unchanged``
     record before ``done`` (see the header). ``with_fingerprint`` (implied by either) adds
     ``fingerprint`` to repo records and ``digest`` to project_dir records.
+    ``owner_sample_from``: the live directories are taken (and their owners sampled, within the
+    host's budget) from the first name at or after it, wrapping around.
     """
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -1122,6 +1128,10 @@ def iter_records(
     for label, root in sections:
         try:
             entries = _sorted_names(root)
+            if label == "projects" and owner_sample_from:
+                start = os.fsencode(owner_sample_from.lower())
+                first = next((i for i, n in enumerate(entries) if n.lower() >= start), 0)
+                entries = entries[first:] + entries[:first]
         except FileNotFoundError:
             continue
         except OSError as e:
@@ -1338,6 +1348,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="entries sampled on the whole host; later projects are not sampled",
     )
     parser.add_argument(
+        "--owner-sample-from",
+        default="",
+        metavar="PROJECT_ID",
+        help="take the live directories from this name on (wrapping around), so that the "
+        "sample budget reaches other projects first",
+    )
+    parser.add_argument(
         "--fingerprint",
         action="store_true",
         help="add a fingerprint to every repo record (for the next incremental walk)",
@@ -1387,6 +1404,7 @@ def main(argv: list[str] | None = None) -> int:
         max_strays=max(0, args.max_strays),
         owner_sample=max(0, args.owner_sample),
         owner_sample_total=max(0, args.owner_sample_total),
+        owner_sample_from=args.owner_sample_from,
         known=known,
         known_dirs=known_dirs,
         with_fingerprint=args.fingerprint or bool(args.known_state) or bool(KNOWN_STATE),

@@ -11,7 +11,7 @@ from typing import Any
 from checks import registry as check_registry
 from watchdog.config import Config
 from watchdog.errors import WatchdogError
-from watchdog.gather import gather, gather_host, make_transport
+from watchdog.gather import gather, gather_host, make_transport, owner_sample
 from watchdog.journal import Journal, apply_overrides
 from watchdog.model import Finding, HostFacts, Inventory, Project, Server
 from watchdog.transport.base import CommandResult, Transport
@@ -49,8 +49,13 @@ class Context:
             list(step.argv), stdin=step.stdin, timeout=step.timeout
         )
 
-    def facts(self, server_id: str, deep_ids: tuple[str, ...] = ()) -> HostFacts:
-        """A fresh probe of one host (and deep checks of the given repos) right now."""
+    def facts(
+        self, server_id: str, deep_ids: tuple[str, ...] = (), *, focus: str | None = None
+    ) -> HostFacts:
+        """A fresh probe of one host (and deep checks of the given repos) right now.
+
+        ``focus``: a project whose live tree is sampled first (the host's budget reaches it).
+        """
         ids = list(deep_ids)
         return gather_host(
             self.server(server_id),
@@ -58,10 +63,13 @@ class Context:
             tcp_timeout=self.config.check("reachability").connect_timeout,
             deep_select=(lambda _facts: ids) if ids else None,
             deep=self.config.deep,
+            owner_sample=owner_sample(self.config, focus or ""),
         )
 
-    def evaluate(self, check: str, server_ids: tuple[str, ...]) -> list[Finding]:
-        """Gather the servers now and run one check on them."""
+    def evaluate(
+        self, check: str, server_ids: tuple[str, ...], *, focus: str | None = None
+    ) -> list[Finding]:
+        """Gather the servers now and run one check on them (``focus``: see ``facts``)."""
         servers = [self.server(s) for s in server_ids]
         facts = {
             f.server_id: f
@@ -69,6 +77,7 @@ class Context:
                 servers,
                 self.config.ssh,
                 tcp_timeout=self.config.check("reachability").connect_timeout,
+                owner_sample=owner_sample(self.config, focus or ""),
             )
         }
         return list(

@@ -17,7 +17,7 @@ from checks.base import Check, CheckSettings
 from checks.replication_lag import replica_lags
 from watchdog.config import Config
 from watchdog.deep import select as select_for_deep
-from watchdog.gather import RepoCache, gather
+from watchdog.gather import RepoCache, gather, owner_sample
 from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
 from watchdog.state import State
 from watchdog.suspicion import HostRecord, connect_timeout, patience
@@ -153,6 +153,7 @@ def sweep(
             deep=config.deep,
             timeouts=timeouts,
             repo_cache=repo_cache,
+            owner_sample=owner_sample(config),
         )
     }
     updated = []

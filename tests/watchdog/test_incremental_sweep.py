@@ -29,9 +29,11 @@ from watchdog.gather import (
     CachedDir,
     CachedRepo,
     HostCache,
+    OwnerSample,
     RepoCache,
     gather_host,
     parse_probe_lines,
+    probe_argv,
     probe_program,
     probe_source,
 )
@@ -515,3 +517,81 @@ def test_retain_drops_the_hosts_no_longer_swept_and_keeps_the_others() -> None:
     assert cache.known(SID).repos == entry.repos
     assert cache.known("other") == HostCache()
     assert set(cache.last_counts) == {SID}
+
+
+# ------------------------------------------------------------------------------------------
+# the owner sample's budget, spread over sweeps
+# ------------------------------------------------------------------------------------------
+
+PID_C = "c0ffee00-1234-4abc-8def-00000000000c"
+ONE_PROJECT = OwnerSample(per_project=200, per_host=2)  # a live dir here is its top + notes.txt
+
+
+def owners(facts: HostFacts, pid: str) -> dict[int, int]:
+    return dict(facts.project_dirs[pid].owners)
+
+
+def test_the_owner_sample_starts_where_the_last_one_ran_out_and_wraps_around(
+    host: LocalHost,
+) -> None:
+    for pid in (PID_A, PID_B, PID_C):
+        host.add_repo(pid)
+    cache = RepoCache(racy_seconds=RACY)
+    sampled = []
+    for _ in range(4):
+        facts = gather_host(
+            host.server, host.ssh, tcp_timeout=0.2, repo_cache=cache, owner_sample=ONE_PROJECT
+        )
+        assert facts.probed, facts.failure_message
+        sampled.append(cache.sample_start(SID))
+    assert sampled == [PID_B, PID_C, PID_A, PID_B]
+
+
+def test_a_wrong_owner_past_the_budget_is_found_in_turn_and_stays_reported_until_resampled(
+    host: LocalHost,
+) -> None:
+    for pid in (PID_A, PID_B, PID_C):
+        host.add_repo(pid)
+    os.chown(host.projects / PID_C / "notes.txt", 4242, 4242)  # e.g. left by a root restore
+    cache = RepoCache(racy_seconds=RACY)
+
+    def sweep_once() -> HostFacts:
+        facts = gather_host(
+            host.server, host.ssh, tcp_timeout=0.2, repo_cache=cache, owner_sample=ONE_PROJECT
+        )
+        assert facts.probed, facts.failure_message
+        return facts
+
+    first, second, third = sweep_once(), sweep_once(), sweep_once()
+    assert first.project_dirs[PID_C].sample_skipped  # never sampled yet: only its top is known
+    assert 4242 not in owners(second, PID_C)
+    assert owners(third, PID_C)[4242] == 1  # its turn came
+    fourth = sweep_once()  # A sampled again, C skipped: its last sample is kept
+    assert owners(fourth, PID_C)[4242] == 1
+    assert fourth.project_dirs[PID_C].sample_skipped is False
+
+    os.chown(host.projects / PID_C, 4343, 4343)  # the top changed: the old sample is not kept
+    changed = sweep_once()  # B sampled, C skipped
+    assert changed.project_dirs[PID_C].sample_skipped
+    assert owners(changed, PID_C) == {}
+    assert changed.project_dirs[PID_C].uid == 4343
+
+
+def test_without_a_cache_every_gather_samples_from_the_first_project(host: LocalHost) -> None:
+    for pid in (PID_A, PID_B, PID_C):
+        host.add_repo(pid)
+    for _ in range(2):
+        facts = gather_host(host.server, host.ssh, tcp_timeout=0.2, owner_sample=ONE_PROJECT)
+        skipped = {pid for pid, d in facts.project_dirs.items() if d.sample_skipped}
+        assert skipped == {PID_B, PID_C}
+
+
+def test_the_owner_sample_reaches_the_probe_and_its_start_must_be_a_project_id() -> None:
+    server = Server(SID, "127.0.0.1", 1)
+    argv = probe_argv(server, "python3", owner_sample=OwnerSample(10, 20, PID_C))
+    assert argv[argv.index("--owner-sample") + 1] == "10"
+    assert argv[argv.index("--owner-sample-total") + 1] == "20"
+    assert argv[argv.index("--owner-sample-from") + 1] == PID_C
+    for bad in ("--bup-root=/etc", "../x", "c0ffee00"):
+        with pytest.raises(ValueError):
+            probe_argv(server, "python3", owner_sample=OwnerSample(10, 20, bad))

@@ -721,6 +721,32 @@ def test_the_owner_sample_stops_at_the_hosts_total_and_later_projects_are_skippe
     assert c["uid"] == 0  # the top's own lstat is still reported
 
 
+def test_owner_sample_from_spends_the_budget_from_that_project_on_wrapping_around(
+    host: Host,
+) -> None:
+    for pid in (PID_A, PID_B, PID_C):  # sorted: A (0b…), B (7d…), C (c0…)
+        make_tree(host.projects / pid, 8)  # 10 entries each
+
+    records = host.probe("--owner-sample-total", "15", "--owner-sample-from", PID_C.upper())
+    order = [r["project_id"] for r in records if r["type"] == "project_dir"]
+    dirs = project_dirs(records)
+
+    assert order == [PID_C, PID_A, PID_B]
+    assert (dirs[PID_C]["sampled"], dirs[PID_C]["sample_skipped"]) == (10, False)
+    assert (dirs[PID_A]["sampled"], dirs[PID_A]["sample_truncated"]) == (5, True)
+    assert dirs[PID_B]["sample_skipped"] is True
+
+
+def test_owner_sample_from_a_name_past_the_last_project_starts_at_the_first(host: Host) -> None:
+    for pid in (PID_A, PID_B):
+        make_tree(host.projects / pid, 8)
+
+    records = host.probe("--owner-sample-total", "10", "--owner-sample-from", "ffffffff")
+
+    assert [r["project_id"] for r in records if r["type"] == "project_dir"] == [PID_A, PID_B]
+    assert project_dirs(records)[PID_B]["sample_skipped"] is True
+
+
 def test_an_owner_sample_of_zero_turns_sampling_off(host: Host) -> None:
     make_tree(host.projects / PID_A, 3)
 
