@@ -143,9 +143,13 @@ def test_a_replica_disk_that_fills_up_mid_resync_fails_cleanly_and_keeps_the_rep
     assert decision.status == "failed", decision.message
     assert "No space left on device" in decision.message, decision.message
     assert _ref(fleet, "s2") == old, "the replica's ref (on the tmpfs, seen inside s2) unmoved"
-    lost = loss(before, Snapshot.of(roots), "both repositories")
+    after = Snapshot.of(roots)
+    lost = loss(before, after, "both repositories")
     assert lost.bytes_lost == 0, lost.lost
-    leftovers = sorted(set(Snapshot.of(roots).files) - set(before.files))
+    leftovers = sorted(set(after.files) - set(before.files))
+    # resync_replica copies every .pack before its .idx: an .idx alone would be an orphan_idx.
+    orphans = [x for x in leftovers if x.endswith(".idx") and x[:-4] + ".pack" not in after.files]
+    left = ", ".join(Path(x).name[:14] + "…." + x.rsplit(".", 1)[-1] for x in leftovers)
     ls = bup_ls(fleet, "s2", P)
     assert ls.returncode == 0, f"the full replica is unreadable: {ls.stderr}"
     assert bup_ls(fleet, "s1", P).returncode == 0
@@ -165,10 +169,10 @@ def test_a_replica_disk_that_fills_up_mid_resync_fails_cleanly_and_keeps_the_rep
         expected="the rsync fails, the repair fails cleanly before the ref moves; the replica "
         "still passes bup ls master; nothing lost on either side; a later resync completes",
         observed=f"{decision.status}, the objects rsync exited with status "
-        f"{short(decision.message.split('failed with status ', 1)[-1], 190)}; ref unchanged; left "
-        f"behind: {', '.join(Path(x).name[:14] + '….' + x.rsplit('.', 1)[-1] for x in leftovers)}"
-        f" (its .pack did not fit; repo_garbage: {', '.join(garbage) or 'nothing'}); bup ls "
-        f"master passes on s2 (still full) and s1; after the tmpfs grew: resync {again.status}",
+        f"{short(decision.message.split('failed with status ', 1)[-1], 190)}; ref unchanged; new "
+        f"files left in the repositories: {left or 'none'} ({len(orphans)} .idx without its "
+        f".pack; repo_garbage: {', '.join(garbage) or 'nothing'}); bup ls master passes on s2 "
+        f"(still full) and s1; after the tmpfs grew: resync {again.status}",
         loss=lost,
     )
 
