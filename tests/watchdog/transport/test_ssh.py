@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,47 @@ def test_output_over_the_cap_is_refused(scratch_fleet: SandboxFleet) -> None:
             list(t.stream_lines(["head", "-c", "1000000", "/dev/zero"]))
     finally:
         t.close()
+
+
+def _running(marker: str) -> list[int]:
+    """Pids on this machine (the sandbox hosts share its pid namespace) whose command line is
+    exactly ``sleep <marker>``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[:2] == [b"sleep", marker.encode()]:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_command_given_up_on_is_stopped_on_the_host_before_run_returns(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    config, server = setup(scratch_fleet)
+    t = SshTransport(server, config.ssh)
+    try:
+        with pytest.raises(CommandTimeout, match="stopped on the host"):
+            t.run(["sleep", "4243"], timeout=1.0)
+        assert _running("4243") == []  # a repair's rsync would not go on writing
+    finally:
+        t.close()
+
+
+def test_a_streamed_command_given_up_on_is_stopped_on_the_host_soon_after(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    config, server = setup(scratch_fleet)
+    t = SshTransport(server, config.ssh)
+    try:
+        with pytest.raises(CommandTimeout):
+            list(t.stream_lines(["sleep", "4244"], timeout=1.0))
+    finally:
+        t.close()
+    deadline = time.monotonic() + 10
+    while _running("4244") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running("4244") == []
