@@ -262,6 +262,8 @@ def _stop_bup_server(fleet: SandboxFleet, host: str) -> None:
             socket.create_connection((h.address, h.inventory_port), timeout=1).close()
         except ConnectionRefusedError:
             return True
+        except OSError:  # reset or timed out by a server on its way out: not closed yet
+            return False
         return False
 
     wait_until(refused, timeout=10, what=f"{host}'s bup_server port to close")
