@@ -46,6 +46,15 @@ class Check(Generic[S]):
     ) -> Iterable[Finding]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def unjudged(
+        self, facts: FleetFacts, inventory: Inventory, settings: S
+    ) -> Iterable[tuple[str, str]]:
+        """(server id, project id) on hosts this sweep probed that the check could not judge,
+        because what it compares them with is missing (a peer host down or not swept by this
+        watchdog): their open findings stay open instead of being resolved. Most checks judge
+        every project of a probed host on its own facts and have none."""
+        return ()
+
 
 def probed_hosts(facts: FleetFacts) -> Iterable[HostFacts]:
     """Hosts whose probe answered completely; others are reachability's business."""

@@ -107,6 +107,23 @@ class ReplicationLag(Check[ReplicationLagSettings]):
                         lag,
                     )
 
+    def unjudged(
+        self, facts: FleetFacts, inventory: Inventory, settings: ReplicationLagSettings
+    ) -> Iterator[tuple[str, str]]:
+        """Replicas on probed hosts whose master copy this sweep cannot read: its host was not
+        probed (down, or another watchdog's), or its repository or master ref is missing."""
+        for project in inventory.projects.values():
+            if project.deleted:
+                continue
+            master_host = facts.get(project.master)
+            master = master_host.repos.get(project.project_id) if master_host else None
+            if master_host is not None and master_host.probed and master and master.master_sha:
+                continue
+            for replica_id in project.replicas:
+                host = facts.get(replica_id)
+                if replica_id != project.master and host is not None and host.probed:
+                    yield replica_id, project.project_id
+
 
 check = ReplicationLag()
 

@@ -298,13 +298,17 @@ class State:
         evaluated_servers: dict[str, set[str]],
         ssh_sessions: int,
         lag_seconds: dict[str, dict[str, Any]] | None = None,
+        unjudged: dict[str, set[tuple[str, str]]] | None = None,
     ) -> int:
         """Store one sweep in one transaction.
 
         ``checks_run`` maps check name to (seconds, error). ``evaluated_servers`` maps a check
         to the servers it could judge in this sweep: only their open findings that were not
         reported again are resolved (a host that was unreachable keeps its old findings open).
+        ``unjudged`` maps a check to (server, project) pairs it could not judge although their
+        server was evaluated (a replica whose master was not probed): their findings stay open.
         """
+        unjudged = unjudged or {}
         now = started + seconds
         findings = list(findings)
         worst = max((f.severity for f in findings), default=Severity.OK)
@@ -348,8 +352,9 @@ class State:
                         "server_id=? AND resolved_at IS NULL",
                         (check, sid),
                     ).fetchall()
+                    kept = unjudged.get(check, set())
                     for fid, code, pid in rows:
-                        if (check, code, sid, pid) not in seen:
+                        if (check, code, sid, pid) not in seen and (sid, pid) not in kept:
                             db.execute("UPDATE findings SET resolved_at=? WHERE id=?", (now, fid))
             for sid, h in facts.items():
                 tcp = h.bup_server_tcp

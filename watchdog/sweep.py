@@ -34,6 +34,8 @@ class CheckRun:
     seconds: float
     findings: int
     error: str | None = None
+    #: (server id, project id) the check could not judge in this sweep (see Check.unjudged).
+    unjudged: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(slots=True)
@@ -91,6 +93,7 @@ def run_checks(
         started = time.monotonic()
         try:
             found = list(check.evaluate(facts, inventory, settings))
+            unjudged = frozenset(check.unjudged(facts, inventory, settings))
         except Exception as exc:
             log.exception("check %s failed", name)
             runs[name] = CheckRun(
@@ -98,7 +101,7 @@ def run_checks(
             )
             continue
         findings.extend(found)
-        runs[name] = CheckRun(name, time.monotonic() - started, len(found))
+        runs[name] = CheckRun(name, time.monotonic() - started, len(found), None, unjudged)
     return findings, runs
 
 
@@ -230,4 +233,5 @@ def record(state: State, result: SweepResult) -> int:
         checks_run={n: (r.seconds, r.error) for n, r in result.checks.items()},
         evaluated_servers=evaluated_servers(result),
         ssh_sessions=result.ssh_sessions,
+        unjudged={n: set(r.unjudged) for n, r in result.checks.items() if r.unjudged},
     )

@@ -15,7 +15,7 @@ from support.facts import (
     project,
     repo,
 )
-from watchdog.model import Finding, Severity
+from watchdog.model import Finding, HostFacts, Severity
 
 SETTINGS = check.Settings()
 T = 1_700_000_000
@@ -61,3 +61,24 @@ def test_a_replica_newer_than_the_master_is_a_conflict() -> None:
 def test_a_missing_replica_is_critical() -> None:
     [f] = evaluate(None)
     assert (f.code, f.severity) == ("replica_missing", Severity.CRITICAL)
+
+
+def unjudged(master: HostFacts | None, replica_records: list[dict[str, object]]) -> set[object]:
+    facts = {S2: host_facts(S2, host_records(*replica_records))}
+    if master is not None:
+        facts[S1] = master
+    return set(check.unjudged(facts, inventory(project(P1)), SETTINGS))
+
+
+def test_a_replica_whose_master_was_not_probed_is_unjudged_not_healthy() -> None:
+    behind = [repo(P1, master_sha=SHA_B, reflog_last_time=T - 2 * 86400)]
+    down = HostFacts(S1, 0.0)  # the probe never answered: not probed
+    assert unjudged(None, behind) == {(S2, P1)}  # the master's host is another watchdog's
+    assert unjudged(down, behind) == {(S2, P1)}
+    no_master_repo = host_facts(S1, host_records())
+    assert unjudged(no_master_repo, behind) == {(S2, P1)}
+
+
+def test_a_replica_whose_master_was_read_is_judged() -> None:
+    master = host_facts(S1, host_records(repo(P1, master_sha=SHA_A, reflog_last_time=T)))
+    assert unjudged(master, [repo(P1, master_sha=SHA_B, reflog_last_time=T - 60)]) == set()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from watchdog.config import Config
 from watchdog.model import Inventory
 from watchdog.sandbox.expected import compare, expected_findings, observed
 from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sweep import sweep
+from watchdog.state import State
+from watchdog.sweep import record, sweep
 
 
 def names(inventory: Inventory) -> dict[str, str]:
@@ -51,3 +54,23 @@ def test_only_and_server_restrict_the_sweep_to_what_was_asked(
     result = sweep(demo_config, demo_inventory, only=["mount_sanity"], servers=["h3"])
     assert set(result.facts) == {demo_fleet.server_id("h3")}
     assert {(f.check, f.code) for f in result.findings} == {("mount_sanity", "not_mounted")}
+
+
+def test_a_lagging_replica_stays_reported_while_its_master_cannot_be_read(
+    demo_fleet: SandboxFleet, demo_config: Config, demo_inventory: Inventory, tmp_path: Path
+) -> None:
+    state = State(tmp_path / "state.db")
+    full = sweep(demo_config, demo_inventory)
+    record(state, full)
+    [lag] = [f for f in full.findings if f.check == "replication_lag"]  # P3: h4 one save behind
+    master = demo_inventory.projects[lag.project_id or ""].master
+
+    only_replica = sweep(demo_config, demo_inventory, servers=[lag.server_id])
+    assert master not in only_replica.facts  # not swept (down, or another watchdog's host)
+    assert only_replica.checks["replication_lag"].unjudged >= {(lag.server_id, lag.project_id)}
+    record(state, only_replica)
+    still = state.open_findings(server_id=lag.server_id, check="replication_lag")
+    assert [(f.code, f.project_id) for f in still] == [(lag.code, lag.project_id)]
+
+    record(state, sweep(demo_config, demo_inventory))  # master read again: judged, still behind
+    assert len(state.open_findings(server_id=lag.server_id, check="replication_lag")) == 1
