@@ -1208,6 +1208,19 @@ def watchdog_health() -> dict[str, Any]:
         12,
         8,
     )
+    g.add(
+        timeseries(
+            "Repositories walked and reused per sweep",
+            [target("sum by (how) (bupwatch_sweep_repositories)", "{{how}}")],
+            description="Incremental sweeps ([incremental]): repositories walked in full, and "
+            "reused because their host found their fingerprint unchanged. Walked stays near the "
+            "repositories saved since the last sweep plus those due for their periodic full walk; "
+            "all walked after a restart. Empty when incremental sweeps are off.",
+            stack=True,
+        ),
+        24,
+        8,
+    )
 
     g.row("Inventory and scrape")
     g.add(
