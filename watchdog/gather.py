@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -165,6 +166,8 @@ class CachedDir:
     digest: str
     facts: ProjectDirFacts
     skipped: bool = False
+    #: When the owner sample in ``facts`` was taken (a kept sample is not kept past max_age).
+    sampled_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -255,6 +258,16 @@ class RepoCache:
                 self.last_counts.pop(sid, None)
                 self._sample_from.pop(sid, None)
 
+    def forget_project(self, server_id: str, project_id: str) -> None:
+        """Drop one project's entries on one host (after a repair changed it): its repository is
+        walked and its live directory's record taken afresh at the next sweep, and no sample from
+        before the repair is kept for it."""
+        with self._lock:
+            entry = self._hosts.get(server_id)
+            if entry is not None:
+                entry.repos.pop(project_id, None)
+                entry.dirs.pop(project_id, None)
+
     def totals(self) -> tuple[int, int]:
         """(walked, reused) repositories over every host's last gather."""
         with self._lock:
@@ -296,16 +309,25 @@ def _share_values(rec: dict[str, Any], shared: dict[object, dict[str, Any]]) -> 
         pass
 
 
-def _last_sample(now: ProjectDirFacts, kept: CachedDir | None) -> ProjectDirFacts:
+# A fingerprint or digest the gather keeps and sends back: lowercase hex, as the probe makes them
+# (anything else from a host would corrupt the known state it is sent next time).
+_DIGEST = re.compile(r"[0-9a-f]{1,64}")
+
+
+def _last_sample(
+    now: ProjectDirFacts, kept: CachedDir | None, oldest: float
+) -> tuple[ProjectDirFacts, float]:
     """A directory the probe did not sample this time keeps its last sample while its top (owner,
-    group, being a symlink) is the same: the ownership check then judges that sample instead of
-    the top alone, so a wrong owner found once stays reported until the next sample says."""
-    if kept is None or kept.facts.sample_skipped:
-        return now
+    group, being a symlink) is the same and the sample was taken after ``oldest``: the ownership
+    check then judges that sample instead of the top alone, so a wrong owner found once stays
+    reported until the next sample says. Returns the facts and when their sample was taken
+    (0: no sample)."""
+    if kept is None or kept.facts.sample_skipped or kept.sampled_at < oldest:
+        return now, 0.0
     last = kept.facts
     if (last.uid, last.gid, last.is_symlink) != (now.uid, now.gid, now.is_symlink):
-        return now
-    return last
+        return now, 0.0
+    return last, kept.sampled_at
 
 
 def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> Iterator[int]:
@@ -339,6 +361,7 @@ def _reuse(
     fresh: dict[str, Kept] | None,
     noun: str,
     vouched_by: str,
+    line: int,
 ) -> int:
     """Put the kept facts of ``ids`` into ``into`` (and their entries into ``fresh``)."""
     count = 0
@@ -346,7 +369,7 @@ def _reuse(
         entry = kept.get(pid)
         if entry is None:
             raise ProbeError(
-                f"the probe reported {noun} {pid} unchanged, "
+                f"line {line}: the probe reported {noun} {pid} unchanged, "
                 f"but it was not given that {noun}'s {vouched_by}"
             )
         into[entry.facts.project_id] = entry.facts
@@ -367,29 +390,29 @@ def _reuse_unchanged(
     order = known_order(before.repos, before.dirs)
     if rec.get("known") != len(order):
         raise ProbeError(
-            f"line {line}: the probe knew {rec.get('known')!r} projects, it was given {len(order)}"
+            f"line {line}: the probe knew {str(rec.get('known'))[:40]!r} projects, "
+            f"it was given {len(order)}"
         )
     repos = (order[n] for n in _bits(rec, "repos", len(order), line))
     dirs = (order[n] for n in _bits(rec, "project_dirs", len(order), line))
-    try:
-        reused = _reuse(
-            repos,
-            before.repos,
-            facts.repos,
-            None if fresh is None else fresh.repos,
-            "repository",
-            "fingerprint",
-        )
-        _reuse(
-            dirs,
-            before.dirs,
-            facts.project_dirs,
-            None if fresh is None else fresh.dirs,
-            "project directory",
-            "digest",
-        )
-    except ProbeError as exc:
-        raise ProbeError(f"line {line}: {exc}") from None
+    reused = _reuse(
+        repos,
+        before.repos,
+        facts.repos,
+        None if fresh is None else fresh.repos,
+        "repository",
+        "fingerprint",
+        line,
+    )
+    _reuse(
+        dirs,
+        before.dirs,
+        facts.project_dirs,
+        None if fresh is None else fresh.dirs,
+        "project directory",
+        "digest",
+        line,
+    )
     return reused
 
 
@@ -400,13 +423,15 @@ def parse_probe_lines(
     *,
     previous: HostCache | None = None,
     fresh: HostCache | None = None,
+    keep_samples: float = DEFAULT_MAX_AGE,
 ) -> tuple[int, int]:
     """Fill ``facts`` from the probe's JSON lines; raise ProbeError on anything else.
 
     Incremental gathers pass ``previous`` (what the probe was told it may skip) and ``fresh``,
     which receives the entries for the next sweep: a walked repository with a fingerprint, a
-    project_dir record with a digest, and the previous entries of those reported unchanged.
-    Returns (repositories walked, repositories reused).
+    project_dir record with a digest, and the previous entries of those reported unchanged. A
+    live directory whose owners were not sampled keeps a previous sample at most
+    ``keep_samples`` seconds old. Returns (repositories walked, repositories reused).
     """
     walked = reused = 0
     walked_at = time.time()
@@ -438,17 +463,19 @@ def parse_probe_lines(
             facts.repos[r.project_id] = r
             walked += 1
             fp = rec.get("fingerprint")
-            if fresh is not None and isinstance(fp, str) and fp:
+            if fresh is not None and isinstance(fp, str) and _DIGEST.fullmatch(fp):
                 fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
         elif kind == "project_dir":
             d = ProjectDirFacts.from_record(rec)
             skipped = d.sample_skipped
+            sampled_at = 0.0 if skipped else walked_at
             if skipped:
-                d = _last_sample(d, before.dirs.get(d.project_id))
+                kept = before.dirs.get(d.project_id)
+                d, sampled_at = _last_sample(d, kept, walked_at - keep_samples)
             facts.project_dirs[d.project_id] = d
             digest = rec.get("digest")
-            if fresh is not None and isinstance(digest, str) and digest:
-                fresh.dirs[d.project_id] = CachedDir(digest, d, skipped)
+            if fresh is not None and isinstance(digest, str) and _DIGEST.fullmatch(digest):
+                fresh.dirs[d.project_id] = CachedDir(digest, d, skipped, sampled_at)
         elif kind == "unchanged":
             reused += _reuse_unchanged(rec, n, before, facts, fresh)
         elif kind == "stray":
@@ -554,13 +581,21 @@ def gather_host(
             timeout=ssh.command_timeout,
         )
         walked, reused = parse_probe_lines(
-            server.server_id, lines, facts, previous=previous, fresh=fresh
+            server.server_id,
+            lines,
+            facts,
+            previous=previous,
+            fresh=fresh,
+            keep_samples=repo_cache.max_age if repo_cache is not None else DEFAULT_MAX_AGE,
         )
         if repo_cache is not None and fresh is not None:
             repo_cache.replace(server.server_id, fresh, walked, reused)
         if deep_select is not None and deep is not None:
             _deep_pass(transport, server, facts, deep_select, ssh, deep)
     except WatchdogError as exc:
+        if repo_cache is not None and isinstance(exc, ProbeError):
+            # a host that answered garbage is walked in full next time, from no known state
+            repo_cache.forget(server.server_id)
         facts.failure = _failure_kind(exc)
         msg = str(exc)
         facts.failure_message = (
@@ -568,6 +603,8 @@ def gather_host(
         )
         log.warning("gather %s: %s", server.label, facts.failure_message)
     except Exception as exc:  # a bug must not stop the sweep for the other hosts
+        if repo_cache is not None:
+            repo_cache.forget(server.server_id)
         facts.failure = GatherFailure.ERROR
         facts.failure_message = f"{transport.label}: unexpected error: {type(exc).__name__}: {exc}"
         log.exception("gather %s failed unexpectedly", server.label)

@@ -939,9 +939,7 @@ def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
         except OSError as e2:
             add((-1, e2.errno or 0))
         add((-2, e.errno or 0))
-        return hashlib.blake2b(
-            struct.pack(f"<{len(parts)}q", *parts), digest_size=10
-        ).hexdigest(), newest
+        return hashlib.blake2b(_packed(parts), digest_size=10).hexdigest(), newest
     try:
         st = os.fstat(fd)
         add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
@@ -958,8 +956,21 @@ def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
                 newest = max(st.st_mtime_ns, st.st_ctime_ns)
     finally:
         os.close(fd)
-    data = struct.pack(f"<{len(parts)}q", *parts)
+    data = _packed(parts)
     return hashlib.blake2b(data, digest_size=10).hexdigest(), newest
+
+
+def _packed(parts: list[int]) -> bytes:
+    """The numbers as unsigned 64-bit words (an inode may not fit a signed one on NFS or FUSE)."""
+    return struct.pack(f"<{len(parts)}Q", *(n & 0xFFFF_FFFF_FFFF_FFFF for n in parts))
+
+
+def _unchanged(repo_path: str, known_fingerprint: str) -> bool:
+    """Whether the repository still has the known fingerprint; any error means "walk it"."""
+    try:
+        return fingerprint(repo_path)[0] == known_fingerprint
+    except Exception:  # never drop a repository from the walk: walking it is always safe
+        return False
 
 
 def trusted_fingerprint(repo_path: str | bytes, since_ns: int, racy_seconds: float) -> str | None:
@@ -1156,7 +1167,7 @@ def iter_records(
                 if label == "bups":
                     counts["repos"] += 1
                     was = known.get(project_id)
-                    if was is not None and fingerprint(path)[0] == was:
+                    if was is not None and _unchanged(path, was):
                         counts["repos_unchanged"] += 1
                         same_repos.append(position[project_id])
                         continue

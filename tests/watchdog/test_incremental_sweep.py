@@ -595,3 +595,63 @@ def test_the_owner_sample_reaches_the_probe_and_its_start_must_be_a_project_id()
     for bad in ("--bup-root=/etc", "../x", "c0ffee00"):
         with pytest.raises(ValueError):
             probe_argv(server, "python3", owner_sample=OwnerSample(10, 20, bad))
+
+
+def test_a_kept_owner_sample_is_dropped_once_older_than_keep_samples() -> None:
+    sampled = ProjectDirFacts(PID_A, False, 1000, 1000, owners={1000: 3, 4242: 1}, sampled=4)
+    now_skipped = {
+        "type": "project_dir",
+        "project_id": PID_A,
+        "uid": 1000,
+        "gid": 1000,
+        "sample_skipped": True,
+    }
+
+    def parse(sampled_at: float) -> ProjectDirFacts:
+        facts = HostFacts(SID, time.time())
+        before = HostCache(dirs={PID_A: CachedDir("ab", sampled, False, sampled_at)})
+        parse_probe_lines(
+            SID,
+            lines({"type": "hello"}, now_skipped, {"type": "done"}),
+            facts,
+            previous=before,
+            fresh=HostCache(),
+            keep_samples=3600,
+        )
+        return facts.project_dirs[PID_A]
+
+    assert parse(time.time() - 60) == sampled  # kept
+    assert parse(time.time() - 7200).sample_skipped  # too old: only the top is known
+
+
+def test_fingerprints_and_digests_that_are_not_lowercase_hex_are_not_kept() -> None:
+    fresh = HostCache()
+    parse_probe_lines(
+        SID,
+        lines(
+            {"type": "hello"},
+            {"type": "repo", "project_id": PID_A, "path": "x", "fingerprint": "é x\n-"},
+            {"type": "project_dir", "project_id": PID_A, "uid": 0, "gid": 0, "digest": "AB CD"},
+            {"type": "done"},
+        ),
+        HostFacts(SID, time.time()),
+        previous=HostCache(),
+        fresh=fresh,
+    )
+    assert fresh.repos == {} and fresh.dirs == {}  # they would corrupt the next known state
+
+
+def test_forget_project_drops_one_project_on_one_host() -> None:
+    cache = RepoCache()
+    entry = HostCache(
+        repos={p: CachedRepo("ab", RepoFacts(p, "x"), time.time()) for p in (PID_A, PID_B)}
+    )
+    cache.replace(SID, entry, 2, 0)
+    cache.forget_project(SID, PID_A)
+    assert set(cache.known(SID).repos) == {PID_B}
+
+
+def test_fingerprint_numbers_past_a_signed_64_bit_word_still_pack() -> None:
+    from watchdog.probe import _packed
+
+    assert len(_packed([2**63 + 5, -1, 0])) == 24  # an NFS/FUSE inode; the probe's error marker
