@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from checks import registry as check_registry
+from repairs.base import RepairRequest
 from watchdog.config import Config
 from watchdog.errors import WatchdogError
 from watchdog.guard import Guard
@@ -128,7 +129,19 @@ class Daemon:
         if inventory is None:
             inventory = load_inventory(self.runner.source, self.state)
             self.inventory = inventory
-        return Guard(self.config, self.state, inventory, leases=self.leases)
+        return Guard(
+            self.config, self.state, inventory, leases=self.leases, on_executed=self._repaired
+        )
+
+    def _repaired(self, req: RepairRequest) -> None:
+        """A repair ran: what the incremental cache holds of its project may be out of date (a
+        chown changes owners deep in a tree, where no fingerprint or kept sample would see it)."""
+        cache = self.runner.repo_cache
+        if cache is None or req.project_id is None:
+            return
+        project = self.inventory.projects.get(req.project_id) if self.inventory else None
+        for sid in {req.server_id, *(project.locations if project else ())}:
+            cache.forget_project(sid, req.project_id)
 
     def servers(self) -> Mapping[str, Server]:
         if self.inventory is not None:

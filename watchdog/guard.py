@@ -215,6 +215,7 @@ class Guard:
         repairs: Mapping[str, Repair[RepairSettings]] | None = None,
         clock: Callable[[], float] = time.time,
         leases: LeaseBackend | None = None,
+        on_executed: Callable[[RepairRequest], None] | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -225,6 +226,8 @@ class Guard:
         self.clock = clock
         #: Where leases live ([guard] leases): the state database, or Cassandra.
         self.leases = leases if leases is not None else lease_backend(config, self.journal)
+        #: Told after a repair ran (whatever its outcome): what it touched may have changed.
+        self.on_executed = on_executed
 
     # -- public -------------------------------------------------------------------------------
 
@@ -477,6 +480,7 @@ class Guard:
                 req, "lease", f"{req.target} is being repaired by {holder}; one at a time", mode
             )
         ctx = self._context(decided_by or req.requested_by)
+        executed = False
         try:
             try:
                 blockers = repair.preconditions(req, ctx, settings)
@@ -496,6 +500,7 @@ class Guard:
                 "repair #%d %s on %s: running %d steps", entry, req.repair, req.target, len(steps)
             )
             ctx.steps = _StepLog()
+            executed = True
             try:
                 outcome = repair.execute(req, steps, ctx, settings)
             except WatchdogError as exc:
@@ -530,3 +535,8 @@ class Guard:
         finally:
             ctx.close()
             self.leases.release(req.target, self.holder)
+            if executed and self.on_executed is not None:
+                try:
+                    self.on_executed(req)
+                except Exception:  # a listener's bug must not turn the decision into a crash
+                    log.exception("after repair %s on %s", req.repair, req.target)

@@ -217,3 +217,17 @@ def test_a_repair_that_crashes_is_journaled_as_failed_with_its_steps_not_left_ru
     assert "unexpected error in restart_bup_server: KeyError: 'port'" in (entry.output or "")
     assert guard.journal.active_fingerprint("f00d") is None, "the alert is not blocked"
     assert guard.leases.holder(req.target) is None
+
+
+def test_listeners_hear_of_a_repair_that_ran_whatever_its_outcome_and_not_of_a_refusal(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    scratch_fleet.hosts["s1"].stop_bup_server()
+    guard = restart_guard(scratch_fleet, ["true"])
+    heard: list[RepairRequest] = []
+    guard.on_executed = heard.append
+    ran = RepairRequest("restart_bup_server", scratch_fleet.server_id("s1"))
+    assert guard.submit(ran).status == "failed"  # ran: 'true' starts nothing
+    refused = RepairRequest("restart_bup_server", scratch_fleet.server_id("s2"))
+    assert guard.submit(refused).status == "refused"  # s2's bup_server is up: nothing to do
+    assert heard == [ran]
