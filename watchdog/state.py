@@ -22,6 +22,11 @@ from watchdog.errors import WatchdogError
 from watchdog.model import DeepResult, Finding, HostFacts, Severity
 from watchdog.suspicion import HostRecord
 
+# A finding a check could not judge (its peer unreadable) stays open this long after it was last
+# seen, then is resolved: long enough to ride out a host's outage, short enough not to keep an
+# alert firing for a pair that can never be judged again.
+UNJUDGED_KEEP_SECONDS = 86400.0
+
 MIGRATIONS: Sequence[str] = (
     # 1: findings with history, host and check status, deep-check book, inventory cache
     """
@@ -299,6 +304,7 @@ class State:
         ssh_sessions: int,
         lag_seconds: dict[str, dict[str, Any]] | None = None,
         unjudged: dict[str, set[tuple[str, str]]] | None = None,
+        unjudged_keep_seconds: float = UNJUDGED_KEEP_SECONDS,
     ) -> int:
         """Store one sweep in one transaction.
 
@@ -306,7 +312,10 @@ class State:
         to the servers it could judge in this sweep: only their open findings that were not
         reported again are resolved (a host that was unreachable keeps its old findings open).
         ``unjudged`` maps a check to (server, project) pairs it could not judge although their
-        server was evaluated (a replica whose master was not probed): their findings stay open.
+        server was evaluated (a replica whose master was not probed): their findings stay open,
+        for at most ``unjudged_keep_seconds`` after they were last seen (a pair that can never be
+        judged again, say a master decommissioned or swept by another watchdog, must not keep
+        an alert firing for ever).
         """
         unjudged = unjudged or {}
         now = started + seconds
@@ -348,14 +357,17 @@ class State:
                     continue  # a check that failed proves nothing resolved
                 for sid in servers:
                     rows = db.execute(
-                        "SELECT id, code, project_id FROM findings WHERE check_name=? AND "
-                        "server_id=? AND resolved_at IS NULL",
+                        "SELECT id, code, project_id, last_seen FROM findings WHERE "
+                        "check_name=? AND server_id=? AND resolved_at IS NULL",
                         (check, sid),
                     ).fetchall()
                     kept = unjudged.get(check, set())
-                    for fid, code, pid in rows:
-                        if (check, code, sid, pid) not in seen and (sid, pid) not in kept:
-                            db.execute("UPDATE findings SET resolved_at=? WHERE id=?", (now, fid))
+                    for fid, code, pid, last_seen in rows:
+                        if (check, code, sid, pid) in seen:
+                            continue
+                        if (sid, pid) in kept and last_seen >= now - unjudged_keep_seconds:
+                            continue
+                        db.execute("UPDATE findings SET resolved_at=? WHERE id=?", (now, fid))
             for sid, h in facts.items():
                 tcp = h.bup_server_tcp
                 db.execute(

@@ -9,7 +9,7 @@ import pytest
 
 from support.facts import P1, S1, S2
 from watchdog.model import Finding, HostFacts, Severity
-from watchdog.state import MIGRATIONS, State, StateError
+from watchdog.state import MIGRATIONS, UNJUDGED_KEEP_SECONDS, State, StateError
 
 
 def finding(code: str = "too_large", server: str = S1, project: str | None = P1) -> Finding:
@@ -85,3 +85,27 @@ def test_a_corrupt_state_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StateError, match="not a usable SQLite database"):
         State(tmp_path / "state.db")
+
+
+def test_an_unjudged_finding_stays_open_a_day_after_it_was_last_seen_then_resolves(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path / "state.db")
+    record(state, 100.0, [finding()])
+
+    def unjudged_sweep(t: float) -> None:
+        state.record_sweep(
+            started=t,
+            seconds=1.0,
+            facts={S1: HostFacts(server_id=S1, gathered_at=t)},
+            findings=[],
+            checks_run={"save_log_size": (0.01, None)},
+            evaluated_servers={"save_log_size": {S1}},
+            ssh_sessions=1,
+            unjudged={"save_log_size": {(S1, P1)}},
+        )
+
+    unjudged_sweep(100.0 + UNJUDGED_KEEP_SECONDS - 10)
+    assert [f.project_id for f in state.open_findings()] == [P1]
+    unjudged_sweep(100.0 + UNJUDGED_KEEP_SECONDS + 10)
+    assert state.open_findings() == []

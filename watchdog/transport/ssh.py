@@ -43,7 +43,7 @@ KILL_AFTER = 3.0
 
 def remote_argv(argv: list[str], limit: float) -> list[str]:
     """The command as run on the host: under ``timeout``, so that it never outlives the wait."""
-    return ["timeout", f"--kill-after={KILL_AFTER:g}", f"{limit + REMOTE_GRACE:g}", *argv]
+    return ["timeout", f"--kill-after={KILL_AFTER:g}", f"{limit + REMOTE_GRACE:.3f}", *argv]
 
 
 def _socket_error(exc: OSError, where: str) -> HostUnreachable:
@@ -249,6 +249,9 @@ class SshTransport:
         limit = timeout or self.config.command_timeout
         started = time.monotonic()
         chan = self._open(argv, stdin, limit)
+        # The host's own timeout counts from here (the command started), not from before the
+        # connection was opened: after giving up, wait long enough for it to fire.
+        wait_end = (time.monotonic() - started) + REMOTE_GRACE + KILL_AFTER + 2.0
         out, err = bytearray(), bytearray()
         cap = self.config.max_output_bytes
         try:
@@ -259,14 +262,9 @@ class SshTransport:
                 while True:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        gone = _wait_remote_end(chan, REMOTE_GRACE + KILL_AFTER + 2.0)
                         raise CommandTimeout(
                             f"{self.label}: {argv[0]} did not finish within {limit:g} s"
-                            + (
-                                " (stopped on the host)"
-                                if gone
-                                else " (the host did not confirm it stopped)"
-                            )
+                            + _after_timeout(chan, wait_end)
                         )
                     sel.select(timeout=remaining)
                     while chan.recv_stderr_ready():
@@ -284,10 +282,20 @@ class SshTransport:
                 sel.close()
             rc = chan.recv_exit_status()
         except TimeoutError:
-            raise CommandTimeout(f"{self.label}: {argv[0]} went silent for {limit:g} s") from None
+            raise CommandTimeout(
+                f"{self.label}: {argv[0]} went silent for {limit:g} s"
+                + _after_timeout(chan, wait_end)
+            ) from None
         finally:
             chan.close()
         return CommandResult(rc, bytes(out), bytes(err), time.monotonic() - started)
+
+
+def _after_timeout(chan: paramiko.Channel, seconds: float) -> str:
+    """Wait for the host to end the command we gave up on; say how that went."""
+    if _wait_remote_end(chan, seconds):
+        return " (stopped on the host)"
+    return " (the host did not confirm it stopped)"
 
 
 def _wait_remote_end(chan: paramiko.Channel, seconds: float) -> bool:
