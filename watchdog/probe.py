@@ -901,6 +901,7 @@ FP_FILES = (
     "bupindex.hlink",
 )
 _FP_RELS = tuple(rel.encode() for rel in (*FP_DIRS[1:], *FP_FILES))
+_FP_DIR_RELS = frozenset(rel.encode() for rel in FP_DIRS[1:])
 # The repository is opened once and the other paths are looked up from it: a third less work for
 # the kernel than walking /bup/bups/<project id>/... again for every path.
 _FP_DIR_FLAGS = (
@@ -916,7 +917,9 @@ def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
     Any write, truncation, rename, chmod, chown or link-count change of one of them changes its
     ctime, which no user tool can set back, so the digest changes; entries added to, removed from
     or renamed in a fingerprinted directory change that directory's. A repository that is not a
-    directory (gone, a symlink, a file) is fingerprinted by its own lstat and the error. What it
+    directory (gone, a symlink, a file) is fingerprinted by its own lstat and the error, and no
+    path is looked up below a fingerprinted directory that is not a real directory (a symlink is
+    never followed out of the repository, as in the walk, nor into a mount that may hang). What it
     does not see, so that an incremental sweep reports it only at the repository's next full walk
     (the gather's ``max_age``): a file rewritten in place that is not in FP_FILES (a ``.idx`` or
     ``.pack`` overwritten without a rename, which git never does), and entries in other
@@ -945,13 +948,21 @@ def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
         add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         newest = max(st.st_mtime_ns, st.st_ctime_ns)
         stat_at = os.stat
+        not_dirs: list[bytes] = []  # fingerprinted directories that are not real directories
         for rel in _FP_RELS:
+            if not_dirs and any(rel.startswith(d) for d in not_dirs):
+                add((-3, 0))  # never looked up through a symlink (it could lead out, or hang)
+                continue
             try:
                 st = stat_at(rel, dir_fd=fd, follow_symlinks=False)
             except OSError as e:
                 add((-1, e.errno or 0))
+                if rel in _FP_DIR_RELS:
+                    not_dirs.append(rel + b"/")
                 continue
             add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            if rel in _FP_DIR_RELS and not stat.S_ISDIR(st.st_mode):
+                not_dirs.append(rel + b"/")
             if st.st_mtime_ns > newest or st.st_ctime_ns > newest:
                 newest = max(st.st_mtime_ns, st.st_ctime_ns)
     finally:

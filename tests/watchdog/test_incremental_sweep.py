@@ -48,7 +48,7 @@ from watchdog.model import (
     Server,
     Severity,
 )
-from watchdog.probe import bitmap
+from watchdog.probe import bitmap, fingerprint
 from watchdog.sandbox import repos as sandbox_repos
 from watchdog.sandbox.fleet import SandboxFleet
 from watchdog.sweep import sweep
@@ -655,3 +655,16 @@ def test_fingerprint_numbers_past_a_signed_64_bit_word_still_pack() -> None:
     from watchdog.probe import _packed
 
     assert len(_packed([2**63 + 5, -1, 0])) == 24  # an NFS/FUSE inode; the probe's error marker
+
+
+def test_the_fingerprint_never_looks_through_a_symlinked_directory(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    repo = host.add_repo()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(repo / "conf", elsewhere)
+    (repo / "conf").symlink_to(elsewhere)
+    before = fingerprint(str(repo))[0]
+    with open(elsewhere / "save_log.json", "a") as f:  # outside the repository
+        f.write('{"timestamp": 2}\n')
+    assert fingerprint(str(repo))[0] == before
