@@ -168,6 +168,15 @@ class Runner:
         if not checks:
             return None
         inventory = load_inventory(self.source, self.state)
+        if self.state is not None and not inventory.stale:
+            gone = self.state.forget_servers(inventory.servers)
+            if gone:
+                log.warning(
+                    "%d server(s) are no longer in the inventory (%s): their open findings are "
+                    "resolved and their host gauges dropped",
+                    len(gone),
+                    ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
+                )
         explicit = bool(servers)
         if self.membership is not None and not servers:
             servers = self.membership.select(inventory, self.state)

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +401,35 @@ class State:
         return sweep_id
 
     # -- reading ------------------------------------------------------------------------------
+
+    def forget_servers(self, keep: Collection[str]) -> list[str]:
+        """Servers gone from the inventory: their open findings are resolved and their host rows
+        (gauges, reachability record, deep-check book) dropped, so that a decommissioned host does
+        not keep an alert firing. Returns the server ids forgotten (none when ``keep`` is empty:
+        an empty inventory is more likely a mistake than a fleet with no servers)."""
+        keep = set(keep)
+        if not keep:
+            return []
+        known = {
+            str(sid)
+            for (sid,) in self.query(
+                "SELECT server_id FROM findings WHERE resolved_at IS NULL "
+                "UNION SELECT server_id FROM hosts UNION SELECT server_id FROM host_records"
+            )
+        }
+        gone = sorted(known - keep)
+        if not gone:
+            return []
+        now = time.time()
+        with self.transaction() as db:
+            for sid in gone:
+                db.execute(
+                    "UPDATE findings SET resolved_at=? WHERE server_id=? AND resolved_at IS NULL",
+                    (now, sid),
+                )
+                for table in ("hosts", "host_records", "deep_checks"):
+                    db.execute(f"DELETE FROM {table} WHERE server_id=?", (sid,))  # noqa: S608
+        return gone
 
     def raise_finding(self, f: Finding) -> None:
         """Open (or refresh) one finding outside a sweep, e.g. the guard giving up on a target."""

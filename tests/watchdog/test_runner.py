@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from checks import settings_models
-from support.facts import P1, S1
+from support.facts import P1, S1, S2
 from watchdog.config import Config, parse_config
 from watchdog.inventory.file import RACY_SECONDS, FileInventory
+from watchdog.model import Finding, Severity
 from watchdog.runner import Runner, load_inventory
 from watchdog.state import State
 
@@ -64,3 +66,28 @@ def test_only_a_runner_asked_to_be_incremental_keeps_a_repo_cache(tmp_path: Path
     assert cache is not None and cache.max_age == 600
     off = _config(tmp_path, {"enabled": False})
     assert Runner(off, None, source, incremental=True).repo_cache is None
+
+
+def test_a_sweep_after_a_server_left_the_inventory_resolves_its_findings(tmp_path: Path) -> None:
+    (tmp_path / "bup" / "bups").mkdir(parents=True)
+    (tmp_path / "projects").mkdir()
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        f"""
+[[servers]]
+server_id = "{S1}"
+host = "127.0.0.1"
+port = 1
+transport = "local"
+bup_root = "{tmp_path / "bup"}"
+projects_root = "{tmp_path / "projects"}"
+"""
+    )
+    state = State(tmp_path / "state.db")
+    gone = Finding("reachability", S2, Severity.CRITICAL, "down", code="ssh_unreachable")
+    state.raise_finding(gone)
+    config = _config(tmp_path, {})
+    config.ssh.python = sys.executable
+    assert [f.server_id for f in state.open_findings()] == [S2]
+    Runner(config, state, FileInventory(path)).run_once(force=True, only=["reachability"])
+    assert S2 not in {f.server_id for f in state.open_findings()}  # S1's own findings may stay

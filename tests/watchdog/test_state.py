@@ -109,3 +109,16 @@ def test_an_unjudged_finding_stays_open_a_day_after_it_was_last_seen_then_resolv
     assert [f.project_id for f in state.open_findings()] == [P1]
     unjudged_sweep(100.0 + UNJUDGED_KEEP_SECONDS + 10)
     assert state.open_findings() == []
+
+
+def test_a_server_gone_from_the_inventory_has_its_findings_resolved_and_rows_dropped(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path / "state.db")
+    record(state, 100.0, [finding(server=S1), finding(server=S2)])
+    assert state.forget_servers({S1}) == [S2]
+    assert [f.server_id for f in state.open_findings()] == [S1]
+    assert [sid for (sid,) in state.query("SELECT server_id FROM hosts")] == [S1]
+    assert state.forget_servers({S1}) == []  # nothing left to forget
+    assert state.forget_servers(set()) == []  # an empty inventory forgets nothing
+    assert [f.server_id for f in state.open_findings()] == [S1]
