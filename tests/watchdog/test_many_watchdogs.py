@@ -156,17 +156,21 @@ def test_a_cassandra_lease_is_exclusive_expires_by_its_ttl_and_stays_while_it_is
     config = load_config(path, settings_models())
     a, b = CassandraLeases.from_config(config), CassandraLeases.from_config(config)
     try:
-        assert a.acquire("t1", "watchdog-a:1", 1)
-        assert not b.acquire("t1", "watchdog-b:2", 1)
+        # exclusive (a TTL long enough that a slow, loaded node cannot expire it meanwhile)
+        assert a.acquire("t1", "watchdog-a:1", 60)
+        assert not b.acquire("t1", "watchdog-b:2", 60)
         b.release("t1", "watchdog-b:2")  # not b's lease: nothing happens
         assert (a.holder("t1") or "").startswith("watchdog-a:1#")
+        a.release("t1", "watchdog-a:1")
+
+        assert a.acquire("t3", "watchdog-a:1", 1)
         time.sleep(2.1)  # TTL 1 s (Cassandra counts whole seconds)
-        assert a.holder("t1") is None
-        assert b.acquire("t1", "watchdog-b:2", 5), "an expired lease is free"
+        assert a.holder("t3") is None
+        assert b.acquire("t3", "watchdog-b:2", 5), "an expired lease is free"
 
         kept = Renewing(a)
-        assert kept.acquire("t2", "watchdog-a:1", 1.5)  # renewed every 0.5 s
-        deadline = time.monotonic() + 3.5
+        assert kept.acquire("t2", "watchdog-a:1", 3)  # renewed every second
+        deadline = time.monotonic() + 7
         while time.monotonic() < deadline:
             assert not b.acquire("t2", "watchdog-b:2", 5), "a renewed lease outlives its TTL"
             time.sleep(0.3)
