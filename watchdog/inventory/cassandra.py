@@ -487,21 +487,7 @@ class CassandraInventory:
                 )
                 stats.skipped["servers with invalid details"] += 1
                 continue
-            servers[s.server_id] = Server(
-                server_id=s.server_id,
-                host=s.host,
-                port=s.port,
-                dc=s.dc,
-                experimental=s.experimental,
-                disabled=s.disabled,
-                ssh_host=s.ssh_host or s.host,
-                ssh_port=s.ssh_port,
-                ssh_user=s.ssh_user or self.default_user,
-                bup_root=s.bup_root,
-                projects_root=s.projects_root,
-                name=s.name,
-                transport=s.transport,
-            )
+            servers[s.server_id] = s.server(self.default_user)
         return servers
 
     # -- projects

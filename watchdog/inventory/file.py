@@ -56,6 +56,25 @@ class ServerEntry(BaseModel):
             raise ValueError(bad)
         return v.rstrip("/") or "/"
 
+    def server(self, default_user: str) -> Server:
+        """The inventory's Server for this entry (ssh_host defaults to host, the user to the
+        config's)."""
+        return Server(
+            server_id=self.server_id,
+            host=self.host,
+            port=self.port,
+            dc=self.dc,
+            experimental=self.experimental,
+            disabled=self.disabled,
+            ssh_host=self.ssh_host or self.host,
+            ssh_port=self.ssh_port,
+            ssh_user=self.ssh_user or default_user,
+            bup_root=self.bup_root,
+            projects_root=self.projects_root,
+            name=self.name,
+            transport=self.transport,
+        )
+
     @model_validator(mode="after")
     def _separate_roots(self) -> ServerEntry:
         b, p = self.bup_root, self.projects_root
@@ -163,21 +182,7 @@ def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> In
             continue
         if s.server_id in servers:
             problems.append(f"At 'servers[{i}]': server_id {s.server_id} appears twice")
-        servers[s.server_id] = Server(
-            server_id=s.server_id,
-            host=s.host,
-            port=s.port,
-            dc=s.dc,
-            experimental=s.experimental,
-            disabled=s.disabled,
-            ssh_host=s.ssh_host or s.host,
-            ssh_port=s.ssh_port,
-            ssh_user=s.ssh_user or default_user,
-            bup_root=s.bup_root,
-            projects_root=s.projects_root,
-            name=s.name,
-            transport=s.transport,
-        )
+        servers[s.server_id] = s.server(default_user)
     ids = {sid: sid for sid in servers}  # one string per server id, however many projects
     projects: dict[str, Project] = {}
     raw_projects = _entries(data, "projects", problems)
