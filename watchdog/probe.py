@@ -38,11 +38,9 @@ import argparse
 import base64
 import collections
 import errno
-import hashlib
 import json
 import marshal
 import os
-import platform
 import re
 import socket
 import stat
@@ -52,6 +50,11 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
+
+try:  # the C module itself: ``hashlib`` would load OpenSSL too (3 ms on every host, every sweep)
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b as _blake2b
 
 PROBE_VERSION = 1
 
@@ -902,6 +905,15 @@ FP_FILES = (
 )
 _FP_RELS = tuple(rel.encode() for rel in (*FP_DIRS[1:], *FP_FILES))
 _FP_DIR_RELS = frozenset(rel.encode() for rel in FP_DIRS[1:])
+# Each path's parent among the fingerprinted paths (None: the repository itself).
+_FP_PARENT = tuple(
+    _FP_RELS.index(rel.rpartition(b"/")[0]) if b"/" in rel else None for rel in _FP_RELS
+)
+# A fingerprint is the digest's hex followed by the ``absent`` mask's (one bit per _FP_RELS entry,
+# set for the paths that did not exist): fixed widths, so the probe can read the mask back.
+FP_DIGEST_HEX = 20
+FP_MASK_HEX = (len(_FP_RELS) + 3) // 4
+FP_HEX = FP_DIGEST_HEX + FP_MASK_HEX
 # The repository is opened once and the other paths are looked up from it: a third less work for
 # the kernel than walking /bup/bups/<project id>/... again for every path.
 _FP_DIR_FLAGS = (
@@ -909,11 +921,12 @@ _FP_DIR_FLAGS = (
 )
 
 
-def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
-    """(digest, newest change in ns) of what a repository's cheap facts depend on.
+def fingerprint(repo_path: str | bytes, absent: int = 0) -> tuple[str, int]:
+    """(fingerprint, newest change in ns) of what a repository's cheap facts depend on.
 
-    The digest covers the lstat (mode, inode, size, mtime, ctime) of the repository and of the
-    FP_DIRS and FP_FILES in it: one ``open`` and 20 ``stat`` calls, however many packs it has.
+    The fingerprint is a digest of the lstat (mode, inode, size, mtime, ctime) of the repository
+    and of the FP_DIRS and FP_FILES in it — one ``open`` and up to 20 ``stat`` calls, however many
+    packs it has — followed by the mask of the paths that did not exist (ENOENT).
     Any write, truncation, rename, chmod, chown or link-count change of one of them changes its
     ctime, which no user tool can set back, so the digest changes; entries added to, removed from
     or renamed in a fingerprinted directory change that directory's. A repository that is not a
@@ -927,11 +940,18 @@ def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
     move ``repo_bytes``, ``file_count`` and ``symlinks_outside``. Corruption of the data itself
     (bit rot) changes no timestamp at all: no fingerprint sees it; the full walks and the deep
     checks do.
+
+    ``absent`` (the mask of a trusted earlier fingerprint of this repository, see ``_unchanged``)
+    names paths that are taken as still missing without a ``stat``: creating one adds an entry to
+    its parent, whose own lstat is in the digest, so the digest differs all the same whenever the
+    guess is wrong (no loss; two calls fewer per repository with neither ``packed-refs`` nor
+    ``bupindex.hlink``).
     """
     root = os.fsencode(repo_path)
     parts: list[int] = []
     add = parts.extend
     newest = 0
+    missing = 0
     try:
         fd = os.open(root, _FP_DIR_FLAGS)
     except OSError as e:
@@ -942,44 +962,57 @@ def fingerprint(repo_path: str | bytes) -> tuple[str, int]:
         except OSError as e2:
             add((-1, e2.errno or 0))
         add((-2, e.errno or 0))
-        return hashlib.blake2b(_packed(parts), digest_size=10).hexdigest(), newest
+        return _fingerprint_text(parts, 0), newest
     try:
         st = os.fstat(fd)
         add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         newest = max(st.st_mtime_ns, st.st_ctime_ns)
         stat_at = os.stat
-        not_dirs: list[bytes] = []  # fingerprinted directories that are not real directories
-        for rel in _FP_RELS:
-            if not_dirs and any(rel.startswith(d) for d in not_dirs):
-                add((-3, 0))  # never looked up through a symlink (it could lead out, or hang)
+        blocked = 0  # bits of the fingerprinted directories that are not real directories
+        for n, rel in enumerate(_FP_RELS):
+            bit = 1 << n
+            parent = _FP_PARENT[n]
+            if parent is not None and blocked >> parent & 1:
+                blocked |= bit  # never looked up through a symlink (it could lead out, or hang)
+                add((-3, 0))
+                continue
+            if absent & bit:
+                missing |= bit  # taken as read: see the docstring
+                add((-1, errno.ENOENT))
+                blocked |= bit
                 continue
             try:
                 st = stat_at(rel, dir_fd=fd, follow_symlinks=False)
             except OSError as e:
                 add((-1, e.errno or 0))
-                if rel in _FP_DIR_RELS:
-                    not_dirs.append(rel + b"/")
+                if e.errno == errno.ENOENT:
+                    missing |= bit
+                blocked |= bit
                 continue
             add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
             if rel in _FP_DIR_RELS and not stat.S_ISDIR(st.st_mode):
-                not_dirs.append(rel + b"/")
+                blocked |= bit
             if st.st_mtime_ns > newest or st.st_ctime_ns > newest:
                 newest = max(st.st_mtime_ns, st.st_ctime_ns)
     finally:
         os.close(fd)
-    data = _packed(parts)
-    return hashlib.blake2b(data, digest_size=10).hexdigest(), newest
+    return _fingerprint_text(parts, missing), newest
 
 
-def _packed(parts: list[int]) -> bytes:
-    """The numbers as unsigned 64-bit words (an inode may not fit a signed one on NFS or FUSE)."""
-    return struct.pack(f"<{len(parts)}Q", *(n & 0xFFFF_FFFF_FFFF_FFFF for n in parts))
+def _fingerprint_text(parts: list[int], missing: int) -> str:
+    """The digest of the numbers (``marshal``: any size or sign, 4x cheaper than ``struct``) and
+    the mask of missing paths, as fixed-width lowercase hex."""
+    digest = _blake2b(marshal.dumps(parts, 2), digest_size=FP_DIGEST_HEX // 2).hexdigest()
+    return f"{digest}{missing:0{FP_MASK_HEX}x}"
 
 
 def _unchanged(repo_path: str, known_fingerprint: str) -> bool:
     """Whether the repository still has the known fingerprint; any error means "walk it"."""
     try:
-        return fingerprint(repo_path)[0] == known_fingerprint
+        absent = 0
+        if len(known_fingerprint) == FP_HEX:
+            absent = int(known_fingerprint[FP_DIGEST_HEX:], 16)
+        return fingerprint(repo_path, absent)[0] == known_fingerprint
     except Exception:  # never drop a repository from the walk: walking it is always safe
         return False
 
@@ -1006,7 +1039,7 @@ def record_digest(rec: dict[str, Any]) -> str:
     they share) is 4x cheaper than JSON here; records built in a different order (a directory
     listed in another order) or by another Python only give another digest, so the record is sent.
     """
-    return hashlib.blake2b(marshal.dumps(rec, 2), digest_size=10).hexdigest()
+    return _blake2b(marshal.dumps(rec, 2), digest_size=10).hexdigest()
 
 
 def known_order(repos: Iterable[str], dirs: Iterable[str]) -> list[str]:
@@ -1131,7 +1164,7 @@ def iter_records(
         "server_id": _read_server_id(bup_root),
         "bup_root": bup_root,
         "projects_root": projects_root,
-        "python": platform.python_version(),
+        "python": sys.version.split()[0],
     }
     bups = os.path.join(bup_root, "bups")
     mounts = read_mounts()

@@ -257,6 +257,22 @@ def grow_bupindex_in_place(repo: Path) -> None:
         f.write(b"\0" * 4096)
 
 
+def pack_refs_at_the_previous_save(repo: Path) -> None:
+    """packed-refs (absent until now: see the mask) names master~1; the loose ref is gone."""
+    parent = subprocess.run(
+        ["git", f"--git-dir={repo}", "rev-parse", "master~1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (repo / "packed-refs").write_text(f"# pack-refs with: peeled\n{parent} refs/heads/master\n")
+    (repo / "refs" / "heads" / "master").unlink()
+
+
+def write_bupindex_hlink(repo: Path) -> None:
+    (repo / "bupindex.hlink").write_bytes(b"\0" * 64)  # absent until now: see the mask
+
+
 def replace_repo_by_symlink(repo: Path) -> None:
     moved = repo.with_name(repo.name + ".moved")
     repo.rename(moved)
@@ -282,6 +298,8 @@ CHANGES: dict[str, tuple[Callable[[Path], None], Callable[[RepoFacts], object]]]
     "HEAD edited in place": (edit_head, lambda r: r.head),
     "symlink planted in refs/": (plant_symlink_in_refs, lambda r: r.symlinks_outside),
     "bupindex grown in place": (grow_bupindex_in_place, lambda r: r.bupindex_bytes),
+    "bupindex.hlink created": (write_bupindex_hlink, lambda r: r.bupindex_bytes),
+    "master moved to packed-refs": (pack_refs_at_the_previous_save, lambda r: r.master_sha),
     "repository replaced by a symlink": (replace_repo_by_symlink, lambda r: r.is_symlink),
     "settings.json replaced by a symlink": (replace_settings_by_symlink, lambda r: r.settings),
 }
@@ -651,10 +669,32 @@ def test_forget_project_drops_one_project_on_one_host() -> None:
     assert set(cache.known(SID).repos) == {PID_B}
 
 
-def test_fingerprint_numbers_past_a_signed_64_bit_word_still_pack() -> None:
-    from watchdog.probe import _packed
+def test_fingerprint_numbers_past_a_signed_64_bit_word_still_hash() -> None:
+    from watchdog.probe import FP_HEX, _fingerprint_text
 
-    assert len(_packed([2**63 + 5, -1, 0])) == 24  # an NFS/FUSE inode; the probe's error marker
+    text = _fingerprint_text([2**63 + 5, -1, 0], 0b101)  # an NFS/FUSE inode; the error marker
+    assert len(text) == FP_HEX and text.endswith("05")
+    assert text != _fingerprint_text([5, -1, 0], 0b101)
+
+
+def test_paths_missing_at_the_last_walk_are_not_looked_up_and_nothing_is_lost(
+    host: LocalHost,
+) -> None:
+    """The mask of a trusted fingerprint names the missing paths (here packed-refs and
+    bupindex.hlink); given it back, the probe skips their lstat and gets the same fingerprint, and
+    creating one of them still changes it (its parent directory's lstat is in the digest)."""
+    from watchdog.probe import _FP_RELS, FP_DIGEST_HEX
+
+    repo = host.add_repo()
+    settle()
+    full, _ = fingerprint(str(repo))
+    mask = int(full[FP_DIGEST_HEX:], 16)
+    missing = {_FP_RELS[n] for n in range(len(_FP_RELS)) if mask >> n & 1}
+    assert {b"packed-refs", b"bupindex.hlink"} <= missing
+    assert not missing & {b"HEAD", b"refs/heads/master", b"conf/save_log.json"}
+    assert fingerprint(str(repo), mask)[0] == full
+    (repo / "bupindex.hlink").write_bytes(b"")
+    assert fingerprint(str(repo), mask)[0][:FP_DIGEST_HEX] != full[:FP_DIGEST_HEX]
 
 
 def test_the_fingerprint_never_looks_through_a_symlinked_directory(
