@@ -9,8 +9,11 @@ Given a built sandbox fleet's config, it runs, in order:
    (``bench.metrics.measure``);
 3. incremental sweeps (``watchdog.gather.RepoCache``): one priming sweep, then ``--incremental``
    rounds of "change ``--changed`` of the repositories the way a save does, wait out the probe's
-   racy window, sweep"; and finally a full sweep without cache whose facts must equal the last
-   incremental sweep's, repository by repository.
+   racy window, sweep" with the checks the daemon runs in every sweep (``steady_checks``: by
+   default all but ownership, which is hourly, so the live directories are left out), then as
+   many rounds with every check (the daemon's sweep when ownership is due too); and finally a
+   full sweep without cache whose facts must equal the last incremental sweep's, repository by
+   repository.
 
 Prints one JSON object. Run by ``bench/compare.py``; usable alone:
     .venv/bin/python bench/watchdog_run.py --config FLEET/config.toml --bups '{"s01": "…"}'
@@ -33,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.hostcpu import hosts_cpu
-from checks import settings_models
+from checks import registry, settings_models
 from watchdog.config import load_config
 from watchdog.inventory.file import FileInventory
 from watchdog.model import DeepResult
@@ -100,6 +103,17 @@ def one_sweep(
         "slowest_host": max((f.duration_seconds for f in result.facts.values()), default=0.0),
     }
     return row, result
+
+
+def steady_checks(config: Any) -> list[str]:
+    """The checks the daemon runs in every sweep (interval at most the sweep interval): the
+    incremental rounds sweep these, as the daemon does between runs of the less frequent ones."""
+    every = config.schedule.sweep_interval_seconds
+    return [
+        name
+        for name in registry()
+        if config.check(name).enabled and config.check(name).interval_seconds <= every
+    ]
 
 
 def simulate_saves(bups: dict[str, str], inventory: Any, share: float, rng: random.Random) -> int:
@@ -219,15 +233,21 @@ def main() -> int:
         reset_peak()
         prime, result = one_sweep(config, inventory, pids, repo_cache=cache)
         prime["walked"], prime["reused"] = cache.totals()
-        rounds = []
-        for _ in range(args.incremental):
+        steady = steady_checks(config)
+
+        def incremental_round(only: list[str]) -> dict[str, Any]:
+            nonlocal result
             result = None
             changed = simulate_saves(bups, inventory, args.changed, rng)
             time.sleep(args.racy_wait)
-            row, result = one_sweep(config, inventory, pids, repo_cache=cache)
+            row, result = one_sweep(config, inventory, pids, repo_cache=cache, only=only)
             row["changed"] = changed
             row["walked"], row["reused"] = cache.totals()
-            rounds.append(row)
+            row["checks"] = sorted(result.checks)
+            return row
+
+        rounds = [incremental_round(steady) for _ in range(args.incremental)]
+        every = [incremental_round([]) for _ in range(args.incremental)] if args.incremental else []
         out["peak_rss_incremental_window_mb"] = window_peak_mb()
         last = result
         result = None
@@ -242,6 +262,14 @@ def main() -> int:
         out["incremental"] = {
             "prime": prime,
             "rounds": rounds,
+            "every_check_rounds": every,
+            "steady_checks": steady,
+            "not_every_sweep": {
+                name: config.check(name).interval_seconds
+                for name in registry()
+                if config.check(name).enabled and name not in steady
+            },
+            "sweep_interval_seconds": config.schedule.sweep_interval_seconds,
             "check_full": check_row,
             "mismatched": len(mismatched),
             "mismatched_examples": mismatched[:5],

@@ -64,7 +64,7 @@ class BupQuota(Check[BupQuotaSettings]):
         self, facts: FleetFacts, inventory: Inventory, settings: BupQuotaSettings
     ) -> Iterator[Finding]:
         for host in probed_hosts(facts):
-            for pid, repo in sorted(host.repos.items()):
+            for pid, repo in host.repos.items():
                 project = inventory.projects.get(pid)
                 if project is not None and project.deleted:
                     continue

@@ -27,6 +27,13 @@ from watchdog.model import (
 class OwnershipSettings(CheckSettings):
     """ownership: live files under /projects/<id> owned by the project's uid (sampled)."""
 
+    interval_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="Run at most this often (0: in every sweep). The live trees are listed and "
+        "their owners sampled only in the sweeps that run this check: on a real fleet that is "
+        "most of a walk's disk work, and a wrong owner is rarely urgent.",
+    )
     critical_fraction: float = Field(
         0.5,
         ge=0,
@@ -70,7 +77,7 @@ class Ownership(Check[OwnershipSettings]):
         self, facts: FleetFacts, inventory: Inventory, settings: OwnershipSettings
     ) -> Iterator[Finding]:
         placed: dict[str, list[Project]] = {}
-        for p in sorted(inventory.projects.values(), key=lambda p: p.project_id):
+        for p in inventory.projects.values():
             if not p.deleted:
                 for sid in set(p.locations):
                     placed.setdefault(sid, []).append(p)

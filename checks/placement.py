@@ -91,7 +91,7 @@ class Placement(Check[PlacementSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: PlacementSettings
     ) -> Iterator[Finding]:
-        for project in sorted(inventory.projects.values(), key=lambda p: p.project_id):
+        for project in inventory.projects.values():
             if project.deleted or project.master not in facts:
                 continue
             problems = list(self._inventory_problems(project, inventory, settings))

@@ -43,7 +43,7 @@ class ReplicationLag(Check[ReplicationLagSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: ReplicationLagSettings
     ) -> Iterator[Finding]:
-        for project in sorted(inventory.projects.values(), key=lambda p: p.project_id):
+        for project in inventory.projects.values():
             master_host = facts.get(project.master)
             if project.deleted or master_host is None or not master_host.probed:
                 continue

@@ -97,7 +97,7 @@ class RepoGarbage(Check[RepoGarbageSettings]):
         self, facts: FleetFacts, inventory: Inventory, settings: RepoGarbageSettings
     ) -> Iterator[Finding]:
         for host in probed_hosts(facts):
-            for pid, repo in sorted(host.repos.items()):
+            for pid, repo in host.repos.items():
                 if repo.is_symlink:
                     continue  # not walked; repo_integrity reports it
                 for severity, code, message, value in _garbage(repo, settings):

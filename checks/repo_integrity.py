@@ -58,7 +58,7 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                     code="deep_check_error",
                     message=f"deep checks could not run: {host.deep_error}",
                 )
-            for pid, repo in sorted(host.repos.items()):
+            for pid, repo in host.repos.items():
                 problems = list(_problems(repo))
                 for severity, code, message in problems:
                     yield Finding(
@@ -87,7 +87,7 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                         message=deep.message or "deep check failed",
                         details={"checked_at": deep.checked_at},
                     )
-        for project in sorted(inventory.projects.values(), key=lambda p: p.project_id):
+        for project in inventory.projects.values():
             master = facts.get(project.master)
             if project.deleted or master is None or not master.probed:
                 continue

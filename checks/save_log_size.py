@@ -33,7 +33,7 @@ class SaveLogSize(Check[SaveLogSizeSettings]):
         self, facts: FleetFacts, inventory: Inventory, settings: SaveLogSizeSettings
     ) -> Iterator[Finding]:
         for host in probed_hosts(facts):
-            for pid, repo in sorted(host.repos.items()):
+            for pid, repo in host.repos.items():
                 if repo.save_log_is_symlink:
                     yield Finding(
                         check=self.name,

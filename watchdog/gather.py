@@ -116,12 +116,14 @@ def probe_argv(
     fingerprint: bool = False,
     racy_seconds: float | None = None,
     owner_sample: OwnerSample | None = None,
+    live_dirs: bool = True,
 ) -> list[str]:
     """The probe's command line on a host; every value comes from the validated inventory.
 
     ``fingerprint`` asks for fingerprints and digests (incremental sweeps), with the probe's
     default racy window unless ``racy_seconds`` is given; ``owner_sample`` sets the owner sample's
-    sizes and start (a project id: validated here, it is a command-line argument).
+    sizes and start (a project id: validated here, it is a command-line argument); without
+    ``live_dirs`` the probe leaves the live directories out.
     """
     argv = [
         python,
@@ -136,7 +138,9 @@ def probe_argv(
         argv.append("--fingerprint")
         if racy_seconds is not None:
             argv += ["--racy-seconds", f"{racy_seconds:g}"]
-    if owner_sample is not None:
+    if not live_dirs:
+        argv.append("--no-project-dirs")
+    elif owner_sample is not None:
         argv += ["--owner-sample", str(int(owner_sample.per_project))]
         argv += ["--owner-sample-total", str(int(owner_sample.per_host))]
         if owner_sample.start:
@@ -545,13 +549,16 @@ def gather_host(
     deep: DeepConfig | None = None,
     repo_cache: RepoCache | None = None,
     owner_sample: OwnerSample | None = None,
+    live_dirs: bool = True,
 ) -> HostFacts:
     """Probe one host over one connection (and deep-check some repos over the same one).
 
     Also connects to the host's bup_server as its clients do. Never raises. With ``repo_cache``
     the walk is incremental (see the module's docstring), the owner sample starts where the
     host's last one ran out (unless ``owner_sample`` names a start), and the cache is updated
-    when the host's facts came back complete.
+    when the host's facts came back complete. Without ``live_dirs`` the live directories are
+    left out (``project_dirs`` stays empty; the cache keeps their entries for the next gather
+    that looks at them).
     """
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
@@ -559,6 +566,9 @@ def gather_host(
     transport = transport_factory(server, ssh)
     previous = repo_cache.known(server.server_id) if repo_cache is not None else None
     fresh = HostCache() if repo_cache is not None else None
+    if previous is not None and fresh is not None and not live_dirs:
+        # The probe is told of no directory and reports none: their entries carry over as kept.
+        fresh.dirs, previous.dirs = previous.dirs, {}
     if repo_cache is not None and not (owner_sample and owner_sample.start):
         base = owner_sample or OwnerSample()
         owner_sample = dataclasses.replace(base, start=repo_cache.sample_start(server.server_id))
@@ -576,6 +586,7 @@ def gather_host(
                 fingerprint=repo_cache is not None,
                 racy_seconds=repo_cache.racy_seconds if repo_cache is not None else None,
                 owner_sample=owner_sample,
+                live_dirs=live_dirs,
             ),
             stdin=program,
             timeout=ssh.command_timeout,
@@ -626,11 +637,13 @@ def gather(
     timeouts: Mapping[str, float] | None = None,
     repo_cache: RepoCache | None = None,
     owner_sample: OwnerSample | None = None,
+    live_dirs: bool = True,
 ) -> Iterator[HostFacts]:
     """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish.
 
     ``timeouts`` overrides the connect timeout (SSH and bup_server) per server id;
-    ``repo_cache`` makes the walks incremental; ``owner_sample`` sets the owner sample.
+    ``repo_cache`` makes the walks incremental; ``owner_sample`` sets the owner sample;
+    ``live_dirs=False`` leaves the live directories out (see ``gather_host``).
     """
     timeouts = timeouts or {}
 
@@ -652,6 +665,7 @@ def gather(
                 deep=deep,
                 repo_cache=repo_cache,
                 owner_sample=owner_sample,
+                live_dirs=live_dirs,
             ): s
             for s in servers
         }

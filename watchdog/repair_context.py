@@ -80,9 +80,8 @@ class Context:
                 owner_sample=owner_sample(self.config, focus or ""),
             )
         }
-        return list(
-            check_registry()[check].evaluate(facts, self.inventory, self.config.check(check))
-        )
+        found = check_registry()[check].evaluate(facts, self.inventory, self.config.check(check))
+        return sorted(found, key=Finding.order)
 
     def fenced(self, server_id: str) -> bool:
         return bool(self.journal.overrides().get(server_id, {}).get("fenced"))

@@ -157,6 +157,7 @@ def sweep(
             timeouts=timeouts,
             repo_cache=repo_cache,
             owner_sample=owner_sample(config),
+            live_dirs=judges_live_dirs(config, only),
         )
     }
     updated = []
@@ -177,7 +178,7 @@ def sweep(
                 state.record_deep(sid, f.deep.values())
             f.deep = {**books.get(sid, {}), **f.deep}
     findings, runs = run_checks(facts, inventory, config, only)
-    findings.sort(key=lambda f: (-f.severity, f.check, f.server_id, f.project_id or ""))
+    findings.sort(key=Finding.order)
     return SweepResult(
         inventory=inventory,
         facts=facts,
@@ -187,6 +188,13 @@ def sweep(
         seconds=time.monotonic() - started,
         ssh_sessions=sum(f.ssh_sessions for f in facts.values()),
     )
+
+
+def judges_live_dirs(config: Config, only: Collection[str] = ()) -> bool:
+    """Whether this sweep runs the one check that reads the live directories (ownership): when it
+    is not due, the hosts do not list /projects nor sample owners (the costliest part of a walk on
+    a real fleet, where live trees are large)."""
+    return config.check("ownership").enabled and (not only or "ownership" in only)
 
 
 # Checks that judge a host even when its probe failed (they read the gather's own outcome).

@@ -595,6 +595,51 @@ def test_a_wrong_owner_past_the_budget_is_found_in_turn_and_stays_reported_until
     assert changed.project_dirs[PID_C].uid == 4343
 
 
+def test_a_gather_without_live_dirs_skips_them_and_keeps_their_entries(host: LocalHost) -> None:
+    """Sweeps where the ownership check is not due leave the live directories out; the next
+    sweep that runs it still gets only the changed records sent, and facts equal a full walk's."""
+    for pid in (PID_A, PID_B):
+        host.add_repo(pid)
+    settle()
+    cache = RepoCache(racy_seconds=RACY)
+    host.gather(cache)
+    kept = cache.known(SID).dirs
+    assert set(kept) == {PID_A, PID_B}
+    os.chown(host.projects / PID_B / "notes.txt", 4242, 4242)
+    without = gather_host(host.server, host.ssh, tcp_timeout=0.2, repo_cache=cache, live_dirs=False)
+    assert without.probed, without.failure_message
+    assert without.project_dirs == {}
+    assert cache.totals() == (0, 2), "the repositories are still reused"
+    assert cache.known(SID).dirs == kept, "the directories' entries carry over untouched"
+    with_dirs = host.gather(cache)
+    assert with_dirs.project_dirs == host.gather(None).project_dirs
+    assert owners(with_dirs, PID_B)[4242] == 1
+    assert with_dirs.project_dirs[PID_A] is kept[PID_A].facts, "an unchanged record is reused"
+
+
+def test_the_probe_is_told_to_leave_live_dirs_out_only_when_asked() -> None:
+    server = Server(SID, "127.0.0.1", 1, name="h")
+    assert "--no-project-dirs" in probe_argv(server, "python3", live_dirs=False)
+    assert "--owner-sample" not in probe_argv(server, "python3", live_dirs=False)
+    assert "--no-project-dirs" not in probe_argv(server, "python3", owner_sample=OwnerSample())
+
+
+def test_a_sweep_lists_live_dirs_only_when_the_ownership_check_runs(tmp_path: Path) -> None:
+    from watchdog.sweep import judges_live_dirs
+
+    def config(extra: str = "") -> Config:
+        path = tmp_path / "config.toml"
+        path.write_text(f'[inventory]\nfile = "{tmp_path / "i.toml"}"\n{extra}')
+        return load_config(path, settings_models())
+
+    on = config()
+    assert on.check("ownership").interval_seconds == 3600  # the default: hourly
+    assert judges_live_dirs(on)
+    assert judges_live_dirs(on, ("ownership", "repo_integrity"))
+    assert not judges_live_dirs(on, ("repo_integrity", "replication_lag"))
+    assert not judges_live_dirs(config("[checks.ownership]\nenabled = false\n"))
+
+
 def test_without_a_cache_every_gather_samples_from_the_first_project(host: LocalHost) -> None:
     for pid in (PID_A, PID_B, PID_C):
         host.add_repo(pid)

@@ -936,3 +936,28 @@ def test_proc_net_addresses_decode_to_text() -> None:
         "::ffff:127.0.0.1",
         80,
     )
+
+
+def _socket_inode(sock: Any) -> str:
+    return os.readlink(f"/proc/self/fd/{sock.fileno()}")[len("socket:[") : -1]
+
+
+def test_listening_sockets_from_netlink_equal_those_from_proc_net() -> None:
+    """sock_diag (one look at the listening table) and /proc/net/tcp{,6} (every bucket of the
+    connection table) must name the same sockets: real ones, IPv4 and IPv6, one not asked for."""
+    import socket
+
+    v4 = socket.create_server(("127.0.0.1", 0))
+    v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    other = socket.create_server(("127.0.0.1", 0))
+    with v4, v6, other:
+        inodes = {_socket_inode(v4), _socket_inode(v6)}
+        fast = probe._listening_netlink(inodes)
+        slow = probe._listening_proc(inodes, "/proc")
+        assert fast is not None, "sock_diag is available on this kernel"
+        assert (
+            fast
+            == slow
+            == sorted([["127.0.0.1", v4.getsockname()[1]], ["::1", v6.getsockname()[1]]])
+        )
+        assert ["127.0.0.1", other.getsockname()[1]] not in fast
