@@ -944,20 +944,23 @@ def repo_facts(
 # --------------------------------------------------------------------------------------------
 
 # Directories whose listing the cheap facts depend on (an entry added, removed or renamed in one
-# changes its mtime and ctime: a new pack, a deleted pack, a ref or conf file replaced by rename, a
-# tmp file, a planted symlink), with every ancestor of a fingerprinted file, so that a directory
-# swapped for a symlink is seen too.
+# changes its mtime and ctime: a new pack, a deleted pack, a tmp file, a loose master object, the
+# master ref or its reflog replaced by rename, a planted symlink), and logs/refs, which lies
+# between two of them.
 FP_DIRS = (
     "",
-    "refs",
-    "refs/heads",
     "objects",
     "objects/pack",
-    "logs",
+    "refs/heads",
     "logs/refs",
     "logs/refs/heads",
-    "conf",
 )
+# Directories right in the repository whose own listing no cheap fact reads. An incremental check
+# does not stat them: the repository's own lstat, compared first, vouches that each is still the
+# same inode as at the trusted walk (replacing one changes the repository's mtime), so still a
+# real directory, or still not one (the mask says). Entries added in them are like those added to
+# hooks/: seen at the repository's next full walk.
+FP_GUARDS = ("refs", "logs", "conf")
 # Files the cheap facts read or size that are changed in place (appended, rewritten, touched).
 FP_FILES = (
     "HEAD",
@@ -972,24 +975,30 @@ FP_FILES = (
     "bupindex.meta",
     "bupindex.hlink",
 )
-_FP_RELS = tuple(rel.encode() for rel in (*FP_DIRS[1:], *FP_FILES))
-_FP_DIR_RELS = frozenset(rel.encode() for rel in FP_DIRS[1:])
-# Per fingerprinted path: its bit in the masks, its parent's bit (0: the repository itself), and
-# whether it is one of FP_DIRS.
+_FP_RELS = tuple(rel.encode() for rel in (*FP_GUARDS, *FP_DIRS[1:], *FP_FILES))
+_FP_DIR_RELS = frozenset(rel.encode() for rel in (*FP_GUARDS, *FP_DIRS[1:]))
+_FP_STATTED = frozenset(rel.encode() for rel in FP_DIRS)  # b"" is the repository itself
+# Per fingerprinted path: its bit in the masks, its parent's bit (0: the repository itself),
+# whether it is a directory, a guard, and whether it may be skipped when it was missing (only
+# below a directory whose own lstat is in the digest: creating it changes that one).
 _FP_ENTRIES = tuple(
     (
         rel,
         1 << n,
         1 << _FP_RELS.index(rel.rpartition(b"/")[0]) if b"/" in rel else 0,
         rel in _FP_DIR_RELS,
+        rel.decode() in FP_GUARDS,
+        rel.rpartition(b"/")[0] in _FP_STATTED,
     )
     for n, rel in enumerate(_FP_RELS)
 )
-# A fingerprint is the digest's hex followed by the ``absent`` mask's (one bit per _FP_RELS entry,
-# set for the paths that did not exist): fixed widths, so the probe can read the mask back.
+# A fingerprint is, in fixed-width lowercase hex: a digest of the repository's own lstat, a
+# digest of everything, and the mask of the paths that were missing (or, for a guard, were not a
+# real directory), so that the probe can read both back.
+FP_TOP_HEX = 8
 FP_DIGEST_HEX = 20
 FP_MASK_HEX = (len(_FP_RELS) + 3) // 4
-FP_HEX = FP_DIGEST_HEX + FP_MASK_HEX
+FP_HEX = FP_TOP_HEX + FP_DIGEST_HEX + FP_MASK_HEX
 # The repository is opened once and the other paths are looked up from it: a third less work for
 # the kernel than walking /bup/bups/<project id>/... again for every path.
 _FP_DIR_FLAGS = (
@@ -997,31 +1006,31 @@ _FP_DIR_FLAGS = (
 )
 
 
-def fingerprint(repo_path: str | bytes, absent: int = 0) -> tuple[str, int]:
+def fingerprint(repo_path: str | bytes, known: str = "") -> tuple[str, int]:
     """(fingerprint, newest change in ns) of what a repository's cheap facts depend on.
 
-    The fingerprint is a digest of the lstat (mode, inode, size, mtime, ctime) of the repository
-    and of the FP_DIRS and FP_FILES in it — one ``open`` and up to 20 ``stat`` calls, however many
-    packs it has — followed by the mask of the paths that did not exist (ENOENT).
+    The fingerprint digests the lstat (mode, inode, size, mtime, ctime) of the repository and of
+    the FP_DIRS and FP_FILES in it, and says which of them were missing: one ``open`` and up to 16
+    ``stat`` calls, however many packs it has (more at a walk, which also looks at FP_GUARDS).
     Any write, truncation, rename, chmod, chown or link-count change of one of them changes its
     ctime, which no user tool can set back, so the digest changes; entries added to, removed from
-    or renamed in a fingerprinted directory change that directory's. A repository that is not a
-    directory (gone, a symlink, a file) is fingerprinted by its own lstat and the error, and no
-    path is looked up below a fingerprinted directory that is not a real directory (a symlink is
-    never followed out of the repository, as in the walk, nor into a mount that may hang). What it
-    does not see, so that an incremental sweep reports it only at the repository's next full walk
-    (the gather's ``max_age``): a file rewritten in place that is not in FP_FILES (a ``.idx`` or
-    ``.pack`` overwritten without a rename, which git never does), and entries in other
-    directories (``hooks/``, ``info/``, loose objects in an existing ``objects/xx/``), which only
-    move ``repo_bytes``, ``file_count`` and ``symlinks_outside``. Corruption of the data itself
-    (bit rot) changes no timestamp at all: no fingerprint sees it; the full walks and the deep
-    checks do.
+    or renamed in a fingerprinted directory (or the repository itself) change that directory's.
+    A repository that is not a directory (gone, a symlink, a file) is fingerprinted by its own
+    lstat and the error, and no path is looked up below a directory that is not a real directory
+    (a symlink is never followed out of the repository, as in the walk, nor into a mount that may
+    hang). What it does not see, so that an incremental sweep reports it only at the repository's
+    next full walk (the gather's ``max_age``): a file rewritten in place that is not in FP_FILES
+    (a ``.idx`` or ``.pack`` overwritten without a rename, which git never does), and entries
+    added to other directories (``hooks/``, ``info/``, FP_GUARDS, loose objects in an existing
+    ``objects/xx/``), which only move ``repo_bytes``, ``file_count`` and ``symlinks_outside``.
+    Corruption of the data itself (bit rot) changes no timestamp at all: no fingerprint sees it;
+    the full walks and the deep checks do.
 
-    ``absent`` (the mask of a trusted earlier fingerprint of this repository, see ``_unchanged``)
-    names paths that are taken as still missing without a ``stat``: creating one adds an entry to
-    its parent, whose own lstat is in the digest, so the digest differs all the same whenever the
-    guess is wrong (no loss; two calls fewer per repository with neither ``packed-refs`` nor
-    ``bupindex.hlink``).
+    ``known`` (a trusted earlier fingerprint of this repository, see ``_unchanged``): when the
+    repository's own lstat differs from it, the fingerprint stops there (it cannot be equal); else
+    the FP_GUARDS are not looked at (the same inodes as then: the mask says which were real
+    directories) and paths missing then below a stat'ed directory are taken as still missing —
+    creating one changes its parent's lstat, so the digest differs all the same (no loss).
     """
     root = os.fsencode(repo_path)
     parts: list[int] = []
@@ -1038,58 +1047,73 @@ def fingerprint(repo_path: str | bytes, absent: int = 0) -> tuple[str, int]:
         except OSError as e2:
             add((-1, e2.errno or 0))
         add((-2, e.errno or 0))
-        return _fingerprint_text(parts, 0), newest
+        return _fingerprint_text(parts, parts, 0), newest
     try:
         st = os.fstat(fd)
-        add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        top = [st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         newest = max(st.st_mtime_ns, st.st_ctime_ns)
+        absent = 0
+        if known:
+            if len(known) != FP_HEX or _top_text(top) != known[:FP_TOP_HEX]:
+                return _top_text(top), newest  # changed: nothing below is looked at
+            absent = int(known[FP_TOP_HEX + FP_DIGEST_HEX :], 16)
+        add(top)
         stat_at = os.stat
         blocked = 0  # bits of the paths not to look below (not real directories)
-        for rel, bit, parent, is_dir in _FP_ENTRIES:
+        for rel, bit, parent, is_dir, guard, skippable in _FP_ENTRIES:
             if blocked & parent:
                 blocked |= bit  # never looked up through a symlink (it could lead out, or hang)
                 add((-3, 0))
                 continue
-            if absent & bit:
-                missing |= bit  # taken as read: see the docstring
-                blocked |= bit
-                add((-1, errno.ENOENT))
+            if known and (guard or (skippable and absent & bit)):
+                missing |= absent & bit  # taken as read: see the docstring
+                blocked |= absent & bit
+                if not guard:
+                    add((-1, errno.ENOENT))
                 continue
             try:
                 st = stat_at(rel, dir_fd=fd, follow_symlinks=False)
             except OSError as e:
-                add((-1, e.errno or 0))
-                if e.errno == errno.ENOENT:
-                    missing |= bit
                 blocked |= bit
+                if guard or e.errno == errno.ENOENT:
+                    missing |= bit
+                if not guard:
+                    add((-1, e.errno or 0))
                 continue
             mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
-            add((st.st_mode, st.st_ino, st.st_size, mtime, ctime))
             if is_dir and not stat.S_ISDIR(st.st_mode):
                 blocked |= bit
+                if guard:
+                    missing |= bit
+            if not guard:
+                add((st.st_mode, st.st_ino, st.st_size, mtime, ctime))
             if mtime > newest:
                 newest = mtime
             if ctime > newest:
                 newest = ctime
     finally:
         os.close(fd)
-    return _fingerprint_text(parts, missing), newest
+    return _fingerprint_text(top, parts, missing), newest
 
 
-def _fingerprint_text(parts: list[int], missing: int) -> str:
-    """The digest of the numbers (``marshal``: any size or sign, 4x cheaper than ``struct``) and
-    the mask of missing paths, as fixed-width lowercase hex."""
+def _top_text(top: list[int]) -> str:
+    """A short digest of the repository's own lstat numbers, only to stop early when it changed
+    (the full digest covers them too). Python's hash of a tuple of ints is the same in every
+    process (only str and bytes hashes are salted), and a third of the cost of blake2b here."""
+    return f"{hash(tuple(top)) & 0xFFFF_FFFF:08x}"
+
+
+def _fingerprint_text(top: list[int], parts: list[int], missing: int) -> str:
+    """The digests of the repository's own numbers and of all of them (``marshal``: any size or
+    sign, 4x cheaper than ``struct``) and the mask, as fixed-width lowercase hex."""
     digest = _blake2b(marshal.dumps(parts, 2), digest_size=FP_DIGEST_HEX // 2).hexdigest()
-    return f"{digest}{missing:0{FP_MASK_HEX}x}"
+    return f"{_top_text(top)}{digest}{missing:0{FP_MASK_HEX}x}"
 
 
-def _unchanged(repo_path: str, known_fingerprint: str) -> bool:
+def _unchanged(repo_path: str | bytes, known_fingerprint: str) -> bool:
     """Whether the repository still has the known fingerprint; any error means "walk it"."""
     try:
-        absent = 0
-        if len(known_fingerprint) == FP_HEX:
-            absent = int(known_fingerprint[FP_DIGEST_HEX:], 16)
-        return fingerprint(repo_path, absent)[0] == known_fingerprint
+        return fingerprint(repo_path, known_fingerprint)[0] == known_fingerprint
     except Exception:  # never drop a repository from the walk: walking it is always safe
         return False
 
@@ -1275,10 +1299,12 @@ def iter_records(
             errors.append(f"cannot list {root}: {e.strerror}")
             continue
         strays = 0
+        root_b = os.fsencode(root)
+        is_uuid4 = UUID4_RE.fullmatch
         for name in entries:
             try:
-                path = os.fsdecode(os.path.join(os.fsencode(root), name))
-                if not UUID4_RE.fullmatch(name):
+                path_b = os.path.join(root_b, name)
+                if not is_uuid4(name):
                     strays += 1
                     counts["strays"] += 1
                     if strays <= max_strays:
@@ -1293,10 +1319,11 @@ def iter_records(
                 if label == "bups":
                     counts["repos"] += 1
                     was = known.get(project_id)
-                    if was is not None and _unchanged(path, was):
+                    if was is not None and _unchanged(path_b, was):
                         counts["repos_unchanged"] += 1
                         same_repos.append(position[project_id])
                         continue
+                    path = os.fsdecode(path_b)
                     yield repo_facts(
                         path,
                         project_id,
@@ -1306,6 +1333,7 @@ def iter_records(
                     )
                 else:
                     counts["project_dirs"] += 1
+                    path = os.fsdecode(path_b)
                     rec = project_dir_facts(
                         path, project_id, owner_sample_limit=owner_sample, budget=budget
                     )

@@ -248,8 +248,8 @@ def edit_head(repo: Path) -> None:
     (repo / "HEAD").write_text("ref: refs/heads/main\n")
 
 
-def plant_symlink_in_refs(repo: Path) -> None:
-    (repo / "refs" / "escape").symlink_to("/etc")
+def plant_symlink_in_refs_heads(repo: Path) -> None:
+    (repo / "refs" / "heads" / "escape").symlink_to("/etc")
 
 
 def grow_bupindex_in_place(repo: Path) -> None:
@@ -296,7 +296,7 @@ CHANGES: dict[str, tuple[Callable[[Path], None], Callable[[RepoFacts], object]]]
     "conf/touch touched": (touch_touch, lambda r: r.touch_mtime),
     "reflog appended": (append_reflog, lambda r: r.reflog_last_time),
     "HEAD edited in place": (edit_head, lambda r: r.head),
-    "symlink planted in refs/": (plant_symlink_in_refs, lambda r: r.symlinks_outside),
+    "symlink planted in refs/heads/": (plant_symlink_in_refs_heads, lambda r: r.symlinks_outside),
     "bupindex grown in place": (grow_bupindex_in_place, lambda r: r.bupindex_bytes),
     "bupindex.hlink created": (write_bupindex_hlink, lambda r: r.bupindex_bytes),
     "master moved to packed-refs": (pack_refs_at_the_previous_save, lambda r: r.master_sha),
@@ -332,25 +332,50 @@ def test_a_repository_changed_just_before_its_walk_is_walked_again_at_the_next_s
     assert cache.totals() == (1, 0)
 
 
+def truncate_idx_in_place(repo: Path) -> None:
+    with open(first_pack(repo).with_suffix(".idx"), "r+b") as f:
+        f.truncate(100)
+
+
+UNSEEN: dict[str, tuple[Callable[[Path], None], Callable[[RepoFacts], object]]] = {
+    "an .idx truncated in place": (truncate_idx_in_place, lambda r: r.bad_idx),
+    "a symlink planted in refs/": (
+        lambda repo: (repo / "refs" / "escape").symlink_to("/etc"),
+        lambda r: r.symlinks_outside,
+    ),
+    "a symlink planted in conf/": (
+        lambda repo: (repo / "conf" / "escape").symlink_to("/etc"),
+        lambda r: r.symlinks_outside,
+    ),
+    "a file dropped in logs/": (
+        lambda repo: (repo / "logs" / "big").write_bytes(b"x" * 100_000),
+        lambda r: r.repo_bytes,
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(UNSEEN))
 def test_what_the_fingerprint_cannot_see_is_reported_at_the_next_full_walk(
-    host: LocalHost,
+    host: LocalHost, change: str
 ) -> None:
     """An .idx overwritten in place (git never does that; a tool or an operator might) keeps its
-    directory's mtime: the fingerprint includes no pack file, so it shows up once the repository
-    is due for its full walk again (``max_age``, 6 h by default; here 0.4 s)."""
+    directory's mtime, and entries added to refs/, logs/ or conf/ change only those directories,
+    which an incremental check does not stat (no fact reads their listing): such changes show up
+    once the repository is due for its full walk again (``max_age``, 6 h by default; here
+    0.4 s)."""
+    make, field = UNSEEN[change]
     host.add_repo(PID_A)
     settle()
     cache = RepoCache(max_age=0.4, racy_seconds=RACY)
-    host.gather(cache)
-    idx = first_pack(host.bup_root / "bups" / PID_A).with_suffix(".idx")
-    with open(idx, "r+b") as f:
-        f.truncate(100)
+    before = host.gather(cache)
+    make(host.bup_root / "bups" / PID_A)
     stale = host.gather(cache)
-    assert cache.totals() == (0, 1) and stale.repos[PID_A].bad_idx == ()
+    assert cache.totals() == (0, 1) and field(stale.repos[PID_A]) == field(before.repos[PID_A])
     time.sleep(0.45)
     fresh = host.gather(cache)
     assert cache.totals() == (1, 0)
-    assert fresh.repos[PID_A].bad_idx and fresh.repos == host.gather(None).repos
+    assert field(fresh.repos[PID_A]) != field(before.repos[PID_A])
+    assert fresh.repos == host.gather(None).repos
 
 
 def test_a_changed_project_directory_record_is_sent_again_and_an_unchanged_one_is_reused(
@@ -717,9 +742,17 @@ def test_forget_project_drops_one_project_on_one_host() -> None:
 def test_fingerprint_numbers_past_a_signed_64_bit_word_still_hash() -> None:
     from watchdog.probe import FP_HEX, _fingerprint_text
 
-    text = _fingerprint_text([2**63 + 5, -1, 0], 0b101)  # an NFS/FUSE inode; the error marker
+    top = [2**63 + 5, -1, 0]  # an NFS/FUSE inode; the error marker
+    text = _fingerprint_text(top, top, 0b101)
     assert len(text) == FP_HEX and text.endswith("05")
-    assert text != _fingerprint_text([5, -1, 0], 0b101)
+    assert text != _fingerprint_text([5, -1, 0], [5, -1, 0], 0b101)
+
+
+def _missing(fp: str) -> set[bytes]:
+    from watchdog.probe import _FP_RELS, FP_DIGEST_HEX, FP_TOP_HEX
+
+    mask = int(fp[FP_TOP_HEX + FP_DIGEST_HEX :], 16)
+    return {_FP_RELS[n] for n in range(len(_FP_RELS)) if mask >> n & 1}
 
 
 def test_paths_missing_at_the_last_walk_are_not_looked_up_and_nothing_is_lost(
@@ -728,18 +761,36 @@ def test_paths_missing_at_the_last_walk_are_not_looked_up_and_nothing_is_lost(
     """The mask of a trusted fingerprint names the missing paths (here packed-refs and
     bupindex.hlink); given it back, the probe skips their lstat and gets the same fingerprint, and
     creating one of them still changes it (its parent directory's lstat is in the digest)."""
-    from watchdog.probe import _FP_RELS, FP_DIGEST_HEX
-
     repo = host.add_repo()
     settle()
     full, _ = fingerprint(str(repo))
-    mask = int(full[FP_DIGEST_HEX:], 16)
-    missing = {_FP_RELS[n] for n in range(len(_FP_RELS)) if mask >> n & 1}
+    missing = _missing(full)
     assert {b"packed-refs", b"bupindex.hlink"} <= missing
-    assert not missing & {b"HEAD", b"refs/heads/master", b"conf/save_log.json"}
-    assert fingerprint(str(repo), mask)[0] == full
+    assert not missing & {b"HEAD", b"refs/heads/master", b"conf/save_log.json", b"conf"}
+    assert fingerprint(str(repo), full)[0] == full
     (repo / "bupindex.hlink").write_bytes(b"")
-    assert fingerprint(str(repo), mask)[0][:FP_DIGEST_HEX] != full[:FP_DIGEST_HEX]
+    assert fingerprint(str(repo), full)[0] != full
+
+
+def test_a_changed_repository_top_stops_the_fingerprint_before_any_lookup_below_it(
+    host: LocalHost, tmp_path: Path
+) -> None:
+    """conf/ is not stat'ed by an incremental check: the repository's own lstat vouches for it.
+    Swapping conf/ for a symlink changes that lstat, so the check stops there (it never looks
+    through the symlink) and the repository is walked; the walk's fingerprint marks conf/ as no
+    real directory and never looks below it either."""
+    repo = host.add_repo()
+    settle()
+    known, _ = fingerprint(str(repo))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(repo / "conf", elsewhere)
+    (repo / "conf").symlink_to(elsewhere)
+    assert fingerprint(str(repo), known)[0] != known
+    walked, _ = fingerprint(str(repo))
+    assert b"conf" in _missing(walked)
+    with open(elsewhere / "save_log.json", "a") as f:  # outside the repository
+        f.write('{"timestamp": 2}\n')
+    assert fingerprint(str(repo), walked)[0] == walked == fingerprint(str(repo))[0]
 
 
 def test_the_fingerprint_never_looks_through_a_symlinked_directory(
