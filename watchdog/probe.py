@@ -1110,10 +1110,74 @@ def _fingerprint_text(top: list[int], parts: list[int], missing: int) -> str:
     return f"{_top_text(top)}{digest}{missing:0{FP_MASK_HEX}x}"
 
 
+_Plan = tuple[tuple[bytes | None, tuple[int, int] | None, bool], ...]
+_PLANS: dict[int, _Plan] = {}
+_ENOENT_PART = (-1, errno.ENOENT)
+
+
+def _plan(absent: int) -> _Plan:
+    """What ``fingerprint(repo, known)`` does below the repository when ``known`` has the mask
+    ``absent`` and every directory it looks at is still a real directory: per step, a path to
+    lstat (and whether it is a directory) or the numbers added without a look. One per mask
+    (a host has a handful)."""
+    plan = _PLANS.get(absent)
+    if plan is None:
+        steps: list[tuple[bytes | None, tuple[int, int] | None, bool]] = []
+        blocked = 0
+        for rel, bit, parent, is_dir, guard, skippable in _FP_ENTRIES:
+            if blocked & parent:
+                blocked |= bit
+                steps.append((None, (-3, 0), False))
+            elif guard:
+                blocked |= absent & bit
+            elif skippable and absent & bit:
+                blocked |= bit
+                steps.append((None, _ENOENT_PART, False))
+            else:
+                steps.append((rel, None, is_dir))
+        plan = _PLANS[absent] = tuple(steps)
+    return plan
+
+
 def _unchanged(repo_path: str | bytes, known_fingerprint: str) -> bool:
-    """Whether the repository still has the known fingerprint; any error means "walk it"."""
+    """Whether the repository still has the known fingerprint; any error means "walk it".
+
+    The common case (every directory looked at still a real directory, every path there or
+    missing as before) follows the mask's ``_plan`` without the general bookkeeping; anything
+    else is decided by ``fingerprint`` itself. Both give the same answer.
+    """
+    known = known_fingerprint
     try:
-        return fingerprint(repo_path, known_fingerprint)[0] == known_fingerprint
+        if len(known) != FP_HEX:
+            return False
+        fd = os.open(os.fsencode(repo_path), _FP_DIR_FLAGS)
+        try:
+            st = os.fstat(fd)
+            parts = [st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            if _top_text(parts) != known[:FP_TOP_HEX]:
+                return False
+            add = parts.extend
+            stat_at = os.stat
+            for rel, const, is_dir in _plan(int(known[FP_TOP_HEX + FP_DIGEST_HEX :], 16)):
+                if const is not None or rel is None:
+                    add(const or ())
+                    continue
+                try:
+                    st = stat_at(rel, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if is_dir:
+                        return fingerprint(repo_path, known)[0] == known
+                    add(_ENOENT_PART)
+                    continue
+                except OSError:
+                    return fingerprint(repo_path, known)[0] == known
+                if is_dir and not stat.S_ISDIR(st.st_mode):
+                    return fingerprint(repo_path, known)[0] == known
+                add((st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        finally:
+            os.close(fd)
+        digest = _blake2b(marshal.dumps(parts, 2), digest_size=FP_DIGEST_HEX // 2).hexdigest()
+        return digest == known[FP_TOP_HEX : FP_TOP_HEX + FP_DIGEST_HEX]
     except Exception:  # never drop a repository from the walk: walking it is always safe
         return False
 
