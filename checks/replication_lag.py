@@ -57,6 +57,8 @@ class ReplicationLag(Check[ReplicationLagSettings]):
                 if host is None or not host.probed:
                     continue
                 replica = host.repos.get(project.project_id)
+                if replica is not None and replica.master_sha == master.master_sha:
+                    continue  # most replicas: in step
 
                 def finding(
                     severity: Severity, code: str, message: str, value: float | None = None
@@ -75,8 +77,6 @@ class ReplicationLag(Check[ReplicationLagSettings]):
                     yield finding(
                         Severity.CRITICAL, "replica_missing", "the replica's repository is missing"
                     )
-                    continue
-                if replica.master_sha == master.master_sha:
                     continue
                 m_time, r_time = master.reflog_last_time, replica.reflog_last_time
                 if m_time is None or r_time is None:

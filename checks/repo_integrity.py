@@ -19,6 +19,18 @@ class RepoIntegritySettings(CheckSettings):
     """repo_integrity: master ref readable, its commit in a pack, the master copy present."""
 
 
+def _healthy(repo: RepoFacts) -> bool:
+    """No cheap-tier problem at all (what ``_problems`` would find nothing in): most repos."""
+    return not (
+        repo.is_symlink
+        or repo.master_error
+        or repo.master_in_pack is False
+        or repo.bad_idx
+        or repo.errors
+        or (repo.head is not None and repo.head != "ref: refs/heads/master")
+    )
+
+
 def _problems(repo: RepoFacts) -> Iterator[tuple[Severity, str, str]]:
     if repo.is_symlink:
         yield Severity.CRITICAL, "symlink", "the repository directory is a symlink; not followed"
@@ -58,7 +70,11 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                     code="deep_check_error",
                     message=f"deep checks could not run: {host.deep_error}",
                 )
+            deep_results = host.deep
             for pid, repo in host.repos.items():
+                deep = deep_results.get(pid)
+                if (deep is None or deep.ok) and _healthy(repo):
+                    continue  # nothing to say: most repositories
                 problems = list(_problems(repo))
                 for severity, code, message in problems:
                     yield Finding(
@@ -69,7 +85,6 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                         code=code,
                         message=message,
                     )
-                deep = host.deep.get(pid)
                 cheap_critical = any(sev is Severity.CRITICAL for sev, _, _ in problems)
                 # A result for an older master is stale: the repo is re-checked at once instead.
                 if (
