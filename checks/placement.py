@@ -44,49 +44,68 @@ class Placement(Check[PlacementSettings]):
     Settings = PlacementSettings
 
     def _inventory_problems(
-        self, project: Project, inventory: Inventory, settings: PlacementSettings
-    ) -> Iterator[tuple[Severity, str, str, float | None]]:
+        self,
+        project: Project,
+        locations: tuple[str, ...],
+        inventory: Inventory,
+        settings: PlacementSettings,
+    ) -> list[tuple[Severity, str, str, float | None]]:
+        """What the inventory alone says is wrong with a project's placement (a list, not a
+        generator: this runs for every project in every sweep and is empty for almost all)."""
+        problems: list[tuple[Severity, str, str, float | None]] = []
         master = inventory.servers.get(project.master)
         if master is not None and master.disabled:
-            yield (
-                Severity.CRITICAL,
-                "master_on_disabled",
-                f"mastered on {master.label}, a disabled server",
-                None,
+            problems.append(
+                (
+                    Severity.CRITICAL,
+                    "master_on_disabled",
+                    f"mastered on {master.label}, a disabled server",
+                    None,
+                )
             )
         elif master is not None and master.experimental:
-            yield (
-                Severity.WARNING,
-                "master_on_experimental",
-                f"mastered on {master.label}, an experimental server (it takes no new projects)",
-                None,
+            problems.append(
+                (
+                    Severity.WARNING,
+                    "master_on_experimental",
+                    f"mastered on {master.label}, an experimental server (it takes no new "
+                    "projects)",
+                    None,
+                )
             )
-        copies = set(project.locations)
+        copies = set(locations)
         if len(copies) < settings.replication_factor:
-            yield (
-                Severity.CRITICAL,
-                "under_replicated",
-                f"{len(copies)} cop{'y' if len(copies) == 1 else 'ies'} "
-                f"(the replication factor is {settings.replication_factor})",
-                float(len(copies)),
+            problems.append(
+                (
+                    Severity.CRITICAL,
+                    "under_replicated",
+                    f"{len(copies)} cop{'y' if len(copies) == 1 else 'ies'} "
+                    f"(the replication factor is {settings.replication_factor})",
+                    float(len(copies)),
+                )
             )
         elif len(copies) > settings.max_copies:
-            yield (
-                Severity.WARNING,
-                "over_replicated",
-                f"{len(copies)} copies (at most {settings.max_copies} expected)",
-                float(len(copies)),
+            problems.append(
+                (
+                    Severity.WARNING,
+                    "over_replicated",
+                    f"{len(copies)} copies (at most {settings.max_copies} expected)",
+                    float(len(copies)),
+                )
             )
         replicas = copies - {project.master}
         if settings.require_other_dc and master is not None and replicas:
             dcs = {s.dc for r in replicas if (s := inventory.servers.get(r)) is not None}
             if dcs == {master.dc}:
-                yield (
-                    Severity.WARNING,
-                    "replicas_same_dc",
-                    f"every replica is in the master's data centre {master.dc}",
-                    None,
+                problems.append(
+                    (
+                        Severity.WARNING,
+                        "replicas_same_dc",
+                        f"every replica is in the master's data centre {master.dc}",
+                        None,
+                    )
                 )
+        return problems
 
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: PlacementSettings
@@ -94,12 +113,13 @@ class Placement(Check[PlacementSettings]):
         for project in inventory.projects.values():
             if project.deleted or project.master not in facts:
                 continue
-            problems = list(self._inventory_problems(project, inventory, settings))
+            locations = project.locations
+            problems = self._inventory_problems(project, locations, inventory, settings)
             host = facts[project.master]
             repo = host.repos.get(project.project_id) if host.probed else None
             if repo is not None and repo.replicas is not None:
                 on_disk = {r.lower() for r in repo.replicas}
-                wanted = {loc.lower() for loc in project.locations}
+                wanted = {loc.lower() for loc in locations}
                 if on_disk != wanted:
                     missing = ", ".join(sorted(wanted - on_disk)) or "none"
                     extra = ", ".join(sorted(on_disk - wanted)) or "none"
