@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,22 +31,32 @@ class LocalTransport:
         started = time.monotonic()
         self.sessions_opened += 1
         try:
-            proc = subprocess.run(
-                argv, input=stdin or b"", capture_output=True, timeout=limit, check=False
+            # A session of its own: on a timeout the whole process group is killed, not only the
+            # direct child (a probe's or a repair's own children would go on otherwise).
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
+        except OSError as exc:
+            raise TransportError(f"{self.label}: cannot run {argv[0]}: {exc.strerror}") from None
+        try:
+            out, err = proc.communicate(stdin or b"", timeout=limit)
         except subprocess.TimeoutExpired:
+            _kill_group(proc)
             raise CommandTimeout(
                 f"{self.label}: {argv[0]} did not finish within {limit:g} s"
             ) from None
-        except OSError as exc:
-            raise TransportError(f"{self.label}: cannot run {argv[0]}: {exc.strerror}") from None
-        if len(proc.stdout) > self.max_output_bytes:
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if len(out) > self.max_output_bytes:
             raise ProbeError(
                 f"{self.label}: {argv[0]} printed more than {self.max_output_bytes} bytes"
             )
-        return CommandResult(
-            proc.returncode, proc.stdout, proc.stderr[-65536:], time.monotonic() - started
-        )
+        return CommandResult(proc.returncode, out, err[-65536:], time.monotonic() - started)
 
     def stream_lines(
         self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None
@@ -59,3 +72,16 @@ class LocalTransport:
 
     def close(self) -> None:
         return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command and everything it started in its session, then reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # something left the session and holds the pipes
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
