@@ -193,15 +193,20 @@ def rewrite_ref_in_place(repo: Path) -> None:
         f.write("1" * 40 + "\n")  # same length, same inode: only its ctime and mtime say so
 
 
-def move_ref_like_git(repo: Path) -> None:
-    parent = subprocess.run(
+def previous_save(repo: Path) -> str:
+    """The commit before master's (the repositories here have two saves)."""
+    return subprocess.run(
         ["git", f"--git-dir={repo}", "rev-parse", "master~1"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
+
+
+def move_ref_like_git(repo: Path) -> None:
     subprocess.run(
-        ["git", f"--git-dir={repo}", "update-ref", "refs/heads/master", parent], check=True
+        ["git", f"--git-dir={repo}", "update-ref", "refs/heads/master", previous_save(repo)],
+        check=True,
     )
 
 
@@ -259,12 +264,7 @@ def grow_bupindex_in_place(repo: Path) -> None:
 
 def pack_refs_at_the_previous_save(repo: Path) -> None:
     """packed-refs (absent until now: see the mask) names master~1; the loose ref is gone."""
-    parent = subprocess.run(
-        ["git", f"--git-dir={repo}", "rev-parse", "master~1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    parent = previous_save(repo)
     (repo / "packed-refs").write_text(f"# pack-refs with: peeled\n{parent} refs/heads/master\n")
     (repo / "refs" / "heads" / "master").unlink()
 
