@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -213,27 +212,12 @@ def hand_over(state: State, others: Collection[str]) -> list[str]:
     repairs, stay). Returns the servers that had something to forget."""
     if not others:
         return []
-    held = {
-        str(sid)
-        for (sid,) in state.query(
-            "SELECT server_id FROM hosts UNION SELECT server_id FROM host_records "
-            "UNION SELECT server_id FROM findings WHERE resolved_at IS NULL AND check_name != ?",
-            ("guard",),
-        )
-    }
-    gone = sorted(held & set(others))
+    held = state.servers_held(except_check="guard")
+    gone = state.drop_servers(
+        held & set(others), tables=("hosts", "host_records"), except_check="guard"
+    )
     if not gone:
         return []
-    now = time.time()
-    with state.transaction() as db:
-        for sid in gone:
-            db.execute("DELETE FROM hosts WHERE server_id=?", (sid,))
-            db.execute("DELETE FROM host_records WHERE server_id=?", (sid,))
-            db.execute(
-                "UPDATE findings SET resolved_at=? WHERE server_id=? AND resolved_at IS NULL "
-                "AND check_name != ?",
-                (now, sid, "guard"),
-            )
     log.info(
         "membership: %d servers are watched by another watchdog now; handed over: %s",
         len(gone),

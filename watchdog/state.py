@@ -410,24 +410,39 @@ class State:
         keep = set(keep)
         if not keep:
             return []
-        known = {
+        return self.drop_servers(
+            self.servers_held() - keep, tables=("hosts", "host_records", "deep_checks")
+        )
+
+    def servers_held(self, *, except_check: str | None = None) -> set[str]:
+        """Servers with host rows, a reachability record or open findings (those of
+        ``except_check`` not counted)."""
+        return {
             str(sid)
             for (sid,) in self.query(
-                "SELECT server_id FROM findings WHERE resolved_at IS NULL "
-                "UNION SELECT server_id FROM hosts UNION SELECT server_id FROM host_records"
+                "SELECT server_id FROM hosts UNION SELECT server_id FROM host_records UNION "
+                "SELECT server_id FROM findings WHERE resolved_at IS NULL AND check_name != ?",
+                (except_check or "",),
             )
         }
-        gone = sorted(known - keep)
+
+    def drop_servers(
+        self, server_ids: Collection[str], *, tables: Collection[str], except_check: str = ""
+    ) -> list[str]:
+        """Resolve the servers' open findings (but ``except_check``'s) and delete their rows from
+        ``tables``, in one transaction. Returns the server ids, sorted."""
+        gone = sorted(server_ids)
         if not gone:
             return []
         now = time.time()
         with self.transaction() as db:
             for sid in gone:
                 db.execute(
-                    "UPDATE findings SET resolved_at=? WHERE server_id=? AND resolved_at IS NULL",
-                    (now, sid),
+                    "UPDATE findings SET resolved_at=? WHERE server_id=? AND resolved_at IS NULL "
+                    "AND check_name != ?",
+                    (now, sid, except_check),
                 )
-                for table in ("hosts", "host_records", "deep_checks"):
+                for table in tables:
                     db.execute(f"DELETE FROM {table} WHERE server_id=?", (sid,))  # noqa: S608
         return gone
 
