@@ -50,13 +50,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fleet import bench_spec, describe  # noqa: E402
 from bench.hostcpu import hosts_cpu  # noqa: E402
-from checks import settings_models  # noqa: E402
-from watchdog.config import load_config  # noqa: E402
-from watchdog.deep import run_deep  # noqa: E402
-from watchdog.inventory.file import FileInventory  # noqa: E402
-from watchdog.sandbox.expected import compare, expected_findings  # noqa: E402
-from watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
-from watchdog.transport.ssh import SshTransport  # noqa: E402
+from bup_watchdog.checks import settings_models  # noqa: E402
+from bup_watchdog.config import load_config  # noqa: E402
+from bup_watchdog.deep import run_deep  # noqa: E402
+from bup_watchdog.inventory.file import FileInventory  # noqa: E402
+from bup_watchdog.sandbox.expected import compare, expected_findings  # noqa: E402
+from bup_watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
+from bup_watchdog.transport.ssh import SshTransport  # noqa: E402
 
 # The peers' loop: the same two facts per repository the naive way gathers (does master resolve to
 # an object in the repository; the save log's size), one line per repository.
@@ -390,8 +390,8 @@ def probe_unit_costs(work: Path, saves: int, copies: int = 200) -> dict[str, Any
     is repacked. Measured in this process on ``copies`` copies of a real repository with 2 and
     with ``saves`` saves.
     """
-    from watchdog import probe
-    from watchdog.sandbox import repos as sandbox_repos
+    from bup_watchdog import probe
+    from bup_watchdog.sandbox import repos as sandbox_repos
 
     out: dict[str, Any] = {}
     for n in sorted({2, saves}):
@@ -494,7 +494,7 @@ def measure_size(
 def metrics_at(projects: int, runs: int) -> dict[str, Any]:
     """/metrics rendered from bench/metrics.py's synthetic state of ``projects`` projects."""
     from bench.metrics import build_state, measure
-    from watchdog.model import Server
+    from bup_watchdog.model import Server
 
     with tempfile.TemporaryDirectory(prefix="bupwatch-compare-metrics-") as tmp:
         state = build_state(Path(tmp) / "state.db", projects, 20, 0.05, 1)

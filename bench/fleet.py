@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from watchdog.sandbox.spec import FleetSpec, ProjectSpec, scaled_spec
+from bup_watchdog.sandbox.spec import FleetSpec, ProjectSpec, scaled_spec
 
 # (weight, saves): most projects have been saved a few times since their last repack.
 SAVES_MIX = ((10, 1), (35, 2), (30, 3), (15, 4), (7, 5), (3, 6))

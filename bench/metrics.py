@@ -24,11 +24,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.synthetic_state import build_synthetic_state, parse_arguments
-from checks import registry as check_registry
-from watchdog.metrics import StateCollector
-from watchdog.model import Server
-from watchdog.state import State
-from watchdog.sweep import LAG_BUCKETS
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import Server
+from bup_watchdog.state import State
+from bup_watchdog.sweep import LAG_BUCKETS
 
 
 def build_state(path: Path, projects: int, servers: int, failing: float, seed: int) -> State:

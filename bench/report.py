@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.synthetic_state import build_synthetic_state, parse_arguments
-from watchdog.journal import Journal
-from watchdog.model import Finding
-from watchdog.report import ReportSettings, build_report, render
-from watchdog.state import State
+from bup_watchdog.journal import Journal
+from bup_watchdog.model import Finding
+from bup_watchdog.report import ReportSettings, build_report, render
+from bup_watchdog.state import State
 
 STATUSES = (
     ("succeeded", 50),

@@ -13,12 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from checks import settings_models
-from watchdog.config import load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sandbox.spec import demo_spec, scaled_spec
-from watchdog.sweep import sweep
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.spec import demo_spec, scaled_spec
+from bup_watchdog.sweep import sweep
 
 
 def main() -> int:

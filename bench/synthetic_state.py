@@ -17,9 +17,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from checks import registry as check_registry
-from watchdog.inventory.file import dump_inventory
-from watchdog.model import (
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.inventory.file import dump_inventory
+from bup_watchdog.model import (
     DeepResult,
     Finding,
     HostFacts,
@@ -30,8 +30,8 @@ from watchdog.model import (
     Severity,
     TcpProbe,
 )
-from watchdog.state import State
-from watchdog.sweep import CheckRun, SweepResult, record
+from bup_watchdog.state import State
+from bup_watchdog.sweep import CheckRun, SweepResult, record
 
 SHA_A, SHA_B = "a" * 40, "b" * 40
 

@@ -36,15 +36,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.hostcpu import hosts_cpu
-from checks import registry, settings_models
-from watchdog.config import load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import DeepResult
-from watchdog.state import State
-from watchdog.sweep import SweepResult, record, sweep
+from bup_watchdog.checks import registry, settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import DeepResult
+from bup_watchdog.state import State
+from bup_watchdog.sweep import SweepResult, record, sweep
 
 try:  # incremental sweeps exist from this change on; the harness also measures older trees
-    from watchdog.gather import RepoCache
+    from bup_watchdog.gather import RepoCache
 except ImportError:  # pragma: no cover
     RepoCache = None  # type: ignore[assignment,misc]
 

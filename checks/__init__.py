@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 from functools import cache
 
-from checks.base import Check, CheckSettings
+from bup_watchdog.checks.base import Check, CheckSettings
 
 
 class RegistryError(Exception):

@@ -11,7 +11,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from watchdog.model import Finding, HostFacts, Inventory
+from bup_watchdog.model import Finding, HostFacts, Inventory
 
 
 class CheckSettings(BaseModel):

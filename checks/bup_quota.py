@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from checks.base import Check, CheckSettings, FleetFacts, probed_hosts
-from watchdog.model import Finding, Inventory, Severity
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
+from bup_watchdog.model import Finding, Inventory, Severity
 
 MIB = 1 << 20
 

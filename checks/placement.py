@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 from pydantic import Field, model_validator
 
-from checks.base import Check, CheckSettings, FleetFacts
-from watchdog.model import Finding, Inventory, Project, Severity
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
+from bup_watchdog.model import Finding, Inventory, Project, Severity
 
 
 class PlacementSettings(CheckSettings):

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from checks.base import Check, CheckSettings, FleetFacts
-from watchdog.model import Finding, GatherFailure, Inventory, Severity
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
+from bup_watchdog.model import Finding, GatherFailure, Inventory, Severity
 
 
 class ReachabilitySettings(CheckSettings):

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 from pydantic import Field
 
-from checks.base import Check, CheckSettings, FleetFacts, probed_hosts
-from watchdog.model import Finding, Inventory, RepoFacts, Severity
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
+from bup_watchdog.model import Finding, Inventory, RepoFacts, Severity
 
 MB = 1_000_000
 

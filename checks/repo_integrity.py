@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from checks.base import Check, CheckSettings, FleetFacts
-from watchdog.model import Finding, Inventory, RepoFacts, Severity
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
+from bup_watchdog.model import Finding, Inventory, RepoFacts, Severity
 
 
 class RepoIntegritySettings(CheckSettings):

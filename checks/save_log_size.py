@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from pydantic import Field, model_validator
 
-from checks.base import Check, CheckSettings, FleetFacts, probed_hosts
-from watchdog.model import Finding, Inventory, Severity
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
+from bup_watchdog.model import Finding, Inventory, Severity
 
 MB = 1_000_000
 

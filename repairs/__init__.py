@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 from functools import cache
 
-from repairs.base import Repair, RepairSettings
+from bup_watchdog.repairs.base import Repair, RepairSettings
 
 
 class RegistryError(Exception):

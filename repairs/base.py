@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from watchdog.errors import WatchdogError
-from watchdog.model import Finding, HostFacts, Inventory, Project, Server
-from watchdog.transport.base import CommandResult, Transport
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.model import Finding, HostFacts, Inventory, Project, Server
+from bup_watchdog.transport.base import CommandResult, Transport
 
 Mode = Literal["off", "dry-run", "approve", "auto"]
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from repairs.base import (
+from bup_watchdog.model import project_uid
+from bup_watchdog.repairs.base import (
     Mode,
     Repair,
     RepairContext,
@@ -17,7 +18,6 @@ from repairs.base import (
     Step,
     mode_field,
 )
-from watchdog.model import project_uid
 
 
 class ChownProjectSettings(RepairSettings):

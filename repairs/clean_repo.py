@@ -15,7 +15,7 @@ import json
 
 from pydantic import Field
 
-from repairs.base import (
+from bup_watchdog.repairs.base import (
     Mode,
     Repair,
     RepairContext,

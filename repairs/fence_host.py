@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from repairs.base import (
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.fences import FenceRecord, write_through, writes_through
+from bup_watchdog.model import Finding
+from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
     Repair,
@@ -29,9 +32,6 @@ from repairs.base import (
     Step,
     mode_field,
 )
-from watchdog.errors import WatchdogError
-from watchdog.fences import FenceRecord, write_through, writes_through
-from watchdog.model import Finding
 
 #: The pseudo host of plan steps that only change the watchdog's own records.
 WATCHDOG = "watchdog"

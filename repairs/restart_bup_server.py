@@ -14,7 +14,8 @@ import time
 
 from pydantic import Field, field_validator
 
-from repairs.base import (
+from bup_watchdog.model import Inventory, Server
+from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
     Repair,
@@ -25,7 +26,6 @@ from repairs.base import (
     Step,
     mode_field,
 )
-from watchdog.model import Inventory, Server
 
 #: What the restart command and the port file may name, all taken from the inventory's Server.
 PLACEHOLDERS = ("server_id", "host", "port", "name", "bup_root")

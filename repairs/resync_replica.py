@@ -66,7 +66,8 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
-from repairs.base import (
+from bup_watchdog.model import HostFacts, Project, RepoFacts, Server, is_v4_uuid
+from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
     Repair,
@@ -77,8 +78,7 @@ from repairs.base import (
     Step,
     mode_field,
 )
-from watchdog.model import HostFacts, Project, RepoFacts, Server, is_v4_uuid
-from watchdog.transport.base import CommandResult
+from bup_watchdog.transport.base import CommandResult
 
 ZERO_SHA = "0" * 40
 _SHA = re.compile(r"^[0-9a-f]{40}$")

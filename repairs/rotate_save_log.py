@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from repairs.base import (
+from bup_watchdog.repairs.base import (
     Mode,
     Repair,
     RepairContext,

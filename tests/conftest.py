@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import Inventory
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec, demo_spec
 from support.cassandra_fixture import cassandra  # noqa: F401 - the session fixture: a real Cassandra
-from watchdog.config import Config, load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import Inventory
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec, demo_spec
 
 
 @pytest.fixture(scope="session")

@@ -30,18 +30,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from checks import registry, settings_models
-from repairs.base import RepairRequest
-from watchdog import __version__
-from watchdog.config import Config, example_config, load_config
-from watchdog.daemon import Daemon
-from watchdog.errors import ConfigError, WatchdogError
-from watchdog.guard import Decision, Guard
-from watchdog.inventory.file import FileInventory
-from watchdog.journal import Journal
-from watchdog.model import HostFacts, Inventory, Server
-from watchdog.output import make_console, print_json, print_table
-from watchdog.report import (
+from bup_watchdog import __version__
+from bup_watchdog.checks import registry, settings_models
+from bup_watchdog.config import Config, example_config, load_config
+from bup_watchdog.daemon import Daemon
+from bup_watchdog.errors import ConfigError, WatchdogError
+from bup_watchdog.guard import Decision, Guard
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.journal import Journal
+from bup_watchdog.model import HostFacts, Inventory, Server
+from bup_watchdog.output import make_console, print_json, print_table
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.report import (
     ReportSettings,
     Scope,
     build_report,
@@ -51,14 +51,14 @@ from watchdog.report import (
     resolve_servers,
     servers_from_state,
 )
-from watchdog.runner import Runner, inventory_source, load_inventory, open_state
-from watchdog.state import State
-from watchdog.sweep import SweepResult, select_servers
+from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
+from bup_watchdog.state import State
+from bup_watchdog.sweep import SweepResult, select_servers
 
 EXIT_UNKNOWN = 3
 DEFAULT_CONFIG = Path("/etc/bup-watchdog/config.toml")
 
-log = logging.getLogger("watchdog")
+log = logging.getLogger("bup_watchdog")
 
 
 def _fail(message: str, code: int = EXIT_UNKNOWN) -> NoReturn:
@@ -558,7 +558,7 @@ def inventory_load(config_path: Path, path: Path, replication_factor: int | None
     The keyspace's schema is migrated first (the fleet's tables and the watchdog's, created where
     missing). Servers and projects are upserted; nothing is deleted. Exit 0 done, 3 could not.
     """
-    from watchdog.inventory.cassandra import CassandraInventory, write_inventory
+    from bup_watchdog.inventory.cassandra import CassandraInventory, write_inventory
 
     config = load(config_path)
     try:
@@ -597,9 +597,9 @@ def inventory_migrate(config_path: Path, replication_factor: int | None) -> None
     place, before starting the watchdogs (they never change the schema themselves: concurrent
     schema changes from several nodes are what Cassandra handles worst). Exit 0 done, 3 could not.
     """
-    from watchdog.inventory.cassandra import CassandraSession
-    from watchdog.inventory.cassandra_schema import LATEST, migrate
-    from watchdog.inventory.cassandra_shared import driver_errors
+    from bup_watchdog.inventory.cassandra import CassandraSession
+    from bup_watchdog.inventory.cassandra_schema import LATEST, migrate
+    from bup_watchdog.inventory.cassandra_shared import driver_errors
 
     config = load(config_path)
     base = config.path.parent if config.path is not None else None
@@ -616,7 +616,7 @@ def inventory_migrate(config_path: Path, replication_factor: int | None) -> None
 
 
 # The demo lives in its own module; imported here so `--help` lists it.
-from watchdog.demo import demo  # noqa: E402
+from bup_watchdog.demo import demo  # noqa: E402
 
 main.add_command(demo)
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from watchdog.errors import ConfigError
-from watchdog.model import system_path_problem
+from bup_watchdog.errors import ConfigError
+from bup_watchdog.model import system_path_problem
 
 
 class Section(BaseModel):
@@ -528,7 +528,9 @@ def parse_config(
     settings, more = _plugin_sections(data, "checks", "check", check_models)
     problems.extend(more)
     if repair_models is None:
-        from repairs import settings_models as repair_settings_models  # plug-ins load late
+        from bup_watchdog.repairs import (
+            settings_models as repair_settings_models,  # plug-ins load late
+        )
 
         repair_models = repair_settings_models()
     repair_settings, more = _plugin_sections(data, "repairs", "repair", repair_models)
@@ -643,7 +645,7 @@ def example_config(check_models: Mapping[str, type[BaseModel]]) -> str:
     for name, model in sorted(check_models.items()):
         parts.extend(_section_lines(f"checks.{name}", model, (model.__doc__ or "").strip() or None))
         parts.append("")
-    from repairs import settings_models as repair_settings_models
+    from bup_watchdog.repairs import settings_models as repair_settings_models
 
     for name, rmodel in sorted(repair_settings_models().items()):
         parts.extend(

@@ -25,25 +25,25 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from checks import registry as check_registry
-from repairs.base import RepairRequest
-from watchdog.config import Config
-from watchdog.errors import WatchdogError
-from watchdog.guard import Guard
-from watchdog.http.app import HttpServer, create_app
-from watchdog.http.auth import read_token
-from watchdog.inventory.file import parse_inventory
-from watchdog.journal import Entry, Journal
-from watchdog.leases import lease_backend
-from watchdog.membership import Membership
-from watchdog.metrics import StateCollector
-from watchdog.model import Finding, Inventory, Server, Severity
-from watchdog.repair_queue import QueueFull, RepairQueue, Work
-from watchdog.report import ReportSettings
-from watchdog.runner import Runner, inventory_source, load_inventory, open_state
-from watchdog.silences import Silencer
-from watchdog.state import State
-from watchdog.sweep import LAG_BUCKETS, SweepResult
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.config import Config
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.guard import Guard
+from bup_watchdog.http.app import HttpServer, create_app
+from bup_watchdog.http.auth import read_token
+from bup_watchdog.inventory.file import parse_inventory
+from bup_watchdog.journal import Entry, Journal
+from bup_watchdog.leases import lease_backend
+from bup_watchdog.membership import Membership
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import Finding, Inventory, Server, Severity
+from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.report import ReportSettings
+from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
+from bup_watchdog.silences import Silencer
+from bup_watchdog.state import State
+from bup_watchdog.sweep import LAG_BUCKETS, SweepResult
 
 log = logging.getLogger(__name__)
 

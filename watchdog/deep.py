@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
-from watchdog.config import DeepConfig
-from watchdog.errors import ProbeError
-from watchdog.model import DeepResult, RepoFacts, Server, is_v4_uuid
-from watchdog.transport.base import Transport
+from bup_watchdog.config import DeepConfig
+from bup_watchdog.errors import ProbeError
+from bup_watchdog.model import DeepResult, RepoFacts, Server, is_v4_uuid
+from bup_watchdog.transport.base import Transport
 
 DEEP_PROBE_PATH = Path(__file__).with_name("deep_probe.py")
 

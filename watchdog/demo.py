@@ -16,15 +16,15 @@ from types import FrameType
 
 import click
 
-from checks import settings_models
-from watchdog.config import load_config
-from watchdog.daemon import build_http
-from watchdog.http.app import HttpServer
-from watchdog.output import make_console, print_table
-from watchdog.runner import Runner, inventory_source, open_state
-from watchdog.sandbox.expected import compare, expected_findings, observed
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sandbox.spec import demo_spec
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.daemon import build_http
+from bup_watchdog.http.app import HttpServer
+from bup_watchdog.output import make_console, print_table
+from bup_watchdog.runner import Runner, inventory_source, open_state
+from bup_watchdog.sandbox.expected import compare, expected_findings, observed
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.spec import demo_spec
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from watchdog.config import Config
-from watchdog.errors import WatchdogError
-from watchdog.inventory.cassandra_shared import MIGRATE_HINT, SharedSession, driver_errors
+from bup_watchdog.config import Config
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.inventory.cassandra_shared import MIGRATE_HINT, SharedSession, driver_errors
 
 SELECT_EXPERIMENTAL = (
     "SELECT experimental FROM {ks}.storage_servers WHERE dummy = ? AND server_id = ?"

@@ -31,16 +31,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from watchdog.config import Config, DeepConfig, SshConfig
-from watchdog.deep import run_deep
-from watchdog.errors import (
+from bup_watchdog.config import Config, DeepConfig, SshConfig
+from bup_watchdog.deep import run_deep
+from bup_watchdog.errors import (
     CommandTimeout,
     HostKeyError,
     HostUnreachable,
     ProbeError,
     WatchdogError,
 )
-from watchdog.model import (
+from bup_watchdog.model import (
     GatherFailure,
     HostFacts,
     MountFacts,
@@ -51,10 +51,10 @@ from watchdog.model import (
     TcpProbe,
     is_v4_uuid,
 )
-from watchdog.probe import known_order
-from watchdog.transport.base import Transport
-from watchdog.transport.local import LocalTransport
-from watchdog.transport.ssh import SshTransport
+from bup_watchdog.probe import known_order
+from bup_watchdog.transport.base import Transport
+from bup_watchdog.transport.local import LocalTransport
+from bup_watchdog.transport.ssh import SshTransport
 
 log = logging.getLogger(__name__)
 

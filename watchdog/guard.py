@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from repairs import registry as repair_registry
-from repairs.base import Repair, RepairRequest, RepairSettings, Step
-from watchdog.config import AlertsConfig, Config, MaintenanceWindow
-from watchdog.errors import WatchdogError
-from watchdog.journal import (
+from bup_watchdog.config import AlertsConfig, Config, MaintenanceWindow
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.journal import (
     ALERT_REQUESTER,
     CONFLICT,
     DENIED,
@@ -36,11 +34,13 @@ from watchdog.journal import (
     SUCCEEDED,
     Journal,
 )
-from watchdog.leases import LeaseBackend, lease_backend
-from watchdog.model import Finding, Inventory, Severity, is_v4_uuid
-from watchdog.repair_context import Context
-from watchdog.state import State
-from watchdog.transport.base import CommandResult
+from bup_watchdog.leases import LeaseBackend, lease_backend
+from bup_watchdog.model import Finding, Inventory, Severity, is_v4_uuid
+from bup_watchdog.repair_context import Context
+from bup_watchdog.repairs import registry as repair_registry
+from bup_watchdog.repairs.base import Repair, RepairRequest, RepairSettings, Step
+from bup_watchdog.state import State
+from bup_watchdog.transport.base import CommandResult
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from watchdog.model import Inventory
-from watchdog.state import State
+from bup_watchdog.model import Inventory
+from bup_watchdog.state import State
 
 # Statuses a journal row goes through.
 REFUSED = "refused"

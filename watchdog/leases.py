@@ -35,10 +35,10 @@ import threading
 import time
 from typing import Any, Protocol
 
-from watchdog.config import Config
-from watchdog.errors import WatchdogError
-from watchdog.inventory.cassandra_shared import SharedSession, driver_errors, store_errors
-from watchdog.journal import Journal
+from bup_watchdog.config import Config
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.inventory.cassandra_shared import SharedSession, driver_errors, store_errors
+from bup_watchdog.journal import Journal
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from watchdog.config import Config
-from watchdog.inventory.cassandra_shared import SharedSession, store_errors
-from watchdog.model import Inventory
-from watchdog.state import State
+from bup_watchdog.config import Config
+from bup_watchdog.inventory.cassandra_shared import SharedSession, store_errors
+from bup_watchdog.model import Inventory
+from bup_watchdog.state import State
 
 log = logging.getLogger(__name__)
 

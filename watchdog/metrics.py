@@ -22,12 +22,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from watchdog import __version__
-from watchdog.guard import breaker
-from watchdog.journal import Journal
-from watchdog.model import Server, Severity
-from watchdog.state import State
-from watchdog.suspicion import suspicion
+from bup_watchdog import __version__
+from bup_watchdog.guard import breaker
+from bup_watchdog.journal import Journal
+from bup_watchdog.model import Server, Severity
+from bup_watchdog.state import State
+from bup_watchdog.suspicion import suspicion
 
 PREFIX = "bupwatch_"
 SEVERITIES = (Severity.WARNING, Severity.CRITICAL)

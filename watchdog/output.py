@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from watchdog.model import Severity
-from watchdog.sweep import SweepResult
+from bup_watchdog.model import Severity
+from bup_watchdog.sweep import SweepResult
 
 
 def make_console(*, json_output: bool = False) -> Console:

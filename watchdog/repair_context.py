@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import registry as check_registry
-from watchdog.config import Config
-from watchdog.errors import WatchdogError
-from watchdog.gather import gather, gather_host, make_transport, owner_sample
-from watchdog.journal import Journal, apply_overrides
-from watchdog.model import Finding, HostFacts, Inventory, Project, Server
-from watchdog.transport.base import CommandResult, Transport
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.config import Config
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.gather import gather, gather_host, make_transport, owner_sample
+from bup_watchdog.journal import Journal, apply_overrides
+from bup_watchdog.model import Finding, HostFacts, Inventory, Project, Server
+from bup_watchdog.transport.base import CommandResult, Transport
 
 
 class Context:

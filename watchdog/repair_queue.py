@@ -14,10 +14,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from repairs.base import RepairRequest
-from watchdog.errors import WatchdogError
-from watchdog.guard import Decision, Guard
-from watchdog.silences import Silencer
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.guard import Decision, Guard
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.silences import Silencer
 
 log = logging.getLogger(__name__)
 

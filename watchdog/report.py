@@ -30,19 +30,19 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from checks import registry as check_registry
-from repairs import registry as repair_registry
-from repairs.base import Repair, RepairSettings
-from watchdog import __version__
-from watchdog.config import Config
-from watchdog.errors import WatchdogError
-from watchdog.guard import breaker, requests_for
-from watchdog.inventory.file import parse_inventory
-from watchdog.journal import INTERRUPTED, PENDING, RUNNING
-from watchdog.model import Finding, Server, Severity
-from watchdog.state import State, StoredFinding, _stored
-from watchdog.suspicion import suspicion
-from watchdog.sweep import LAG_BUCKETS
+from bup_watchdog import __version__
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.config import Config
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.guard import breaker, requests_for
+from bup_watchdog.inventory.file import parse_inventory
+from bup_watchdog.journal import INTERRUPTED, PENDING, RUNNING
+from bup_watchdog.model import Finding, Server, Severity
+from bup_watchdog.repairs import registry as repair_registry
+from bup_watchdog.repairs.base import Repair, RepairSettings
+from bup_watchdog.state import State, StoredFinding, _stored
+from bup_watchdog.suspicion import suspicion
+from bup_watchdog.sweep import LAG_BUCKETS
 
 MB = 1_000_000
 # Checks that are not in checks/ but raise findings: the guard (interrupted repairs, gave up).
@@ -1383,7 +1383,7 @@ def outcome_bar(counts: Mapping[str, int]) -> list[dict[str, Any]]:
 def _environment() -> Environment:
     """Templates beside this module; HTML autoescaped, Markdown escaped by its ``md`` filter."""
     env = Environment(
-        loader=PackageLoader("watchdog", "templates"),
+        loader=PackageLoader("bup_watchdog", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
         undefined=StrictUndefined,
         trim_blocks=True,

@@ -14,19 +14,19 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
-from checks import registry
-from watchdog.config import Config
-from watchdog.errors import ConfigError, InventoryError, WatchdogError
-from watchdog.gather import RepoCache
-from watchdog.inventory.base import InventorySource
-from watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
-from watchdog.journal import Journal, apply_overrides
-from watchdog.model import HostFacts, Inventory, Server
-from watchdog.state import State
-from watchdog.sweep import SweepResult, record, sweep
+from bup_watchdog.checks import registry
+from bup_watchdog.config import Config
+from bup_watchdog.errors import ConfigError, InventoryError, WatchdogError
+from bup_watchdog.gather import RepoCache
+from bup_watchdog.inventory.base import InventorySource
+from bup_watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
+from bup_watchdog.journal import Journal, apply_overrides
+from bup_watchdog.model import HostFacts, Inventory, Server
+from bup_watchdog.state import State
+from bup_watchdog.sweep import SweepResult, record, sweep
 
 if TYPE_CHECKING:
-    from watchdog.membership import Membership
+    from bup_watchdog.membership import Membership
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def inventory_source(config: Config) -> InventorySource:
     if config.inventory.source == "file" and config.inventory.file is not None:
         return FileInventory(config.inventory.file, default_user=config.ssh.user)
     if config.inventory.source == "cassandra":
-        from watchdog.inventory.cassandra import CassandraInventory
+        from bup_watchdog.inventory.cassandra import CassandraInventory
 
         return CassandraInventory.from_config(config)
     raise ConfigError(

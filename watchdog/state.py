@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from watchdog.errors import WatchdogError
-from watchdog.model import DeepResult, Finding, HostFacts, Severity
-from watchdog.suspicion import HostRecord
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.model import DeepResult, Finding, HostFacts, Severity
+from bup_watchdog.suspicion import HostRecord
 
 # A finding a check could not judge (its peer unreadable) stays open this long after it was last
 # seen, then is resolved: long enough to ride out a host's outage, short enough not to keep an

@@ -12,16 +12,16 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks import registry
-from checks.base import Check, CheckSettings
-from checks.replication_lag import replica_lags
-from watchdog.config import Config
-from watchdog.deep import select as select_for_deep
-from watchdog.gather import RepoCache, gather, owner_sample
-from watchdog.model import Finding, HostFacts, Inventory, Server, Severity
-from watchdog.state import State
-from watchdog.suspicion import HostRecord, connect_timeout, patience
-from watchdog.suspicion import update as update_record
+from bup_watchdog.checks import registry
+from bup_watchdog.checks.base import Check, CheckSettings
+from bup_watchdog.checks.replication_lag import replica_lags
+from bup_watchdog.config import Config
+from bup_watchdog.deep import select as select_for_deep
+from bup_watchdog.gather import RepoCache, gather, owner_sample
+from bup_watchdog.model import Finding, HostFacts, Inventory, Server, Severity
+from bup_watchdog.state import State
+from bup_watchdog.suspicion import HostRecord, connect_timeout, patience
+from bup_watchdog.suspicion import update as update_record
 
 log = logging.getLogger(__name__)
 

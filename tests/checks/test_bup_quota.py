@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from checks.bup_quota import check
+from bup_watchdog.checks.bup_quota import check
+from bup_watchdog.model import Finding, Severity
 from support.facts import P1, S1, S2, host_facts, host_records, inventory, project, repo
-from watchdog.model import Finding, Severity
 
 SETTINGS = check.Settings()
 MIB = 1 << 20

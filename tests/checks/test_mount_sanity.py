@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.mount_sanity import check
+from bup_watchdog.checks.mount_sanity import check
+from bup_watchdog.model import Severity
 from support.facts import S1, host_facts, host_records, inventory, mount
-from watchdog.model import Severity
 
 SETTINGS = check.Settings()
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from checks.ownership import check
+from bup_watchdog.checks.ownership import check
+from bup_watchdog.errors import ProbeError
+from bup_watchdog.model import Finding, Severity, project_uid
 from support.facts import (
     P1,
     P2,
@@ -20,8 +22,6 @@ from support.facts import (
     project,
     project_dir,
 )
-from watchdog.errors import ProbeError
-from watchdog.model import Finding, Severity, project_uid
 
 SETTINGS = check.Settings()
 UID1 = project_uid(P1)

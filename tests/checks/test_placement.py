@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from checks.placement import check
+from bup_watchdog.checks.placement import check
+from bup_watchdog.model import Finding, Inventory, Project, Server, Severity
 from support.facts import P1, P2, S1, S2, host_facts, host_records, inventory, project, repo
-from watchdog.model import Finding, Inventory, Project, Server, Severity
 
 SETTINGS = check.Settings()
 S3 = "33333333-3333-4333-8333-333333333333"

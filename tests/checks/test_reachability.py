@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.reachability import check
+from bup_watchdog.checks.reachability import check
+from bup_watchdog.model import GatherFailure, HostFacts, Severity
 from support.facts import S1, host_facts, host_records, inventory
-from watchdog.model import GatherFailure, HostFacts, Severity
 
 SETTINGS = check.Settings()
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from checks.replication_lag import check
+from bup_watchdog.checks.replication_lag import check
+from bup_watchdog.model import Finding, HostFacts, Severity
 from support.facts import (
     P1,
     S1,
@@ -15,7 +16,6 @@ from support.facts import (
     project,
     repo,
 )
-from watchdog.model import Finding, HostFacts, Severity
 
 SETTINGS = check.Settings()
 T = 1_700_000_000

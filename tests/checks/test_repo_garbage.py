@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from checks.repo_garbage import check
-from checks.repo_integrity import check as repo_integrity
+from bup_watchdog.checks.repo_garbage import check
+from bup_watchdog.checks.repo_integrity import check as repo_integrity
+from bup_watchdog.model import Finding, Severity
 from support.facts import P1, P2, S1, host_facts, host_records, inventory, repo
-from watchdog.model import Finding, Severity
 
 SETTINGS = check.Settings()
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.repo_integrity import check
+from bup_watchdog.checks.repo_integrity import check
+from bup_watchdog.model import Severity
 from support.facts import P1, P2, S1, host_facts, host_records, inventory, project, repo
-from watchdog.model import Severity
 
 SETTINGS = check.Settings()
 

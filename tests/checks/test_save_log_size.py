@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from checks.save_log_size import check
+from bup_watchdog.checks.save_log_size import check
+from bup_watchdog.model import Severity
 from support.facts import P1, S1, host_facts, host_records, inventory, repo
-from watchdog.model import Severity
 
 SETTINGS = check.Settings()
 

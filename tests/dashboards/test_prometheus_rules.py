@@ -10,12 +10,12 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from checks import registry as check_registry
-from watchdog.config import Config
-from watchdog.metrics import StateCollector
-from watchdog.model import Inventory
-from watchdog.state import State
-from watchdog.sweep import LAG_BUCKETS, record, sweep
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.config import Config
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import Inventory
+from bup_watchdog.state import State
+from bup_watchdog.sweep import LAG_BUCKETS, record, sweep
 
 ROOT = Path(__file__).parents[2] / "dashboards"
 PROM = ROOT / "prometheus"

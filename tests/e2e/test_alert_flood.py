@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 
+from bup_watchdog.journal import Journal
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from support.alerts import bup_server_down
 from support.daemon import daemon_config
 from support.prometheus import WatchdogDaemon, poll
-from watchdog.journal import Journal
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
 
 
 def test_a_burst_of_1000_alerts_for_50_targets_stays_within_the_guards_limits(

@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bup_watchdog.journal import Journal
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from support.alertmanager import Alertmanager
 from support.daemon import daemon_config
 from support.prometheus import Prometheus, WatchdogDaemon, free_port, poll
-from watchdog.journal import Journal
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
 
 RULES = Path(__file__).parents[2] / "dashboards" / "prometheus" / "alerts.yml"
 

@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 
 import httpx
 
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from faults.harm import Loss, Snapshot, loss
 from support.prometheus import WatchdogDaemon, poll, watchdog_config
 from support.scrape import Samples, metrics
 from support.scrape import sample as sample  # the fault tests import it from here too
-from watchdog.sandbox.fleet import SandboxFleet
 
-CLI = [sys.executable, "-m", "watchdog.cli"]
+CLI = [sys.executable, "-m", "bup_watchdog.cli"]
 ROOT_PROJECTS = Path("/projects")  # the root disk's /projects: a host whose tmpfs is gone sees it
 
 

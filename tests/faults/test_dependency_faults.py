@@ -15,23 +15,23 @@ from pathlib import Path
 import httpx
 from conftest import SCRATCH_P1
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.guard import Guard
+from bup_watchdog.inventory.cassandra import CassandraSession, write_inventory
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.journal import Journal
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.runner import Runner, inventory_source
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from faults.harness import AtStake, Daemon, sweeps, wait_metric, wait_until, write_config
 from faults.recorder import Reliability, short
-from repairs.base import RepairRequest
 from support.alertmanager import Alertmanager
 from support.alerts import bup_server_down
 from support.cassandra.node import CassandraNode
 from support.cassandra_fixture import cassandra_toml
 from support.prometheus import Prometheus, free_port, values
-from watchdog.config import Config, load_config
-from watchdog.guard import Guard
-from watchdog.inventory.cassandra import CassandraSession, write_inventory
-from watchdog.inventory.file import FileInventory
-from watchdog.journal import Journal
-from watchdog.runner import Runner, inventory_source
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
 
 
 def answers(address: str, port: int | None) -> bool:

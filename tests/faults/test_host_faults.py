@@ -14,19 +14,19 @@ from pathlib import Path
 
 from conftest import SCRATCH_P1
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.guard import Guard
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import GatherFailure, Inventory, Severity
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.hosts import PYTHON
+from bup_watchdog.state import State
+from bup_watchdog.sweep import SweepResult, sweep
 from faults.harness import AtStake, host_pids, parent, plant_fake_python, wait_until
 from faults.recorder import Reliability, short
-from repairs.base import RepairRequest
 from support.fleet import make_guard
-from watchdog.config import Config, load_config
-from watchdog.guard import Guard
-from watchdog.inventory.file import FileInventory
-from watchdog.model import GatherFailure, Inventory, Severity
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sandbox.hosts import PYTHON
-from watchdog.state import State
-from watchdog.sweep import SweepResult, sweep
 
 P = SCRATCH_P1
 AUTO_RESYNC = '[repairs.resync_replica]\nmode = "auto"\n'

@@ -21,16 +21,16 @@ from pathlib import Path
 
 from conftest import SCRATCH_P1
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import project_uid
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sweep import sweep
 from faults.harness import CLI, AtStake, bup_ls
 from faults.recorder import Reliability, short
-from repairs.base import RepairRequest
 from support.fleet import bup_save_on, git_out, make_guard
-from watchdog.config import load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import project_uid
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sweep import sweep
 
 P = SCRATCH_P1
 AUTO = "".join(

@@ -26,17 +26,17 @@ from hypothesis.errors import Unsatisfiable
 from prometheus_client import CollectorRegistry
 from schemathesis.generation import GenerationMode
 
+from bup_watchdog.config import AlertsConfig
+from bup_watchdog.guard import Guard
+from bup_watchdog.http.app import create_app
+from bup_watchdog.journal import Journal
+from bup_watchdog.model import Inventory
+from bup_watchdog.repair_queue import RepairQueue
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from faults.harness import AtStake, Daemon, get, write_config
 from faults.recorder import Reliability, short
 from support import alerts
-from watchdog.config import AlertsConfig
-from watchdog.guard import Guard
-from watchdog.http.app import create_app
-from watchdog.journal import Journal
-from watchdog.model import Inventory
-from watchdog.repair_queue import RepairQueue
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
 
 CANARY = Path(f"/tmp/bupwatch-canary-{secrets.token_hex(6)}")
 SHELL = [
@@ -288,8 +288,8 @@ def test_schemathesis_fuzzing_of_every_operation_finds_no_5xx_and_no_4xx_without
     inventory, so every generated request is refused and journaled and no host is touched."""
     token = secrets.token_hex(24)
     state = State(tmp_path / "state.db")
-    from checks import settings_models
-    from watchdog.config import parse_config
+    from bup_watchdog.checks import settings_models
+    from bup_watchdog.config import parse_config
 
     config = parse_config({"inventory": {"file": "x"}}, settings_models())
     empty = Inventory(servers={}, projects={}, source="file", loaded_at=time.time())

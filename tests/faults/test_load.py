@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 
+from bup_watchdog.journal import Journal
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
+from bup_watchdog.state import State
 from faults.harness import AtStake, Daemon, get, sample, sweeps, wait_metric, write_config
 from faults.recorder import Reliability, short
 from support.alerts import bup_server_down
-from watchdog.journal import Journal
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
-from watchdog.state import State
 
 ALERTS = 10_000
 PER_PAYLOAD = 10

@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 from conftest import SCRATCH_P1
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.guard import Decision
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.journal import Journal
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
+from bup_watchdog.sweep import sweep
 from faults.harm import Snapshot, loss
 from faults.harness import ROOT_PROJECTS, bup_ls, host_pids, wait_until
 from faults.recorder import Reliability, short
-from repairs.base import RepairRequest
 from support.fleet import bup_save_on, git_out, make_guard
-from watchdog.config import load_config
-from watchdog.guard import Decision
-from watchdog.inventory.file import FileInventory
-from watchdog.journal import Journal
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
-from watchdog.sweep import sweep
 
 P = SCRATCH_P1
 AUTO = '[repairs.resync_replica]\nmode = "auto"\n'

@@ -13,6 +13,10 @@ import httpx
 import pytest
 from conftest import SCRATCH_P1
 
+from bup_watchdog.journal import Journal
+from bup_watchdog.model import Finding, Severity
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from faults.harm import Loss, Snapshot, loss, state_loss, state_rows
 from faults.harness import (
     CLI,
@@ -30,10 +34,6 @@ from faults.harness import (
 from faults.recorder import Reliability, short
 from support.fleet import bup_save_on, git_out
 from support.prometheus import free_port
-from watchdog.journal import Journal
-from watchdog.model import Finding, Severity
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
 
 P = SCRATCH_P1
 

@@ -6,10 +6,10 @@ import os
 
 from conftest import SCRATCH_P1
 
-from repairs.base import RepairRequest
+from bup_watchdog.model import project_uid
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import fleet_digest, make_guard
-from watchdog.model import project_uid
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 def plant(fleet: SandboxFleet) -> tuple[str, str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from conftest import SCRATCH_P1
 
-from repairs.base import RepairRequest
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import fleet_digest, git_digest, make_guard, repo_inside, start_in_host
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 def plant_garbage(fleet: SandboxFleet) -> list[Path]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from repairs.base import RepairRequest
+from bup_watchdog.gather import gather_host
+from bup_watchdog.guard import Guard
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.runner import inventory_source, load_inventory
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import make_guard
-from watchdog.gather import gather_host
-from watchdog.guard import Guard
-from watchdog.runner import inventory_source, load_inventory
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 def unmount_projects(fleet: SandboxFleet, guard: Guard, name: str) -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from checks import settings_models
-from repairs.base import RepairRequest
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.errors import ConfigError
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.runner import inventory_source, load_inventory
+from bup_watchdog.sandbox.bup_server import GREETING
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import make_guard
-from watchdog.config import load_config
-from watchdog.errors import ConfigError
-from watchdog.runner import inventory_source, load_inventory
-from watchdog.sandbox.bup_server import GREETING
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 def stand_ins_running(fleet: SandboxFleet, name: str) -> list[str]:

@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import SCRATCH_P1
 
-from repairs.base import RepairRequest, Step
+from bup_watchdog.guard import Guard
+from bup_watchdog.repair_context import Context
+from bup_watchdog.repairs.base import RepairRequest, Step
+from bup_watchdog.sandbox import repos
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import (
     bup_save_on,
     file_digests,
@@ -24,10 +28,6 @@ from support.fleet import (
     make_guard,
     tree_digest,
 )
-from watchdog.guard import Guard
-from watchdog.repair_context import Context
-from watchdog.sandbox import repos
-from watchdog.sandbox.fleet import SandboxFleet
 
 P = SCRATCH_P1
 # The root disk's /projects: what a host sees once its /projects tmpfs is unmounted.

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from conftest import SCRATCH_P1
 
-from repairs.base import RepairRequest
-from repairs.rotate_save_log import PROGRAM
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.repairs.rotate_save_log import PROGRAM
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import make_guard, repo_inside
-from watchdog.sandbox.fleet import SandboxFleet
 
 MB = 1_000_000
 

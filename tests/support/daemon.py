@@ -7,8 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.prometheus import _toml, free_port
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 def daemon_config(

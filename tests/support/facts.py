@@ -6,8 +6,8 @@ import json
 import uuid
 from typing import Any
 
-from watchdog.gather import parse_probe_lines
-from watchdog.model import HostFacts, Inventory, Project, Server, project_uid
+from bup_watchdog.gather import parse_probe_lines
+from bup_watchdog.model import HostFacts, Inventory, Project, Server, project_uid
 
 S1 = "11111111-1111-4111-8111-111111111111"
 S2 = "22222222-2222-4222-8222-222222222222"
@@ -98,7 +98,7 @@ def host_records(
 
 def host_facts(server_id: str, records: list[dict[str, Any]], *, tcp_ok: bool = True) -> HostFacts:
     """HostFacts parsed from records exactly as the gather parses a host's answer."""
-    from watchdog.model import TcpProbe
+    from bup_watchdog.model import TcpProbe
 
     facts = HostFacts(server_id=server_id, gathered_at=0.0)
     facts.bup_server_tcp = TcpProbe("127.0.0.1", 6000, tcp_ok, 0.001, None if tcp_ok else "refused")

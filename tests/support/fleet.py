@@ -7,11 +7,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from checks import settings_models
-from watchdog.config import Config, load_config
-from watchdog.guard import Guard
-from watchdog.runner import inventory_source, load_inventory, open_state
-from watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.guard import Guard
+from bup_watchdog.runner import inventory_source, load_inventory, open_state
+from bup_watchdog.sandbox.fleet import SandboxFleet
 
 
 def fleet_config(fleet: SandboxFleet, extra: str = "") -> Config:

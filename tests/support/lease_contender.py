@@ -19,13 +19,13 @@ import threading
 import time
 from pathlib import Path
 
-from checks import settings_models
-from repairs.base import RepairRequest
-from watchdog.config import load_config
-from watchdog.guard import Decision, Guard
-from watchdog.journal import Journal
-from watchdog.leases import lease_backend
-from watchdog.runner import inventory_source, load_inventory, open_state
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.guard import Decision, Guard
+from bup_watchdog.journal import Journal
+from bup_watchdog.leases import lease_backend
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.runner import inventory_source, load_inventory, open_state
 
 
 def main(argv: list[str]) -> int:

@@ -22,10 +22,10 @@ from typing import Any, Self
 
 import httpx
 
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.process import ManagedProcess, answers_200
 from support.process import free_port as free_port  # the tests import these from here too
 from support.process import poll as poll
-from watchdog.sandbox.fleet import SandboxFleet
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -227,7 +227,16 @@ class WatchdogDaemon(ManagedProcess):
     ) -> None:
         super().__init__("the daemon", config.parent / log_name)
         self.spawn(
-            [*prefix, sys.executable, "-m", "watchdog.cli", "-v", "run", "--config", str(config)],
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "bup_watchdog.cli",
+                "-v",
+                "run",
+                "--config",
+                str(config),
+            ],
             append=append,
         )
 

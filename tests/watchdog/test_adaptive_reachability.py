@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from checks import settings_models
-from watchdog.config import load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import Severity
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
-from watchdog.sweep import sweep
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import Severity
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
+from bup_watchdog.sweep import sweep
 
 
 def test_a_host_with_a_good_record_is_warned_about_before_it_is_declared_down(

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.fleet import SandboxFleet
 
-CLI = [sys.executable, "-m", "watchdog.cli"]
+CLI = [sys.executable, "-m", "bup_watchdog.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from checks import settings_models
-from watchdog.config import example_config, load_config
-from watchdog.errors import ConfigError
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import example_config, load_config
+from bup_watchdog.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

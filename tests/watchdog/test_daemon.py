@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 from conftest import SCRATCH_P1
 
+from bup_watchdog.model import Severity
+from bup_watchdog.sandbox import repos as sandbox_repos
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from support.prometheus import WatchdogDaemon, poll, watchdog_config
 from support.scrape import Samples, by_label, metrics, sample
-from watchdog.model import Severity
-from watchdog.sandbox import repos as sandbox_repos
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
 
-CLI = [sys.executable, "-m", "watchdog.cli"]
+CLI = [sys.executable, "-m", "bup_watchdog.cli"]
 
 
 def get(url: str) -> httpx.Response | None:

@@ -7,16 +7,16 @@ from pathlib import Path
 
 from conftest import SCRATCH_P1
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import DeepConfig, load_config
+from bup_watchdog.deep import select
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import DeepResult, RepoFacts
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
+from bup_watchdog.sweep import sweep
 from support.facts import P1, P2, SHA_A, SHA_B
 from support.facts import repo as repo_record
-from watchdog.config import DeepConfig, load_config
-from watchdog.deep import select
-from watchdog.inventory.file import FileInventory
-from watchdog.model import DeepResult, RepoFacts
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
-from watchdog.sweep import sweep
 
 P3 = "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
 NOW = 1_800_000_000.0

@@ -5,13 +5,13 @@ from __future__ import annotations
 import shlex
 import time
 
-from checks import settings_models
-from checks.reachability import check as reachability
-from watchdog.config import Config, load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import GatherFailure, Inventory
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sweep import sweep
+from bup_watchdog.checks import settings_models
+from bup_watchdog.checks.reachability import check as reachability
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import GatherFailure, Inventory
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sweep import sweep
 
 
 def load(fleet: SandboxFleet) -> tuple[Config, Inventory]:

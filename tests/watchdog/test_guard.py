@@ -9,14 +9,14 @@ from typing import Any
 
 from conftest import SCRATCH_P1
 
-from checks import settings_models
-from repairs.base import Outcome, Repair, RepairContext, RepairRequest, Step
-from repairs.restart_bup_server import RestartBupServer, RestartBupServerSettings
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
+from bup_watchdog.guard import Guard
+from bup_watchdog.repairs.base import Outcome, Repair, RepairContext, RepairRequest, Step
+from bup_watchdog.repairs.restart_bup_server import RestartBupServer, RestartBupServerSettings
+from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import fleet_config, fleet_digest, make_guard
-from watchdog.config import load_config
-from watchdog.guard import Guard
-from watchdog.runner import Runner, inventory_source, load_inventory, open_state
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 def chown(fleet: SandboxFleet, **kw: object) -> RepairRequest:

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from conftest import SCRATCH_P1
 
-from checks import settings_models
-from watchdog.config import Config, SshConfig, load_config
-from watchdog.errors import ProbeError
-from watchdog.gather import (
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, SshConfig, load_config
+from bup_watchdog.errors import ProbeError
+from bup_watchdog.gather import (
     KNOWN_STATE_LINE,
     CachedDir,
     CachedRepo,
@@ -37,8 +37,8 @@ from watchdog.gather import (
     probe_program,
     probe_source,
 )
-from watchdog.inventory.file import FileInventory
-from watchdog.model import (
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import (
     Finding,
     GatherFailure,
     HostFacts,
@@ -48,10 +48,10 @@ from watchdog.model import (
     Server,
     Severity,
 )
-from watchdog.probe import bitmap, fingerprint
-from watchdog.sandbox import repos as sandbox_repos
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sweep import sweep
+from bup_watchdog.probe import bitmap, fingerprint
+from bup_watchdog.sandbox import repos as sandbox_repos
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sweep import sweep
 
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
 PID_A = "0b6f5e2c-1b7f-4c3e-9a6e-1f2e3d4c5b6a"
@@ -650,7 +650,7 @@ def test_the_probe_is_told_to_leave_live_dirs_out_only_when_asked() -> None:
 
 
 def test_a_sweep_lists_live_dirs_only_when_the_ownership_check_runs(tmp_path: Path) -> None:
-    from watchdog.sweep import judges_live_dirs
+    from bup_watchdog.sweep import judges_live_dirs
 
     def config(extra: str = "") -> Config:
         path = tmp_path / "config.toml"
@@ -740,7 +740,7 @@ def test_forget_project_drops_one_project_on_one_host() -> None:
 
 
 def test_fingerprint_numbers_past_a_signed_64_bit_word_still_hash() -> None:
-    from watchdog.probe import FP_HEX, _fingerprint_text
+    from bup_watchdog.probe import FP_HEX, _fingerprint_text
 
     top = [2**63 + 5, -1, 0]  # an NFS/FUSE inode; the error marker
     text = _fingerprint_text(top, top, 0b101)
@@ -749,7 +749,7 @@ def test_fingerprint_numbers_past_a_signed_64_bit_word_still_hash() -> None:
 
 
 def _missing(fp: str) -> set[bytes]:
-    from watchdog.probe import _FP_RELS, FP_DIGEST_HEX, FP_TOP_HEX
+    from bup_watchdog.probe import _FP_RELS, FP_DIGEST_HEX, FP_TOP_HEX
 
     mask = int(fp[FP_TOP_HEX + FP_DIGEST_HEX :], 16)
     return {_FP_RELS[n] for n in range(len(_FP_RELS)) if mask >> n & 1}
@@ -841,7 +841,7 @@ def test_the_quick_unchanged_check_answers_as_the_full_fingerprint_does(
 ) -> None:
     """``_unchanged`` follows a plan made from the mask; on every repository shape, before and
     after every change the tests know, it must answer exactly as comparing ``fingerprint``."""
-    from watchdog.probe import _unchanged
+    from bup_watchdog.probe import _unchanged
 
     changes = {**{k: v[0] for k, v in CHANGES.items()}, **{k: v[0] for k, v in UNSEEN.items()}}
     for n, (name, change) in enumerate(sorted(changes.items())):

@@ -8,10 +8,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bup_watchdog.journal import Journal
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.state import State
 from support.facts import S1
-from watchdog.journal import Journal
-from watchdog.metrics import StateCollector
-from watchdog.state import State
 
 
 def row(journal: Journal, status: str, requested_by: str, **kw: Any) -> int:

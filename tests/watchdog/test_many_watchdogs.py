@@ -23,19 +23,19 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from checks import settings_models
-from repairs.base import RepairRequest
+from bup_watchdog.checks import settings_models
+from bup_watchdog.cli import main
+from bup_watchdog.config import load_config
+from bup_watchdog.guard import Guard
+from bup_watchdog.inventory.cassandra import CassandraInventory
+from bup_watchdog.leases import CassandraLeases, Renewing
+from bup_watchdog.membership import assignment
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.runner import inventory_source, load_inventory, open_state
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.cassandra.node import CassandraNode
 from support.cassandra_fixture import cql
 from support.prometheus import WatchdogDaemon, free_port, poll, watchdog_config
-from watchdog.cli import main
-from watchdog.config import load_config
-from watchdog.guard import Guard
-from watchdog.inventory.cassandra import CassandraInventory
-from watchdog.leases import CassandraLeases, Renewing
-from watchdog.membership import assignment
-from watchdog.runner import inventory_source, load_inventory, open_state
-from watchdog.sandbox.fleet import SandboxFleet
 
 TESTS = Path(__file__).parents[1]
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from checks import settings_models
-from watchdog.config import parse_config
-from watchdog.errors import ConfigError
-from watchdog.membership import assignment, hand_over, owner
-from watchdog.model import Finding, Severity
-from watchdog.state import State
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import parse_config
+from bup_watchdog.errors import ConfigError
+from bup_watchdog.membership import assignment, hand_over, owner
+from bup_watchdog.model import Finding, Severity
+from bup_watchdog.state import State
 
 SERVERS = [str(uuid.UUID(int=i * 7919 + 1, version=4)) for i in range(2000)]
 MEMBERS = ["wd-dc0-a", "wd-dc0-b", "wd-dc1-a", "wd-dc1-b", "wd-dc2-a"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from checks import registry as check_registry
-from watchdog.metrics import StateCollector
-from watchdog.model import (
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import (
     Finding,
     GatherFailure,
     HostFacts,
@@ -29,8 +29,8 @@ from watchdog.model import (
     Severity,
     TcpProbe,
 )
-from watchdog.state import State
-from watchdog.sweep import LAG_BUCKETS, CheckRun, SweepResult, record
+from bup_watchdog.state import State
+from bup_watchdog.sweep import LAG_BUCKETS, CheckRun, SweepResult, record
 
 S1 = "11111111-1111-4111-8111-111111111111"
 S2 = "22222222-2222-4222-8222-222222222222"

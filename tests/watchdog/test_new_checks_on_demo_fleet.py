@@ -12,12 +12,12 @@ import os
 
 from conftest import SCRATCH_P1
 
-from checks import settings_models
-from watchdog.config import Config, load_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import Inventory, Severity, project_uid
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sweep import sweep
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import Inventory, Severity, project_uid
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sweep import sweep
 
 NEW_CHECKS = ("bup_quota", "repo_garbage", "ownership", "placement")
 

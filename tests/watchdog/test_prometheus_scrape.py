@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from checks import registry as check_registry
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.prometheus import Prometheus, WatchdogDaemon, poll, values, watchdog_config
-from watchdog.sandbox.fleet import SandboxFleet
 
 
 @dataclass

@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from watchdog.config import Config
-from watchdog.http.app import create_app
-from watchdog.journal import Journal
-from watchdog.model import Finding, Inventory, Severity
-from watchdog.report import (
+from bup_watchdog.config import Config
+from bup_watchdog.http.app import create_app
+from bup_watchdog.journal import Journal
+from bup_watchdog.model import Finding, Inventory, Severity
+from bup_watchdog.report import (
     ReportSettings,
     Scope,
     build_report,
@@ -30,13 +30,13 @@ from watchdog.report import (
     render,
     resolve_servers,
 )
-from watchdog.runner import Runner, inventory_source
-from watchdog.sandbox.expected import expected_findings
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sandbox.spec import DEMO_PROJECTS, demo_spec
-from watchdog.state import State
+from bup_watchdog.runner import Runner, inventory_source
+from bup_watchdog.sandbox.expected import expected_findings
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.spec import DEMO_PROJECTS, demo_spec
+from bup_watchdog.state import State
 
-CLI = [sys.executable, "-m", "watchdog.cli"]
+CLI = [sys.executable, "-m", "bup_watchdog.cli"]
 HOSTILE = '<script>alert("owned")</script> & <img src=x onerror=alert(1)>'
 # The repair that answers each planted fault (None: no repair; a human restores the repository).
 RIGHT_REPAIR = {

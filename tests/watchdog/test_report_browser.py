@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import ConsoleMessage, Route, sync_playwright
 
-from watchdog.config import Config
-from watchdog.journal import Journal
-from watchdog.report import ReportSettings, build_report, render
-from watchdog.runner import Runner, inventory_source
-from watchdog.sandbox.spec import DEMO_PROJECTS
-from watchdog.state import State
+from bup_watchdog.config import Config
+from bup_watchdog.journal import Journal
+from bup_watchdog.report import ReportSettings, build_report, render
+from bup_watchdog.runner import Runner, inventory_source
+from bup_watchdog.sandbox.spec import DEMO_PROJECTS
+from bup_watchdog.state import State
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

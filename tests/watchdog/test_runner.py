@@ -6,13 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from checks import settings_models
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, parse_config
+from bup_watchdog.inventory.file import RACY_SECONDS, FileInventory
+from bup_watchdog.model import Finding, Severity
+from bup_watchdog.runner import Runner, load_inventory
+from bup_watchdog.state import State
 from support.facts import P1, S1, S2
-from watchdog.config import Config, parse_config
-from watchdog.inventory.file import RACY_SECONDS, FileInventory
-from watchdog.model import Finding, Severity
-from watchdog.runner import Runner, load_inventory
-from watchdog.state import State
 
 TEXT = f"""
 [[servers]]

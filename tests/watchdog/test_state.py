@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bup_watchdog.model import Finding, HostFacts, Severity
+from bup_watchdog.state import MIGRATIONS, UNJUDGED_KEEP_SECONDS, State, StateError
 from support.facts import P1, S1, S2
-from watchdog.model import Finding, HostFacts, Severity
-from watchdog.state import MIGRATIONS, UNJUDGED_KEEP_SECONDS, State, StateError
 
 
 def finding(code: str = "too_large", server: str = S1, project: str | None = P1) -> Finding:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from watchdog.suspicion import HostRecord, connect_timeout, patience, suspicion, update
+from bup_watchdog.suspicion import HostRecord, connect_timeout, patience, suspicion, update
 
 
 def run(outcomes: list[bool], rtt: float = 0.001) -> HostRecord:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from watchdog.config import Config
-from watchdog.model import Inventory
-from watchdog.sandbox.expected import compare, expected_findings, observed
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.state import State
-from watchdog.sweep import record, sweep
+from bup_watchdog.config import Config
+from bup_watchdog.model import Inventory
+from bup_watchdog.sandbox.expected import compare, expected_findings, observed
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
+from bup_watchdog.sweep import record, sweep
 
 
 def names(inventory: Inventory) -> dict[str, str]:

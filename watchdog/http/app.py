@@ -17,16 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette import types as asgi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from repairs import registry as repair_registry
-from repairs.base import RepairRequest
-from watchdog import __version__
-from watchdog.config import AlertsConfig
-from watchdog.http.alertmanager import WebhookPayload
-from watchdog.http.alertmanager import handle as handle_alerts
-from watchdog.http.auth import TokenAuth
-from watchdog.journal import Journal
-from watchdog.repair_queue import QueueFull, RepairQueue, Work
-from watchdog.report import (
+from bup_watchdog import __version__
+from bup_watchdog.config import AlertsConfig
+from bup_watchdog.http.alertmanager import WebhookPayload
+from bup_watchdog.http.alertmanager import handle as handle_alerts
+from bup_watchdog.http.auth import TokenAuth
+from bup_watchdog.journal import Journal
+from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
+from bup_watchdog.repairs import registry as repair_registry
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.report import (
     ReportSettings,
     Scope,
     build_report,
@@ -36,7 +36,7 @@ from watchdog.report import (
     resolve_servers,
     servers_from_state,
 )
-from watchdog.state import State
+from bup_watchdog.state import State
 
 
 class RepairBody(BaseModel):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request
 
-from watchdog.errors import ConfigError
+from bup_watchdog.errors import ConfigError
 
 
 def read_token(path: Path | None) -> str | None:

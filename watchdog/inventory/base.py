@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from watchdog.model import Inventory
+from bup_watchdog.model import Inventory
 
 
 class InventorySource(Protocol):

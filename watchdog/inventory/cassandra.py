@@ -53,11 +53,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from watchdog.config import CassandraConfig, Config
-from watchdog.errors import InventoryError
-from watchdog.inventory.cassandra_schema import checked_keyspace, migrate
-from watchdog.inventory.file import ServerEntry
-from watchdog.model import Inventory, Project, Server, is_v4_uuid
+from bup_watchdog.config import CassandraConfig, Config
+from bup_watchdog.errors import InventoryError
+from bup_watchdog.inventory.cassandra_schema import checked_keyspace, migrate
+from bup_watchdog.inventory.file import ServerEntry
+from bup_watchdog.model import Inventory, Project, Server, is_v4_uuid
 
 log = logging.getLogger(__name__)
 

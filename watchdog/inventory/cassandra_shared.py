@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from watchdog.config import Config
-from watchdog.errors import InventoryError, WatchdogError
-from watchdog.inventory.cassandra import CassandraSession, _driver_errors, plain_cause
+from bup_watchdog.config import Config
+from bup_watchdog.errors import InventoryError, WatchdogError
+from bup_watchdog.inventory.cassandra import CassandraSession, _driver_errors, plain_cause
 
 #: Hint added to errors about a table the keyspace does not have yet.
 MIGRATE_HINT = " — run `bup-watchdog inventory migrate` to create the watchdog's tables"

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from watchdog.errors import ConfigError
-from watchdog.model import Inventory, Project, Server, is_uuid, is_v4_uuid, system_path_problem
+from bup_watchdog.errors import ConfigError
+from bup_watchdog.model import Inventory, Project, Server, is_uuid, is_v4_uuid, system_path_problem
 
 _HOSTNAME = r"^[A-Za-z0-9][A-Za-z0-9.:-]*$"
 _ABS_PATH = r"^/[A-Za-z0-9_./-]*$"

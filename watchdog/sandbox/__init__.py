@@ -5,10 +5,10 @@ The backbone of the integration tests, the benchmarks and ``bup-watchdog demo``.
 
 from __future__ import annotations
 
-from watchdog.sandbox.fleet import NO_NAMESPACES, SandboxFleet, namespaces_available
-from watchdog.sandbox.hosts import HostStartError, SandboxHost
-from watchdog.sandbox.repos import BuildError
-from watchdog.sandbox.spec import (
+from bup_watchdog.sandbox.fleet import NO_NAMESPACES, SandboxFleet, namespaces_available
+from bup_watchdog.sandbox.hosts import HostStartError, SandboxHost
+from bup_watchdog.sandbox.repos import BuildError
+from bup_watchdog.sandbox.spec import (
     DEMO_PROJECTS,
     FleetSpec,
     HostSpec,

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from watchdog.model import Finding
-from watchdog.sandbox.spec import FleetSpec
+from bup_watchdog.model import Finding
+from bup_watchdog.sandbox.spec import FleetSpec
 
 SAVE_LOG_WARN_BYTES = 50_000_000
 

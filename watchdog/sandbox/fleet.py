@@ -31,10 +31,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from watchdog.model import project_uid
-from watchdog.sandbox import bup_server, repos
-from watchdog.sandbox.hosts import SSH_PORT, SandboxHost
-from watchdog.sandbox.spec import FleetSpec, ProjectSpec
+from bup_watchdog.model import project_uid
+from bup_watchdog.sandbox import bup_server, repos
+from bup_watchdog.sandbox.hosts import SSH_PORT, SandboxHost
+from bup_watchdog.sandbox.spec import FleetSpec, ProjectSpec
 
 NO_NAMESPACES = (
     "mount namespaces unavailable: hosts use per-host path roots, "

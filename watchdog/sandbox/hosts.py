@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watchdog.sandbox.spec import HostSpec
+from bup_watchdog.sandbox.spec import HostSpec
 
 SSHD = "/usr/sbin/sshd"
 PYTHON = "/usr/bin/python3"

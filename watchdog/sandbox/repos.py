@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watchdog.sandbox.spec import ProjectSpec
+from bup_watchdog.sandbox.spec import ProjectSpec
 
 SAVE_INTERVAL = 6 * 3600  # seconds between two saves of a project
 NEWEST_SAVE_AGE = 600  # the newest save of every project happened this long before the build

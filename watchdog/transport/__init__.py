@@ -1,5 +1,5 @@
 """The one seam to the outside world of hosts: SSH for storage hosts, local for this machine."""
 
-from watchdog.transport.base import CommandResult, Transport
+from bup_watchdog.transport.base import CommandResult, Transport
 
 __all__ = ["CommandResult", "Transport"]

@@ -9,8 +9,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-from watchdog.errors import CommandTimeout, ProbeError, TransportError
-from watchdog.transport.base import CommandResult
+from bup_watchdog.errors import CommandTimeout, ProbeError, TransportError
+from bup_watchdog.transport.base import CommandResult
 
 
 class LocalTransport:

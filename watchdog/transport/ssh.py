@@ -23,16 +23,16 @@ from pathlib import Path
 
 import paramiko
 
-from watchdog.config import SshConfig
-from watchdog.errors import (
+from bup_watchdog.config import SshConfig
+from bup_watchdog.errors import (
     CommandTimeout,
     HostKeyError,
     HostUnreachable,
     ProbeError,
     TransportError,
 )
-from watchdog.model import Server
-from watchdog.transport.base import CommandResult
+from bup_watchdog.model import Server
+from bup_watchdog.transport.base import CommandResult
 
 _STDERR_KEEP = 64 * 1024
 # The command is stopped on the host this long after the watchdog stopped waiting (SIGTERM), and

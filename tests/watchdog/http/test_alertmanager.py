@@ -13,13 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from bup_watchdog.config import AlertsConfig
+from bup_watchdog.http.app import create_app
+from bup_watchdog.model import Finding, Severity
+from bup_watchdog.repair_queue import RepairQueue
+from bup_watchdog.state import State
 from support.alerts import alert, payload
 from support.facts import P1, P2, S1
-from watchdog.config import AlertsConfig
-from watchdog.http.app import create_app
-from watchdog.model import Finding, Severity
-from watchdog.repair_queue import RepairQueue
-from watchdog.state import State
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

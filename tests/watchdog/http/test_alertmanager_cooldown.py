@@ -13,13 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from bup_watchdog.guard import Guard
+from bup_watchdog.http.app import create_app
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.repair_queue import RepairQueue
+from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.alerts import bup_server_down
 from support.fleet import make_guard
-from watchdog.guard import Guard
-from watchdog.http.app import create_app
-from watchdog.metrics import StateCollector
-from watchdog.repair_queue import RepairQueue
-from watchdog.sandbox.fleet import SandboxFleet
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -22,20 +22,20 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
-from checks import registry as check_registry
-from checks import settings_models
+from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.checks import settings_models
+from bup_watchdog.cli import main
+from bup_watchdog.config import CassandraConfig, Config, load_config
+from bup_watchdog.errors import InventoryError
+from bup_watchdog.inventory.cassandra import CassandraInventory, CassandraSession, write_inventory
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import Finding, Inventory, Project
+from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sweep import sweep
 from support.cassandra.node import CassandraNode, free_port
 from support.cassandra_fixture import cassandra_toml, cql
-from watchdog.cli import main
-from watchdog.config import CassandraConfig, Config, load_config
-from watchdog.errors import InventoryError
-from watchdog.inventory.cassandra import CassandraInventory, CassandraSession, write_inventory
-from watchdog.inventory.file import FileInventory
-from watchdog.metrics import StateCollector
-from watchdog.model import Finding, Inventory, Project
-from watchdog.runner import Runner, inventory_source, load_inventory, open_state
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.sweep import sweep
 
 
 def cassandra_config(
@@ -181,7 +181,7 @@ def test_rows_that_are_not_projects_are_skipped_and_counted_never_passed_on(
         session.execute(put, (unknown_master, uuid.uuid4(), None, None))
         session.execute(put, (bad_quota, uuid.UUID(master), None, {"disk": "lots"}))
     source = CassandraInventory.from_config(config)
-    with caplog.at_level(logging.WARNING, logger="watchdog.inventory.cassandra"):
+    with caplog.at_level(logging.WARNING, logger="bup_watchdog.inventory.cassandra"):
         try:
             got = source.load()
         finally:

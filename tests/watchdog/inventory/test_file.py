@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bup_watchdog.errors import ConfigError
+from bup_watchdog.inventory.file import RACY_SECONDS as FILE_RACY_SECONDS
+from bup_watchdog.inventory.file import FileInventory, dump_inventory
 from support.facts import P1, P2, S1, S2
-from watchdog.errors import ConfigError
-from watchdog.inventory.file import RACY_SECONDS as FILE_RACY_SECONDS
-from watchdog.inventory.file import FileInventory, dump_inventory
 
 SERVERS = f"""
 [[servers]]

@@ -16,10 +16,10 @@ import paramiko
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from watchdog.config import parse_config
-from watchdog.inventory.file import FileInventory
-from watchdog.model import project_uid
-from watchdog.sandbox import (
+from bup_watchdog.config import parse_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import project_uid
+from bup_watchdog.sandbox import (
     DEMO_PROJECTS,
     FleetSpec,
     HostSpec,
@@ -29,7 +29,7 @@ from watchdog.sandbox import (
     namespaces_available,
     scaled_spec,
 )
-from watchdog.sandbox.repos import corrupt_newest_pack
+from bup_watchdog.sandbox.repos import corrupt_newest_pack
 
 P1, P2, P3, P4 = (DEMO_PROJECTS[k] for k in ("P1", "P2", "P3", "P4"))
 

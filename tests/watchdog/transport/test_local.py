@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdog.errors import CommandTimeout, TransportError
-from watchdog.transport.local import LocalTransport
+from bup_watchdog.errors import CommandTimeout, TransportError
+from bup_watchdog.transport.local import LocalTransport
 
 
 def _gone(pid: int) -> bool:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from checks import settings_models
-from watchdog.config import Config, load_config
-from watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, ProbeError
-from watchdog.inventory.file import FileInventory
-from watchdog.model import Server
-from watchdog.sandbox.fleet import SandboxFleet
-from watchdog.transport.ssh import SshTransport
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
+from bup_watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, ProbeError
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.model import Server
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.transport.ssh import SshTransport
 
 
 def setup(fleet: SandboxFleet, name: str = "s1", **ssh: object) -> tuple[Config, Server]:
