@@ -1,0 +1,140 @@
+"""save_freshness: a project used long after its newest save, its saves failing silently.
+
+Judges the master copy only (replicas are replication_lag's). Used: the mtime of ``conf/touch``.
+Newest save: the time of the last entry of the master reflog (bup writes it on every save; the
+probe reads no commit object). Both times come from the host's own clock, so the watchdog's does
+not matter. A master with neither master ref nor reflog has never been saved: critical when the
+project has live files, i.e. its live directory on the master holds entries (listed only in the
+sweeps that run ``ownership``) or ``conf/touch`` exists (it was used); with neither known, the
+project is unjudged and an open finding stays open. A master ref without reflog: age unknown,
+no finding. A missing or unreadable master is repo_integrity's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from pydantic import Field, model_validator
+
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
+from bup_watchdog.model import Finding, HostFacts, Inventory, Project, RepoFacts, Severity
+
+
+class SaveFreshnessSettings(CheckSettings):
+    """save_freshness: how long a project may be used after its newest save."""
+
+    warn_seconds: float = Field(
+        86400, ge=0, description="Use this long after the newest save is a warning."
+    )
+    critical_seconds: float = Field(
+        259200, ge=0, description="Use this long after the newest save is critical."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SaveFreshnessSettings:
+        if self.critical_seconds < self.warn_seconds:
+            raise ValueError("critical_seconds must be at least warn_seconds")
+        return self
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds < 4 * 86400 else f"{seconds / 86400:.1f} days"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _master(facts: FleetFacts, project: Project) -> tuple[HostFacts, RepoFacts] | None:
+    """The master's host and repository when this sweep can judge them."""
+    host = facts.get(project.master)
+    if project.deleted or host is None or not host.probed:
+        return None
+    repo = host.repos.get(project.project_id)
+    return None if repo is None else (host, repo)
+
+
+def _never_saved(repo: RepoFacts) -> bool:
+    return repo.master_sha is None and repo.reflog_last_time is None
+
+
+def _live_files(host: HostFacts, inventory: Inventory, project_id: str) -> bool | None:
+    """Whether the master's live directory holds entries; None when this sweep did not list it."""
+    server = inventory.servers.get(host.server_id)
+    if server is None or not host.project_dirs:
+        return None
+    mount = host.mounts.get(server.projects_root)
+    if mount is None or not mount.is_mount_point:
+        return None  # the root disk under an unmounted /projects says nothing
+    d = host.project_dirs.get(project_id)
+    return d is not None and not d.is_symlink and (d.sampled > 1 or d.sample_truncated)
+
+
+class SaveFreshness(Check[SaveFreshnessSettings]):
+    name = "save_freshness"
+    Settings = SaveFreshnessSettings
+
+    def evaluate(
+        self, facts: FleetFacts, inventory: Inventory, settings: SaveFreshnessSettings
+    ) -> Iterator[Finding]:
+        for project in inventory.projects.values():
+            found = _master(facts, project)
+            if found is None:
+                continue
+            host, repo = found
+            pid = project.project_id
+            used = repo.touch_mtime
+            if _never_saved(repo):
+                if used is None and not _live_files(host, inventory, pid):
+                    continue
+                why = "its live directory holds files" if used is None else "conf/touch exists"
+                yield Finding(
+                    check=self.name,
+                    server_id=host.server_id,
+                    project_id=pid,
+                    severity=Severity.CRITICAL,
+                    code="never_saved",
+                    message=f"no save at all (no master ref, no reflog) although {why}: "
+                    "nothing of this project can be restored",
+                    details={"last_used": used},
+                )
+                continue
+            newest = repo.reflog_last_time
+            if used is None or newest is None:
+                continue
+            gap = used - newest
+            if gap < settings.warn_seconds:
+                continue
+            critical = gap >= settings.critical_seconds
+            yield Finding(
+                check=self.name,
+                server_id=host.server_id,
+                project_id=pid,
+                severity=Severity.CRITICAL if critical else Severity.WARNING,
+                code="stale",
+                value=gap,
+                message=f"used {_age(gap)} after its newest save ({_utc(newest)}): saves are "
+                "failing or not running; see conf/save_log.json",
+                details={"newest_save": newest, "last_used": used},
+            )
+
+    def unjudged(
+        self, facts: FleetFacts, inventory: Inventory, settings: SaveFreshnessSettings
+    ) -> Iterator[tuple[str, str]]:
+        """Never-saved masters without conf/touch in a sweep that did not list live directories:
+        whether they hold files is unknown, so an open finding stays open."""
+        for project in inventory.projects.values():
+            found = _master(facts, project)
+            if found is None:
+                continue
+            host, repo = found
+            if (
+                _never_saved(repo)
+                and repo.touch_mtime is None
+                and _live_files(host, inventory, project.project_id) is None
+            ):
+                yield host.server_id, project.project_id
+
+
+check = SaveFreshness()
