@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pydantic import Field, model_validator
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
-from bup_watchdog.model import Finding, HostFacts, Inventory, Project, RepoFacts, Severity
+from bup_watchdog.model import Finding, HostFacts, Inventory, RepoFacts, Severity
 
 
 class SaveFreshnessSettings(CheckSettings):
@@ -38,21 +38,37 @@ class SaveFreshnessSettings(CheckSettings):
         return self
 
 
+#: How long a project was used after its newest save, in bounded buckets (metrics, report):
+#: a bucket holds gaps from the previous bound (included) up to its own.
+AGE_BUCKETS = (
+    ("under_1d", 86400.0),
+    ("1d_to_3d", 3 * 86400.0),
+    ("3d_to_7d", 7 * 86400.0),
+    ("7d_to_30d", 30 * 86400.0),
+    ("over_30d", float("inf")),
+)
+NEVER_SAVED = "never_saved"
+
+
+def age_bucket(gap: float | None) -> str:
+    """The bucket of a finding's value; None (no save at all) is ``never_saved``."""
+    if gap is None:
+        return NEVER_SAVED
+    return next(name for name, bound in AGE_BUCKETS if gap < bound)
+
+
 def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds < 4 * 86400 else f"{seconds / 86400:.1f} days"
 
 
-def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _master(facts: FleetFacts, project: Project) -> tuple[HostFacts, RepoFacts] | None:
-    """The master's host and repository when this sweep can judge them."""
-    host = facts.get(project.master)
-    if project.deleted or host is None or not host.probed:
-        return None
-    repo = host.repos.get(project.project_id)
-    return None if repo is None else (host, repo)
+def _masters(facts: FleetFacts, inventory: Inventory) -> Iterator[tuple[HostFacts, RepoFacts]]:
+    """The master copy of every live project whose master host this sweep probed."""
+    for project in inventory.projects.values():
+        host = facts.get(project.master)
+        if not project.deleted and host is not None and host.probed:
+            repo = host.repos.get(project.project_id)
+            if repo is not None:
+                yield host, repo
 
 
 def _never_saved(repo: RepoFacts) -> bool:
@@ -78,12 +94,8 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: SaveFreshnessSettings
     ) -> Iterator[Finding]:
-        for project in inventory.projects.values():
-            found = _master(facts, project)
-            if found is None:
-                continue
-            host, repo = found
-            pid = project.project_id
+        for host, repo in _masters(facts, inventory):
+            pid = repo.project_id
             used = repo.touch_mtime
             if _never_saved(repo):
                 if used is None and not _live_files(host, inventory, pid):
@@ -107,6 +119,7 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
             if gap < settings.warn_seconds:
                 continue
             critical = gap >= settings.critical_seconds
+            when = datetime.fromtimestamp(newest, UTC)
             yield Finding(
                 check=self.name,
                 server_id=host.server_id,
@@ -114,8 +127,8 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
                 severity=Severity.CRITICAL if critical else Severity.WARNING,
                 code="stale",
                 value=gap,
-                message=f"used {_age(gap)} after its newest save ({_utc(newest)}): saves are "
-                "failing or not running; see conf/save_log.json",
+                message=f"used {_age(gap)} after its newest save ({when:%Y-%m-%d %H:%M} UTC): "
+                "saves are failing or not running; see conf/save_log.json",
                 details={"newest_save": newest, "last_used": used},
             )
 
@@ -124,17 +137,13 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
     ) -> Iterator[tuple[str, str]]:
         """Never-saved masters without conf/touch in a sweep that did not list live directories:
         whether they hold files is unknown, so an open finding stays open."""
-        for project in inventory.projects.values():
-            found = _master(facts, project)
-            if found is None:
-                continue
-            host, repo = found
+        for host, repo in _masters(facts, inventory):
             if (
                 _never_saved(repo)
                 and repo.touch_mtime is None
-                and _live_files(host, inventory, project.project_id) is None
+                and _live_files(host, inventory, repo.project_id) is None
             ):
-                yield host.server_id, project.project_id
+                yield host.server_id, repo.project_id
 
 
 check = SaveFreshness()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bup_watchdog.checks.save_freshness import check
+from bup_watchdog.checks.save_freshness import age_bucket, check
 from bup_watchdog.model import Finding, HostFacts, Severity
 from support.facts import (
     P1,
@@ -139,3 +139,16 @@ def test_a_never_saved_project_is_unjudged_in_a_sweep_that_did_not_list_live_dir
     assert set(check.unjudged(listed, inventory(project(P1)), SETTINGS)) == set()
     touched = facts(repo(P1, touch_mtime=T, **NEVER))
     assert set(check.unjudged(touched, inventory(project(P1)), SETTINGS)) == set()
+
+
+def test_each_gap_falls_in_the_bucket_from_the_bound_below_up_to_its_own() -> None:
+    gaps = (None, 0.0, 86399.0, 86400.0, 3 * 86400.0, 29 * 86400.0, 400 * 86400.0)
+    assert [age_bucket(g) for g in gaps] == [
+        "never_saved",
+        "under_1d",
+        "under_1d",
+        "1d_to_3d",
+        "3d_to_7d",
+        "7d_to_30d",
+        "over_30d",
+    ]
