@@ -1,18 +1,19 @@
 """mount_sanity: ``/projects`` and ``/bup/bups`` must be their own mounts of the expected dataset.
 
 If a host boots and ``/projects`` is not mounted yet, writes land on the root disk and replication
-can copy an empty tree over real data: the most dangerous fault of this fleet.
+can copy an empty tree over real data: the most dangerous fault of this fleet. The rules are the
+boot gate's (``watchdog/hostside/preflight.py``): the check and ``bupwatch-preflight`` judge alike.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator
 
 from pydantic import Field
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
-from bup_watchdog.model import Finding, Inventory, MountFacts, Severity
+from bup_watchdog.hostside.preflight import mount_problems
+from bup_watchdog.model import Finding, Inventory, Severity
 
 
 class MountSanitySettings(CheckSettings):
@@ -33,28 +34,6 @@ class MountSanitySettings(CheckSettings):
 class MountSanity(Check[MountSanitySettings]):
     name = "mount_sanity"
     Settings = MountSanitySettings
-
-    def _problems(
-        self, m: MountFacts, fstypes: list[str], source: str
-    ) -> Iterator[tuple[str, str]]:
-        if not m.exists:
-            yield "missing", f"{m.path} does not exist"
-            return
-        if not m.is_mount_point:
-            where = m.mount_point or "?"
-            yield (
-                "not_mounted",
-                f"{m.path} is not mounted: it lies on {where} ({m.source or '?'}, "
-                f"{m.fstype or '?'}), so anything written there lands on that disk and "
-                "replication from this host could copy an empty tree over real data",
-            )
-            return
-        if fstypes and m.fstype not in fstypes:
-            yield "wrong_fstype", f"{m.path} is {m.fstype}, expected {' or '.join(fstypes)}"
-        if source and not fnmatch.fnmatchcase(m.source or "", source):
-            yield "wrong_source", f"{m.path} is mounted from {m.source}, expected {source}"
-        if m.read_only:
-            yield "read_only", f"{m.path} is mounted read-only"
 
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: MountSanitySettings
@@ -78,7 +57,18 @@ class MountSanity(Check[MountSanitySettings]):
                         message=f"the probe reported nothing about {path}",
                     )
                     continue
-                for code, message in self._problems(m, fstypes, source):
+                problems = mount_problems(
+                    m.path,
+                    exists=m.exists,
+                    is_mount_point=m.is_mount_point,
+                    mount_point=m.mount_point,
+                    source=m.source,
+                    fstype=m.fstype,
+                    writable=not m.read_only,
+                    fstypes=fstypes,
+                    source_pattern=source,
+                )
+                for code, message in problems:
                     yield Finding(
                         check=self.name,
                         server_id=host.server_id,
