@@ -537,6 +537,37 @@ def config_example() -> None:
     click.echo(example_config(settings_models()), nl=False)
 
 
+@main.command("files")
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Copy the files under this directory (created if needed) instead of listing them.",
+)
+@click.option("--force", is_flag=True, help="With --dest: overwrite files that differ.")
+def files_cmd(dest: Path | None, force: bool) -> None:
+    """List or copy the operations files shipped in the package: rules, dashboards, systemd unit,
+    sudoers example, config example, and the SSH gate and preflight for the storage hosts."""
+    from bup_watchdog.files import FilesExistError, copy_files, shipped_files
+
+    if force and dest is None:
+        _fail("--force goes with --dest", 2)
+    if dest is None:
+        for f in shipped_files():
+            kind = "program" if f.executable else "file"
+            click.echo(f"{f.name}\t{kind}\t{f.about}")
+        return
+    try:
+        written = copy_files(dest, force=force)
+    except FilesExistError as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
+        _fail(f"cannot copy the files to {dest}: {exc.strerror or exc}", 1)
+    for path in written:
+        click.echo(str(path))
+    click.echo(f"{len(written)} files copied to {dest}", err=True)
+
+
 @main.group("inventory")
 def inventory_group() -> None:
     """Move the inventory between a file and Cassandra."""

@@ -1,0 +1,1 @@
+"""Package data: Prometheus rules and tests, the Alertmanager example, Grafana dashboards."""

@@ -1,0 +1,1 @@
+"""Package data: the configuration example generated from the schema."""
