@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from bup_watchdog import __version__
+from bup_watchdog.checks.save_freshness import AGE_BUCKETS, NEVER_SAVED, age_bucket
 from bup_watchdog.guard import breaker
 from bup_watchdog.journal import Journal
 from bup_watchdog.model import Server, Severity
@@ -96,6 +97,7 @@ class StateCollector(Collector):
         yield from self._hosts(servers)
         yield from self._checks()
         yield from self._findings(servers)
+        yield from self._save_ages(servers)
         yield from self._meta()
         yield from self._repairs()
 
@@ -279,6 +281,29 @@ class StateCollector(Collector):
                 top.add_metric([pid, "critical"], float(crit))
                 top.add_metric([pid, "warning"], float(total - crit))
         yield top
+
+    def _save_ages(self, servers: Mapping[str, Server]) -> Iterator[Metric]:
+        """save_freshness's open findings per master server, by how long the project was used
+        after its newest save: bounded buckets, every one present (0 included) on every server."""
+        g = _gauge(
+            "save_age_projects",
+            "Master copies used long after their newest save (open save_freshness findings), per "
+            "server and by how long: bucket under_1d, 1d_to_3d, 3d_to_7d, 7d_to_30d, over_30d, "
+            "or never_saved (live files and no save at all). Not cumulative.",
+            ["server_id", "bucket"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for sid, value in self.state.query(
+            "SELECT server_id, value FROM findings WHERE resolved_at IS NULL "
+            "AND check_name = 'save_freshness'"
+        ):
+            key = (sid, age_bucket(value))
+            counts[key] = counts.get(key, 0) + 1
+        buckets = [name for name, _ in AGE_BUCKETS] + [NEVER_SAVED]
+        for sid in sorted(set(servers) | {s for s, _ in counts}):
+            for bucket in buckets:
+                g.add_metric([sid, bucket], float(counts.get((sid, bucket), 0)))
+        yield g
 
     def _repairs(self) -> Iterator[Metric]:
         journal = Journal(self.state)

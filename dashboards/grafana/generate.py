@@ -641,6 +641,42 @@ def fleet_overview() -> dict[str, Any]:
         10,
         9,
     )
+    ages = scoped("bupwatch_save_age_projects")
+    g.add(
+        timeseries(
+            "Projects used long after their newest save, by how long",
+            [target(f"sum by (bucket) ({ages})", "{{bucket}}")],
+            description="save_freshness: master copies whose conf/touch is a day or more newer "
+            "than their newest save (saves failing silently), by how much; never_saved: live "
+            "files and no save at all. Their projects are in `bup-watchdog audit`.",
+            stack=True,
+            bars=True,
+            overrides=color_overrides(
+                {
+                    "under_1d": "yellow",
+                    "1d_to_3d": "orange",
+                    "3d_to_7d": "red",
+                    "7d_to_30d": "dark-red",
+                    "over_30d": "purple",
+                    "never_saved": "#8e8e8e",
+                }
+            ),
+        ),
+        14,
+        8,
+    )
+    g.add(
+        table(
+            "Stale saves per host and age, now",
+            f"sum by (host, dc, server_id, bucket) ({ages}) > 0",
+            description="Projects on each host used long after their newest save, per age bucket. "
+            "Click a host for its detail dashboard.",
+            columns={"host": "host", "dc": "dc", "bucket": "bucket", "server_id": "server_id"},
+            links=HOST_LINK,
+        ),
+        10,
+        8,
+    )
 
     g.row("Replication")
     g.add(
