@@ -4,6 +4,11 @@
 ``storage_servers.port``), so after a restart the port is read back from the port file the daemon
 writes and, when it differs from the inventory's, recorded as the watchdog's ``port`` override
 (``watchdog/journal.py::apply_overrides``) until the inventory itself is updated.
+
+Before anything restarts, the boot gate ``bupwatch-preflight`` (``watchdog/hostside/preflight.py``)
+is sent to the host's ``python3 -S -`` with ``mount_sanity``'s expected types and sources: a host
+whose ``/projects`` or ``/bup/bups`` is not its own writable mount is refused with the gate's line,
+as systemd's ``ExecStartPre=`` would refuse it. No gate runs while ``mount_sanity`` is disabled.
 """
 
 from __future__ import annotations
@@ -11,9 +16,15 @@ from __future__ import annotations
 import dataclasses
 import string
 import time
+from functools import cache
+from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 
+from bup_watchdog.checks.mount_sanity import MountSanitySettings
+from bup_watchdog.config import Config
+from bup_watchdog.hostside import preflight
 from bup_watchdog.model import Inventory, Server
 from bup_watchdog.repairs.base import (
     Mode,
@@ -30,6 +41,39 @@ from bup_watchdog.repairs.base import (
 #: What the restart command and the port file may name, all taken from the inventory's Server.
 PLACEHOLDERS = ("server_id", "host", "port", "name", "bup_root")
 POLL_SECONDS = 0.5
+PREFLIGHT_SECONDS = 30.0
+
+
+@cache
+def preflight_source() -> bytes:
+    """The boot gate program, sent to the host on stdin (nothing needs to be installed)."""
+    return Path(preflight.__file__).read_bytes()
+
+
+def preflight_argv(server: Server, python: str, mounts: MountSanitySettings) -> tuple[str, ...]:
+    """The gate's command line on a host: the inventory's paths, mount_sanity's expectations."""
+    return (
+        python,
+        "-S",
+        "-",
+        # "--opt=value": a value that starts with '-' stays a value.
+        f"--projects={server.projects_root}",
+        f"--bups={server.bups_root}",
+        f"--projects-fstype={','.join(mounts.projects_fstypes)}",
+        f"--bups-fstype={','.join(mounts.bups_fstypes)}",
+        f"--projects-source={mounts.projects_source}",
+        f"--bups-source={mounts.bups_source}",
+    )
+
+
+def mount_settings(ctx: Any) -> MountSanitySettings:
+    """mount_sanity's settings of the watchdog's config (the context's ``config``), or defaults."""
+    config = getattr(ctx, "config", None)
+    if isinstance(config, Config):
+        settings = config.check("mount_sanity")
+        if isinstance(settings, MountSanitySettings):
+            return settings
+    return MountSanitySettings.model_validate({})
 
 
 def _check_template(value: str) -> str:
@@ -147,7 +191,29 @@ class RestartBupServer(Repair[RestartBupServerSettings]):
                 f"healthy: bup_server on {server.label} runs and answers on port {server.port} "
                 "as the inventory says; nothing to restart"
             ]
-        return []
+        return self._preflight(server, ctx)
+
+    def _preflight(self, server: Server, ctx: RepairContext) -> list[str]:
+        """The boot gate on the host: its one line as the reason to refuse, if it fails."""
+        mounts = mount_settings(ctx)
+        if not mounts.enabled:
+            return []
+        step = Step(
+            server.server_id,
+            preflight_argv(server, ctx.python, mounts),
+            f"bupwatch-preflight (the boot gate) on {server.label}",
+            stdin=preflight_source(),
+            timeout=PREFLIGHT_SECONDS,
+        )
+        result = ctx.run(step)
+        if result.ok:
+            return []
+        said = (result.stderr.strip() or result.stdout.strip()).decode("utf-8", "replace")
+        line = said.splitlines()[-1] if said else "it said nothing"
+        return [
+            f"preflight: the boot gate on {server.label} fails (status {result.returncode}), "
+            f"so bup_server must not start there: {line}"
+        ]
 
     def plan(
         self, req: RepairRequest, ctx: RepairContext, settings: RestartBupServerSettings

@@ -5,6 +5,8 @@ Stdlib only: the sandbox copies this file to each host as ``bin/bup_server`` and
 host's mount namespace. It listens on the host's address, writes the port it got to a port file
 (atomically), answers every connection with one line and closes it; SIGTERM stops it cleanly.
 Its process name (``comm``) is ``bup_server`` so a probe that looks for the process finds it.
+``--exec-start-pre COMMAND`` runs a command first and refuses to start when it fails, as systemd's
+``ExecStartPre=`` does (the boot gate ``bupwatch-preflight`` in the fleet's drop-in).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import ctypes
 import ctypes.util
 import json
 import os
+import shlex
 import signal
 import socket
+import subprocess
 import sys
 from types import FrameType
 
@@ -100,7 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
     parser.add_argument("--port-file", help="file to write the port to (default conf/...)")
     parser.add_argument("--daemon", action="store_true", help="detach once listening")
+    parser.add_argument(
+        "--exec-start-pre",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="run COMMAND (split as a shell would, no shell) first; do not start if it fails",
+    )
     args = parser.parse_args(argv)
+    for command in args.exec_start_pre:
+        pre = subprocess.run(shlex.split(command), stdin=subprocess.DEVNULL, check=False)
+        if pre.returncode != 0:
+            print(
+                f"bup_server: not started: ExecStartPre {command!r} failed with status "
+                f"{pre.returncode}",
+                file=sys.stderr,
+            )
+            return 1
     host = args.host or _default_host(args.bup_root)
     port_file = args.port_file or os.path.join(args.bup_root, "conf", "bup_server.port")
     _set_process_name(PROCESS_NAME)
