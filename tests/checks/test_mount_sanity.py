@@ -44,3 +44,15 @@ def test_a_read_only_mount_is_reported() -> None:
 
 def test_a_path_the_probe_said_nothing_about_is_reported() -> None:
     assert findings(mount("/projects")) == [("", "no_mount_facts")]
+
+
+def test_an_empty_fstype_list_and_source_pattern_accept_any_mount_but_not_a_read_only_one() -> None:
+    anything = check.Settings(
+        projects_fstypes=[], projects_source="", bups_fstypes=[], bups_source=""
+    )
+    odd = mount("/projects", fstype="ext4", source="/dev/sdz9")
+    facts = {S1: host_facts(S1, host_records(mounts=[odd, mount("/bup/bups", read_only=True)]))}
+
+    found = list(check.evaluate(facts, inventory(), anything))
+
+    assert [(f.details["path"], f.code) for f in found] == [("/bup/bups", "read_only")]
