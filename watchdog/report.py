@@ -40,6 +40,7 @@ from bup_watchdog.journal import INTERRUPTED, PENDING, RUNNING
 from bup_watchdog.model import Finding, Server, Severity
 from bup_watchdog.repairs import registry as repair_registry
 from bup_watchdog.repairs.base import Repair, RepairSettings
+from bup_watchdog.report_save_freshness import stale_saves
 from bup_watchdog.state import State, StoredFinding, _stored
 from bup_watchdog.suspicion import suspicion
 from bup_watchdog.sweep import LAG_BUCKETS
@@ -48,7 +49,12 @@ MB = 1_000_000
 # Checks that are not in checks/ but raise findings: the guard (interrupted repairs, gave up).
 EXTRA_CHECKS = ("guard",)
 # The section of the report each check feeds, to leave out sections a --check filter excludes.
-SECTION_CHECK = {"lag": "replication_lag", "save_logs": "save_log_size", "deep": "repo_integrity"}
+SECTION_CHECK = {
+    "lag": "replication_lag",
+    "save_logs": "save_log_size",
+    "save_freshness": "save_freshness",
+    "deep": "repo_integrity",
+}
 # What to do about findings no repair answers.
 MANUAL = {
     "repo_integrity": "No automatic repair: restore the repository from an intact copy by hand, "
@@ -381,6 +387,11 @@ class _Builder:
             "projects": findings["projects"],
             "lag": self.lag() if self.wants("lag") else None,
             "save_logs": self.save_logs(hosts) if self.wants("save_logs") else None,
+            "save_freshness": stale_saves(
+                self.state, *_where(Scope(self.scope.servers)), label=self.label, iso=iso
+            )
+            if self.wants("save_freshness")
+            else None,
             "deep": self.deep(hosts) if self.wants("deep") else None,
             "repairs": self.journal(),
             "history": self.history(),
