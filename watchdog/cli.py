@@ -11,49 +11,27 @@ import getpass
 import json
 import logging
 import os
-import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, ClassVar, NoReturn
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 
-from bup_watchdog import __version__
-from bup_watchdog.checks import registry, settings_models
-from bup_watchdog.config import Config, example_config, load_config
-from bup_watchdog.daemon import Daemon
+from bup_watchdog import __version__, logs
 from bup_watchdog.errors import ConfigError, WatchdogError
-from bup_watchdog.guard import Decision, Guard
-from bup_watchdog.inventory.file import FileInventory
-from bup_watchdog.journal import Journal
-from bup_watchdog.model import HostFacts, Inventory, Server
-from bup_watchdog.output import make_console, print_json, print_table
-from bup_watchdog.repairs.base import RepairRequest
-from bup_watchdog.report import (
-    ReportSettings,
-    Scope,
-    build_report,
-    check_names,
-    parse_duration,
-    render,
-    resolve_servers,
-    servers_from_state,
-)
-from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
-from bup_watchdog.state import State
-from bup_watchdog.sweep import SweepResult, select_servers
+
+# Every command imports what it uses in its own body: `--help`, `check --help` and shell
+# completion load click and little else (issue 15: the web server, paramiko, Cassandra, the
+# reports and pydantic took a second before any command ran). bench/startup.py measures it.
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from bup_watchdog.config import Config
+    from bup_watchdog.guard import Decision, Guard
+    from bup_watchdog.model import HostFacts, Inventory, Server
+    from bup_watchdog.state import State
+    from bup_watchdog.sweep import SweepResult
 
 EXIT_UNKNOWN = 3
 DEFAULT_CONFIG = Path("/etc/bup-watchdog/config.toml")
@@ -62,18 +40,18 @@ log = logging.getLogger("bup_watchdog")
 
 
 def _fail(message: str, code: int = EXIT_UNKNOWN) -> NoReturn:
-    click.echo(f"bup-watchdog: {message}", err=True)
+    if logs.current_format() == "json":  # stderr stays one JSON object a line
+        log.error(message, extra={"exit_code": code})
+    else:
+        click.echo(f"bup-watchdog: {message}", err=True)
     sys.exit(code)
-
-
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL if verbose < 2 else logging.INFO)
 
 
 def load(config_path: Path) -> Config:
     """Load and validate the config, or exit 3 with every problem listed."""
+    from bup_watchdog.checks import settings_models
+    from bup_watchdog.config import load_config
+
     try:
         return load_config(config_path, settings_models())
     except ConfigError as exc:
@@ -92,15 +70,78 @@ config_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; the commands in ``lazy`` are imported only when they run (``demo``
+    builds on the daemon and the sandbox), their help line kept here for ``--help``."""
+
+    #: name -> (module, attribute, the command's short help, as ``--help`` lists it)
+    lazy: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "demo": (
+            "bup_watchdog.demo",
+            "demo",
+            "Build a sandbox fleet with planted faults, sweep it, print findings, serve /metrics.",
+        ),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            module, attr, _ = self.lazy[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command), f"{module}.{attr} is no click command"
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, but a lazy command not loaded yet is listed with its help line here."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name in self.lazy and name not in self.commands:
+                stand_in = click.Command(name, help=self.lazy[name][2])
+                rows.append((name, stand_in.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bup-watchdog")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for SSH details).")
-def main(verbose: int) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More log output: -v info from every part, -vv debug and SSH details. Without it: "
+    "warnings and errors, and `run` writes one line per sweep and per repair decision.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    envvar="BUP_WATCHDOG_LOG_FORMAT",
+    help="Log lines on stderr: text, or one JSON object a line (time, level, logger, event, "
+    "server, project, repair_id…) (env: BUP_WATCHDOG_LOG_FORMAT).",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, log_format: str) -> None:
     """Watch a bup/ZFS project-storage fleet: gather facts over SSH, check them, report.
 
     Start with `bup-watchdog demo` to see it work on a sandbox fleet built on this machine.
+    Shell completion: eval "$(_BUP_WATCHDOG_COMPLETE=bash_source bup-watchdog)" (zsh_source,
+    fish_source for the other shells).
     """
-    _setup_logging(verbose)
+    logs.setup(log_format, verbose, daemon=ctx.invoked_subcommand == "run")
 
 
 @main.command("check")
@@ -137,6 +178,9 @@ def check_cmd(
 
     Exit code: 0 ok, 1 warnings, 2 critical, 3 the watchdog could not run (Nagios convention).
     """
+    from bup_watchdog.checks import registry
+    from bup_watchdog.runner import Runner, inventory_source, open_state
+
     config = load(config_path)
     unknown = [c for c in only if c not in registry()]
     if unknown:
@@ -164,6 +208,8 @@ def run_cmd(config_path: Path, once: bool) -> None:
     SIGTERM or Ctrl-C lets the current sweep finish, then exits 0. With --once, the exit code is
     the sweep's Nagios status (3 when it could not run).
     """
+    from bup_watchdog.daemon import Daemon
+
     config = load(config_path)
     try:
         daemon = Daemon(config)
@@ -181,6 +227,9 @@ def _who() -> str:
 
 
 def _guard(config: Config) -> Guard:
+    from bup_watchdog.guard import Guard
+    from bup_watchdog.runner import inventory_source, load_inventory, open_state
+
     state = open_state(config)
     inventory = load_inventory(inventory_source(config), state)
     return Guard(config, state, inventory)
@@ -235,6 +284,8 @@ def repair_cmd(
     TARGET is SERVER (for server repairs) or SERVER/PROJECT_ID; SERVER is an id or a name.
     Exit code: 0 done (or planned), 1 failed or stopped on a conflict, 2 refused, 3 could not run.
     """
+    from bup_watchdog.repairs.base import RepairRequest
+
     config = load(config_path)
     try:
         guard = _guard(config)
@@ -260,6 +311,12 @@ def repairs_group() -> None:
 
 
 def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
+    from rich.table import Table
+
+    from bup_watchdog.journal import Journal
+    from bup_watchdog.output import make_console
+    from bup_watchdog.runner import open_state
+
     config = load(config_path)
     journal = Journal(open_state(config))
     entries = journal.entries(status=status, limit=limit)
@@ -341,6 +398,16 @@ class _SweepProgress:
     """Progress of an audit's fresh sweep on stderr: a bar on a terminal, log lines otherwise."""
 
     def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.console = Console(stderr=True)
         self.total = total
         self.done = 0
@@ -355,7 +422,7 @@ class _SweepProgress:
                 console=self.console,
                 transient=True,
             )
-            self.task = self.progress.add_task(f"{total} hosts", total=total)
+            self.task: TaskID = self.progress.add_task(f"{total} hosts", total=total)
 
     def __enter__(self) -> _SweepProgress:
         if self.progress is not None:
@@ -367,6 +434,8 @@ class _SweepProgress:
             self.progress.stop()
 
     def host_done(self, server: Server, facts: HostFacts) -> None:
+        from rich.markup import escape
+
         self.done += 1
         if facts.probed:
             what = f"{len(facts.repos)} repositories in {facts.duration_seconds:.2f} s"
@@ -387,6 +456,10 @@ def _fresh_sweep(
     config: Config, state: State, servers: tuple[str, ...], checks: tuple[str, ...]
 ) -> SweepResult | None:
     """Sweep now (every enabled check due) with progress per host, and record it."""
+    from bup_watchdog.checks import registry
+    from bup_watchdog.runner import Runner, inventory_source, load_inventory
+    from bup_watchdog.sweep import select_servers
+
     runner = Runner(config, state, inventory_source(config))
     inventory = load_inventory(runner.source, state)
     total = len(select_servers(inventory, servers))
@@ -450,6 +523,20 @@ def audit_cmd(
     lag, save logs, deep-check coverage, the repair journal and the watchdog's own errors.
     Prints the path written. Exit code: 0 written, 3 the report could not be made.
     """
+    import sqlite3
+
+    from bup_watchdog.report import (
+        ReportSettings,
+        Scope,
+        build_report,
+        check_names,
+        parse_duration,
+        render,
+        resolve_servers,
+        servers_from_state,
+    )
+    from bup_watchdog.runner import inventory_source, open_state
+
     config = load(config_path)
     try:
         since_seconds = parse_duration(since)
@@ -499,6 +586,9 @@ def audit_cmd(
 
 
 def show(result: SweepResult, fmt: str) -> None:
+    """The findings of a sweep on stdout: a table, or JSON."""
+    from bup_watchdog.output import make_console, print_json, print_table
+
     console = make_console(json_output=fmt == "json")
     if fmt == "json":
         print_json(result, console)
@@ -515,6 +605,10 @@ def config_group() -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
 def config_check(path: Path | None) -> None:
     """Validate a config file (and its inventory file); list every problem. Exit 2 if invalid."""
+    from bup_watchdog.checks import settings_models
+    from bup_watchdog.config import load_config
+    from bup_watchdog.inventory.file import FileInventory
+
     path = path or DEFAULT_CONFIG
     try:
         config = load_config(path, settings_models())
@@ -534,6 +628,9 @@ def config_check(path: Path | None) -> None:
 @config_group.command("example")
 def config_example() -> None:
     """Print a commented example config with every key and its default."""
+    from bup_watchdog.checks import settings_models
+    from bup_watchdog.config import example_config
+
     click.echo(example_config(settings_models()), nl=False)
 
 
@@ -590,6 +687,7 @@ def inventory_load(config_path: Path, path: Path, replication_factor: int | None
     missing). Servers and projects are upserted; nothing is deleted. Exit 0 done, 3 could not.
     """
     from bup_watchdog.inventory.cassandra import CassandraInventory, write_inventory
+    from bup_watchdog.inventory.file import FileInventory
 
     config = load(config_path)
     try:
@@ -646,10 +744,5 @@ def inventory_migrate(config_path: Path, replication_factor: int | None) -> None
     click.echo(f"keyspace {db.keyspace} at {db.where}: schema version {LATEST} ({done})")
 
 
-# The demo lives in its own module; imported here so `--help` lists it.
-from bup_watchdog.demo import demo  # noqa: E402
-
-main.add_command(demo)
-
 if __name__ == "__main__":
-    main()
+    main(prog_name="bup-watchdog")

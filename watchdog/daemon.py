@@ -25,6 +25,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
+from bup_watchdog import logs
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.config import Config
 from bup_watchdog.errors import WatchdogError
@@ -167,7 +168,9 @@ class Daemon:
         try:
             result = self.runner.run_once()
         except WatchdogError as exc:
-            log.error("sweep failed: %s", exc)
+            log.error(
+                "sweep failed: %s", exc, extra={"duration_s": round(time.monotonic() - started, 3)}
+            )
             try:
                 self.state.set_meta(last_sweep_error=str(exc), last_sweep_error_at=time.time())
             except WatchdogError as again:  # the state itself is what failed (e.g. disk full)
@@ -181,16 +184,42 @@ class Daemon:
             return
         self.inventory = result.inventory
         self.last_worst = result.worst
+        self._log_sweep(result, time.monotonic() - started)
         if self.config.schedule.auto_repair and not self.stopping.is_set():
             self._repair(result)
+
+    def _log_sweep(self, result: SweepResult, seconds: float) -> None:
+        """The one line a sweep writes at the default level (its repairs write their own)."""
         counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
+        probed = sum(1 for f in result.facts.values() if f.probed)
+        failed = [sid for sid, f in result.facts.items() if not f.probed]
         log.info(
-            "sweep done in %.2f s: %d hosts, %d critical, %d warning, %d SSH sessions",
-            time.monotonic() - started,
-            len(result.facts),
+            "sweep done in %.2f s: %d hosts probed, %d failed; %d findings (%d critical, "
+            "%d warning), %d opened, %d resolved; %d SSH sessions",
+            seconds,
+            probed,
+            len(failed),
+            len(result.findings),
             counts[Severity.CRITICAL],
             counts[Severity.WARNING],
+            self.runner.last_opened,
+            self.runner.last_resolved,
             result.ssh_sessions,
+            extra={
+                "sweep_id": self.runner.last_sweep_id,
+                "duration_s": round(seconds, 3),
+                "hosts": len(result.facts),
+                "hosts_probed": probed,
+                "hosts_failed": failed[:20],
+                "findings": len(result.findings),
+                "critical": counts[Severity.CRITICAL],
+                "warning": counts[Severity.WARNING],
+                "opened": self.runner.last_opened,
+                "resolved": self.runner.last_resolved,
+                "checks": sorted(result.checks),
+                "ssh_sessions": result.ssh_sessions,
+                "status": result.worst.label,
+            },
         )
 
     def _repair(self, result: SweepResult) -> None:
@@ -200,7 +229,7 @@ class Daemon:
             cooldown = self.config.schedule.repair_cooldown_seconds
             for req in guard.scheduled_requests(result.findings, cooldown):
                 if self.queue.put(Work(request=req)):
-                    log.info("scheduled repair queued: %s on %s", req.repair, req.target)
+                    log.debug("scheduled repair queued: %s on %s", req.repair, req.target)
         except QueueFull as exc:
             log.error("scheduled repairs not queued: %s", exc)
         except Exception:
@@ -216,6 +245,13 @@ class Daemon:
                 e.id,
                 e.repair,
                 e.target,
+                extra={
+                    "repair_id": e.id,
+                    "repair": e.repair,
+                    "server": e.server_id,
+                    "project": e.project_id,
+                    "decision": "interrupted",
+                },
             )
             self.state.raise_finding(
                 Finding(
@@ -246,6 +282,7 @@ class Daemon:
             self.report_interrupted()
             self.heartbeat_job()  # a member before the first sweep, so it counts itself
             http = build_http(self.config, self.state, self)
+            logs.adopt()  # uvicorn set up its own handlers: its lines go through ours
             http.start()
             self.queue.start()
             log.info("serving http://%s/metrics", self.config.http.listen)

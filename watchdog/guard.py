@@ -76,6 +76,34 @@ def _clean(value: object) -> str:
     return text if text.isprintable() and len(text) <= 100 else repr(text)[:100]
 
 
+def log_decision(
+    level: int, entry: int, req: RepairRequest, decision: str, reason: str, *, exc: bool = False
+) -> None:
+    """The one log line of a repair decision: repair, target, decision, reason (and as ``extra=``
+    fields, for ``--log-format json``)."""
+    repair, target = _clean(req.repair), _clean(req.target)
+    log.log(
+        level,
+        "repair #%d %s on %s: %s — %s",
+        entry,
+        repair,
+        target,
+        decision,
+        reason,
+        exc_info=exc,
+        extra={
+            "repair_id": entry,
+            "repair": repair,
+            "target": target,
+            "server": _clean(req.server_id),
+            "project": _clean(req.project_id) if req.project_id else None,
+            "decision": decision,
+            "reason": reason,
+            "requested_by": _clean(req.requested_by),
+        },
+    )
+
+
 def breaker(state: State, limit: float) -> tuple[bool, str]:
     """The circuit breaker from the last sweep's hosts: (open?, why)."""
     rows = state.query("SELECT COUNT(*), SUM(probed = 0) FROM hosts")
@@ -268,7 +296,7 @@ class Guard:
             finally:
                 ctx.close()
             entry = self._write(req, mode, PENDING, plan=plan)
-            log.info("repair #%d %s on %s waits for approval", entry, req.repair, req.target)
+            log_decision(logging.INFO, entry, req, PENDING, "waiting for an operator's approval")
             return Decision(entry, PENDING, "waiting for an operator's approval", plan)
         return self._run(
             req, repair, settings, mode, decided_by=req.requested_by if execute else None
@@ -326,6 +354,10 @@ class Guard:
         if entry.status != PENDING:
             raise WatchdogError(f"repair #{entry_id} is {entry.status}, not pending")
         self.journal.update(entry_id, status=DENIED, decided_by=by, refusal=f"denied: {why or by}")
+        req = RepairRequest(
+            entry.repair, entry.server_id, entry.project_id, requested_by=entry.requested_by
+        )
+        log_decision(logging.INFO, entry_id, req, DENIED, f"denied by {by}: {why or 'no reason'}")
         return Decision(entry_id, DENIED, f"denied by {by}")
 
     def breaker(self) -> tuple[bool, str]:
@@ -380,7 +412,7 @@ class Guard:
 
     def _refuse(self, req: RepairRequest, code: str, why: str, mode: str) -> Decision:
         entry = self._write(req, mode, REFUSED, refusal=f"{code}: {why}")
-        log.warning("repair %s on %s refused: %s", _clean(req.repair), _clean(req.target), why)
+        log_decision(logging.WARNING, entry, req, REFUSED, f"{code}: {why}")
         return Decision(entry, REFUSED, f"{code}: {why}")
 
     def _context(self, who: str) -> _RecordingContext:
@@ -405,11 +437,12 @@ class Guard:
             ctx.close()
         note = "; ".join(blockers) if blockers else "preconditions hold now"
         entry = self._write(req, mode, DRY_RUN, refusal=f"dry run (nothing run); {note}", plan=plan)
-        log.info(
-            "(dry run; not actually repairing) %s on %s: %d steps",
-            req.repair,
-            req.target,
-            len(plan),
+        log_decision(
+            logging.INFO,
+            entry,
+            req,
+            DRY_RUN,
+            f"(dry run; not actually repairing) {len(plan)} steps planned; {note}",
         )
         return Decision(entry, DRY_RUN, f"dry run: nothing was run; {note}", plan)
 
@@ -496,7 +529,7 @@ class Guard:
             # Journal first: the intent is on disk before any command runs.
             entry = self._write(req, mode, RUNNING, plan=plan)
             self.journal.update(entry, started_at=self.clock(), decided_by=decided_by)
-            log.info(
+            log.debug(
                 "repair #%d %s on %s: running %d steps", entry, req.repair, req.target, len(steps)
             )
             ctx.steps = _StepLog()
@@ -505,32 +538,30 @@ class Guard:
                 outcome = repair.execute(req, steps, ctx, settings)
             except WatchdogError as exc:
                 self.journal.update(entry, status=FAILED, output=ctx.steps.text(str(exc)))
-                log.error("repair #%d %s on %s failed: %s", entry, req.repair, req.target, exc)
+                log_decision(logging.ERROR, entry, req, FAILED, str(exc))
                 return Decision(entry, FAILED, str(exc), plan)
             except Exception as exc:
                 # A bug in a repair: the row must not stay 'running' (it would block the alert's
                 # fingerprint until a restart), and the queue goes on.
                 why = f"unexpected error in {req.repair}: {type(exc).__name__}: {exc}"
                 self.journal.update(entry, status=FAILED, output=ctx.steps.text(why))
-                log.exception("repair #%d %s on %s failed", entry, req.repair, req.target)
+                log_decision(logging.ERROR, entry, req, FAILED, why, exc=True)
                 return Decision(entry, FAILED, why, plan)
             finally:
                 ctx.steps = None
             output = "\n".join(outcome.output)[-8000:]
             if outcome.status == CONFLICT:
                 self.journal.update(entry, status=CONFLICT, output=output)
-                return Decision(
-                    entry, CONFLICT, outcome.output[-1] if outcome.output else "conflict", plan
-                )
+                why = outcome.output[-1] if outcome.output else "conflict"
+                log_decision(logging.WARNING, entry, req, CONFLICT, why)
+                return Decision(entry, CONFLICT, why, plan)
             try:
                 ok, verification = repair.verify(req, ctx, settings)
             except WatchdogError as exc:
                 ok, verification = False, f"could not verify: {exc}"
             status = SUCCEEDED if ok else FAILED
             self.journal.update(entry, status=status, output=output, verification=verification)
-            log.info(
-                "repair #%d %s on %s: %s (%s)", entry, req.repair, req.target, status, verification
-            )
+            log_decision(logging.INFO if ok else logging.ERROR, entry, req, status, verification)
             return Decision(entry, status, verification, plan)
         finally:
             ctx.close()

@@ -113,6 +113,10 @@ class Runner:
             self.repo_cache = RepoCache(max_age=config.incremental.full_walk_seconds)
         self._check_failures: dict[str, int] = {}
         self._check_backoff_until: dict[str, float] = {}
+        #: The last recorded sweep, and the findings it opened and resolved (the daemon logs them).
+        self.last_sweep_id: int | None = None
+        self.last_opened = 0
+        self.last_resolved = 0
 
     def due_checks(
         self, now: float, only: Collection[str] = (), *, force: bool = False
@@ -197,13 +201,23 @@ class Runner:
             self.repo_cache.retain(result.facts)
         self._note_check_errors(result, now)
         if self.state is not None:
-            record(self.state, result)
+            before = self._open_findings()
+            self.last_sweep_id = record(self.state, result)
+            after = self._open_findings()
+            self.last_opened, self.last_resolved = len(after - before), len(before - after)
             if self.repo_cache is not None:
                 walked, reused = self.repo_cache.totals()
                 self.state.set_meta(incremental_walked=walked, incremental_reused=reused)
             if run_deep:
                 self.state.set_meta(deep_last_run=now)
         return result
+
+    def _open_findings(self) -> set[int]:
+        """Ids of the open findings (read through the partial index on open findings)."""
+        assert self.state is not None
+        return {
+            int(r[0]) for r in self.state.query("SELECT id FROM findings WHERE resolved_at IS NULL")
+        }
 
     def _note_check_errors(self, result: SweepResult, now: float) -> None:
         """A check that raised backs off exponentially (capped at an hour); success resets it."""
@@ -216,7 +230,13 @@ class Runner:
             self._check_failures[name] = n
             delay = min(3600.0, self.config.schedule.sweep_interval_seconds * 2 ** (n - 1))
             self._check_backoff_until[name] = now + delay
-            log.error("check %s failed (%d in a row); next try in %.0f s", name, n, delay)
+            log.error(
+                "check %s failed (%d in a row); next try in %.0f s",
+                name,
+                n,
+                delay,
+                extra={"check": name, "failures": n, "retry_in_s": delay},
+            )
 
 
 def open_state(config: Config) -> State:
