@@ -9,6 +9,7 @@ for the repository's current master is judged here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
@@ -27,8 +28,27 @@ def _healthy(repo: RepoFacts) -> bool:
         or repo.master_in_pack is False
         or repo.bad_idx
         or repo.errors
-        or (repo.head is not None and repo.head != "ref: refs/heads/master")
+        or not _head_usable(repo.head)
     )
+
+
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def _head_usable(head: str | None) -> bool:
+    """Whether git takes HEAD as a repository's (a symbolic ref under refs/, or a commit id).
+
+    Which branch it names does not matter: bup reads and writes refs/heads/master whatever HEAD
+    says, so ``ref: refs/heads/main`` is no finding. Anything else makes git (and so ``git
+    fsck``, the deep check) refuse the directory as a repository. A missing HEAD (None) is
+    left to the deep check.
+    """
+    if head is None:
+        return True
+    ref = head.removeprefix("ref: ")
+    if ref != head:
+        return ref.startswith("refs/") and not any(c.isspace() for c in ref)
+    return _SHA.fullmatch(head) is not None
 
 
 def _problems(repo: RepoFacts) -> Iterator[tuple[Severity, str, str]]:
@@ -46,8 +66,13 @@ def _problems(repo: RepoFacts) -> Iterator[tuple[Severity, str, str]]:
         )
     for bad in repo.bad_idx:
         yield Severity.CRITICAL, "bad_idx", f"unreadable pack index: {bad}"
-    if repo.head is not None and repo.head != "ref: refs/heads/master":
-        yield Severity.WARNING, "odd_head", f"HEAD is {repo.head!r}, not refs/heads/master"
+    if not _head_usable(repo.head):
+        yield (
+            Severity.WARNING,
+            "bad_head",
+            f"HEAD is {repo.head!r:.80}: neither a ref under refs/ nor a commit id, so git does "
+            "not take the directory as a repository",
+        )
     for err in repo.errors:
         yield Severity.WARNING, "probe_error", err
 

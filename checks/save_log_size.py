@@ -44,6 +44,18 @@ class SaveLogSize(Check[SaveLogSizeSettings]):
                         message="conf/save_log.json is a symlink; not followed, not measured",
                     )
                     continue
+                if repo.save_log_kind is not None:
+                    yield Finding(
+                        check=self.name,
+                        server_id=host.server_id,
+                        project_id=pid,
+                        severity=Severity.WARNING,
+                        code="not_regular_file",
+                        message=f"conf/save_log.json is a {repo.save_log_kind}, not a regular "
+                        "file: saves that append to it block or fail; not measured",
+                        details={"kind": repo.save_log_kind},
+                    )
+                    continue
                 size = repo.save_log_bytes
                 if size is None or size < settings.warn_bytes:
                     continue

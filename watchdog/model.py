@@ -249,6 +249,8 @@ class RepoFacts:
     reflog_last_time: int | None = None
     save_log_bytes: int | None = None
     save_log_is_symlink: bool = False
+    #: What conf/save_log.json is when it is there but not a regular file ("FIFO", "socket"…).
+    save_log_kind: str | None = None
     touch_mtime: float | None = None
     replicas: tuple[str, ...] | None = None
     replicas_error: str | None = None
@@ -282,6 +284,7 @@ class RepoFacts:
             reflog_last_time=_get(rec, "reflog_last_time", int),
             save_log_bytes=_get(rec, "save_log_bytes", int),
             save_log_is_symlink=_get(rec, "save_log_is_symlink", bool, False),
+            save_log_kind=_get(rec, "save_log_kind", str),
             touch_mtime=_get(rec, "touch_mtime", float),
             replicas=None if replicas is None else tuple(_shared_text(x) for x in replicas),
             replicas_error=_get(rec, "replicas_error", str),

@@ -846,6 +846,7 @@ def empty_repo_record(project_id: str, path: str) -> dict[str, Any]:
         "save_log_bytes": None,
         "save_log_mtime": None,
         "save_log_is_symlink": False,
+        "save_log_kind": None,
         "touch_mtime": None,
         "replicas": None,
         "replicas_error": None,
@@ -855,6 +856,22 @@ def empty_repo_record(project_id: str, path: str) -> dict[str, Any]:
         "symlinks_outside_count": 0,
         "errors": [],
     }
+
+
+def _file_kind(path: str) -> str:
+    """What a path that is not a regular file is, in an operator's words (lstat, no follow)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        return f"gone ({e.strerror})"
+    kinds = (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _fill_repo(root: str, rec: dict[str, Any], max_symlinks: int, max_bad_idx: int) -> None:
@@ -885,7 +902,8 @@ def _fill_repo(root: str, rec: dict[str, Any], max_symlinks: int, max_bad_idx: i
         rec["save_log_bytes"] = w.files[log].st_size
         rec["save_log_mtime"] = w.files[log].st_mtime
     elif log in w.dirs or log in w.others:
-        rec["errors"].append(f"{log} is not a regular file")
+        # Judged by save_log_size (code not_regular_file), not a repository error.
+        rec["save_log_kind"] = _file_kind(os.path.join(root, log))
 
     touch = "conf/touch"
     if touch in w.files:

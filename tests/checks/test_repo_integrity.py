@@ -39,3 +39,17 @@ def test_a_symlinked_repository_is_reported_and_nothing_else_read() -> None:
 
 def test_a_master_copy_missing_from_its_master_server_is_critical() -> None:
     assert codes(repo(P1), projects=(P1, P2)) == {(P2, "master_missing")}
+
+
+def test_head_naming_another_branch_is_no_finding_since_bup_reads_refs_heads_master() -> None:
+    assert codes(repo(P1, head="ref: refs/heads/main"), projects=(P1,)) == set()
+
+
+def test_a_detached_head_is_no_finding() -> None:
+    assert codes(repo(P1, head="c" * 40), projects=(P1,)) == set()
+
+
+def test_a_head_git_would_not_accept_is_a_warning() -> None:
+    facts = {S1: host_facts(S1, host_records(repo(P1, head="garbage")))}
+    [f] = list(check.evaluate(facts, inventory(project(P1)), SETTINGS))
+    assert (f.code, f.severity) == ("bad_head", Severity.WARNING)
