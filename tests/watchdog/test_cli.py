@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,105 @@ def test_config_check_accepts_the_demo_fleets_config(demo_fleet: SandboxFleet) -
     proc = run("config", "check", str(demo_fleet.config_path))
     assert proc.returncode == 0, proc.stderr
     assert "OK (4 servers, 6 projects" in proc.stdout
+
+
+# -------------------------------------------------------------------- start-up, help, completion
+
+SCRIPT = Path(sys.executable).with_name("bup-watchdog")
+
+
+def test_importing_the_cli_and_check_help_load_no_web_server_ssh_cassandra_or_templates() -> None:
+    code = """
+import contextlib, io, json, sys
+import bup_watchdog.cli as cli
+on_import = set(sys.modules)
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        cli.main(["check", "--help"], prog_name="bup-watchdog")
+    except SystemExit:
+        pass
+heavy = {"fastapi", "uvicorn", "paramiko", "cassandra", "jinja2", "rich", "pydantic"}
+print(json.dumps({
+    "import": sorted(m for m in on_import if m.split(".")[0] in heavy),
+    "check --help": sorted(m for m in sys.modules if m.split(".")[0] in heavy),
+}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(proc.stdout) == {"import": [], "check --help": []}
+
+
+def test_every_command_has_a_help_line_and_its_help_works() -> None:
+    from click import Context, Group
+    from click.testing import CliRunner
+
+    from bup_watchdog.cli import main
+
+    def walk(group: Group, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        ctx = Context(group)
+        found = []
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            assert command is not None, name
+            assert command.get_short_help_str(), f"{' '.join((*path, name))} has no help line"
+            found.append((*path, name))
+            if isinstance(command, Group):
+                found += walk(command, (*path, name))
+        return found
+
+    commands = walk(main, ())
+    assert {("check",), ("run",), ("demo",), ("repairs", "approve"), ("config", "check")} <= set(
+        commands
+    )
+    for path in commands:
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+
+
+def test_the_demo_is_listed_with_its_own_help_line_before_it_is_loaded() -> None:
+    from bup_watchdog.cli import main
+    from bup_watchdog.demo import demo
+
+    module, attr, listed = main.lazy["demo"]
+    assert (module, attr) == ("bup_watchdog.demo", "demo")
+    assert listed == demo.get_short_help_str(limit=1000)
+    top = subprocess.run([*CLI, "--help"], capture_output=True, text=True, timeout=60)
+    assert "  demo       Build a sandbox fleet with planted faults" in top.stdout
+
+
+def test_bash_completion_comes_from_the_standard_click_variable() -> None:
+    source = subprocess.run(
+        [str(SCRIPT)],
+        env={**os.environ, "_BUP_WATCHDOG_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert source.returncode == 0, source.stderr
+    assert "complete -o nosort -F _bup_watchdog_completion bup-watchdog" in source.stdout
+
+    def complete(words: str) -> list[str]:
+        proc = subprocess.run(
+            [str(SCRIPT)],
+            env={
+                **os.environ,
+                "_BUP_WATCHDOG_COMPLETE": "bash_complete",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    assert complete("bup-watchdog rep") == ["plain,repair", "plain,repairs"]
+    assert complete("bup-watchdog --log-format ") == ["plain,text", "plain,json"]
+    assert complete("bup-watchdog repairs ") == [
+        "plain,approve",
+        "plain,deny",
+        "plain,list",
+        "plain,pending",
+    ]
