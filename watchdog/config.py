@@ -148,7 +148,20 @@ class SshConfig(Section):
         "~/.ssh/id_* keys.",
         examples=["/etc/bup-watchdog/id_ed25519"],
     )
-    user: str = Field("root", description="Default login user (a server entry may override it).")
+    user: str = Field(
+        "bupwatch",
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="Default login user (a server entry may override it): a dedicated user whose "
+        "key runs only bupwatch-ssh-gate on the hosts (README, Security defaults). The probe "
+        "and deep checks run as this user; repairs through sudo unless it is root.",
+    )
+    sudo: bool | None = Field(
+        None,
+        description="Run the repairs' commands as 'sudo -n COMMAND' (the gate then runs them as "
+        "root through deploy/sudoers.bupwatch). Empty = yes unless the login user is root. The "
+        "probe and deep checks never use sudo.",
+        examples=[True],
+    )
     connect_timeout: float = Field(
         3.0, gt=0, le=120, description="Seconds allowed for the TCP connect to sshd."
     )

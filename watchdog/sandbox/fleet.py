@@ -298,7 +298,7 @@ class SandboxFleet:
             (h.bup_dir / "conf" / "bup_server_id").write_text(h.server_id + "\n", encoding="ascii")
             (h.bup_dir / "conf" / "bup_servers").write_text(json.dumps(servers, indent=1) + "\n")
             ssh = h.home / ".ssh"
-            (ssh / "authorized_keys").write_text(client_pub, encoding="ascii")
+            (ssh / "authorized_keys").write_text(h.authorized_key(client_pub), encoding="ascii")
             # Hosts replicate to each other over SSH as root, as the fleet did: same key and peers.
             shutil.copyfile(self.client_key, ssh / "id_ed25519")
             (ssh / "id_ed25519").chmod(0o600)

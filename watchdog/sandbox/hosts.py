@@ -244,6 +244,27 @@ class SandboxHost:
             lines.append(f'SetEnv HOME="{self.home}"')
         self.sshd_config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+    @property
+    def gate_log(self) -> Path:
+        """Where the host's bupwatch-ssh-gate logs its decisions (``HostSpec.ssh_gate``)."""
+        return self.dir / "ssh-gate.log"
+
+    def authorized_key(self, pub: str) -> str:
+        """The watchdog key's ``authorized_keys`` line. With ``spec.ssh_gate`` it is restricted
+        to bupwatch-ssh-gate (copied to ``bin/``), as the README's recipe installs it."""
+        if not self.spec.ssh_gate:
+            return pub
+        from bup_watchdog.hostside import ssh_gate
+
+        gate = self.dir / "bin" / "bupwatch-ssh-gate"
+        gate.write_bytes(Path(ssh_gate.__file__).read_bytes())
+        gate.chmod(0o755)
+        argv = [str(gate), "--bup-root", self.bup_root, "--projects-root", self.projects_root]
+        argv += ["--restart", shlex.join(self.bup_server_argv(daemon=True))]
+        argv += ["--log", str(self.gate_log)]
+        command = shlex.join(argv).replace("\\", "\\\\").replace('"', '\\"')
+        return f'restrict,command="{command}" {pub}'
+
     def generate_host_key(self) -> str:
         """Create a fresh ed25519 host key; return the public key (``ssh-ed25519 AAAA…``)."""
         for p in (self.host_key, self.host_key.with_suffix(".pub")):

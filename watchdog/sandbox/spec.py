@@ -19,6 +19,8 @@ class HostSpec:
 
     ``projects_mounted=False`` leaves ``/projects`` a plain directory on the root disk (the boot
     race); ``port_mismatch`` makes the inventory record a port one above the real one.
+    ``ssh_gate`` lets the watchdog's key run only ``bupwatch-ssh-gate`` (authorized_keys
+    ``restrict,command=``), logging to the host's ``ssh-gate.log``.
     """
 
     name: str
@@ -27,6 +29,7 @@ class HostSpec:
     bup_server_running: bool = True
     experimental: bool = False
     port_mismatch: bool = False
+    ssh_gate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,9 +41,11 @@ REMOTE_GRACE = 1.0
 KILL_AFTER = 3.0
 
 
-def remote_argv(argv: list[str], limit: float) -> list[str]:
-    """The command as run on the host: under ``timeout``, so that it never outlives the wait."""
-    return ["timeout", f"--kill-after={KILL_AFTER:g}", f"{limit + REMOTE_GRACE:.3f}", *argv]
+def remote_argv(argv: list[str], limit: float, *, sudo: bool = False) -> list[str]:
+    """The command as run on the host: under ``timeout``, so that it never outlives the wait;
+    with ``sudo`` as ``sudo -n timeout …`` (root's ``timeout`` can stop root's command)."""
+    wrapped = ["timeout", f"--kill-after={KILL_AFTER:g}", f"{limit + REMOTE_GRACE:.3f}", *argv]
+    return ["sudo", "-n", *wrapped] if sudo else wrapped
 
 
 def _socket_error(exc: OSError, where: str) -> HostUnreachable:
@@ -65,6 +67,10 @@ class SshTransport:
         self.server = server
         self.config = config
         self.label = f"{server.label} ({server.ssh_host}:{server.ssh_port})"
+        user = server.ssh_user or config.user
+        #: ``run`` (the repairs' commands) goes through ``sudo -n`` (``[ssh] sudo``); the probe
+        #: and deep checks (``stream_lines``) never do.
+        self.sudo = config.sudo if config.sudo is not None else user != "root"
         self.sessions_opened = 0
         self._client: paramiko.SSHClient | None = None
 
@@ -159,7 +165,9 @@ class SshTransport:
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _open(self, argv: list[str], stdin: bytes | None, timeout: float) -> paramiko.Channel:
+    def _open(
+        self, argv: list[str], stdin: bytes | None, timeout: float, *, sudo: bool = False
+    ) -> paramiko.Channel:
         client = self.connect()
         transport = client.get_transport()
         if transport is None:  # pragma: no cover - connect() guarantees a transport
@@ -176,7 +184,7 @@ class SshTransport:
             ) from None
         self.sessions_opened += 1
         chan.settimeout(timeout)
-        chan.exec_command(shlex.join(remote_argv(argv, timeout)))
+        chan.exec_command(shlex.join(remote_argv(argv, timeout, sudo=sudo)))
         if stdin:
             try:
                 chan.sendall(stdin)
@@ -248,7 +256,7 @@ class SshTransport:
         """Run a command to completion; non-zero exit is returned, not raised."""
         limit = timeout or self.config.command_timeout
         started = time.monotonic()
-        chan = self._open(argv, stdin, limit)
+        chan = self._open(argv, stdin, limit, sudo=self.sudo)
         # The host's own timeout counts from here (the command started), not from before the
         # connection was opened: after giving up, wait long enough for it to fire.
         wait_end = (time.monotonic() - started) + REMOTE_GRACE + KILL_AFTER + 2.0

@@ -1,0 +1,235 @@
+"""bupwatch-ssh-gate's rules, without a host: hostile commands refused, the copies it carries
+(mount guard, pinned programs, the uid formula) identical to the originals, the script's own
+refusals logged, and the shipped sudoers example valid."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bup_watchdog import deploy
+from bup_watchdog.hostside import ssh_gate
+from bup_watchdog.hostside.ssh_gate import Gate, Refused, judge
+from bup_watchdog.model import project_uid
+from bup_watchdog.repairs import clean_repo, resync_replica, rotate_save_log
+from bup_watchdog.transport.ssh import remote_argv
+
+GATE = Gate()
+PID = "a4a71774-64be-477b-8e6d-cd80755840ca"
+REPO = f"/bup/bups/{PID}"
+SHA = "1" * 40
+PROBE = ["python3", "-S", "-", "--bup-root", "/bup", "--projects-root", "/projects"]
+
+
+def refused(argv: list[str], gate: Gate = GATE) -> str:
+    with pytest.raises(Refused) as err:
+        judge(argv, gate)
+    return str(err.value)
+
+
+def wrapped(argv: list[str], *, sudo: bool = False) -> list[str]:
+    """As the SSH transport sends it, split again as the gate splits it."""
+    return shlex.split(shlex.join(remote_argv(argv, 300.0, sudo=sudo)))
+
+
+def test_the_probe_and_deep_probe_pass_as_the_transport_wraps_them() -> None:
+    full = [*PROBE, "--fingerprint", "--racy-seconds", "2", "--owner-sample", "200"]
+    full += ["--owner-sample-total", "50000", "--owner-sample-from", PID]
+    allowed, wrapper, sudo = judge(wrapped(full), GATE)
+    assert (allowed.kind, allowed.root, sudo) == ("probe", False, False)
+    assert wrapper == ("timeout", "--kill-after=3", "301.000")
+    assert allowed.argv == tuple(full)
+    deep = ["python3", "-S", "-", "--bup-root", "/bup", "--timeout", "120", PID]
+    assert judge(wrapped(deep), GATE)[0].kind == "deep probe"
+
+
+def test_a_probe_with_extra_arguments_is_refused() -> None:
+    assert "--evil" in refused([*PROBE, "--evil"])
+    assert "not one the watchdog sends" in refused([*PROBE, "/etc"])
+    assert "twice" in refused([*PROBE, "--fingerprint", "--fingerprint"])
+    assert "must be /bup" in refused(["python3", "-S", "-", "--bup-root", "/", "--projects-root",
+                                      "/projects"])  # fmt: skip
+    assert refused([*PROBE, "--owner-sample-from", "../../etc"])
+
+
+def test_shell_metacharacters_never_reach_a_shell_they_only_make_words_that_do_not_match() -> None:
+    for command in (
+        "python3 -S - --bup-root /bup --projects-root /projects; cat /etc/shadow",
+        "python3 -S - --bup-root /bup --projects-root /projects && id",
+        "cat -- $(id)",
+        "cat -- `id`",
+        "mountpoint -q /projects | sh",
+        f"find {REPO} -mindepth 1 -maxdepth 1 -type f ( -name x ) -print -delete > /etc/passwd",
+    ):
+        with pytest.raises(Refused):
+            judge(shlex.split(command), GATE)
+
+
+def test_a_sh_c_other_than_resync_replicas_mount_guard_is_refused() -> None:
+    assert "mount guard" in refused(["sh", "-c", "id"])
+    assert "mount guard" in refused(["timeout", "--kill-after=3", "5", "sh", "-c", "id"])
+    guard = ["sh", "-c", ssh_gate.MOUNTED_GUARD, "resync-guard", "master", "/projects"]
+    assert "only rsync" in refused([*guard, "sh", "-c", "id"])
+    assert refused([*guard, "rsync", "--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "/etc/"])
+
+
+def test_paths_with_dot_dot_or_outside_the_roots_are_refused() -> None:
+    assert refused(["git", f"--git-dir=/bup/bups/../../etc/{PID}", "repack", "-a", "-d", "-q"])
+    assert refused(["git", f"--git-dir={REPO}/..", "repack", "-a", "-d", "-q"])
+    assert refused(["bup", "-d", f"/etc/{PID}", "init"])
+    assert refused(["python3", "-S", "-", f"{REPO}/../{PID}"])
+    assert refused(["cat", "--", "/etc/shadow"])
+    assert refused(["cat", "/etc/shadow"])
+    live = f"/projects/../etc/{PID}"
+    uid = project_uid(PID)
+    assert refused(["find", live, "-xdev", "-path", f"{live}/.snapshots", "-prune", "-o", "!",
+                    "-uid", str(uid), "-exec", "chown", "--no-dereference", f"{uid}:{uid}", "{}",
+                    "+"])  # fmt: skip
+
+
+def test_ids_that_are_not_lower_case_version_4_uuids_are_refused() -> None:
+    for bad in (str(uuid.uuid1()), PID.upper(), PID.replace("-4", "-1", 1), PID + "x", "0" * 36):
+        assert "version-4" in refused(["bup", "-d", f"/bup/bups/{bad}", "init"]), bad
+        assert refused(["python3", "-S", "-", "--bup-root", "/bup", "--timeout", "5", bad])
+
+
+def test_a_newline_or_other_control_character_in_an_argument_is_refused() -> None:
+    assert "control character" in refused([*PROBE[:-1], "/projects\n"])
+    assert "control character" in refused(["cat", "--", "/bup/conf/bup_server.port\rx"])
+    assert "control character" in refused(
+        shlex.split("python3 -S - --bup-root /bup --projects-root '/projects\n--x'")
+    )
+
+
+def test_chown_walk_must_name_the_projects_own_uid() -> None:
+    live = f"/projects/{PID}"
+    uid = project_uid(PID)
+    argv = ["find", live, "-xdev", "-path", f"{live}/.snapshots", "-prune", "-o", "!", "-uid",
+            str(uid), "-exec", "chown", "--no-dereference", f"{uid}:{uid}", "{}", "+"]  # fmt: skip
+    assert judge(argv, GATE)[0].kind == "chown_project"
+    argv[-3] = "0:0"
+    assert refused(argv)
+
+
+def test_rsync_copies_refuse_delete_other_ssh_commands_and_mixed_up_paths() -> None:
+    ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 -p 22"
+    head = ["rsync", "-a", "--numeric-ids", "--timeout=300"]
+    src, dest = f"root@10.0.0.1:{REPO}/objects/", f"{REPO}/objects/"
+    good = [*head, "--ignore-existing", *ssh_gate._OBJECT_EXCLUDES, "-e", ssh, src, dest]
+    assert judge(good, GATE)[0].root
+    assert refused([*head, "--delete", "--ignore-existing", *ssh_gate._OBJECT_EXCLUDES,
+                    "-e", ssh, src, dest])  # fmt: skip
+    assert "-e" in refused([*good[:-3], "sh -c id", src, dest])
+    other = "e6a0f1d2-6c1b-4e2a-9d3b-3f1f3c9b2a10"
+    assert "same part" in refused([*good[:-1], f"/bup/bups/{other}/objects/"])
+    assert refused([*good[:-2], "root@10.0.0.1:/etc/", dest])
+    assert refused([*good[:-1], "/etc/"])
+
+
+def test_env_lets_only_the_committer_identity_through_to_git() -> None:
+    ff = ["git", f"--git-dir={REPO}", "update-ref", "--create-reflog", "-m",
+          "resync_replica from s1", "refs/heads/master", SHA, "0" * 40]  # fmt: skip
+    env = ["env", "GIT_COMMITTER_NAME=bup-watchdog", "GIT_COMMITTER_EMAIL=bup-watchdog@localhost"]
+    assert judge([*env, "GIT_COMMITTER_DATE=1700000000 +0000", *ff], GATE)[0].root
+    assert refused(["env", "LD_PRELOAD=/tmp/x.so", *ff])
+    assert refused([*env, "LD_PRELOAD=/tmp/x.so", *ff])
+    assert refused([*env, "sh", "-c", "id"])
+
+
+def test_sudo_in_front_of_a_read_only_program_is_dropped_not_obeyed() -> None:
+    allowed, _wrapper, sudo = judge(wrapped(PROBE, sudo=True), GATE)
+    assert sudo and not allowed.root, "main() runs the probe as the login user"
+    allowed, _wrapper, sudo = judge(wrapped(["bup", "-d", REPO, "init"], sudo=True), GATE)
+    assert sudo and allowed.root
+
+
+def test_the_gates_copies_match_the_watchdogs_originals() -> None:
+    assert ssh_gate.MOUNTED_GUARD == resync_replica.MOUNTED_GUARD
+    programs = {
+        "clean_repo busy scan": clean_repo.BUSY_SCAN,
+        "resync_replica busy scan": resync_replica.BUSY_SCAN,
+        "rotate_save_log": rotate_save_log.PROGRAM,
+    }
+    digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in programs.items()}
+    assert digests == ssh_gate.PROGRAMS, f"update PROGRAMS in ssh_gate.py to {digests}"
+    for _ in range(200):
+        pid = str(uuid.uuid4())
+        assert ssh_gate.project_uid(pid) == project_uid(pid)
+    assert ssh_gate._OBJECT_EXCLUDES == resync_replica._OBJECT_EXCLUDES
+    assert ssh_gate._PACKS_ONLY == resync_replica._PACKS_ONLY
+
+
+def run_gate(
+    tmp_path: Path, command: str | None, *options: str, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    env = {"PATH": os.environ["PATH"], "SSH_CONNECTION": "127.0.0.9 40000 127.0.0.1 22"}
+    if command is not None:
+        env["SSH_ORIGINAL_COMMAND"] = command
+    log = tmp_path / "gate.log"
+    return subprocess.run(
+        [sys.executable, ssh_gate.__file__, "--log", str(log), *options],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def test_the_script_refuses_with_status_126_says_why_and_logs_it(tmp_path: Path) -> None:
+    for command in ("cat /etc/shadow", "sh -c 'id'", None, "python3 -S - --bup-root /bup"):
+        proc = run_gate(tmp_path, command)
+        assert proc.returncode == 126, proc
+        assert proc.stderr.startswith(b"bupwatch-ssh-gate: refused: ")
+        assert proc.stdout == b""
+    log = (tmp_path / "gate.log").read_text()
+    lines = log.splitlines()
+    assert len(lines) == 4
+    assert all(" refused from 127.0.0.9 " in line for line in lines)
+    assert "command: cat /etc/shadow" in lines[0]
+    assert "interactive logins are not allowed" in lines[2]
+
+
+def test_the_script_execs_an_allowed_command_and_logs_it(tmp_path: Path) -> None:
+    port = tmp_path / "bup" / "conf" / "bup_server.port"
+    port.parent.mkdir(parents=True)
+    port.write_text("6001\n")
+    bup = str(tmp_path / "bup")
+    command = shlex.join(remote_argv(["cat", "--", str(port)], 5.0))
+    proc = run_gate(tmp_path, command, "--bup-root", bup)
+    assert (proc.returncode, proc.stdout) == (0, b"6001\n"), proc.stderr
+    assert "allowed from 127.0.0.9 uid 0: read port file: timeout" in (
+        (tmp_path / "gate.log").read_text()
+    )
+
+
+def test_a_pinned_program_runs_only_when_stdin_is_that_program(tmp_path: Path) -> None:
+    bup = tmp_path / "bup"
+    repo = bup / "bups" / PID
+    repo.mkdir(parents=True)
+    command = shlex.join(["python3", "-S", "-", str(repo)])
+    evil = b"import os; os.system('id')\n"
+    proc = run_gate(tmp_path, command, "--bup-root", str(bup), stdin=evil)
+    assert proc.returncode == 126 and b"is not the one this gate knows" in proc.stderr
+    proc = run_gate(tmp_path, command, "--bup-root", str(bup), stdin=clean_repo.BUSY_SCAN.encode())
+    assert proc.returncode == 0, proc.stderr  # no process works on the repository
+    log = (tmp_path / "gate.log").read_text()
+    assert "refused" in log.splitlines()[0] and "allowed" in log.splitlines()[1]
+
+
+@pytest.mark.skipif(shutil.which("visudo") is None, reason="visudo (Debian package sudo) missing")
+def test_the_shipped_sudoers_example_is_valid_and_names_only_the_gate() -> None:
+    path = Path(deploy.__file__).parent / "sudoers.bupwatch"
+    proc = subprocess.run(["visudo", "-cf", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rules = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    gate = "/usr/local/sbin/bupwatch-ssh-gate " + " ".join(Gate().options()) + " --as-root *"
+    assert any(line.endswith(f"= {gate}") for line in rules), "the options the gate passes on"
+    assert rules[-1] == "bupwatch ALL=(root) NOPASSWD: BUPWATCH_GATE"
