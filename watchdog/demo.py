@@ -77,7 +77,8 @@ def demo(workdir: Path | None, serve_seconds: float) -> None:
         print_table(result, console)
         names = {s.server_id: s.label for s in inventory.servers.values()}
         warn = config.check("save_log_size").warn_bytes
-        cmp = compare(expected_findings(spec, warn), observed(result.findings, names))
+        fresh = config.check("save_freshness").warn_seconds
+        cmp = compare(expected_findings(spec, warn, fresh), observed(result.findings, names))
         total = len(cmp.found) + len(cmp.missed)
         console.print(
             f"Planted faults found: {len(cmp.found)}/{total}; findings on healthy targets: "

@@ -61,6 +61,8 @@ MANUAL = {
     "then deep-check it again.",
     "bup_quota": "No automatic repair: ask the project's owner to prune, or raise its quota.",
     "placement": "No automatic repair: move or re-replicate the project with the storage tools.",
+    "save_freshness": "No automatic repair: read the project's conf/save_log.json on its master, "
+    "fix what stops its saves (a full disk, a stale lock, a crash), then save it by hand.",
     "reachability": "Look at the host: network, sshd, host key, power.",
     "guard": "A repair was interrupted or gave up: check the target by hand, then repair again.",
 }

@@ -46,6 +46,7 @@ RIGHT_REPAIR = {
     ("save_log_size", "too_large"): "rotate_save_log",
     ("replication_lag", "behind"): "resync_replica",
     ("repo_integrity", "master_not_in_pack"): None,
+    ("save_freshness", "stale"): None,
 }
 DAY = 86400.0
 
@@ -320,10 +321,10 @@ def test_check_filter_keeps_only_that_checks_findings_sections_and_repairs(
 def test_only_the_worst_projects_are_listed_and_the_rest_are_counted(audited: Audited) -> None:
     report = report_of(audited, settings=ReportSettings(max_projects=1))
     projects = report["projects"]
-    assert projects["listed"] == 1 and projects["failing"] == 4
+    assert projects["listed"] == 1 and projects["failing"] == 5
     assert projects["items"][0]["severity"] == "critical"  # the corrupt repository first
-    assert projects["not_listed"] == 3 == sum(projects["not_listed_by_check"].values())
-    assert "3 more failing projects" in render(report, "html")
+    assert projects["not_listed"] == 4 == sum(projects["not_listed_by_check"].values())
+    assert "4 more failing projects" in render(report, "html")
 
 
 def test_an_empty_state_gives_an_unknown_verdict_and_says_why(tmp_path: Path) -> None:

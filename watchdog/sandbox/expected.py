@@ -12,6 +12,7 @@ from bup_watchdog.model import Finding
 from bup_watchdog.sandbox.spec import FleetSpec
 
 SAVE_LOG_WARN_BYTES = 50_000_000
+SAVE_FRESHNESS_WARN_SECONDS = 86400.0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -29,7 +30,9 @@ class Expected:
 
 
 def expected_findings(
-    spec: FleetSpec, save_log_warn_bytes: int = SAVE_LOG_WARN_BYTES
+    spec: FleetSpec,
+    save_log_warn_bytes: int = SAVE_LOG_WARN_BYTES,
+    save_freshness_warn_seconds: float = SAVE_FRESHNESS_WARN_SECONDS,
 ) -> set[Expected]:
     """Every finding the spec's planted faults should produce."""
     out: set[Expected] = set()
@@ -39,8 +42,7 @@ def expected_findings(
         if not h.bup_server_running:
             out.add(Expected("reachability", "bup_server_unreachable", h.name))
             out.add(Expected("reachability", "bup_server_not_running", h.name))
-        elif h.port_mismatch:
-            out.add(Expected("reachability", "bup_server_unreachable", h.name))
+        elif h.port_mismatch:  # one finding naming both ports
             out.add(Expected("reachability", "port_mismatch", h.name))
     for p in spec.projects:
         for host in p.corrupt_on:
@@ -50,6 +52,8 @@ def expected_findings(
                 out.add(Expected("save_log_size", "too_large", host, p.project_id))
         for host in p.stale_on:
             out.add(Expected("replication_lag", "behind", host, p.project_id))
+        if p.used_after_save_hours * 3600 >= save_freshness_warn_seconds:
+            out.add(Expected("save_freshness", "stale", p.master, p.project_id))
     return out
 
 

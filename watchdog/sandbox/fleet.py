@@ -311,7 +311,8 @@ class SandboxFleet:
         """Make every repository copy, then its conf/ files and faults."""
         projects = list(self.spec.projects)
         for p in projects:
-            self.save_times[p.project_id] = repos.save_times(p.saves, self.now)
+            moved = p.used_after_save_hours * 3600  # saves stopped that long before the last use
+            self.save_times[p.project_id] = repos.save_times(p.saves, self.now - moved)
         workers = min(16, max(1, len(projects)))
         if len(projects) <= REAL_BUP_LIMIT:
             self._log(f"making {len(projects)} bup repositories with real bup saves")
@@ -445,7 +446,9 @@ class SandboxFleet:
                     "master": self.server_id(p.master),
                     "replicas": [self.server_id(r) for r in p.replicas if r != p.master],
                     "disk_mb": p.disk_mb,
-                    "last_edited": _utc(self.save_times[p.project_id][-1]),
+                    "last_edited": _utc(
+                        self.save_times[p.project_id][-1] + int(p.used_after_save_hours * 3600)
+                    ),
                     "bup_last_save": last,
                 },
             )

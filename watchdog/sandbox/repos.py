@@ -226,7 +226,8 @@ def write_conf(
     times: list[int],
     save_log: SaveLog,
 ) -> None:
-    """Write a copy's ``conf/``: settings, replicas, save log and ``touch`` (mtime = last save)."""
+    """Write a copy's ``conf/``: settings, replicas, save log and ``touch`` (mtime = last use: the
+    newest save it holds, or ``used_after_save_hours`` after it)."""
     conf = repo / "conf"
     conf.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -242,7 +243,8 @@ def write_conf(
     touch = conf / "touch"
     touch.write_bytes(b"")
     if held:
-        os.utime(touch, (times[held - 1], times[held - 1]))
+        used = times[held - 1] + project.used_after_save_hours * 3600
+        os.utime(touch, (used, used))
 
 
 # ---------------------------------------------------------------- faults

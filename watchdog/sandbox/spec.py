@@ -38,6 +38,9 @@ class ProjectSpec:
 
     ``corrupt_on``: on those hosts the ``.pack`` holding the newest commit is deleted, its ``.idx``
     kept. ``stale_on``: those replica copies were made after save N-1, so they lack the newest save.
+    ``used_after_save_hours``: the project's saves stopped, its use did not: every save is this much
+    older than another project's, and ``conf/touch`` is this long after the newest save
+    (save_freshness; real-bup fleets only, a big fleet's template saves are not moved).
     """
 
     project_id: str
@@ -49,6 +52,7 @@ class ProjectSpec:
     corrupt_on: tuple[str, ...] = ()
     stale_on: tuple[str, ...] = ()
     files: int = 5
+    used_after_save_hours: float = 0.0
 
     @property
     def locations(self) -> tuple[str, ...]:
@@ -90,6 +94,8 @@ class FleetSpec:
                 raise ValueError(f"project {p.project_id}: stale_on must be among its replicas")
             if p.saves < 1 or p.files < 1 or p.save_log_bytes < 0 or p.disk_mb < 0:
                 raise ValueError(f"project {p.project_id}: saves, files >= 1 and sizes >= 0 needed")
+            if p.used_after_save_hours < 0:
+                raise ValueError(f"project {p.project_id}: used_after_save_hours must be >= 0")
 
     def host(self, name: str) -> HostSpec:
         """The host spec called ``name``."""
@@ -115,7 +121,7 @@ def demo_spec() -> FleetSpec:
 
     Hosts: h1, h2 (dc 0) are healthy. h3 (dc 1) booted without /projects mounted (mount_sanity on
     h3; its live files are absent). h4 (dc 1) has no bup_server running (reachability on h4).
-    Projects (ids in ``DEMO_PROJECTS``), all with 2 saves, newest save 10 minutes ago:
+    Projects (ids in ``DEMO_PROJECTS``), all with 2 saves, newest save 10 minutes ago but P6's:
       P1 master h1, replica h3: h1's copy lost the pack holding the newest commit (repo_integrity
          on h1 — ``bup ls master`` fails; h3's replica is intact).
       P2 master h2, replica h4: save_log.json is 62 MB on both copies (save_log_size warning,
@@ -124,7 +130,8 @@ def demo_spec() -> FleetSpec:
          ``bup_last_save`` in the inventory says the same).
       P4 master h2, replica h3: healthy repos (but h3's live files are missing with /projects).
       P5 master h3, replica h1: healthy repos (master on the host with the unmounted /projects).
-      P6 master h4, replica h2: healthy repos (master on the host without bup_server).
+      P6 master h4, replica h2: its saves stopped 30 hours before its last use, 10 minutes ago
+         (save_freshness warning on h4, the host without bup_server).
     """
     p = DEMO_PROJECTS
     return FleetSpec(
@@ -140,7 +147,7 @@ def demo_spec() -> FleetSpec:
             ProjectSpec(p["P3"], "h1", ("h4",), stale_on=("h4",)),
             ProjectSpec(p["P4"], "h2", ("h3",)),
             ProjectSpec(p["P5"], "h3", ("h1",)),
-            ProjectSpec(p["P6"], "h4", ("h2",)),
+            ProjectSpec(p["P6"], "h4", ("h2",), used_after_save_hours=30),
         ),
     )
 
