@@ -389,8 +389,8 @@ class AlertsConfig(Section):
         "(server, or project on a server) again for this long: Alertmanager re-sends a firing "
         "alert every group_interval/repeat_interval and each re-delivery would add a journal "
         "row. Skipped requests are not journaled; they are counted in "
-        'bupwatch_repairs_refused{reason="alert_cooldown"}. Requests from the CLI, the API and '
-        "the schedule are not held back. 0: no cooldown.",
+        'bupwatch_repairs_refused_total{reason="alert_cooldown"}. Requests from the CLI, the API '
+        "and the schedule are not held back. 0: no cooldown.",
     )
     transient_cooldown_seconds: float = Field(
         60.0,

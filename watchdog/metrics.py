@@ -4,28 +4,28 @@ A custom collector (no import-time registration; the registry is injected). It r
 state holds, and the state writes each sweep in one transaction, so a scrape sees a whole sweep or
 the one before it, never half. Labels are bounded — server, check, severity — never one series per
 project, except an explicit top-N of the worst projects.
+
+Every family is emitted once, with one type and one label set, so ``promtool check metrics`` passes
+(a test runs it on the daemon's scrape). Lifetime counts are counters (``_total``); what a sweep
+saw is a gauge, the snapshot lag histogram included (``replication_lag_replicas``: one gauge per
+bucket). Families labelled by ``server_id`` only join ``server_info`` for the host's name and dc.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from bup_watchdog import __version__
 from bup_watchdog.checks.save_freshness import AGE_BUCKETS, NEVER_SAVED, age_bucket
 from bup_watchdog.guard import breaker
-from bup_watchdog.journal import Journal
+from bup_watchdog.journal import FINISHED, INTERRUPTED, PENDING, RUNNING, Journal
 from bup_watchdog.model import Server, Severity
 from bup_watchdog.state import State
 from bup_watchdog.suspicion import suspicion
@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    """A lifetime count; exposed as ``bupwatch_<name>_total``."""
+    return CounterMetricFamily(PREFIX + name, doc, labels=labels)
+
+
+def _bound(seconds: float) -> str:
+    """A bucket's upper bound as a label value, as a selector types it: ``3600``, ``+Inf``."""
+    if math.isinf(seconds):
+        return "+Inf"
+    return str(int(seconds)) if float(seconds).is_integer() else repr(seconds)
 
 
 class StateCollector(Collector):
@@ -84,15 +96,14 @@ class StateCollector(Collector):
         )
         writable.add_metric([], 1.0 if self.state.writable else 0.0)
         yield writable
-        errors = CounterMetricFamily(
-            PREFIX + "state_write_errors", "Writes to the state database that failed."
-        )
+        errors = _counter("state_write_errors", "Writes to the state database that failed.")
         errors.add_metric([], float(self.state.write_errors))
         yield errors
         yield from families
 
     def _from_state(self) -> Iterator[Metric]:
         servers = self.servers()
+        yield from self._server_info(servers)
         yield from self._sweep()
         yield from self._hosts(servers)
         yield from self._checks()
@@ -104,6 +115,28 @@ class StateCollector(Collector):
     def _labels(self, servers: Mapping[str, Server], sid: str) -> list[str]:
         s = servers.get(sid)
         return [sid, s.label if s else sid, str(s.dc) if s else ""]
+
+    def _server_info(self, servers: Mapping[str, Server]) -> Iterator[Metric]:
+        """One series per server, for joins: ``* on (server_id) group_left (name, dc)``."""
+        g = _gauge(
+            "server_info",
+            "1 per storage server, to join on server_id: name is how operators call it (the "
+            "host label of the per-host families), host the address the inventory gives for its "
+            "bup_server, dc its data centre. Also for servers known only from open findings.",
+            ["server_id", "name", "dc", "host"],
+        )
+        known = set(servers) | {
+            sid
+            for (sid,) in self.state.query(
+                "SELECT DISTINCT server_id FROM findings WHERE resolved_at IS NULL"
+            )
+        }
+        for sid in sorted(known):
+            s = servers.get(sid)
+            g.add_metric(
+                [sid, s.label if s else sid, str(s.dc) if s else "", s.host if s else ""], 1.0
+            )
+        yield g
 
     def _sweep(self) -> Iterator[Metric]:
         last = self.state.last_sweep()
@@ -121,12 +154,25 @@ class StateCollector(Collector):
                 started + seconds,
             ),
             ("sweep_ssh_sessions", "SSH sessions (channels) the last sweep opened.", sessions),
-            ("sweep_repositories", "Repositories the last sweep gathered.", repos),
         ):
             g = _gauge(name, doc)
             g.add_metric([], float(value))
             yield g
-        c = CounterMetricFamily(PREFIX + "sweeps", "Sweeps recorded in the state.")
+        by_how = _gauge(
+            "sweep_repositories",
+            "Repositories the last sweep gathered, by how their facts were had: walked in full, "
+            "or reused because the host found their fingerprint unchanged (the daemon's "
+            "incremental sweeps; every one walked when they are off). Sum by how for the total.",
+            ["how"],
+        )
+        meta = self.state.meta()
+        walked, reused = meta.get("incremental_walked"), meta.get("incremental_reused")
+        if walked is None or reused is None:
+            walked, reused = repos, 0
+        by_how.add_metric(["walked"], float(walked))
+        by_how.add_metric(["reused"], float(reused))
+        yield by_how
+        c = _counter("sweeps", "Sweeps recorded in the state.")
         c.add_metric([], float(sweep_id))
         yield c
 
@@ -155,10 +201,14 @@ class StateCollector(Collector):
                 "host_save_log_max_bytes", "Largest conf/save_log.json on the host.", labels
             ),
         }
-        lag = HistogramMetricFamily(
-            PREFIX + "replication_lag_seconds",
-            "Lag of the replicas on this server behind their masters, at the last sweep.",
-            labels=labels,
+        lag = _gauge(
+            "replication_lag_replicas",
+            "Replica copies on this server whose newest save was at most le_seconds behind their "
+            'master\'s, at the last sweep: cumulative buckets (le_seconds="+Inf" counts every '
+            "replica), a snapshot that rises and falls between sweeps (a gauge, not a histogram: "
+            "never rate() it). For quantiles, rename le_seconds to le for histogram_quantile. "
+            "Absent for a host that holds no replica or could not be probed.",
+            [*labels, "le_seconds"],
         )
         coverage = _gauge(
             "deep_check_coverage_ratio",
@@ -191,12 +241,10 @@ class StateCollector(Collector):
                     coverage.add_metric(lv, min(1.0, covered.get(sid, 0) / repos))
             hist = json.loads(lag_json or "{}")
             if hist.get("count") and len(hist.get("buckets", [])) == len(self.lag_buckets):
-                buckets = [
-                    (floatToGoString(b), float(n))  # type: ignore[no-untyped-call]
-                    for b, n in zip(self.lag_buckets, hist["buckets"], strict=True)
-                ]
-                buckets.append(("+Inf", float(hist["count"])))
-                lag.add_metric(lv, buckets, float(hist["sum"]))
+                for bound, n in zip(
+                    (*self.lag_buckets, math.inf), (*hist["buckets"], hist["count"]), strict=True
+                ):
+                    lag.add_metric([*lv, _bound(bound)], float(n))
         yield from fams.values()
         yield lag
         yield coverage
@@ -210,12 +258,10 @@ class StateCollector(Collector):
         )
         dur = _gauge("check_duration_seconds", "Time the check took when it last ran.", labels)
         success = _gauge("check_success", "1 when the check's last run had no error.", labels)
-        errors = CounterMetricFamily(
-            PREFIX + "check_errors",
-            "Runs of the check that raised (a bug, not the fleet).",
-            labels=labels,
+        errors = _counter(
+            "check_errors", "Runs of the check that raised (a bug, not the fleet).", labels
         )
-        runs = CounterMetricFamily(PREFIX + "check_runs", "Runs of the check.", labels=labels)
+        runs = _counter("check_runs", "Runs of the check.", labels)
         for name, lr, ls, secs, err, n_err, n_runs in self.state.query(
             "SELECT check_name, last_run, last_success, seconds, error, errors_total, runs_total "
             "FROM check_runs ORDER BY check_name"
@@ -266,6 +312,21 @@ class StateCollector(Collector):
             for name in self.check_names:
                 p.add_metric([name, sid], float(failing.get((name, sid), 0)))
         yield p
+        host_level = _gauge(
+            "host_findings",
+            "Open findings about a whole host (none about one project), per check, code and "
+            "severity; a series only while one is open. code is the check's own bounded "
+            "vocabulary, e.g. reachability's host_key: the host's SSH key is not the known one "
+            "(a security event, not an outage).",
+            ["check", "server_id", "code", "severity"],
+        )
+        for check, sid, code, sev, n in self.state.query(
+            "SELECT check_name, server_id, code, severity, COUNT(*) FROM findings "
+            "WHERE resolved_at IS NULL AND project_id = '' "
+            "GROUP BY check_name, server_id, code, severity ORDER BY 1, 2, 3, 4"
+        ):
+            host_level.add_metric([check, sid, code, Severity(sev).label], float(n))
+        yield host_level
         top = _gauge(
             "worst_project_findings",
             f"Open findings of the (at most {self.top_projects}) projects with the most.",
@@ -307,17 +368,31 @@ class StateCollector(Collector):
 
     def _repairs(self) -> Iterator[Metric]:
         journal = Journal(self.state)
-        entries = _gauge(
-            "repair_journal_entries",
-            "Journal entries per repair and status (refused, dry_run, pending, succeeded, …).",
+        counts = sorted(journal.counts_by().items())
+        decided = _counter(
+            "repairs",
+            "Repair requests the guard decided on or ran to an end, per repair and outcome "
+            "(succeeded, failed, refused, dry_run, denied, conflict, interrupted).",
+            ["repair", "outcome"],
+        )
+        open_ = _gauge(
+            "repairs_open",
+            "Repair journal entries that still need someone, per repair and status: pending "
+            "(waits for an operator's approval), running, interrupted (the watchdog stopped "
+            "while it ran, outcome unknown: check the target by hand).",
             ["repair", "status"],
         )
-        for (repair, status), n in sorted(journal.counts_by().items()):
-            entries.add_metric([repair, status], float(n))
-        yield entries
-        refused = _gauge(
+        for (repair, status), n in counts:
+            if status in FINISHED:
+                decided.add_metric([repair, status], float(n))
+            if status in (PENDING, RUNNING, INTERRUPTED):
+                open_.add_metric([repair, status], float(n))
+        yield decided
+        yield open_
+        refused = _counter(
             "repairs_refused",
-            "Repair requests the guard refused, per repair and reason.",
+            "Repair requests the guard refused, per repair and reason (alert_cooldown: alert "
+            "re-deliveries held back without a journal entry).",
             ["repair", "reason"],
         )
         for (repair, reason), n in sorted(journal.refusals_by_reason().items()):
@@ -350,15 +425,3 @@ class StateCollector(Collector):
         if loaded is not None:
             age.add_metric([], max(0.0, time.time() - float(loaded)))
         yield age
-        repos = _gauge(
-            "sweep_repositories",
-            "Repositories in the daemon's last incremental sweep, by how their facts were had: "
-            "walked in full, or reused because the host found their fingerprint unchanged "
-            "(absent when incremental sweeps are off).",
-            ["how"],
-        )
-        for how in ("walked", "reused"):
-            value = meta.get(f"incremental_{how}")
-            if value is not None:
-                repos.add_metric([how], float(value))
-        yield repos

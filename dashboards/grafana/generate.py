@@ -36,6 +36,23 @@ def scoped(expr: str) -> str:
     return f"({expr}) * on (server_id) group_left (host, dc) {SCOPE}"
 
 
+def lag_buckets(selector: str) -> str:
+    """The replication lag buckets of the selected hosts, le_seconds copied to le so that
+    histogram_quantile and heatmaps read them (a snapshot gauge per bucket, not a histogram)."""
+    return (
+        f"label_replace(bupwatch_replication_lag_replicas{{{selector}}}, "
+        '"le", "$1", "le_seconds", "(.+)")'
+    )
+
+
+def lag_over(bound: str, selector: str, by: str) -> str:
+    """Replicas of the selected hosts more than ``bound`` seconds behind, summed ``by``."""
+    return (
+        f'sum{by} (bupwatch_replication_lag_replicas{{le_seconds="+Inf", {selector}}}) - '
+        f'sum{by} (bupwatch_replication_lag_replicas{{le_seconds="{bound}", {selector}}})'
+    )
+
+
 # ---------------------------------------------------------------- template variables
 
 
@@ -682,9 +699,9 @@ def fleet_overview() -> dict[str, Any]:
     g.add(
         heatmap(
             "Replication lag distribution",
-            f"sum by (le) (bupwatch_replication_lag_seconds_bucket{{{HOSTS}}})",
+            f"sum by (le) ({lag_buckets(HOSTS)})",
             description="How far the replicas on the chosen hosts are behind their masters, at "
-            "each sweep (the histogram is a snapshot, not a rate).",
+            "each sweep (the buckets are a snapshot, not a rate).",
         ),
         12,
         9,
@@ -702,8 +719,7 @@ def fleet_overview() -> dict[str, Any]:
                     "p95 dc {{dc}}",
                 ),
                 target(
-                    "histogram_quantile(0.99, sum by (dc, le) "
-                    f"(bupwatch_replication_lag_seconds_bucket{{{HOSTS}}}))",
+                    f"histogram_quantile(0.99, sum by (dc, le) ({lag_buckets(HOSTS)}))",
                     "p99 dc {{dc}}",
                 ),
             ],
@@ -719,14 +735,7 @@ def fleet_overview() -> dict[str, Any]:
     g.add(
         bargauge(
             "Replicas more than 1 h behind, per host",
-            [
-                target(
-                    f"sum by (host) (bupwatch_replication_lag_seconds_count{{{HOSTS}}}) - "
-                    "sum by (host) "
-                    f'(bupwatch_replication_lag_seconds_bucket{{le="3600", {HOSTS}}})',
-                    "{{host}}",
-                )
-            ],
+            [target(lag_over("3600", HOSTS, " by (host)"), "{{host}}")],
             description="Replica copies on each host whose newest save is over an hour older "
             "than the master's.",
             steps=COUNT_BAD,
@@ -736,15 +745,15 @@ def fleet_overview() -> dict[str, Any]:
     )
     g.add(
         bargauge(
-            "Mean replication lag, per host",
+            "Median replication lag, per host",
             [
                 target(
-                    f"sum by (host) (bupwatch_replication_lag_seconds_sum{{{HOSTS}}}) / "
-                    f"sum by (host) (bupwatch_replication_lag_seconds_count{{{HOSTS}}})",
+                    f"histogram_quantile(0.5, sum by (host, le) ({lag_buckets(HOSTS)}))",
                     "{{host}}",
                 )
             ],
-            description="Mean lag of the replica copies on each host.",
+            description="Median lag of the replica copies on each host, interpolated within "
+            "the buckets (1 min … 7 days).",
             unit="s",
             steps=thresholds((None, "green"), (3600, "orange"), (86400, "red")),
         ),
@@ -803,10 +812,10 @@ def fleet_overview() -> dict[str, Any]:
     g.row("Repairs")
     g.add(
         timeseries(
-            "Repair journal by outcome",
-            [target("sum by (status) (bupwatch_repair_journal_entries)", "{{status}}")],
-            description="Journal rows per status (every guard decision is a row): how many "
-            "repairs succeeded, failed, were refused or wait for approval. Fleet-wide.",
+            "Repair outcomes per hour",
+            [target("sum by (outcome) (increase(bupwatch_repairs_total[1h]))", "{{outcome}}")],
+            description="Repair requests decided or run to an end in each hour, by outcome: "
+            "succeeded, failed, refused, dry_run, denied, conflict, interrupted. Fleet-wide.",
             stack=True,
             overrides=color_overrides(STATUS_COLORS),
         ),
@@ -815,23 +824,39 @@ def fleet_overview() -> dict[str, Any]:
     )
     g.add(
         table(
-            "Repairs per repair and outcome, now",
-            "sum by (repair, status) (bupwatch_repair_journal_entries)",
+            "Repairs per repair and outcome, since the state began",
+            "sum by (repair, outcome) (bupwatch_repairs_total)",
             description="The journal's counts; `bup-watchdog repairs list` shows the rows.",
-            columns={"repair": "repair", "status": "status"},
+            columns={"repair": "repair", "outcome": "outcome"},
         ),
         12,
         8,
     )
     g.add(
         bargauge(
-            "Refusals by reason",
-            [target("sum by (reason) (bupwatch_repairs_refused)", "{{reason}}")],
+            "Refusals by reason, in the time range",
+            [
+                target(
+                    "sum by (reason) (increase(bupwatch_repairs_refused_total[$__range]))",
+                    "{{reason}}",
+                )
+            ],
             description="Why the guard refused repair requests: circuit_breaker, rate_limited, "
-            "precondition, lease, gave_up, maintenance, …",
+            "precondition, lease, gave_up, maintenance, alert_cooldown, …",
             steps=thresholds((None, "orange")),
         ),
-        12,
+        8,
+        8,
+    )
+    g.add(
+        bargauge(
+            "Repairs waiting, now",
+            [target("sum by (status) (bupwatch_repairs_open)", "{{status}}")],
+            description="Journal entries without an outcome: pending (waits for `bup-watchdog "
+            "repairs approve`), running, interrupted (outcome unknown: check the target by hand).",
+            steps=thresholds((None, "blue")),
+        ),
+        8,
         8,
     )
     g.add(
@@ -843,7 +868,7 @@ def fleet_overview() -> dict[str, Any]:
             "unreachable at once.",
             mappings=BREAKER,
         ),
-        12,
+        8,
         8,
     )
     return dashboard(
@@ -961,7 +986,7 @@ def host_detail() -> dict[str, Any]:
     g.add(
         heatmap(
             "Replication lag distribution",
-            f"sum by (le) (bupwatch_replication_lag_seconds_bucket{{{one}}})",
+            f"sum by (le) ({lag_buckets(one)})",
             description="Lag of the replica copies on this host behind their masters.",
         ),
         12,
@@ -972,8 +997,7 @@ def host_detail() -> dict[str, Any]:
             "Replication lag percentiles",
             [
                 target(
-                    f"histogram_quantile({q}, sum by (le) "
-                    f"(bupwatch_replication_lag_seconds_bucket{{{one}}}))",
+                    f"histogram_quantile({q}, sum by (le) ({lag_buckets(one)}))",
                     f"p{round(q * 100)}",
                 )
                 for q in (0.5, 0.95, 0.99)
@@ -990,12 +1014,11 @@ def host_detail() -> dict[str, Any]:
         timeseries(
             "Replica copies, and those over 1 h behind",
             [
-                target(f"sum(bupwatch_replication_lag_seconds_count{{{one}}})", "replicas"),
                 target(
-                    f"sum(bupwatch_replication_lag_seconds_count{{{one}}}) - "
-                    f'sum(bupwatch_replication_lag_seconds_bucket{{le="3600", {one}}})',
-                    "over 1 h behind",
+                    f'sum(bupwatch_replication_lag_replicas{{le_seconds="+Inf", {one}}})',
+                    "replicas",
                 ),
+                target(lag_over("3600", one, ""), "over 1 h behind"),
             ],
             description="Replica copies on this host and how many lag by more than an hour.",
         ),
@@ -1203,7 +1226,7 @@ def watchdog_health() -> dict[str, Any]:
             "SSH sessions and repositories per sweep",
             [
                 target("bupwatch_sweep_ssh_sessions", "SSH sessions"),
-                target("bupwatch_sweep_repositories", "repositories"),
+                target("sum(bupwatch_sweep_repositories)", "repositories"),
             ],
             description="Cost per sweep is O(hosts) sessions, never O(projects).",
         ),

@@ -58,6 +58,7 @@ def test_alert_requests_held_back_are_counted_in_the_state_and_exported_as_refus
     registry = CollectorRegistry()
     registry.register(StateCollector(reopened, lambda: {}, []))
     sample = registry.get_sample_value(
-        "bupwatch_repairs_refused", {"repair": "restart_bup_server", "reason": "alert_cooldown"}
+        "bupwatch_repairs_refused_total",
+        {"repair": "restart_bup_server", "reason": "alert_cooldown"},
     )
     assert sample == 5.0

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bup_watchdog.checks import registry as check_registry
+from bup_watchdog.journal import INTERRUPTED, PENDING, REFUSED, SUCCEEDED, Journal
 from bup_watchdog.metrics import StateCollector
 from bup_watchdog.model import (
     Finding,
@@ -31,6 +32,7 @@ from bup_watchdog.model import (
 )
 from bup_watchdog.state import State
 from bup_watchdog.sweep import LAG_BUCKETS, CheckRun, SweepResult, record
+from support.scrape import promtool_check_metrics
 
 S1 = "11111111-1111-4111-8111-111111111111"
 S2 = "22222222-2222-4222-8222-222222222222"
@@ -44,6 +46,7 @@ SHA_A, SHA_B = "a" * 40, "b" * 40
 T0 = 1_700_000_000.0
 CHECKS = sorted(check_registry())
 WORST = "bupwatch_worst_project_findings"
+LAG = "bupwatch_replication_lag_replicas"
 LAGS = (0.0, 30.0, 600.0, 7200.0, 100_000.0)  # of the replicas on S2, one per project
 
 
@@ -241,7 +244,9 @@ def test_host_gauges_show_what_each_host_answered(recorded: CollectorRegistry) -
     assert value("host_repository_bytes", S3) is None
     assert recorded.get_sample_value("bupwatch_sweep_available") == 1
     assert recorded.get_sample_value("bupwatch_sweep_last_completed_timestamp_seconds") == T0 + 2
-    assert recorded.get_sample_value("bupwatch_sweep_repositories") == 10
+    # without incremental sweeps every repository gathered was walked
+    assert recorded.get_sample_value("bupwatch_sweep_repositories", {"how": "walked"}) == 10
+    assert recorded.get_sample_value("bupwatch_sweep_repositories", {"how": "reused"}) == 0
     assert recorded.get_sample_value("bupwatch_sweeps_total") == 1
 
 
@@ -277,29 +282,136 @@ def test_check_success_and_timestamps_follow_each_checks_last_run(state: State) 
     assert reg.get_sample_value("bupwatch_sweeps_total") == 2
 
 
-def test_the_replication_lag_histogram_is_cumulative_and_inf_equals_the_count(
+def test_the_replication_lag_buckets_are_cumulative_gauges_and_inf_counts_every_replica(
     recorded: CollectorRegistry,
 ) -> None:
     buckets = {
-        float(lv["le"]): v
-        for lv, v in samples(recorded, "bupwatch_replication_lag_seconds_bucket")
-        if lv["server_id"] == S2
+        float(lv["le_seconds"]): v for lv, v in samples(recorded, LAG) if lv["server_id"] == S2
     }
     expected = {b: float(sum(1 for lag in LAGS if lag <= b)) for b in LAG_BUCKETS}
     expected[math.inf] = len(LAGS)
     assert buckets == expected
     ordered = [buckets[b] for b in sorted(buckets)]
     assert ordered == sorted(ordered)
-    assert recorded.get_sample_value("bupwatch_replication_lag_seconds_count", labels(S2)) == 5
-    assert recorded.get_sample_value("bupwatch_replication_lag_seconds_sum", labels(S2)) == sum(
-        LAGS
+    # bounds as a selector types them: le_seconds="3600", not "3600.0"
+    assert recorded.get_sample_value(LAG, {**labels(S2), "le_seconds": "3600"}) == 3
+    assert recorded.get_sample_value(LAG, {**labels(S2), "le_seconds": "+Inf"}) == 5
+    [family] = [m for m in recorded.collect() if m.name == LAG]
+    assert family.type == "gauge", "a snapshot whose counts fall is no histogram"
+    # s1 holds no replica: it has no buckets rather than empty ones
+    assert {lv["server_id"] for lv, _ in samples(recorded, LAG)} == {S2}
+
+
+def test_a_later_sweep_with_less_lag_lowers_the_buckets_of_the_same_series(state: State) -> None:
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS))
+    before = scrape(state).get_sample_value(LAG, {**labels(S2), "le_seconds": "3600"})
+    caught_up = {
+        **facts,
+        S2: host(S2, [repo(p) for p in P], tcp_ok=False, duration=0.7),
+    }
+    record(state, sweep_result(inventory, caught_up, [], started=T0 + 600))
+    reg = scrape(state)
+    assert before == 3
+    assert reg.get_sample_value(LAG, {**labels(S2), "le_seconds": "60"}) == 5
+    assert reg.get_sample_value(LAG, {**labels(S2), "le_seconds": "+Inf"}) == 5
+
+
+def test_server_info_names_every_server_with_its_dc_and_address_for_joins(
+    recorded: CollectorRegistry,
+) -> None:
+    info = {lv["server_id"]: lv for lv, v in samples(recorded, "bupwatch_server_info") if v == 1}
+    assert info == {
+        sid: {"server_id": sid, "name": s.name, "dc": str(s.dc), "host": s.host}
+        for sid, s in SERVERS.items()
+    }
+
+
+def test_a_server_known_only_from_its_open_findings_still_has_a_server_info(
+    state: State,
+) -> None:
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS))
+    reg = scrape(state, {S1: SERVERS[S1]})  # S2 and S3 left the inventory, findings still open
+    info = {lv["server_id"]: lv for lv, _ in samples(reg, "bupwatch_server_info")}
+    assert set(info) == {S1, S2, S3}
+    assert info[S2] == {"server_id": S2, "name": S2, "dc": "", "host": ""}
+
+
+def test_host_level_findings_carry_their_code_so_a_changed_host_key_is_told_apart(
+    state: State,
+) -> None:
+    inventory, facts = small_fleet()
+    key = f("reachability", S1, Severity.CRITICAL, None, "host_key")
+    record(state, sweep_result(inventory, facts, [*SMALL_FINDINGS, key]))
+    got = {
+        (lv["check"], lv["server_id"], lv["code"], lv["severity"]): v
+        for lv, v in samples(scrape(state), "bupwatch_host_findings")
+    }
+    assert got == {
+        ("reachability", S1, "host_key", "critical"): 1,
+        ("reachability", S2, "bup_server_unreachable", "critical"): 1,
+        ("reachability", S3, "unreachable", "critical"): 1,
+        ("mount_sanity", S2, "not_mounted", "critical"): 1,
+    }, "only findings about a whole host, never one per project"
+
+
+def journal_row(state: State, repair: str, status: str, refusal: str | None = None) -> int:
+    return Journal(state).write(
+        repair=repair,
+        target=f"{repair}:{S1}",
+        server_id=S1,
+        project_id=None,
+        requested_by="test",
+        reason="",
+        fingerprint=None,
+        mode="auto",
+        status=status,
+        refusal=refusal,
     )
-    # s1 holds no replica: it has no histogram rather than an empty one
-    assert not [
-        lv
-        for lv, _ in samples(recorded, "bupwatch_replication_lag_seconds_count")
-        if lv["server_id"] != S2
-    ]
+
+
+def test_repair_outcomes_are_counters_and_undecided_entries_a_gauge(state: State) -> None:
+    journal_row(state, "restart_bup_server", SUCCEEDED)
+    journal_row(state, "restart_bup_server", REFUSED, "rate_limited: 1 per hour")
+    journal_row(state, "restart_bup_server", REFUSED, "circuit_breaker: 3 of 4 down")
+    waiting = journal_row(state, "resync_replica", PENDING)
+    journal_row(state, "clean_repo", INTERRUPTED)
+    reg = scrape(state)
+    types = {m.name: m.type for m in reg.collect()}
+    assert types["bupwatch_repairs"] == "counter"
+    assert types["bupwatch_repairs_refused"] == "counter"
+    assert types["bupwatch_repairs_open"] == "gauge"
+
+    def total(repair: str, outcome: str) -> float | None:
+        return reg.get_sample_value(
+            "bupwatch_repairs_total", {"repair": repair, "outcome": outcome}
+        )
+
+    assert total("restart_bup_server", SUCCEEDED) == 1
+    assert total("restart_bup_server", REFUSED) == 2
+    assert total("clean_repo", INTERRUPTED) == 1
+    assert total("resync_replica", PENDING) is None, "a pending request has no outcome yet"
+    refused = {lv["reason"]: v for lv, v in samples(reg, "bupwatch_repairs_refused_total")}
+    assert refused == {"rate_limited": 1, "circuit_breaker": 1}
+    open_ = {(lv["repair"], lv["status"]): v for lv, v in samples(reg, "bupwatch_repairs_open")}
+    assert open_ == {("resync_replica", PENDING): 1, ("clean_repo", INTERRUPTED): 1}
+
+    # approving moves the row from the open gauge to the outcome counter: no count falls
+    Journal(state).update(waiting, status=SUCCEEDED)
+    after = scrape(state)
+    assert (
+        after.get_sample_value(
+            "bupwatch_repairs_total", {"repair": "resync_replica", "outcome": SUCCEEDED}
+        )
+        == 1
+    )
+    assert (
+        after.get_sample_value(
+            "bupwatch_repairs_open", {"repair": "resync_replica", "status": PENDING}
+        )
+        is None
+    )
 
 
 def test_an_empty_state_exports_no_sweep_and_is_still_up(state: State) -> None:
@@ -421,3 +533,34 @@ def test_the_number_of_series_does_not_grow_with_the_number_of_projects(tmp_path
         assert sum(1 for name, _ in got if name == WORST) <= 2 * 10
     assert {s for s in small if s[0] != WORST} == {s for s in big if s[0] != WORST}
     assert len(big) == len(small)  # 10 % of 100 projects already fill the top 10
+
+
+# ------------------------------------------------------------------ promtool check metrics
+
+
+def test_promtool_finds_nothing_to_say_about_a_scrape_with_findings_and_repairs(
+    state: State,
+) -> None:
+    inventory, facts = small_fleet()
+    key = f("reachability", S1, Severity.CRITICAL, None, "host_key")
+    record(state, sweep_result(inventory, facts, [*SMALL_FINDINGS, key]))
+    journal_row(state, "restart_bup_server", SUCCEEDED)
+    journal_row(state, "restart_bup_server", REFUSED, "rate_limited: 1 per hour")
+    journal_row(state, "clean_repo", INTERRUPTED)
+    Journal(state).count_alert_cooldown({"restart_bup_server": 2})
+    state.set_meta(incremental_walked=4, incremental_reused=6)
+    assert promtool_check_metrics(generate_latest(scrape(state)).decode()) == ""
+
+
+def test_promtool_check_metrics_does_catch_a_family_emitted_twice_and_a_counter_without_total(
+    recorded: CollectorRegistry,
+) -> None:
+    body = generate_latest(recorded).decode()
+    twice = body + (
+        "# HELP bupwatch_sweep_repositories Again.\n"
+        "# TYPE bupwatch_sweep_repositories gauge\n"
+        "bupwatch_sweep_repositories 10\n"
+    )
+    assert "second HELP line" in promtool_check_metrics(twice)
+    counter = body + "# HELP bupwatch_x A count.\n# TYPE bupwatch_x counter\nbupwatch_x 1\n"
+    assert '"_total" suffix' in promtool_check_metrics(counter)

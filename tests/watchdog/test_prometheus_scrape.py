@@ -18,6 +18,10 @@ import pytest
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.prometheus import Prometheus, WatchdogDaemon, poll, values, watchdog_config
+from support.scrape import promtool_check_metrics
+
+# histogram_quantile over the lag buckets, which are gauges labelled le_seconds (see metrics.py)
+LAG_AS_LE = 'label_replace(bupwatch_replication_lag_replicas, "le", "$1", "le_seconds", "(.+)")'
 
 
 @dataclass
@@ -25,6 +29,7 @@ class Scraped:
     prometheus: Prometheus
     fleet: SandboxFleet
     seconds_to_first_up: float
+    base: str
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def scraped(
             prometheus.wait_for_query('up{job="bupwatch"} == 1', lambda r: len(r) == 1)
             first_up = time.monotonic() - prometheus.started_at
             print(f"\nPrometheus start to first up == 1: {first_up:.2f} s")
-            yield Scraped(prometheus, demo_fleet, first_up)
+            yield Scraped(prometheus, demo_fleet, first_up, base)
 
 
 def test_prometheus_scrapes_the_daemon_as_an_up_target(scraped: Scraped) -> None:
@@ -87,15 +92,13 @@ def test_h4_whose_bup_server_is_not_running_is_the_only_host_with_bup_server_dow
     assert values(scraped.prometheus.query('bupwatch_bup_server_up{host="h4"}')) == [0.0]
 
 
-def test_the_replication_lag_histogram_is_queryable_and_usable_by_histogram_quantile(
+def test_the_replication_lag_buckets_are_queryable_and_usable_by_histogram_quantile(
     scraped: Scraped,
 ) -> None:
     prom = scraped.prometheus
-    buckets = prom.query('bupwatch_replication_lag_seconds_bucket{le="+Inf"}')
+    buckets = prom.query('bupwatch_replication_lag_replicas{le_seconds="+Inf"}')
     assert {r["metric"]["host"] for r in buckets} == set(scraped.fleet.hosts)  # all hold replicas
-    worst = prom.query(
-        "histogram_quantile(1, sum by (host, le) (bupwatch_replication_lag_seconds_bucket))"
-    )
+    worst = prom.query(f"histogram_quantile(1, sum by (host, le) ({LAG_AS_LE}))")
     by_host = {r["metric"]["host"]: float(r["value"][1]) for r in worst}
     assert all(math.isfinite(v) for v in by_host.values())
     # P3's replica on h4 is one save (6 hours) behind: its bucket is above an hour
@@ -107,3 +110,22 @@ def test_every_check_exports_its_success_and_none_failed(scraped: Scraped) -> No
     assert {r["metric"]["check"]: r["value"][1] for r in result} == {
         name: "1" for name in check_registry()
     }
+
+
+def test_promtool_check_metrics_has_nothing_to_say_about_the_demo_fleets_scrape(
+    scraped: Scraped,
+) -> None:
+    body = httpx.get(f"{scraped.base}/metrics", timeout=10).text
+    assert 'bupwatch_findings{check="mount_sanity"' in body  # a scrape with findings
+    assert promtool_check_metrics(body) == ""
+
+
+def test_every_server_has_one_info_series_that_names_it_for_alert_joins(scraped: Scraped) -> None:
+    info = scraped.prometheus.query("bupwatch_server_info")
+    assert sorted(r["metric"]["name"] for r in info) == sorted(scraped.fleet.hosts)
+    joined = scraped.prometheus.query(
+        '(sum by (server_id) (bupwatch_findings{check="mount_sanity"}) > 0) '
+        "* on (server_id) group_left (name, dc) group by (server_id, name, dc) "
+        "(bupwatch_server_info)"
+    )
+    assert [r["metric"]["name"] for r in joined] == ["h3"]

@@ -45,7 +45,8 @@ class Webhook:
 
     def held_back(self) -> float | None:
         return self.registry.get_sample_value(
-            "bupwatch_repairs_refused", {"repair": "restart_bup_server", "reason": "alert_cooldown"}
+            "bupwatch_repairs_refused_total",
+            {"repair": "restart_bup_server", "reason": "alert_cooldown"},
         )
 
 
