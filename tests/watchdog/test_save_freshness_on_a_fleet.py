@@ -66,12 +66,16 @@ def fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
         yield f
 
 
-def save_ages(state: State, inventory: Inventory, server_id: str) -> dict[str, float]:
+def scrape(state: State, inventory: Inventory) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(StateCollector(state, lambda: inventory.servers, sorted(check_registry())))
+    return reg
+
+
+def save_ages(state: State, inventory: Inventory, server_id: str) -> dict[str, float]:
     return {
         s.labels["bucket"]: s.value
-        for family in reg.collect()
+        for family in scrape(state, inventory).collect()
         if family.name == "bupwatch_save_age_projects"
         for s in family.samples
         if s.labels["server_id"] == server_id
@@ -127,6 +131,10 @@ def test_stopped_and_missing_saves_are_found_on_the_master_counted_and_listed(
         "never_saved": 1.0,
     }
     assert set(save_ages(state, inventory, fleet.server_id("s2")).values()) == {0.0}
+    failing = scrape(state, inventory).get_sample_value(
+        "bupwatch_projects_failing", {"check": "save_freshness", "server_id": s1}
+    )
+    assert failing == 2.0
 
     section = build_report(state, servers=inventory.servers)["save_freshness"]
     assert section["stale"] == 2
