@@ -1,4 +1,11 @@
-"""reachability: can we reach the host, and does ``bup_server`` run where the inventory says?"""
+"""reachability: can we reach the host, and does ``bup_server`` run where the inventory says?
+
+The TCP connect to the inventory's port is the truth clients meet. When it answers, a
+``bup_server`` process the probe did not see there (another PID namespace, a renamed process) is
+informational only (severity OK, code ``bup_server_not_seen``): it never alerts, never raises the
+exit status and never asks for a restart. When it refuses while a ``bup_server`` listens on another
+port, one finding (``port_mismatch``) names both ports.
+"""
 
 from __future__ import annotations
 
@@ -74,20 +81,52 @@ class Reachability(Check[ReachabilitySettings]):
                     details={"security": security, "fail_streak": host.fail_streak},
                 )
             tcp = host.bup_server_tcp
+            proc = host.process if host.probed else None
+            listening = ", ".join(str(p) for p in sorted(proc.ports)) if proc else ""
+            elsewhere = proc is not None and proc.running and server.port not in proc.ports
             if tcp is not None and not tcp.ok:
-                yield Finding(
-                    check=self.name,
-                    server_id=sid,
-                    severity=Severity.CRITICAL if down else Severity.WARNING,
-                    code="bup_server_unreachable",
-                    message=f"bup_server at {tcp.address}:{tcp.port} (from the inventory) "
-                    f"does not accept connections: {tcp.error}{streak}",
-                    value=tcp.seconds,
-                )
-            if not host.probed or host.process is None:
+                if elsewhere and proc is not None and proc.ports:
+                    yield Finding(
+                        check=self.name,
+                        server_id=sid,
+                        severity=Severity.CRITICAL if down else Severity.WARNING,
+                        code="port_mismatch",
+                        message=f"bup_server at {tcp.address}:{tcp.port} (from the inventory) "
+                        f"does not accept connections ({tcp.error}): bup_server listens on port "
+                        f"{listening} instead; clients using the inventory fail{streak}",
+                        value=float(server.port),
+                        details={"inventory_port": server.port, "listening": sorted(proc.ports)},
+                    )
+                else:
+                    yield Finding(
+                        check=self.name,
+                        server_id=sid,
+                        severity=Severity.CRITICAL if down else Severity.WARNING,
+                        code="bup_server_unreachable",
+                        message=f"bup_server at {tcp.address}:{tcp.port} (from the inventory) "
+                        f"does not accept connections: {tcp.error}{streak}",
+                        value=tcp.seconds,
+                    )
+            if proc is None:
                 continue
-            proc = host.process
-            if not proc.running:
+            if tcp is not None and tcp.ok:
+                if not proc.running or elsewhere:
+                    seen = (
+                        f"the {proc.name} process seen listens on {listening or 'no port'}"
+                        if proc.running
+                        else f"no {proc.name} process was seen"
+                    )
+                    yield Finding(
+                        check=self.name,
+                        server_id=sid,
+                        severity=Severity.OK,
+                        code="bup_server_not_seen",
+                        message=f"bup_server answers at {tcp.address}:{tcp.port} as the inventory "
+                        f"says, but {seen} on {server.label} (another PID namespace or process "
+                        "name?); informational only",
+                        details={"inventory_port": server.port, "listening": sorted(proc.ports)},
+                    )
+            elif not proc.running:
                 yield Finding(
                     check=self.name,
                     server_id=sid,
@@ -95,15 +134,15 @@ class Reachability(Check[ReachabilitySettings]):
                     code="bup_server_not_running",
                     message=f"no {proc.name} process runs on {server.label}",
                 )
-            elif server.port not in proc.ports:
-                listening = ", ".join(str(p) for p in sorted(proc.ports)) or "no port"
+            elif elsewhere and tcp is None:
                 yield Finding(
                     check=self.name,
                     server_id=sid,
                     severity=Severity.WARNING,
                     code="port_mismatch",
                     message=f"the inventory says bup_server listens on port {server.port}, "
-                    f"but it listens on {listening}; clients using the inventory will fail",
+                    f"but it listens on {listening or 'no port'}; clients using the inventory "
+                    "will fail",
                     value=float(server.port),
                     details={"inventory_port": server.port, "listening": sorted(proc.ports)},
                 )

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from bup_watchdog.checks.mount_sanity import MountSanitySettings
 from bup_watchdog.config import Config
 from bup_watchdog.hostside import preflight
-from bup_watchdog.model import Inventory, Server
+from bup_watchdog.model import Inventory, Server, Severity
 from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
@@ -180,8 +180,10 @@ class RestartBupServer(Repair[RestartBupServerSettings]):
             self.plan(req, ctx, settings)
         except RepairError as exc:
             return [f"config: {exc}"]
-        findings = [
-            f for f in ctx.evaluate(self.check, (req.server_id,)) if f.server_id == server.server_id
+        findings = [  # an informational one (bup_server answers, its process unseen) is healthy
+            f
+            for f in ctx.evaluate(self.check, (req.server_id,))
+            if f.server_id == server.server_id and f.severity > Severity.OK
         ]
         ssh = [f for f in findings if f.code not in self.codes]
         if ssh:

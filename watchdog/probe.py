@@ -440,13 +440,11 @@ def _ancestors(proc: str) -> set[int]:
 
 
 def process_facts(name: str, proc: str = "/proc") -> dict[str, Any]:
-    """Processes of this mount namespace with an argv element whose basename is name."""
+    """Processes with an argv element whose basename is name: every one this host's ``/proc``
+    shows (its PID namespace), whatever its mount namespace (systemd's ``PrivateTmp=`` gives a
+    service one of its own)."""
     want = os.fsencode(name)
     skip = _ancestors(proc)
-    try:
-        my_ns: str | None = os.readlink(f"{proc}/self/ns/mnt")
-    except OSError:
-        my_ns = None
     pids: list[int] = []
     inodes: set[str] = set()
     try:
@@ -466,12 +464,6 @@ def process_facts(name: str, proc: str = "/proc") -> dict[str, Any]:
             continue
         if not any(os.path.basename(arg) == want for arg in raw.split(b"\0")):
             continue
-        if my_ns is not None:
-            try:
-                if os.readlink(f"{proc}/{pid}/ns/mnt") != my_ns:
-                    continue
-            except OSError:
-                continue
         pids.append(pid)
         try:
             fds = os.listdir(f"{proc}/{pid}/fd")

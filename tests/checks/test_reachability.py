@@ -45,8 +45,37 @@ def test_a_missing_bup_server_process_is_critical() -> None:
     assert found == {"bup_server_unreachable", "bup_server_not_running"}
 
 
-def test_a_port_that_differs_from_the_inventory_is_reported() -> None:
-    assert codes({S1: host_facts(S1, host_records(listen_port=6001))}) == {"port_mismatch"}
+def test_a_refused_port_while_bup_server_listens_elsewhere_is_one_finding_naming_both_ports() -> (
+    None
+):
+    facts = host_facts(S1, host_records(listen_port=6001), tcp_ok=False)
+    [finding] = list(check.evaluate({S1: facts}, inventory(port=6000), SETTINGS))
+    assert (finding.code, finding.severity) == ("port_mismatch", Severity.CRITICAL)
+    assert "127.0.0.1:6000" in finding.message and "port 6001" in finding.message
+    assert finding.details == {"inventory_port": 6000, "listening": [6001]}
+
+
+def test_a_port_that_answers_while_no_process_is_seen_is_only_informational() -> None:
+    facts = host_facts(S1, host_records(listen_port=None), tcp_ok=True)
+    [finding] = list(check.evaluate({S1: facts}, inventory(), SETTINGS))
+    assert (finding.code, finding.severity) == ("bup_server_not_seen", Severity.OK)
+    assert "answers at 127.0.0.1:6000" in finding.message
+
+
+def test_a_port_that_answers_while_the_process_seen_listens_elsewhere_is_only_informational() -> (
+    None
+):
+    facts = host_facts(S1, host_records(listen_port=6001), tcp_ok=True)
+    [finding] = list(check.evaluate({S1: facts}, inventory(port=6000), SETTINGS))
+    assert (finding.code, finding.severity) == ("bup_server_not_seen", Severity.OK)
+    assert "listens on 6001" in finding.message
+
+
+def test_without_a_tcp_result_a_process_on_another_port_is_a_port_mismatch() -> None:
+    facts = host_facts(S1, host_records(listen_port=6001))
+    facts.bup_server_tcp = None
+    [finding] = list(check.evaluate({S1: facts}, inventory(port=6000), SETTINGS))
+    assert (finding.code, finding.severity) == ("port_mismatch", Severity.WARNING)
 
 
 def test_a_failure_within_the_hosts_patience_is_a_warning_that_says_so() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config, SshConfig, load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import GatherFailure, Inventory, Severity
@@ -85,6 +85,42 @@ def test_a_stopped_sshd_is_a_finding_the_other_host_is_swept_and_no_repair_touch
         observed=f"'connection refused' in {took:.2f} s for the sweep; s1 probed; "
         f"ssh_unreachable critical; resync_replica refused: {short(message, 110)}",
         loss=lost,
+    )
+
+
+def test_a_frozen_sshd_with_the_default_config_is_a_finding_that_says_no_ssh_banner(
+    scratch_fleet: SandboxFleet, reliability: Reliability
+) -> None:
+    """SIGSTOP of s2's listening sshd; the fleet's config keeps every [ssh] timeout at its
+    default (connect 3 s, banner 5 s)."""
+    fleet = scratch_fleet
+    config, inventory = load(fleet)
+    defaults = SshConfig()
+    assert (config.ssh.connect_timeout, config.ssh.banner_timeout) == (
+        defaults.connect_timeout,
+        defaults.banner_timeout,
+    )
+    s1, s2 = fleet.server_id("s1"), fleet.server_id("s2")
+    stake = AtStake(fleet)
+    fleet.hosts["s2"].freeze()
+    try:
+        started = time.monotonic()
+        result = sweep(config, inventory)
+        took = time.monotonic() - started
+    finally:
+        fleet.hosts["s2"].thaw()
+    assert result.facts[s1].probed
+    [finding] = [f for f in result.findings if f.check == "reachability" and f.server_id == s2]
+    assert finding.code == "ssh_unreachable", finding
+    assert "no SSH banner within 5 s (frozen or overloaded?)" in finding.message, finding.message
+    assert "No existing session" not in finding.message
+    assert took < defaults.banner_timeout + 4.0, f"the sweep took {took:.1f} s"
+    reliability.record(
+        area="host",
+        what="listening sshd frozen (SIGSTOP), default [ssh] config",
+        expected="reachability/ssh_unreachable saying no SSH banner within 5 s; s1 swept",
+        observed=f"sweep in {took:.2f} s; s2: {short(finding.message, 110)}",
+        loss=stake.loss(),
     )
 
 

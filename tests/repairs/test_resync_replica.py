@@ -296,8 +296,7 @@ def test_a_running_bup_on_the_master_repository_is_refused(stale: SandboxFleet) 
     fleet = stale
     s1 = fleet.hosts["s1"]
     busy = subprocess.Popen(
-        ["nsenter", f"--mount=/proc/{s1.sshd_pid}/ns/mnt", "--", "env",
-         f"BUP_DIR=/bup/bups/{P}", "bup", "split", "-n", "in-progress"],
+        s1.enter_argv(["env", f"BUP_DIR=/bup/bups/{P}", "bup", "split", "-n", "in-progress"]),
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

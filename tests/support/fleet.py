@@ -77,13 +77,13 @@ def git_digest(repo: Path) -> str:
 
 
 def start_in_host(fleet: SandboxFleet, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-    """Start a background process inside host ``name``'s mount namespace; the caller kills it."""
-    host = fleet.hosts[name]
-    full = ["nsenter", f"--mount=/proc/{host.sshd_pid}/ns/mnt", "--", *argv]
-    if not host.namespaced:
-        full = argv
+    """Start a background process inside host ``name`` (its mount and PID namespaces: the host's
+    ``/proc`` shows it); the caller kills it."""
     return subprocess.Popen(
-        full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        fleet.hosts[name].enter_argv(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 

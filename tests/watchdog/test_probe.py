@@ -916,17 +916,21 @@ def test_the_process_record_finds_the_server_and_its_listening_port(tmp_path: Pa
     assert proc["listen"] == [["127.0.0.1", port]]
 
 
-def test_a_server_in_another_mount_namespace_is_not_counted(tmp_path: Path) -> None:
+def test_a_server_in_a_mount_namespace_of_its_own_is_found_with_its_port(tmp_path: Path) -> None:
+    """As systemd runs a unit with PrivateTmp=yes: the process and its port are still seen."""
     unshare = shutil.which("unshare")
     assert unshare is not None and os.geteuid() == 0, "this test needs unshare and root"
     name = f"bup_server_ns_{os.getpid()}"
-    server, _port = _start_server(tmp_path, name, unshare, "--mount", "--propagation", "private")
+    server, port = _start_server(tmp_path, name, unshare, "--mount", "--propagation", "slave")
     try:
+        assert os.stat(f"/proc/{server.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
         records = run_probe(tmp_path / "b", tmp_path / "p", "--process-name", name)
     finally:
         server.kill()
         server.wait()
-    assert of_type(records, "process")[0]["pids"] == []
+    (proc,) = of_type(records, "process")
+    assert proc["pids"] == [server.pid]
+    assert proc["listen"] == [["127.0.0.1", port]]
 
 
 def test_proc_net_addresses_decode_to_text() -> None:

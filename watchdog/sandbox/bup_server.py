@@ -37,6 +37,23 @@ def _set_process_name(name: bytes) -> None:
         pass
 
 
+def _private_tmp() -> None:
+    """Move into a mount namespace of our own with an empty ``/tmp``, as systemd does for a unit
+    with ``PrivateTmp=yes`` (mounts of the host still propagate in: slave, see systemd.exec(5))."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    clone_newns, ms_rec, ms_slave, ms_nosuid, ms_nodev = 0x20000, 0x4000, 0x80000, 0x2, 0x4
+
+    def ok(status: int, what: str) -> None:
+        if status != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    ok(libc.unshare(clone_newns), "unshare(CLONE_NEWNS)")
+    ok(libc.mount(b"none", b"/", None, ms_rec | ms_slave, None), "mount --make-rslave /")
+    tmpfs = libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev, b"mode=1777")
+    ok(tmpfs, "mount -t tmpfs tmpfs /tmp")
+
+
 def _default_host(bup_root: str) -> str:
     """This host's address, read from ``conf/bup_servers`` under its own server id."""
     with open(os.path.join(bup_root, "conf", "bup_server_id"), encoding="utf-8") as f:
@@ -105,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", help="file to write the port to (default conf/...)")
     parser.add_argument("--daemon", action="store_true", help="detach once listening")
     parser.add_argument(
+        "--private-tmp",
+        action="store_true",
+        help="run in a mount namespace of its own with an empty /tmp (systemd's PrivateTmp=yes)",
+    )
+    parser.add_argument(
         "--exec-start-pre",
         action="append",
         default=[],
@@ -112,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run COMMAND (split as a shell would, no shell) first; do not start if it fails",
     )
     args = parser.parse_args(argv)
+    if args.private_tmp:
+        try:
+            _private_tmp()
+        except OSError as exc:
+            print(f"bup_server: cannot set up a private /tmp: {exc}", file=sys.stderr)
+            return 1
     for command in args.exec_start_pre:
         pre = subprocess.run(shlex.split(command), stdin=subprocess.DEVNULL, check=False)
         if pre.returncode != 0:

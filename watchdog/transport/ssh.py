@@ -108,6 +108,10 @@ class SshTransport:
             raise _socket_error(exc, where) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = str(cfg.key_file) if cfg.key_file else None
+        # With our own socket, paramiko's ``timeout`` bounds only the SSH negotiation (banner, then
+        # key exchange): given connect_timeout, a frozen sshd ended it before banner_timeout did,
+        # as "No existing session". The banner gets banner_timeout, the key exchange auth_timeout.
+        handshake = cfg.banner_timeout + cfg.auth_timeout
         try:
             client.connect(
                 hostname=srv.ssh_host,
@@ -117,7 +121,7 @@ class SshTransport:
                 look_for_keys=key is None,
                 allow_agent=key is None,
                 sock=sock,
-                timeout=cfg.connect_timeout,
+                timeout=handshake,
                 banner_timeout=cfg.banner_timeout,
                 auth_timeout=cfg.auth_timeout,
                 channel_timeout=cfg.banner_timeout,
@@ -143,8 +147,19 @@ class SshTransport:
                 ) from None
             if "banner" in text.lower():
                 raise HostUnreachable(
-                    f"{where}: sshd accepted the connection but sent no banner within "
+                    f"{where}: sshd accepted the connection but sent no SSH banner within "
                     f"{cfg.banner_timeout:g} s (frozen or overloaded?)"
+                ) from None
+            if text == "No existing session":  # the negotiation did not end within ``handshake``
+                transport = client.get_transport()
+                banner = transport is not None and bool(transport.remote_version)
+                client.close()
+                raise HostUnreachable(
+                    f"{where}: sshd sent its banner but the key exchange did not finish within "
+                    f"{handshake:g} s (overloaded?)"
+                    if banner
+                    else f"{where}: sshd accepted the connection but sent no SSH banner within "
+                    f"{handshake:g} s (frozen or overloaded?)"
                 ) from None
             raise TransportError(f"{where}: SSH failed: {text}") from None
         except OSError as exc:

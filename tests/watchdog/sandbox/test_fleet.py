@@ -168,6 +168,56 @@ def test_freeze_makes_ssh_connect_time_out_and_thaw_recovers(fleet: SandboxFleet
     assert rc == 0
 
 
+def test_a_hosts_proc_shows_only_its_own_processes_with_an_init_as_pid_1(
+    fleet: SandboxFleet,
+) -> None:
+    rc, out = ssh(fleet, "h1", "for p in /proc/[0-9]*; do echo ${p#/proc/} $(cat $p/comm); done")
+    seen = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert rc == 0 and seen["1"] == "python3"  # the host's init
+    assert "bup_server" in seen.values() and "sshd" in seen.values()
+    assert len(seen) < 20, f"h1's /proc shows other hosts' processes: {sorted(seen.values())}"
+    h1, h2 = fleet.hosts["h1"], fleet.hosts["h2"]
+    assert _ns(h1.init_pid, "pid") != _ns(h2.init_pid, "pid") != _ns("self", "pid")
+
+
+def test_bup_server_runs_in_a_mount_namespace_of_its_own_with_a_private_tmp(
+    fleet: SandboxFleet,
+) -> None:
+    """As a systemd unit with PrivateTmp=yes: a child mount namespace of the host's."""
+    h1 = fleet.hosts["h1"]
+    assert h1.bup_server_pid is not None
+    assert _ns(h1.bup_server_pid, "mnt") not in (_ns(h1.sshd_pid, "mnt"), None)
+    assert _ns(h1.bup_server_pid, "pid") == _ns(h1.sshd_pid, "pid")
+    mine = Path(f"/proc/{h1.bup_server_pid}/root/tmp/only-bup-server-sees-this")
+    mine.write_text("x")
+    try:
+        rc, _ = ssh(fleet, "h1", f"test -e /tmp/{mine.name}")
+        assert rc == 1, "the host's /tmp and bup_server's are not the same"
+        # The host's own mounts are there too: the repositories and /projects.
+        assert Path(f"/proc/{h1.bup_server_pid}/root/bup/conf/bup_server_id").exists()
+    finally:
+        mine.unlink()
+
+
+def test_freezing_the_sshd_stops_the_listener_and_thaw_lets_it_be_killed_later(
+    tmp_path: Path,
+) -> None:
+    with SandboxFleet(tmp_path, _small_spec()) as f:
+        host = f.hosts["a"]
+        host.freeze()
+        deadline = time.monotonic() + 5
+        while _state(host.sshd_pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.01)  # a signal is delivered when the process is next scheduled
+        assert _state(host.sshd_pid) == "T", "the listening sshd itself is stopped"
+        host.thaw()
+        assert ssh(f, "a", "true")[0] == 0
+        host.freeze()
+        host.kill_sshd()  # while frozen: the kill still ends it and is waited for
+        assert not _alive(host.sshd_pid)
+        host.start_sshd()
+        assert ssh(f, "a", "true")[0] == 0
+
+
 def test_host_runs_commands_in_its_own_namespace(fleet: SandboxFleet) -> None:
     proc = fleet.hosts["h1"].run(["cat", "/bup/conf/bup_server_id"])
     assert proc.stdout.strip() == fleet.server_id("h1")
@@ -204,6 +254,30 @@ def _small_spec() -> FleetSpec:
     )
 
 
+def _ns(pid: int | str, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def _outside_pid(host_pid: int, init_pid: int) -> int:
+    """The pid, as seen here, of the process a host calls ``host_pid`` (its NSpid's last field)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or _ns(d, "pid") != _ns(init_pid, "pid"):
+            continue
+        with open(f"/proc/{d}/status") as f:
+            nspid = next(line for line in f if line.startswith("NSpid:")).split()
+        if int(nspid[-1]) == host_pid:
+            return int(d)
+    raise AssertionError(f"no process {host_pid} in the host's PID namespace")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1][0]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -220,10 +294,11 @@ def test_stop_leaves_no_process_of_the_fleet_behind(tmp_path: Path) -> None:
     client = connect(f, "a")
     # A session whose command outlives stop(): a per-connection sshd in a session of its own.
     _, out, _ = client.exec_command("echo $$; exec sleep 300")
-    sleeper = int(out.readline())
+    sleeper = _outside_pid(int(out.readline()), a.init_pid)
     pids = [h.sshd_pid for h in f.hosts.values()] + [
         h.bup_server_pid or 0 for h in f.hosts.values()
     ]
+    pids += [h.init_pid for h in f.hosts.values()]
     f.stop()
     client.close()
     assert not [p for p in pids if p and _alive(p)]

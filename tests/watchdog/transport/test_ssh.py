@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config, SshConfig, load_config
 from bup_watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, ProbeError
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server
@@ -63,13 +63,39 @@ def test_a_frozen_sshd_times_out_within_the_banner_timeout(scratch_fleet: Sandbo
     scratch_fleet.hosts["s1"].freeze()
     started = time.monotonic()
     try:
-        with pytest.raises(HostUnreachable, match="no banner within 2 s"):
+        with pytest.raises(HostUnreachable, match="no SSH banner within 2 s"):
             SshTransport(server, config.ssh).run(["true"])
     finally:
         scratch_fleet.hosts["s1"].thaw()
     elapsed = time.monotonic() - started
     assert 1.5 < elapsed < 4.0, f"gave up after {elapsed:.1f} s"
     print(f"frozen sshd detected after {elapsed:.2f} s (banner_timeout 2 s)")
+
+
+def test_a_frozen_sshd_with_the_default_timeouts_is_reported_as_no_ssh_banner(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """The banner wait (5 s) is longer than the TCP connect's (3 s): the banner's bound holds."""
+    config, server = setup(scratch_fleet)
+    defaults = SshConfig()
+    assert (config.ssh.connect_timeout, config.ssh.banner_timeout) == (
+        defaults.connect_timeout,
+        defaults.banner_timeout,
+    )
+    assert defaults.banner_timeout > defaults.connect_timeout
+    scratch_fleet.hosts["s1"].freeze()
+    started = time.monotonic()
+    try:
+        with pytest.raises(HostUnreachable) as raised:
+            SshTransport(server, config.ssh).run(["true"])
+    finally:
+        scratch_fleet.hosts["s1"].thaw()
+    elapsed = time.monotonic() - started
+    message = str(raised.value)
+    assert "no SSH banner within 5 s (frozen or overloaded?)" in message, message
+    assert "No existing session" not in message
+    assert 4.5 < elapsed < 7.0, f"gave up after {elapsed:.1f} s"
+    print(f"frozen sshd, default config: {message!r} after {elapsed:.2f} s")
 
 
 def test_a_stopped_sshd_is_reported_as_connection_refused(scratch_fleet: SandboxFleet) -> None:
