@@ -1274,7 +1274,7 @@ def watchdog_health() -> dict[str, Any]:
             description="Incremental sweeps ([incremental]): repositories walked in full, and "
             "reused because their host found their fingerprint unchanged. Walked stays near the "
             "repositories saved since the last sweep plus those due for their periodic full walk; "
-            "all walked after a restart. Empty when incremental sweeps are off.",
+            "all walked after a restart, and always when incremental sweeps are off.",
             stack=True,
         ),
         24,
