@@ -94,9 +94,12 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: SaveFreshnessSettings
     ) -> Iterator[Finding]:
+        warn = settings.warn_seconds
         for host, repo in _masters(facts, inventory):
+            used, newest = repo.touch_mtime, repo.reflog_last_time
+            if used is not None and newest is not None and used - newest < warn:
+                continue  # most projects: saved after (or soon before) their last use
             pid = repo.project_id
-            used = repo.touch_mtime
             if _never_saved(repo):
                 if used is None and not _live_files(host, inventory, pid):
                     continue
@@ -112,12 +115,9 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
                     details={"last_used": used},
                 )
                 continue
-            newest = repo.reflog_last_time
             if used is None or newest is None:
                 continue
             gap = used - newest
-            if gap < settings.warn_seconds:
-                continue
             critical = gap >= settings.critical_seconds
             when = datetime.fromtimestamp(newest, UTC)
             yield Finding(
