@@ -83,3 +83,21 @@ def test_every_alert_the_webhook_maps_to_a_repair_is_defined_and_keeps_server_id
     for name in mapped:
         assert alerts[name]["labels"].get("auto_repair") == "true"
         assert "server_id" in alerts[name]["expr"]
+
+
+def test_every_alert_has_promtool_cases_where_it_fires_and_where_it_does_not() -> None:
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    cases = [
+        case
+        for test in yaml.safe_load((PROM / "tests.yml").read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    ]
+    fires = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    assert alerts - fires == set(), "alerts no promtool test sees firing"
+    assert alerts - silent == set(), "alerts no promtool test sees staying silent"
