@@ -101,3 +101,19 @@ def test_every_alert_has_promtool_cases_where_it_fires_and_where_it_does_not() -
     silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
     assert alerts - fires == set(), "alerts no promtool test sees firing"
     assert alerts - silent == set(), "alerts no promtool test sees staying silent"
+
+
+def test_the_host_key_alert_reaches_the_security_receiver_and_the_storage_on_call() -> None:
+    proc = run(
+        "amtool",
+        "config",
+        "routes",
+        "test",
+        f"--config.file={ROOT / 'alertmanager' / 'alertmanager.yml'}",
+        "alertname=BupWatchHostKeyRejected",
+        "category=security",
+        "severity=critical",
+        "server_id=0b7d4e2a-1111-4c1d-9a0b-000000000001",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["security-oncall,storage-oncall"]
