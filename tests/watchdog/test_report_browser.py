@@ -34,7 +34,16 @@ ARGS = [
     "--no-first-run",
 ]
 LATEST = Path("/tmp/bupwatch-report.png")
-SECTIONS = ("#summary", "#hosts", "#projects", "#lag-chart", "#save-chart", "#deep", "#repairs")
+SECTIONS = (
+    "#summary",
+    "#hosts",
+    "#projects",
+    "#lag-chart",
+    "#save-chart",
+    "#save-freshness",
+    "#deep",
+    "#repairs",
+)
 
 
 def demo_report(config: Config, tmp_path: Path) -> Path:
@@ -134,7 +143,8 @@ def test_the_report_renders_in_chromium_without_errors_and_shows_every_section(
             assert page.locator("#verdict").inner_text() == "CRITICAL"
             assert page.locator("#lag-chart rect[fill]").count() >= 3  # bars of two dcs
             assert page.locator("tr.host-row").count() == 4
-            assert page.locator("article.project").count() == 3  # P1, P2, P3
+            assert page.locator("article.project").count() == 4  # P1, P2, P3, P6
+            assert page.locator("#save-freshness tr[data-project-id]").count() == 1  # P6
             assert page.locator("tr.journal-entry").count() == 3
             assert "pending #" in page.locator("#projects").inner_text()
             overflow = page.evaluate(
