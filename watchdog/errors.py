@@ -64,3 +64,18 @@ class RepairRefused(WatchdogError):
     """The guard refused a repair; the message is the reason that goes into the journal."""
 
     permanent = True
+
+
+#: The kinds of LocalFault, as the ``kind`` label of ``bupwatch_watchdog_problem``.
+LOCAL_FAULT_KINDS = ("file_descriptors", "key_file", "known_hosts")
+
+
+class LocalFault(WatchdogError):
+    """The watchdog's own machine is at fault, not a host: a missing known_hosts, an unreadable
+    key file, no file descriptors left. Never a host finding and never counted by the breaker:
+    the sweep says so (``check`` exits 3, ``/ready`` answers 503) and judges nothing it could not
+    see. ``kind`` names the fault for the metric: known_hosts, key_file, file_descriptors."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind

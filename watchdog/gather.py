@@ -37,6 +37,7 @@ from bup_watchdog.errors import (
     CommandTimeout,
     HostKeyError,
     HostUnreachable,
+    LocalFault,
     ProbeError,
     WatchdogError,
 )
@@ -54,7 +55,7 @@ from bup_watchdog.model import (
 from bup_watchdog.probe import known_order
 from bup_watchdog.transport.base import Transport
 from bup_watchdog.transport.local import LocalTransport
-from bup_watchdog.transport.ssh import SshTransport
+from bup_watchdog.transport.ssh import SshTransport, out_of_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +284,18 @@ class RepoCache:
 
 
 def tcp_probe(address: str, port: int, timeout: float) -> TcpProbe:
-    """Connect to ``bup_server`` the way its clients do; report how it went."""
+    """Connect to ``bup_server`` the way its clients do; report how it went.
+
+    Raises LocalFault when the watchdog has no file descriptor left (not the server's fault).
+    """
     started = time.monotonic()
     try:
         with socket.create_connection((address, port), timeout=timeout):
             pass
     except OSError as exc:
+        fault = out_of_descriptors(exc)
+        if fault is not None:
+            raise fault from None
         seconds = time.monotonic() - started
         if isinstance(exc, TimeoutError | socket.timeout):
             why = f"no answer within {timeout:g} s"
@@ -534,6 +541,8 @@ def _deep_pass(
         return
     try:
         results = run_deep(transport, server, ids, deep, ssh.python)
+    except LocalFault:
+        raise
     except WatchdogError as exc:
         facts.deep_error = str(exc)
         log.warning("deep check on %s: %s", server.label, exc)
@@ -565,7 +574,6 @@ def gather_host(
     """
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
-    facts.bup_server_tcp = tcp_probe(server.host, server.port, tcp_timeout)
     transport = transport_factory(server, ssh)
     previous = repo_cache.known(server.server_id) if repo_cache is not None else None
     fresh = HostCache() if repo_cache is not None else None
@@ -577,6 +585,7 @@ def gather_host(
         base = owner_sample or OwnerSample()
         owner_sample = dataclasses.replace(base, start=repo_cache.sample_start(server.server_id))
     try:
+        facts.bup_server_tcp = tcp_probe(server.host, server.port, tcp_timeout)
         program = probe_source()
         if previous is not None:
             program = probe_program(
@@ -607,6 +616,8 @@ def gather_host(
             repo_cache.replace(server.server_id, fresh, walked, reused)
         if deep_select is not None and deep is not None:
             _deep_pass(transport, server, facts, deep_select, ssh, deep)
+    except LocalFault as exc:
+        _local_fault(facts, exc)
     except WatchdogError as exc:
         if repo_cache is not None and isinstance(exc, ProbeError):
             # a host that answered garbage is walked in full next time, from no known state
@@ -618,16 +629,31 @@ def gather_host(
         )
         log.warning("gather %s: %s", server.label, facts.failure_message)
     except Exception as exc:  # a bug must not stop the sweep for the other hosts
-        if repo_cache is not None:
-            repo_cache.forget(server.server_id)
-        facts.failure = GatherFailure.ERROR
-        facts.failure_message = f"{transport.label}: unexpected error: {type(exc).__name__}: {exc}"
-        log.exception("gather %s failed unexpectedly", server.label)
+        fault = out_of_descriptors(exc)
+        if fault is not None:
+            _local_fault(facts, fault)
+        else:
+            if repo_cache is not None:
+                repo_cache.forget(server.server_id)
+            facts.failure = GatherFailure.ERROR
+            facts.failure_message = (
+                f"{transport.label}: unexpected error: {type(exc).__name__}: {exc}"
+            )
+            log.exception("gather %s failed unexpectedly", server.label)
     finally:
         facts.ssh_sessions = transport.sessions_opened
         transport.close()
         facts.duration_seconds = time.monotonic() - started
     return facts
+
+
+def _local_fault(facts: HostFacts, fault: LocalFault) -> None:
+    """Mark a host's facts as missing through the watchdog's own fault (see LocalFault): the
+    sweep judges nothing on it and blames it for nothing."""
+    facts.failure = GatherFailure.ERROR  # for whoever does not look at local_fault
+    facts.local_fault = fault.kind
+    facts.failure_message = str(fault)
+    log.debug("gather %s: watchdog problem (%s): %s", facts.server_id, fault.kind, fault)
 
 
 def gather(

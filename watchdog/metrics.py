@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from bup_watchdog import __version__
 from bup_watchdog.checks.save_freshness import AGE_BUCKETS, NEVER_SAVED, age_bucket
+from bup_watchdog.errors import LOCAL_FAULT_KINDS
 from bup_watchdog.guard import breaker
 from bup_watchdog.journal import FINISHED, INTERRUPTED, PENDING, RUNNING, Journal
 from bup_watchdog.model import Server, Severity
@@ -408,6 +409,16 @@ class StateCollector(Collector):
 
     def _meta(self) -> Iterator[Metric]:
         meta = self.state.meta()
+        problems = meta.get("watchdog_problems") or {}
+        fault = _gauge(
+            "watchdog_problem",
+            "1 while a fault of the watchdog's own (no file descriptor left, its key_file or "
+            "known_hosts unreadable) kept the last sweep from some hosts; /ready says which.",
+            ["kind"],
+        )
+        for kind in sorted({*LOCAL_FAULT_KINDS, *problems}):
+            fault.add_metric([kind], 1.0 if kind in problems else 0.0)
+        yield fault
         stale = _gauge(
             "inventory_stale",
             "1 when the last sweep ran on the cached inventory because the source was down.",

@@ -435,6 +435,9 @@ class HostFacts:
     #: one, and how many the host's record allows before it is declared down.
     fail_streak: int = 0
     patience: int = 1
+    #: Set when the facts are missing through the watchdog's own fault (errors.LocalFault's
+    #: kind: known_hosts, key_file, file_descriptors): the host is not to blame.
+    local_fault: str | None = None
 
     @property
     def probed(self) -> bool:

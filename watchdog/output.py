@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bup_watchdog.model import Severity
@@ -49,6 +50,8 @@ def result_as_dict(result: SweepResult) -> dict[str, Any]:
             for name, run in sorted(result.checks.items())
         },
         "findings": [f.as_dict() for f in result.findings],
+        "watchdog_problems": dict(result.local_faults),
+        "not_judged": list(result.not_judged),
     }
 
 
@@ -77,7 +80,7 @@ def print_table(result: SweepResult, console: Console) -> None:
         if run.error:
             console.print(f"[magenta]check {name} failed: {run.error}[/]")
     counts = {s: sum(1 for f in result.findings if f.severity is s) for s in Severity}
-    hosts = len(result.facts)
+    hosts = len(result.facts) + result.unswept
     probed = sum(1 for f in result.facts.values() if f.probed)
     repos = sum(len(f.repos) for f in result.facts.values())
     console.print(
@@ -85,3 +88,8 @@ def print_table(result: SweepResult, console: Console) -> None:
         f"{counts[Severity.WARNING]} warning; {probed}/{hosts} hosts probed, {repos} repositories, "
         f"{result.ssh_sessions} SSH sessions, {result.seconds:.2f} s"
     )
+    # After the status line (a scheduler reads the first line): why the status is UNKNOWN.
+    for kind, message in sorted(result.local_faults.items()):
+        console.print(f"[magenta]watchdog problem ({kind}): {escape(message)}[/]", highlight=False)
+    for reason in result.not_judged:
+        console.print(f"[magenta]not judged: {escape(reason)}[/]", highlight=False)

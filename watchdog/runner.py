@@ -203,6 +203,8 @@ class Runner:
         if self.state is not None:
             before = self._open_findings()
             self.last_sweep_id = record(self.state, result)
+            # The watchdog's own faults of this sweep (none: cleared): /ready and the metric.
+            self.state.set_meta(watchdog_problems=result.local_faults)
             after = self._open_findings()
             self.last_opened, self.last_resolved = len(after - before), len(before - after)
             if self.repo_cache is not None:

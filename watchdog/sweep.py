@@ -50,12 +50,21 @@ class SweepResult:
     seconds: float
     ssh_sessions: int = 0
     errors: list[str] = field(default_factory=list)
+    #: The watchdog's own faults (errors.LocalFault), kind -> sentence; the hosts they hid are
+    #: left out of ``facts`` (not judged, not blamed, not counted by the breaker).
+    local_faults: dict[str, str] = field(default_factory=dict)
+    #: How many selected hosts a local fault kept out of ``facts``.
+    unswept: int = 0
+    #: What the sweep was asked to judge and could not, one sentence each (see ``not_judged``).
+    not_judged: list[str] = field(default_factory=list)
 
     @property
     def worst(self) -> Severity:
-        """The Nagios status of the sweep: the worst finding, UNKNOWN if a check failed."""
+        """The Nagios status of the sweep: the worst finding; UNKNOWN if a check failed, the
+        watchdog had a fault of its own, or a check judged less than it was asked to (a check
+        that judged nothing is no "OK")."""
         worst = max((f.severity for f in self.findings), default=Severity.OK)
-        if any(c.error for c in self.checks.values()):
+        if any(c.error for c in self.checks.values()) or self.local_faults or self.not_judged:
             worst = max(worst, Severity.UNKNOWN)
         return worst
 
@@ -160,6 +169,16 @@ def sweep(
             live_dirs=judges_live_dirs(config, only),
         )
     }
+    local_faults: dict[str, str] = {}
+    hidden: dict[str, int] = {}
+    for sid in [sid for sid, f in facts.items() if f.local_fault]:
+        f = facts.pop(sid)
+        kind = f.local_fault or ""
+        local_faults.setdefault(kind, f.failure_message or kind)
+        hidden[kind] = hidden.get(kind, 0) + 1
+    for kind, n in hidden.items():
+        local_faults[kind] += f" ({n} of {len(chosen)} hosts not swept)"
+        log.error("watchdog problem (%s): %s", kind, local_faults[kind])
     updated = []
     for sid, f in facts.items():
         tcp = f.bup_server_tcp
@@ -179,7 +198,7 @@ def sweep(
             f.deep = {**books.get(sid, {}), **f.deep}
     findings, runs = run_checks(facts, inventory, config, only)
     findings.sort(key=Finding.order)
-    return SweepResult(
+    result = SweepResult(
         inventory=inventory,
         facts=facts,
         findings=findings,
@@ -187,7 +206,35 @@ def sweep(
         started=started_wall,
         seconds=time.monotonic() - started,
         ssh_sessions=sum(f.ssh_sessions for f in facts.values()),
+        local_faults=local_faults,
+        unswept=sum(hidden.values()),
     )
+    result.not_judged = not_judged(result, chosen)
+    return result
+
+
+def not_judged(result: SweepResult, chosen: Collection[Server]) -> list[str]:
+    """What the sweep was asked to judge and could not, one sentence each: no server at all;
+    a check that could not judge a host nothing else reported (a host that could not be probed
+    is reachability's finding when it runs; with ``--only mount_sanity`` nothing would say so).
+    Hosts hidden by a local fault are that fault's to explain."""
+    if not chosen:
+        return ["no server to check: the inventory lists none"]
+    swept = set(result.facts)
+    reported = {f.server_id for f in result.findings if f.check == "reachability"}
+    judged = evaluated_servers(result)
+    out = []
+    for name, run in sorted(result.checks.items()):
+        if run.error is not None:
+            continue  # said already, as the check's error
+        missing = sorted(swept - judged.get(name, set()) - reported)
+        if not missing:
+            continue
+        first = result.facts[missing[0]]
+        why = first.failure_message or f"{missing[0]}: not probed"
+        more = f" (and {len(missing) - 1} more hosts not probed)" if len(missing) > 1 else ""
+        out.append(f"{name} judged {len(swept) - len(missing)} of {len(swept)} hosts: {why}{more}")
+    return out
 
 
 def judges_live_dirs(config: Config, only: Collection[str] = ()) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,51 @@ def test_bash_completion_comes_from_the_standard_click_variable() -> None:
         "plain,list",
         "plain,pending",
     ]
+
+
+def config_with_inventory(fleet: SandboxFleet, workdir: Path, inventory: str) -> Path:
+    """The fleet's SSH settings (its known_hosts and key) over another inventory."""
+    (workdir / "inventory.toml").write_text(inventory, encoding="utf-8")
+    client = fleet.config_path.parent / "client"
+    path = workdir / "config.toml"
+    path.write_text(
+        '[inventory]\nfile = "inventory.toml"\n[state]\ndirectory = "state"\n'
+        f'[ssh]\nknown_hosts = "{client / "known_hosts"}"\nkey_file = "{client / "id_ed25519"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_check_that_could_probe_no_host_it_was_asked_about_is_unknown_not_ok(
+    demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on: sshd "refuses"
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = config_with_inventory(
+        demo_fleet,
+        tmp_path,
+        '[[servers]]\nserver_id = "3f0e2b9c-0000-4000-8000-00000000000a"\nname = "gone"\n'
+        f'host = "127.0.0.1"\nport = {port}\nssh_port = {port}\nssh_user = "root"\n',
+    )
+    for only in ("mount_sanity", "repo_integrity", "placement"):
+        proc = run("check", "-c", str(config), "--only", only)
+
+        assert proc.returncode == 3, (only, proc.stdout, proc.stderr)
+        first = proc.stdout.splitlines()[0]
+        assert first.startswith("UNKNOWN: 0 critical, 0 warning; 0/1 hosts probed")
+        assert f"not judged: {only} judged 0 of 1 hosts" in proc.stdout
+        assert "connection refused" in proc.stdout
+
+
+def test_check_on_an_empty_inventory_is_unknown_with_the_reason(
+    demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    config = config_with_inventory(demo_fleet, tmp_path, "servers = []\nprojects = []\n")
+
+    proc = run("check", "-c", str(config), "--format", "json")
+
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["status"] == "unknown"
+    assert data["not_judged"] == ["no server to check: the inventory lists none"]

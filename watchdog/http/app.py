@@ -145,6 +145,14 @@ def create_app(
             return JSONResponse({"status": f"state unreadable: {exc}"}, status_code=503)
         if last is None or (ready is not None and not ready()):
             return JSONResponse({"status": "waiting for the first sweep"}, status_code=503)
+        # The watchdog's own fault (errors.LocalFault) kept the last sweep from hosts.
+        problems = state.meta().get("watchdog_problems") or {}
+        if problems:
+            why = "; ".join(f"{kind}: {text}" for kind, text in sorted(problems.items()))
+            return JSONResponse(
+                {"status": f"watchdog problem: {why}", "watchdog_problems": problems},
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "last_sweep_started": last[1]})
 
     @app.get("/api/findings", summary="Open findings, worst first")

@@ -28,6 +28,7 @@ from bup_watchdog.errors import (
     CommandTimeout,
     HostKeyError,
     HostUnreachable,
+    LocalFault,
     ProbeError,
     TransportError,
 )
@@ -46,6 +47,43 @@ def remote_argv(argv: list[str], limit: float, *, sudo: bool = False) -> list[st
     with ``sudo`` as ``sudo -n timeout …`` (root's ``timeout`` can stop root's command)."""
     wrapped = ["timeout", f"--kill-after={KILL_AFTER:g}", f"{limit + REMOTE_GRACE:.3f}", *argv]
     return ["sudo", "-n", *wrapped] if sudo else wrapped
+
+
+#: errno values that say the watchdog's own process or machine ran out of file descriptors.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def out_of_descriptors(exc: BaseException) -> LocalFault | None:
+    """The local fault an OSError stands for when it is EMFILE/ENFILE (else None)."""
+    if isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS:
+        which = "the system" if exc.errno == errno.ENFILE else "the watchdog's process"
+        return LocalFault(
+            f"{which} has no file descriptor left ({exc.strerror}): the watchdog cannot open "
+            "connections or files; raise its limit (LimitNOFILE=, ulimit -n) or lower "
+            "ssh.parallel_hosts",
+            kind="file_descriptors",
+        )
+    return None
+
+
+def _unusable(path: Path, what: str, hint: str, kind: str) -> LocalFault | None:
+    """Why a file of the watchdog's own cannot be read (None when it can): the watchdog's
+    fault, not a host's, whatever host it was about to connect to."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        fault = out_of_descriptors(exc)
+        if fault is not None:
+            return fault
+        if isinstance(exc, FileNotFoundError):
+            why = "does not exist"
+        elif isinstance(exc, IsADirectoryError):
+            why = "is a directory"
+        else:
+            why = f"cannot be read ({exc.strerror or exc})"
+        return LocalFault(f"the watchdog's {what} {path} {why}: {hint}", kind=kind)
+    return None
 
 
 def _socket_error(exc: OSError, where: str) -> HostUnreachable:
@@ -79,8 +117,25 @@ class SshTransport:
     def _known_hosts(self) -> Path:
         return self.config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
 
+    def _check_local_files(self, known_hosts: Path) -> None:
+        """Raise LocalFault when the watchdog's own known_hosts or key file cannot be read: an
+        unknown-host or login failure on every host would otherwise blame healthy hosts."""
+        fault = _unusable(
+            known_hosts,
+            "known_hosts file",
+            "it cannot verify any host key (add the hosts' keys, e.g. ssh-keyscan HOST >> FILE, "
+            "or set ssh.known_hosts)",
+            "known_hosts",
+        )
+        key = self.config.key_file
+        if fault is None and key is not None:
+            fault = _unusable(key, "SSH key file", "it cannot log in (ssh.key_file)", "key_file")
+        if fault is not None:
+            raise fault
+
     def connect(self) -> paramiko.SSHClient:
-        """Open (or reuse) the connection; every failure becomes a one-line TransportError."""
+        """Open (or reuse) the connection; every failure becomes a one-line TransportError, or
+        a LocalFault when the watchdog's own side is at fault (see ``_check_local_files``)."""
         if self._client is not None:
             transport = self._client.get_transport()
             if transport is not None and transport.is_active():
@@ -89,23 +144,22 @@ class SshTransport:
         cfg, srv = self.config, self.server
         where = self.label
         known_hosts = self._known_hosts()
+        self._check_local_files(known_hosts)
         client = paramiko.SSHClient()
         try:
             client.load_host_keys(str(known_hosts))
-        except FileNotFoundError:
-            raise HostKeyError(
-                f"{where}: known_hosts file {known_hosts} does not exist; refusing to trust "
-                "any host key"
-            ) from None
         except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"{where}: cannot read known_hosts {known_hosts}: {exc}") from None
+            raise out_of_descriptors(exc) or LocalFault(
+                f"the watchdog's known_hosts file {known_hosts} cannot be read: {exc}",
+                kind="known_hosts",
+            ) from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             sock = socket.create_connection(
                 (srv.ssh_host, srv.ssh_port), timeout=cfg.connect_timeout
             )
         except OSError as exc:
-            raise _socket_error(exc, where) from None
+            raise out_of_descriptors(exc) or _socket_error(exc, where) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = str(cfg.key_file) if cfg.key_file else None
         # With our own socket, paramiko's ``timeout`` bounds only the SSH negotiation (banner, then
@@ -161,10 +215,16 @@ class SshTransport:
                     else f"{where}: sshd accepted the connection but sent no SSH banner within "
                     f"{handshake:g} s (frozen or overloaded?)"
                 ) from None
+            if text == "No authentication methods available":
+                raise LocalFault(
+                    "the watchdog has no SSH key to log in with (no ssh.key_file, no SSH agent, "
+                    "no ~/.ssh/id_* key): set ssh.key_file",
+                    kind="key_file",
+                ) from None
             raise TransportError(f"{where}: SSH failed: {text}") from None
         except OSError as exc:
             sock.close()
-            raise _socket_error(exc, where) from None
+            raise out_of_descriptors(exc) or _socket_error(exc, where) from None
         except EOFError:
             sock.close()
             raise HostUnreachable(
@@ -216,8 +276,7 @@ class SshTransport:
         limit = timeout or self.config.command_timeout
         deadline = time.monotonic() + limit
         chan = self._open(argv, stdin, limit)
-        sel = selectors.DefaultSelector()
-        sel.register(chan, selectors.EVENT_READ)
+        sel = _selector(chan)
         buf = bytearray()
         total = 0
         stderr = bytearray()
@@ -279,8 +338,7 @@ class SshTransport:
         cap = self.config.max_output_bytes
         try:
             deadline = started + limit
-            sel = selectors.DefaultSelector()
-            sel.register(chan, selectors.EVENT_READ)
+            sel = _selector(chan)
             try:
                 while True:
                     remaining = deadline - time.monotonic()
@@ -312,6 +370,23 @@ class SshTransport:
         finally:
             chan.close()
         return CommandResult(rc, bytes(out), bytes(err), time.monotonic() - started)
+
+
+def _selector(chan: paramiko.Channel) -> selectors.BaseSelector:
+    """A selector watching the channel (an epoll and a pipe: two descriptors); running out of
+    descriptors here is a LocalFault, not the host's."""
+    try:
+        sel = selectors.DefaultSelector()
+    except OSError as exc:
+        chan.close()
+        raise out_of_descriptors(exc) or exc from None
+    try:
+        sel.register(chan, selectors.EVENT_READ)
+    except OSError as exc:
+        sel.close()
+        chan.close()
+        raise out_of_descriptors(exc) or exc from None
+    return sel
 
 
 def _after_timeout(chan: paramiko.Channel, seconds: float) -> str:
