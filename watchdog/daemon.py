@@ -267,6 +267,25 @@ class Daemon:
             )
         return interrupted
 
+    def release_dead_leases(self) -> list[tuple[str, str]]:
+        """Leases held by this host's watchdog processes that are gone (SIGKILL, a crash): their
+        repairs are reported interrupted above, and a retry goes through the guard at once
+        instead of being refused by a dead holder until the lease's TTL."""
+        try:
+            released = self.leases.release_dead()
+        except WatchdogError as exc:
+            log.error("cannot release the leases of dead watchdog processes: %s", exc)
+            return []
+        for target, holder in released:
+            log.warning(
+                "released the lease on %s held by %s, a process that is gone; a new request for "
+                "it goes through the guard as usual",
+                target,
+                holder,
+                extra={"target": target, "holder": holder},
+            )
+        return released
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.warning(
             "received %s: finishing the current sweep, then stopping", signal.Signals(signum).name
@@ -280,6 +299,7 @@ class Daemon:
         try:
             self._take_state_lock()
             self.report_interrupted()
+            self.release_dead_leases()
             self.heartbeat_job()  # a member before the first sweep, so it counts itself
             http = build_http(self.config, self.state, self)
             logs.adopt()  # uvicorn set up its own handlers: its lines go through ours
@@ -312,24 +332,38 @@ class Daemon:
 
     def _take_state_lock(self) -> None:
         """One daemon per state directory: a second one would report the first one's running
-        repairs as interrupted and sweep and repair alongside it."""
-        path = self.state.path.with_name("daemon.lock")
+        repairs as interrupted and sweep and repair alongside it.
+
+        The lock is an flock on the state directory itself (an fd opened with O_DIRECTORY), not
+        on a file in it: a file can be deleted and made again, leaving two daemons each holding
+        a lock on a different inode; the directory cannot be replaced without moving the state
+        database with it. Not on state.db: SQLite's own POSIX locks live on that file. The pid
+        goes into ``daemon.lock`` for the operator's message only; deleting it unlocks nothing."""
+        directory = self.state.path.parent
+        pid_file = directory / "daemon.lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            raise WatchdogError(f"cannot open the lock file {path}: {exc.strerror}") from None
+            raise WatchdogError(
+                f"cannot open the state directory {directory}: {exc.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
             os.close(fd)
+            try:
+                holder = pid_file.read_text(encoding="ascii", errors="replace").strip()[:32]
+            except OSError:
+                holder = ""
             raise WatchdogError(
-                f"another bup-watchdog daemon (pid {holder}) runs on the state directory "
-                f"{path.parent}; refusing to start a second one on it"
+                f"another bup-watchdog daemon (pid {holder or '?'}) runs on the state directory "
+                f"{directory}; refusing to start a second one on it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        try:
+            pid_file.write_text(f"{os.getpid()}\n", encoding="ascii")
+        except OSError as exc:  # only a note for the operator: the lock is held
+            log.warning("cannot write the pid to %s: %s", pid_file, exc.strerror)
 
     def _loop(self) -> int:
         sched = self.config.schedule

@@ -3,6 +3,11 @@
 Journal first: a repair's intent (plan, who asked, why) is written before any command runs, its
 outcome after. A row still ``running`` when the watchdog starts was interrupted (crash, SIGKILL):
 it is reported, never blindly re-run. Every guard decision — refusals included — is a row.
+
+A new row must reach the file (no intent, no repair); a change to a row (an outcome) and a lease's
+release are kept in memory while the state's filesystem is full and written when it can be again,
+in order (``State.write``), so a repair that ends during the outage neither loses its outcome nor
+holds its target.
 """
 
 from __future__ import annotations
@@ -148,9 +153,9 @@ class Journal:
             fields["plan"] = json.dumps(fields["plan"])
         if fields.get("status") in FINISHED and "finished_at" not in fields:
             fields["finished_at"] = time.time()
-        cols = ", ".join(f"{k}=?" for k in fields)
-        with self.state.transaction() as db:
-            db.execute(f"UPDATE journal SET {cols} WHERE id=?", (*fields.values(), entry_id))  # noqa: S608
+        sql = f"UPDATE journal SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?"  # noqa: S608
+        params = (*fields.values(), entry_id)
+        self.state.write(lambda db: db.execute(sql, params))
 
     def get(self, entry_id: int) -> Entry | None:
         rows = self.state.query(f"SELECT {_COLUMNS} FROM journal WHERE id=?", (entry_id,))  # noqa: S608
@@ -240,15 +245,19 @@ class Journal:
         flood is what the cooldown stops), so they are counted here, in the state, for metrics."""
         if not skipped:
             return
-        with self.state.transaction() as db:
+        added = dict(skipped)
+
+        def count(db: sqlite3.Connection) -> None:
             row = db.execute("SELECT value FROM meta WHERE key=?", (_COOLDOWN_META_KEY,)).fetchone()
             totals: dict[str, int] = json.loads(row[0]) if row else {}
-            for repair, n in skipped.items():
+            for repair, n in added.items():
                 totals[repair] = int(totals.get(repair, 0)) + int(n)
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 (_COOLDOWN_META_KEY, json.dumps(totals, sort_keys=True)),
             )
+
+        self.state.write(count)
 
     def alert_cooldown_counts(self) -> dict[str, int]:
         """Alert requests held back by the cooldown so far, per repair."""
@@ -298,8 +307,19 @@ class Journal:
         return str(rows[0][0]) if rows else None
 
     def release_lease(self, target: str, holder: str) -> None:
-        with self.state.transaction() as db:
-            db.execute("DELETE FROM leases WHERE target=? AND holder=?", (target, holder))
+        """Release a lease; kept in memory (and written later) while the state file is full."""
+        self.state.write(
+            lambda db: db.execute(
+                "DELETE FROM leases WHERE target=? AND holder=?", (target, holder)
+            )
+        )
+
+    def leases(self) -> list[tuple[str, str, float]]:
+        """Every lease row: (target, holder, expires_at)."""
+        return [
+            (str(t), str(h), float(e))
+            for t, h, e in self.state.query("SELECT target, holder, expires_at FROM leases")
+        ]
 
     # -- overrides ----------------------------------------------------------------------------
 

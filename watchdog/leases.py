@@ -24,13 +24,21 @@ by ``[guard] leases``:
 TTL, so a short TTL frees the targets of a watchdog that died mid-repair soon, and a repair that
 runs longer than the TTL keeps its lease. A renewal that finds the lease taken or gone is logged
 as an error (the repair already runs; stopping it half-way would be worse).
+
+At start the daemon releases the leases held by processes of this host that are gone
+(``release_dead``): a holder is ``host:pid`` (``host:pid#token`` in Cassandra), so a lease whose
+host is this one and whose pid no longer exists belonged to a watchdog that died mid-repair (the
+journal keeps that repair as interrupted). A pid reused since by another process keeps its lease
+until the TTL: that errs on the side of not repairing twice.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
+import socket
 import threading
 import time
 from typing import Any, Protocol
@@ -52,6 +60,27 @@ RENEW_LEASE = (
 )
 RELEASE_LEASE = "DELETE FROM {ks}.bupwatch_leases WHERE target = ? IF holder = ?"
 SELECT_LEASE = "SELECT holder FROM {ks}.bupwatch_leases WHERE target = ?"
+SCAN_LEASES = "SELECT target, holder FROM {ks}.bupwatch_leases"
+
+
+def holder_name() -> str:
+    """This process as a lease holder: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def dead_holder(holder: str, host: str | None = None) -> bool:
+    """Whether a holder (``host:pid``, or ``host:pid#token``) is a process of ``host`` (this
+    one by default) that no longer exists."""
+    name, _, pid = holder.split("#", 1)[0].rpartition(":")
+    if name != (host or socket.gethostname()) or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, as another user
+        return False
+    return False
 
 
 class LeaseError(WatchdogError):
@@ -69,6 +98,8 @@ class LeaseBackend(Protocol):
     def renew(self, target: str, holder: str, ttl: float) -> bool: ...
 
     def release(self, target: str, holder: str) -> None: ...
+
+    def release_dead(self) -> list[tuple[str, str]]: ...
 
 
 class LocalLeases:
@@ -94,6 +125,13 @@ class LocalLeases:
 
     def release(self, target: str, holder: str) -> None:
         self.journal.release_lease(target, holder)
+
+    def release_dead(self) -> list[tuple[str, str]]:
+        """Release the leases of this host's processes that are gone; (target, holder) each."""
+        dead = [(t, h) for t, h, _ in self.journal.leases() if dead_holder(h)]
+        for target, holder in dead:
+            self.journal.release_lease(target, holder)
+        return dead
 
     def close(self) -> None:
         pass
@@ -190,6 +228,26 @@ class CassandraLeases:
                 "%s; it expires by its TTL", self.db.error(exc, f"releasing the lease on {target}")
             )
 
+    def release_dead(self) -> list[tuple[str, str]]:
+        """Release the leases of this host's processes that are gone (a conditional delete
+        each, so a lease taken again meanwhile stays); (target, holder) each."""
+        try:
+            rows = self.db.execute(SCAN_LEASES).all()
+        except store_errors() as exc:
+            log.warning("%s; they expire by their TTL", self.db.error(exc, "reading the leases"))
+            return []
+        released = []
+        for target, holder in rows:
+            if not dead_holder(str(holder)):
+                continue
+            try:
+                self.db.execute(RELEASE_LEASE, (target, holder), serial=SERIAL)
+            except store_errors() as exc:
+                log.warning("%s", self.db.error(exc, f"releasing the lease on {target}"))
+                continue
+            released.append((str(target), str(holder)))
+        return released
+
     def close(self) -> None:
         self.db.close()
 
@@ -256,6 +314,9 @@ class Renewing:
             thread.join()
         self.inner.release(target, holder)
 
+    def release_dead(self) -> list[tuple[str, str]]:
+        return self.inner.release_dead()
+
     def close(self) -> None:
         self.inner.close()
 
@@ -273,5 +334,7 @@ __all__ = [
     "LeaseError",
     "LocalLeases",
     "Renewing",
+    "dead_holder",
+    "holder_name",
     "lease_backend",
 ]

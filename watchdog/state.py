@@ -4,19 +4,30 @@ Holds the latest findings and their history (first seen, last seen, resolved), p
 per-check status of the last sweep, deep-check bookkeeping and the last good inventory. One sweep is
 written in one transaction, so a reader (metrics, a report) sees a whole sweep or the one before.
 The schema is versioned; ``migrate()`` brings an older file up to date and refuses a newer one.
+
+When the state's filesystem cannot take writes (full, failing, read-only), the state goes on in
+memory: the file is copied into an in-memory database, every read is served from it, and the
+writes that can wait (sweeps, findings, repair outcomes, lease releases: ``write()``) are applied
+to it and *kept*, to be written to the file in order once it takes writes again (tried at every
+write, and every ``retry_seconds`` by a thread). Of sweep data only the latest write per key is
+kept (a newer sweep supersedes an older one; sweep rows and check counters are all kept, so
+counters never go back). Writes that must be on disk before anything happens (a repair's intent:
+journal first) use ``transaction()`` and fail while the file cannot be written. The memory
+costs one copy of the state file, for as long as the outage lasts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bup_watchdog.errors import WatchdogError
 from bup_watchdog.model import DeepResult, Finding, HostFacts, Severity
@@ -158,8 +169,29 @@ MIGRATIONS: Sequence[str] = (
 )
 
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: One part of a write: a function of the connection, and the key under which a write kept in
+#: memory is replaced by a newer one (None: every such write is kept, in order).
+Part = tuple[Callable[[sqlite3.Connection], Any], Hashable | None]
+
+# SQLite result codes (the low byte of an extended code) that mean the file cannot take writes
+# now, as opposed to a lock another process holds (SQLITE_BUSY): https://sqlite.org/rescode.html
+_UNWRITABLE = {8: "read-only", 10: "I/O error", 13: "full", 14: "cannot open"}
+
+
 class StateError(WatchdogError):
     """The state database cannot be opened or written."""
+
+
+def unwritable(exc: BaseException) -> bool:
+    """Whether a SQLite error says the file cannot take writes now (disk full, I/O, read-only)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _UNWRITABLE
+    text = str(exc).lower()
+    return any(w in text for w in ("disk is full", "disk i/o error", "readonly database"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +215,7 @@ class StoredFinding:
 class State:
     """The watchdog's SQLite state. Thread-safe: one connection guarded by a lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, retry_seconds: float = 5.0) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,10 +235,35 @@ class State:
         #: and whether the last write succeeded: exported so a full disk looks broken.
         self.write_errors = 0
         self.writable = True
+        #: While the file cannot take writes: the in-memory copy every read is served from, and
+        #: the writes kept to be written to the file (in order; then the latest per key).
+        self._mem: sqlite3.Connection | None = None
+        self._kept: list[Callable[[sqlite3.Connection], Any]] = []
+        self._latest: dict[Hashable, Callable[[sqlite3.Connection], Any]] = {}
+        self._retry_seconds = retry_seconds
+        self._next_try = 0.0
+        self._closed = threading.Event()
         self.migrate()
+
+    @property
+    def kept_writes(self) -> int:
+        """Writes held in memory until the file takes writes again (0 when it does)."""
+        return len(self._kept) + len(self._latest)
 
     def close(self) -> None:
         with self._lock:
+            self._closed.set()
+            if self._mem is not None:
+                self._next_try = 0.0
+                if not self._recover():
+                    log.error(
+                        "closing with %d writes to %s kept in memory that could not be written "
+                        "(the disk still cannot take them): they are lost",
+                        self.kept_writes,
+                        self.path,
+                    )
+                    self._mem.close()
+                    self._mem = None
             self._db.close()
 
     # -- schema -------------------------------------------------------------------------------
@@ -237,19 +294,26 @@ class State:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error); errors become StateError."""
+        """BEGIN IMMEDIATE … COMMIT (ROLLBACK on error) on the file; errors become StateError.
+
+        For what must be on disk before anything else happens: while writes are kept in memory
+        this first writes them (in order) and fails if the file still cannot take them."""
         with self._lock:
+            if self._mem is not None and not self._recover(force=True):
+                self._write_failed()
+                raise StateError(
+                    f"cannot write the state database {self.path}: its filesystem still cannot "
+                    f"take writes ({self.kept_writes} writes kept in memory until it can)"
+                )
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                self._write_failed()
-                raise StateError(f"cannot write the state database {self.path}: {exc}") from None
+                raise self._failed(exc) from None
             try:
                 yield self._db
             except sqlite3.Error as exc:
                 self._rollback()
-                self._write_failed()
-                raise StateError(f"cannot write the state database {self.path}: {exc}") from None
+                raise self._failed(exc) from None
             except BaseException:
                 self._rollback()
                 raise
@@ -257,9 +321,119 @@ class State:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                self._write_failed()
-                raise StateError(f"cannot write the state database {self.path}: {exc}") from None
+                raise self._failed(exc) from None
             self.writable = True
+
+    def write(self, fn: Callable[[sqlite3.Connection], T], *, key: Hashable | None = None) -> T:
+        """Run ``fn`` in a transaction; while the file cannot take writes, on the in-memory copy,
+        kept to be written later (see the module's docstring). ``fn`` is run again on the file
+        then: it must depend only on its arguments and the database."""
+        result: T = self.write_parts([(fn, key)])[0]
+        return result
+
+    def write_parts(self, parts: Sequence[Part]) -> list[Any]:
+        """Several parts in one transaction (a reader sees all or none), each kept in memory under
+        its own key while the file cannot take writes. Returns each part's result."""
+        with self._lock:
+            if self._mem is None or self._recover():
+                try:
+                    with self.transaction() as db:
+                        return [fn(db) for fn, _ in parts]
+                except StateError:
+                    if self._mem is None:  # not the filesystem (e.g. locked): nothing to keep
+                        raise
+            mem = self._mem
+            assert mem is not None
+            mem.execute("BEGIN")
+            try:
+                results = [fn(mem) for fn, _ in parts]
+            except sqlite3.Error as exc:
+                mem.execute("ROLLBACK")
+                raise StateError(f"cannot write the in-memory state: {exc}") from None
+            except BaseException:
+                mem.execute("ROLLBACK")
+                raise
+            mem.execute("COMMIT")
+            for fn, key in parts:
+                if key is None:
+                    self._kept.append(fn)
+                else:
+                    self._latest.pop(key, None)  # a newer one goes last
+                    self._latest[key] = fn
+            return results
+
+    def _failed(self, exc: sqlite3.Error) -> StateError:
+        """Count a failed write; when the filesystem is what failed, go on in memory."""
+        self._write_failed()
+        if unwritable(exc) and self._mem is None:
+            self._to_memory(exc)
+        return StateError(f"cannot write the state database {self.path}: {exc}")
+
+    def _to_memory(self, exc: sqlite3.Error) -> None:
+        """Copy the file into memory: reads are served from it and writes kept until the file
+        takes writes again. Without a copy (the file unreadable too) writes just fail."""
+        mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        try:
+            self._db.backup(mem)
+        except sqlite3.Error as again:
+            mem.close()
+            log.error("cannot copy the state %s into memory either: %s", self.path, again)
+            return
+        self._mem = mem
+        self._next_try = time.monotonic() + min(1.0, self._retry_seconds)
+        log.error(
+            "the state database %s cannot be written (%s): sweeps, findings and repair outcomes "
+            "are kept in memory and served from there, and written to it when it can be again",
+            self.path,
+            exc,
+        )
+        threading.Thread(target=self._retry, name="state retry", daemon=True).start()
+
+    def _retry(self) -> None:
+        """While writes are kept in memory: try to write them every ``retry_seconds``."""
+        while not self._closed.wait(self._retry_seconds):
+            with self._lock:
+                if self._mem is None or self._closed.is_set():
+                    return
+                self._recover(force=True)
+
+    def _recover(self, *, force: bool = False) -> bool:
+        """Write the kept writes to the file, in order (the latest of each key last); True when
+        all are written and the in-memory copy is dropped. Tried at most once a second unless
+        ``force``."""
+        if self._mem is None:
+            return True
+        now = time.monotonic()
+        if not force and now < self._next_try:
+            return False
+        self._next_try = now + min(1.0, self._retry_seconds)
+        written = 0
+        while self._kept or self._latest:
+            key: Hashable | None = None if self._kept else next(iter(self._latest))
+            fn = self._kept[0] if key is None else self._latest[key]
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                fn(self._db)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                self._write_failed()
+                log.debug("state %s still cannot be written: %s", self.path, exc)
+                return False
+            if key is None:
+                self._kept.pop(0)
+            else:
+                self._latest.pop(key)
+            written += 1
+        self._mem.close()
+        self._mem = None
+        self.writable = True
+        log.warning(
+            "the state database %s can be written again: %d writes kept in memory were written",
+            self.path,
+            written,
+        )
+        return True
 
     def _rollback(self) -> None:
         # SQLite rolls back by itself on some errors (SQLITE_FULL, SQLITE_IOERR); a ROLLBACK then
@@ -287,8 +461,9 @@ class State:
             )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read (from memory while writes are kept there)."""
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            return (self._mem or self._db).execute(sql, params).fetchall()
 
     # -- sweeps -------------------------------------------------------------------------------
 
@@ -321,20 +496,42 @@ class State:
         now = started + seconds
         findings = list(findings)
         worst = max((f.severity for f in findings), default=Severity.OK)
-        with self.transaction() as db:
+        sweep_row = (
+            started,
+            seconds,
+            len(facts),
+            sum(len(f.repos) for f in facts.values()),
+            ssh_sessions,
+            int(worst),
+        )
+        # Host rows now: the facts themselves (big) are not held by a write kept in memory.
+        host_rows = [
+            (
+                sid,
+                h.gathered_at,
+                h.duration_seconds,
+                int(h.probed),
+                h.failure.value if h.failure else None,
+                h.failure_message,
+                len(h.repos),
+                sum(r.repo_bytes for r in h.repos.values()),
+                max((r.save_log_bytes or 0 for r in h.repos.values()), default=0),
+                int(bool(h.bup_server_tcp and h.bup_server_tcp.ok)),
+                h.ssh_sessions,
+                json.dumps((lag_seconds or {}).get(sid, {})),
+            )
+            for sid, h in facts.items()
+        ]
+
+        def add_sweep(db: sqlite3.Connection) -> int:
             cur = db.execute(
                 "INSERT INTO sweeps(started, seconds, hosts, repos, ssh_sessions, worst) "
                 "VALUES (?,?,?,?,?,?)",
-                (
-                    started,
-                    seconds,
-                    len(facts),
-                    sum(len(f.repos) for f in facts.values()),
-                    ssh_sessions,
-                    int(worst),
-                ),
+                sweep_row,
             )
-            sweep_id = int(cur.lastrowid or 0)
+            return int(cur.lastrowid or 0)
+
+        def update_findings(db: sqlite3.Connection) -> None:
             seen: set[tuple[str, str, str, str]] = set()
             for f in findings:
                 key = (f.check, f.code, f.server_id, f.project_id or "")
@@ -368,25 +565,11 @@ class State:
                         if (sid, pid) in kept and last_seen >= now - unjudged_keep_seconds:
                             continue
                         db.execute("UPDATE findings SET resolved_at=? WHERE id=?", (now, fid))
-            for sid, h in facts.items():
-                tcp = h.bup_server_tcp
-                db.execute(
-                    "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        sid,
-                        h.gathered_at,
-                        h.duration_seconds,
-                        int(h.probed),
-                        h.failure.value if h.failure else None,
-                        h.failure_message,
-                        len(h.repos),
-                        sum(r.repo_bytes for r in h.repos.values()),
-                        max((r.save_log_bytes or 0 for r in h.repos.values()), default=0),
-                        int(bool(tcp and tcp.ok)),
-                        h.ssh_sessions,
-                        json.dumps((lag_seconds or {}).get(sid, {})),
-                    ),
-                )
+            db.executemany(
+                "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", host_rows
+            )
+
+        def count_check_runs(db: sqlite3.Connection) -> None:
             for check, (secs, error) in checks_run.items():
                 db.execute(
                     "INSERT INTO check_runs(check_name, last_run, last_success, seconds, error, "
@@ -398,7 +581,14 @@ class State:
                     "runs_total=check_runs.runs_total + 1",
                     (check, now, None if error else now, secs, error, 1 if error else 0),
                 )
-        return sweep_id
+
+        # Kept in memory (file full): every sweep row and check count (counters never go back),
+        # the findings of the latest sweep of the same hosts and checks.
+        latest = ("sweep", frozenset(facts), frozenset(checks_run), frozenset(evaluated_servers))
+        sweep_id, _, _ = self.write_parts(
+            [(add_sweep, None), (update_findings, latest), (count_check_runs, None)]
+        )
+        return int(sweep_id)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -435,7 +625,9 @@ class State:
         if not gone:
             return []
         now = time.time()
-        with self.transaction() as db:
+        tables = list(tables)
+
+        def drop(db: sqlite3.Connection) -> None:
             for sid in gone:
                 db.execute(
                     "UPDATE findings SET resolved_at=? WHERE server_id=? AND resolved_at IS NULL "
@@ -444,13 +636,16 @@ class State:
                 )
                 for table in tables:
                     db.execute(f"DELETE FROM {table} WHERE server_id=?", (sid,))  # noqa: S608
+
+        self.write(drop)
         return gone
 
     def raise_finding(self, f: Finding) -> None:
         """Open (or refresh) one finding outside a sweep, e.g. the guard giving up on a target."""
         now = time.time()
         key = (f.check, f.code, f.server_id, f.project_id or "")
-        with self.transaction() as db:
+
+        def upsert(db: sqlite3.Connection) -> None:
             updated = db.execute(
                 "UPDATE findings SET severity=?, message=?, value=?, last_seen=? WHERE "
                 "check_name=? AND code=? AND server_id=? AND project_id=? AND resolved_at IS NULL",
@@ -462,6 +657,8 @@ class State:
                     "message, value, details, first_seen, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (*key, int(f.severity), f.message, f.value, _json(f.details), now, now),
                 )
+
+        self.write(upsert, key=("finding", key))
 
     def open_findings(
         self, *, server_id: str | None = None, check: str | None = None
@@ -484,11 +681,11 @@ class State:
         return [_stored(r) for r in rows]
 
     def set_meta(self, **values: Any) -> None:
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+        rows = [(k, json.dumps(v)) for k, v in values.items()]
+        self.write(
+            lambda db: db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows),
+            key=("meta", *sorted(values)),
+        )
 
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.query("SELECT key, value FROM meta")}
@@ -509,14 +706,15 @@ class State:
         return {r[0]: DeepResult(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows}
 
     def record_deep(self, server_id: str, results: Iterable[DeepResult]) -> None:
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO deep_checks VALUES (?,?,?,?,?,?)",
-                [
-                    (server_id, r.project_id, r.checked_at, int(r.ok), r.master_sha, r.message)
-                    for r in results
-                ],
+        rows = [
+            (server_id, r.project_id, r.checked_at, int(r.ok), r.master_sha, r.message)
+            for r in results
+        ]
+        self.write(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO deep_checks VALUES (?,?,?,?,?,?)", rows
             )
+        )
 
     def deep_coverage(self, window_seconds: float, now: float | None = None) -> dict[str, int]:
         """Per server, how many repositories were deep-checked within the window."""
@@ -544,34 +742,36 @@ class State:
         return out
 
     def save_host_records(self, records: Iterable[HostRecord]) -> None:
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO host_records VALUES (?, ?)",
-                [
-                    (
-                        r.server_id,
-                        json.dumps(
-                            {
-                                "ok_streak": r.ok_streak,
-                                "fail_streak": r.fail_streak,
-                                "recent": list(r.recent),
-                                "rtt": r.rtt,
-                                "ok_before_failures": r.ok_before_failures,
-                            }
-                        ),
-                    )
-                    for r in records
-                ],
+        rows = [
+            (
+                r.server_id,
+                json.dumps(
+                    {
+                        "ok_streak": r.ok_streak,
+                        "fail_streak": r.fail_streak,
+                        "recent": list(r.recent),
+                        "rtt": r.rtt,
+                        "ok_before_failures": r.ok_before_failures,
+                    }
+                ),
             )
+            for r in records
+        ]
+        self.write(
+            lambda db: db.executemany("INSERT OR REPLACE INTO host_records VALUES (?, ?)", rows),
+            key=("host_records", *sorted(sid for sid, _ in rows)),
+        )
 
     # -- inventory cache ----------------------------------------------------------------------
 
     def save_inventory(self, source: str, data: dict[str, Any]) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO inventory_cache VALUES (1, ?, ?, ?)",
-                (source, time.time(), json.dumps(data)),
-            )
+        row = (source, time.time(), json.dumps(data))
+        self.write(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO inventory_cache VALUES (1, ?, ?, ?)", row
+            ),
+            key="inventory",
+        )
 
     def cached_inventory(self) -> tuple[str, float, dict[str, Any]] | None:
         rows = self.query("SELECT source, saved_at, data FROM inventory_cache WHERE id=1")

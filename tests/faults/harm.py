@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SMALL = 64 * 1024  # files up to this size are kept whole: an append-only log may only grow
 
@@ -139,9 +142,29 @@ def state_rows(path: Path) -> dict[str, int]:
         db.close()
 
 
+def state_query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a read from the state file as it is on disk (not a daemon's memory)."""
+    db = _connect(path)
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """A connection that only reads. Not ``mode=ro``: in WAL mode that needs the -shm file
-    writable by us, which it is not through another process's root (``/proc/PID/root``)."""
+    writable by us, which it is not through another process's root (``/proc/PID/root``).
+
+    Through ``/proc/PID/root`` it reads a copy of the file and its -wal (SQLite would rebuild the
+    index from the -wal): SQLite resolves symbolic links in a database path, and that magic link
+    reads as "/", so it would silently open (and create) the file of *this* mount namespace."""
     if not path.exists():
         raise FileNotFoundError(path)
+    if path.parts[:2] == ("/", "proc") and len(path.parts) > 3 and path.parts[3] == "root":
+        copy = Path(tempfile.mkdtemp(prefix="bupwatch-state-copy-")) / path.name
+        for suffix in ("", "-wal"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        path = copy
     return sqlite3.connect(path)

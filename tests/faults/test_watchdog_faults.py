@@ -8,16 +8,17 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from conftest import SCRATCH_P1
 
-from bup_watchdog.journal import Journal
+from bup_watchdog.journal import FINISHED, Journal
 from bup_watchdog.model import Finding, Severity
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.state import State
-from faults.harm import Loss, Snapshot, loss, state_loss, state_rows
+from faults.harm import Loss, Snapshot, loss, state_loss, state_query, state_rows
 from faults.harness import (
     CLI,
     AtStake,
@@ -84,8 +85,9 @@ def test_sigkill_mid_sweep_loses_nothing_and_the_restarted_daemon_sweeps_on(
 def test_while_a_resync_runs_a_second_daemon_and_a_cli_repair_are_refused_and_sigkill_is_reported(
     scratch_fleet: SandboxFleet, reliability: Reliability, tmp_path: Path
 ) -> None:
-    """One slow resync (rsync --bwlimit on a ~1.6 MB pack) carries three faults: a second daemon
-    started on the same state, an operator's CLI repair of the same target, then SIGKILL."""
+    """One slow resync (rsync --bwlimit on a ~1.6 MB pack) carries the faults: a second daemon
+    started on the same state (with and without daemon.lock), an operator's CLI repair of the same
+    target, then SIGKILL; after the restart, an immediate retry through the API."""
     fleet = scratch_fleet
     bup_save_on(fleet, "s1", P, int(time.time()), {"big.txt": os.urandom(1_500_000).hex()})
     old = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
@@ -130,6 +132,11 @@ def test_while_a_resync_runs_a_second_daemon_and_a_cli_repair_are_refused_and_si
         )
         _, twin_err = twin_proc.communicate(timeout=60)
         cli_out, cli_err = cli_proc.communicate(timeout=60)
+        # 1b. the same after daemon.lock was deleted: the lock is on the directory itself
+        (db.parent / "daemon.lock").unlink()
+        unlocked = subprocess.run(
+            [*CLI, "run", "--config", str(twin_config)], capture_output=True, text=True, timeout=60
+        )
         still_running = journal.get(entry.id)
         # 3. SIGKILL, with the rsync half-way
         first.kill()
@@ -144,12 +151,34 @@ def test_while_a_resync_runs_a_second_daemon_and_a_cli_repair_are_refused_and_si
         interrupted = journal.get(entry.id)
         findings = state.open_findings(check="guard")
         later = [e for e in journal.entries(limit=1000) if e.id > entry.id and e.started_at]
+        ref_after_restart = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
+        ls_after_restart = {h: bup_ls(fleet, h, P) for h in ("s1", "s2")}
+        # 4. an immediate retry through the guard (the API): the dead daemon's lease is gone
+        last_id = journal.entries(limit=1)[0].id
+        asked = time.monotonic()
+        r = httpx.post(
+            f"{url}/api/repairs",
+            json={"repair": "resync_replica", "server_id": fleet.server_id("s2"), "project_id": P},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert r.status_code == 202, r.text
+        [retry] = wait_until(
+            lambda: [
+                e for e in journal.entries(limit=1000) if e.id > last_id and e.status in FINISHED
+            ],
+            timeout=120,
+            what="the retry's outcome",
+        )
+        retry_seconds = time.monotonic() - asked
         code = second.stop()
     state.close()
 
     assert twin_proc.returncode == 3, twin_err
     assert "another bup-watchdog daemon" in twin_err and "Traceback" not in twin_err
     assert len(twin_err.strip().splitlines()) == 1, twin_err
+    assert unlocked.returncode == 3, unlocked.stderr
+    assert "another bup-watchdog daemon" in unlocked.stderr, unlocked.stderr
     assert cli_proc.returncode == 2, cli_out + cli_err
     assert "lease" in cli_out
     assert interrupted is not None and interrupted.status == "interrupted"
@@ -157,12 +186,18 @@ def test_while_a_resync_runs_a_second_daemon_and_a_cli_repair_are_refused_and_si
     assert findings[0].severity is Severity.CRITICAL
     assert later == [], "nothing was re-run"
     assert "was interrupted" in second.log()
+    assert "released the lease on" in second.log()
     assert code == 0 and not second.crashed
-    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == old
-    for h in ("s1", "s2"):
-        ls = bup_ls(fleet, h, P)
+    assert ref_after_restart == old
+    for h, ls in ls_after_restart.items():
         assert ls.returncode == 0, f"bup ls master on {h}: {ls.stderr}"
-    lost = stake.loss()
+    assert retry.status == "succeeded", (retry.status, retry.refusal, retry.output)
+    new = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
+    assert new == git_out(fleet, "s1", P, "rev-parse", "refs/heads/master")
+    git_out(fleet, "s2", P, "merge-base", "--is-ancestor", old, new)  # raises unless forward
+    assert bup_ls(fleet, "s2", P).returncode == 0
+    # The retry fast-forwarded the replica's ref (checked above): not a loss.
+    lost = stake.loss(moved=frozenset({f"s2:bups:{P}/refs/heads/master"}))
     assert lost.bytes_lost == 0, lost.lost
     common = dict(area="watchdog", loss=lost)
     reliability.record(
@@ -172,6 +207,13 @@ def test_while_a_resync_runs_a_second_daemon_and_a_cli_repair_are_refused_and_si
         "first daemon and its repair go on",
         observed=f"exit {twin_proc.returncode}: {short(twin_err, 130)}; the first daemon's "
         "repair still running",
+        **common,
+    )
+    reliability.record(
+        what="daemon.lock deleted, then a second daemon started on the same state directory",
+        expected="still refused, exit 3: the lock is an flock on the state directory itself, "
+        "which a deleted file cannot undo",
+        observed=f"exit {unlocked.returncode}: {short(unlocked.stderr, 130)}",
         **common,
     )
     reliability.record(
@@ -189,23 +231,63 @@ def test_while_a_resync_runs_a_second_daemon_and_a_cli_repair_are_refused_and_si
         f"{orphan_seconds:.1f} s later; ref unchanged; bup ls master ok on s1 and s2",
         **common,
     )
+    reliability.record(
+        what="an immediate retry through the API after SIGKILL mid-repair and a restart",
+        expected="the dead daemon's lease is released at start (the journal keeps the "
+        "interrupted row and the finding); the retry goes through the guard and is not "
+        "refused by the lease",
+        observed=f"lease released at start; retry repair #{retry.id} {retry.status} "
+        f"{retry_seconds:.1f} s after it was asked; the replica's ref fast-forwarded to the "
+        "master's; bup ls master ok on s2",
+        **common,
+    )
 
 
-def test_a_full_state_filesystem_keeps_the_daemon_serving_with_a_write_error_metric(
+def _repairs(url: str) -> list[dict[str, Any]]:
+    """The journal as the daemon serves it (from memory while its state cannot be written)."""
+    r = get(f"{url}/api/repairs")
+    return list(r.json()["repairs"]) if r is not None and r.status_code == 200 else []
+
+
+def _entry(url: str, entry_id: int) -> dict[str, Any] | None:
+    return next((e for e in _repairs(url) if e["id"] == entry_id), None)
+
+
+def test_a_full_state_filesystem_during_a_resync_keeps_its_outcome_and_sweeps_and_writes_them_back(
     scratch_fleet: SandboxFleet, reliability: Reliability, tmp_path: Path
 ) -> None:
+    """The state directory is a 16 MB tmpfs, filled while a slow resync runs: the resync's outcome
+    and its lease's release cannot reach the file, sweeps go on and a fault planted meanwhile is
+    served; once the filler is removed everything kept reaches the file."""
     fleet = scratch_fleet
+    bup_save_on(fleet, "s1", P, int(time.time()), {"big.txt": os.urandom(1_500_000).hex()})
+    old = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
     stake = AtStake(fleet)
-    config, url, _ = write_config(fleet, tmp_path)
+    resync = {"resync_replica": {"mode": "auto", "bwlimit_kib": 100}}
+    config, url, token = write_config(
+        fleet, tmp_path, repairs=resync, schedule={"auto_repair": False}
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"repair": "resync_replica", "server_id": fleet.server_id("s2"), "project_id": P}
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     # The daemon in a mount namespace of its own where its state directory is a 16 MB tmpfs.
     mount = 'mount -t tmpfs -o size=16m faults-state "$0" && exec "$@"'
     prefix = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", mount]
+    rsync = lambda a: a[0].endswith(b"rsync") and b"--ignore-existing" in a  # noqa: E731
+    garbage = fleet.hosts["s1"].bups_dir / P / "objects" / "tmp_obj_planted"
     with Daemon(config, url, prefix=[*prefix, str(state_dir)]) as d:
         first = wait_metric(d, lambda f: sweeps(f) >= 1, what="the first sweep")
         inside = Path(f"/proc/{d.pid}/root") / state_dir.relative_to("/")
         db = inside / "state.db"
+        r = httpx.post(f"{url}/api/repairs", json=body, headers=auth, timeout=10)
+        assert r.status_code == 202, r.text
+        [entry] = wait_until(
+            lambda: [e for e in _repairs(url) if e["status"] == "running"],
+            timeout=60,
+            what="the resync to start",
+        )
+        wait_until(lambda: host_pids(fleet, "s2", rsync), timeout=30, what="the rsync on s2")
         rows = state_rows(db)
         filled = 0
         with (inside / "filler").open("wb", buffering=0) as f:
@@ -217,34 +299,101 @@ def test_a_full_state_filesystem_keeps_the_daemon_serving_with_a_write_error_met
         full = wait_metric(
             d, lambda f: sample(f, "bupwatch_state_writable") == 0, what="a failed state write"
         )
+        running_when_full = (_entry(url, entry["id"]) or {}).get("status")
+        ended = wait_until(
+            lambda: (e := _entry(url, entry["id"])) and e["status"] != "running" and e,
+            timeout=120,
+            what="the resync to end",
+        )
+        on_file_after_end = (
+            state_query(db, "SELECT status FROM journal WHERE id=?", (entry["id"],)),
+            state_query(db, "SELECT target FROM leases"),
+        )
+        garbage.write_bytes(b"left by an interrupted save")
+        planted = wait_until(
+            lambda: [
+                f
+                for f in (get(f"{url}/api/findings?check=repo_garbage") or httpx.Response(503))
+                .json()
+                .get("findings", [])
+                if f["project_id"] == P
+            ],
+            timeout=40,
+            what="the planted fault on /api/findings",
+        )
+        while_full = wait_metric(
+            d,
+            lambda f: sweeps(f) >= sweeps(full) + 2,
+            what="two more sweeps on /metrics while the disk is full",
+        )
         healthz = get(f"{url}/healthz")
         alive_while_full = d.proc.poll() is None
         (inside / "filler").unlink()
-        back = wait_metric(
+        freed = time.monotonic()
+        wait_metric(
             d,
-            lambda f: sample(f, "bupwatch_state_writable") == 1 and sweeps(f) > sweeps(full),
-            what="a sweep recorded after space came back",
+            lambda f: sample(f, "bupwatch_state_writable") == 1,
+            what="the kept writes to reach the file",
         )
-        lost = stake.loss() + state_loss(db, rows)
+        written_after = time.monotonic() - freed
+        on_file = state_query(
+            db, "SELECT status, finished_at, output FROM journal WHERE id=?", (entry["id"],)
+        )
+        leases_on_file = state_query(db, "SELECT target, holder FROM leases")
+        sweeps_on_file = state_query(db, "SELECT COUNT(*) FROM sweeps")[0][0]
+        garbage_on_file = state_query(
+            db,
+            "SELECT code FROM findings WHERE check_name='repo_garbage' AND project_id=? "
+            "AND resolved_at IS NULL",
+            (P,),
+        )
+        again = httpx.post(f"{url}/api/repairs", json=body, headers=auth, timeout=10)
+        retry = wait_until(
+            lambda: [e for e in _repairs(url) if e["id"] > entry["id"]],
+            timeout=60,
+            what="the retry's decision",
+        )[0]
+        # The resync fast-forwarded the replica's ref (checked below): not a loss.
+        lost = stake.loss(moved=frozenset({f"s2:bups:{P}/refs/heads/master"}))
+        lost += state_loss(db, rows)
         code = d.stop()
 
+    new = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
+    git_out(fleet, "s2", P, "merge-base", "--is-ancestor", old, new)  # raises unless forward
+    assert new == git_out(fleet, "s1", P, "rev-parse", "refs/heads/master")
+    assert bup_ls(fleet, "s2", P).returncode == 0
     assert sample(first, "bupwatch_state_writable") == 1
+    assert running_when_full == "running", "the resync ended before the disk was full: slow it"
+    assert ended["status"] == "succeeded", ended
+    assert on_file_after_end == ([("running",)], [(f"{fleet.server_id('s2')}/{P}",)]), (
+        "the outcome and the release were kept in memory, not on the full file"
+    )
+    assert sample(while_full, "bupwatch_state_writable") == 0, "the sweeps came from memory"
     assert sample(full, "bupwatch_state_up") == 1, "the state is still readable"
     errors = sample(full, "bupwatch_state_write_errors_total") or 0
     assert errors >= 1
     assert healthz is not None and healthz.status_code == 200 and alive_while_full
+    assert on_file[0][0] == "succeeded" and on_file[0][1] is not None, on_file
+    assert leases_on_file == [], "the lease was released on the file too"
+    assert sweeps_on_file >= sweeps(while_full), "no sweep row lost: the counter never goes back"
+    assert garbage_on_file, "the fault found while the disk was full reached the file"
+    assert again.status_code == 202
+    assert not (retry["refusal"] or "").startswith("lease"), retry
     assert code == 0 and not d.crashed
-    assert "cannot write the state database" in d.log()
+    assert "cannot be written" in d.log() and "can be written again" in d.log()
     assert lost.bytes_lost == 0, lost.lost
     reliability.record(
         area="watchdog",
         what=f"the state directory's filesystem full (a 16 MB tmpfs, filled with "
-        f"{filled // 1024} KiB while the daemon runs)",
-        expected="the daemon keeps running and serving /metrics with a clear error metric; "
-        "sweeps resume once space is back; no state row lost",
-        observed=f"bupwatch_state_writable 0, bupwatch_state_write_errors_total {errors:g}, "
-        f"state_up 1, /healthz 200; after the filler was removed: writable 1, sweep "
-        f"{int(sweeps(back))} recorded; exit 0 on SIGTERM",
+        f"{filled // 1024} KiB) while resync_replica runs (--bwlimit)",
+        expected="the outcome and the lease's release are kept in memory; sweeps go on and "
+        "reach /metrics and /api/findings from memory with bupwatch_state_writable 0; once "
+        "space is back all of it reaches the file in order; the target can be repaired again",
+        observed=f"resync {ended['status']} while full (the file still said running, lease "
+        f"held); {int(sweeps(while_full) - sweeps(full))} sweeps on /metrics while full, the "
+        f"planted {planted[0]['code']} on /api/findings; write errors {errors:g}, /healthz 200; "
+        f"{written_after:.1f} s after the filler went: writable 1, row succeeded, no lease, "
+        f"{sweeps_on_file} sweep rows; a new request: {retry['status']}, not refused by a lease",
         loss=lost,
     )
 
