@@ -281,6 +281,82 @@ def test_a_missing_or_wrong_api_token_gets_401_or_403_and_the_token_is_never_log
     )
 
 
+def test_a_malformed_body_without_a_token_gets_401_before_the_body_is_parsed(
+    served: Served, reliability: Reliability
+) -> None:
+    url, token = served.url, served.token
+    bodies: dict[str, tuple[bytes, str]] = {
+        "not JSON": (b"{not json", "application/json"),
+        "empty": (b"", "application/json"),
+        "truncated JSON": (b'{"repair": "chown_pro', "application/json"),
+        "JSON nested 100,000 deep": (b"[" * 100_000, "application/json"),
+        "invalid UTF-8": (b'{"repair": "\xff\xfe"}', "application/json"),
+        "form data": (b"repair=chown_project", "application/x-www-form-urlencoded"),
+        "JSON of the wrong shape": (b'{"alerts": 5}', "application/json"),
+    }
+    paths = ("/api/repairs", "/alertmanager", "/api/repairs/1/deny")
+    anonymous: dict[str, int] = {}
+    with_token: dict[str, int] = {}
+    for what, (body, kind) in bodies.items():
+        for path in paths:
+            r = httpx.post(f"{url}{path}", content=body, headers={"Content-Type": kind}, timeout=10)
+            check_answer(r, f"{what} to {path} without a token")
+            anonymous[f"{what} {path}"] = r.status_code
+            r = httpx.post(
+                f"{url}{path}",
+                content=body,
+                headers={"Content-Type": kind, "Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            check_answer(r, f"{what} to {path} with the token")
+            with_token[f"{what} {path}"] = r.status_code
+
+    assert set(anonymous.values()) == {401}, anonymous
+    assert set(with_token.values()) <= {400, 422}, with_token
+    lost = served.stake.loss()
+    assert lost.bytes_lost == 0, lost.lost
+    reliability.record(
+        area="hostile",
+        kind="input",
+        count=len(anonymous) + len(with_token),
+        what="malformed bodies (not JSON, empty, truncated, 100,000-deep, invalid UTF-8, form "
+        "data, the wrong shape) to every kind of write endpoint, without and with the token",
+        expected="without the token: 401 before the body is read or parsed (nothing about the "
+        "body's shape is told); with it: 400 naming the problem",
+        observed=f"{len(anonymous)} x 401 without the token; with it: "
+        f"{dict(Counter(with_token.values()))}",
+        loss=lost,
+    )
+
+
+def test_a_report_window_reaching_before_1970_is_a_400_not_a_500(
+    served: Served, reliability: Reliability
+) -> None:
+    url = served.url
+    windows = ["999999999999d", "99999999999999999999w", "21000d", "1e3d", "-1d", "0d"]
+    answers = {w: get(f"{url}/report?since={w}&format=json") for w in windows}
+    fine = get(f"{url}/report?since=3650d&format=json")
+
+    for w, r in answers.items():
+        assert r is not None, w
+        check_answer(r, f"since={w}")
+        assert r.status_code == 400, (w, r.status_code, r.text[:300])
+    assert "1970" in answers["999999999999d"].json()["error"]  # type: ignore[union-attr]
+    assert fine is not None and fine.status_code == 200, fine and fine.text[:300]
+    assert "Traceback" not in served.daemon.log()
+    reliability.record(
+        area="hostile",
+        kind="input",
+        count=len(windows),
+        what="/report?since= a window reaching before 1970 (999999999999d, 20 digits of "
+        "weeks, 21000d) or not a duration (1e3d, -1d, 0d)",
+        expected="400 with a sentence; never a 500 or a traceback; a 10-year window still works",
+        observed=f"{len(windows)} x 400 ('{short(answers['999999999999d'].json()['error'], 90)}'"  # type: ignore[union-attr]
+        "); since=3650d 200",
+        loss=None,
+    )
+
+
 def test_schemathesis_fuzzing_of_every_operation_finds_no_5xx_and_no_4xx_without_a_reason(
     reliability: Reliability, tmp_path: Path
 ) -> None:

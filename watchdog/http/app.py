@@ -21,7 +21,7 @@ from bup_watchdog import __version__
 from bup_watchdog.config import AlertsConfig
 from bup_watchdog.http.alertmanager import WebhookPayload
 from bup_watchdog.http.alertmanager import handle as handle_alerts
-from bup_watchdog.http.auth import TokenAuth
+from bup_watchdog.http.auth import AuthFirstRoute, TokenAuth
 from bup_watchdog.journal import Journal
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
 from bup_watchdog.repairs import registry as repair_registry
@@ -115,6 +115,7 @@ def create_app(
     """
     report_settings = report or ReportSettings()
     app = FastAPI(title="bup-watchdog", version=__version__)
+    app.router.route_class = AuthFirstRoute  # the token is checked before a body is parsed
     auth = TokenAuth(token)
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -210,7 +211,7 @@ def create_app(
                 servers=servers,
                 settings=report_settings,
                 scope=scope,
-                since_seconds=parse_duration(since),
+                since_seconds=since_seconds(since),
             )
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
@@ -279,6 +280,18 @@ def create_app(
         return handle_alerts(payload, rules, repair_registry(), state, _queue())
 
     return app
+
+
+def since_seconds(text: str) -> float:
+    """A report's history window; ValueError (400) for one that is not a duration or reaches
+    back before 1970 (no history is older, and dates before it cannot be printed)."""
+    seconds = parse_duration(text)
+    now = time.time()
+    if seconds > now:
+        raise ValueError(
+            f"since {text!r} reaches back before 1970; at most {int(now // 86400)}d is possible"
+        )
+    return seconds
 
 
 def _enqueue(q: RepairQueue, work: Work) -> dict[str, Any]:

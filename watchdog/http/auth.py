@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
 
 from bup_watchdog.errors import ConfigError
 
@@ -45,3 +48,23 @@ class TokenAuth:
                 detail="missing or wrong bearer token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+
+class AuthFirstRoute(APIRoute):
+    """A route whose ``TokenAuth`` dependencies are checked before its body is read or parsed:
+    without the token, a malformed body gets 401, not a 400 that tells what the body should be
+    (FastAPI parses the body before it runs dependencies). The dependency stays declared, for
+    the OpenAPI schema."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        checks = [d.dependency for d in self.dependencies if isinstance(d.dependency, TokenAuth)]
+        if not checks:
+            return handler
+
+        async def auth_first(request: Request) -> Response:
+            for check in checks:
+                check(request)
+            return await handler(request)
+
+        return auth_first
