@@ -21,7 +21,7 @@ from bup_watchdog.model import Severity
 from bup_watchdog.sandbox import repos as sandbox_repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.state import State
-from support.prometheus import WatchdogDaemon, poll, watchdog_config
+from support.prometheus import WatchdogDaemon, free_port, poll, watchdog_config
 from support.scrape import Samples, by_label, metrics, sample
 
 CLI = [sys.executable, "-m", "bup_watchdog.cli"]
@@ -291,3 +291,39 @@ def test_the_daemon_sweeps_incrementally_and_still_finds_a_pack_lost_between_swe
     assert sample(after, "bupwatch_sweep_repositories", how="walked") == 1
     assert sample(after, "bupwatch_sweep_repositories", how="reused") == 1
     assert (sample(after, "bupwatch_findings", **integrity) or 0) >= 1
+
+
+def test_deleting_daemon_lock_does_not_let_a_second_daemon_start_on_the_same_state(
+    tmp_path: Path,
+) -> None:
+    """The single-instance lock is an flock on the state directory itself; daemon.lock only
+    holds the pid for the message."""
+    (tmp_path / "inventory.toml").write_text("")
+    config = tmp_path / "config.toml"
+    port = free_port()
+    config.write_text(
+        '[inventory]\nfile = "inventory.toml"\n[state]\ndirectory = "state"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    twin = tmp_path / "twin.toml"
+    twin.write_text(config.read_text().replace(str(port), str(free_port())))
+    with WatchdogDaemon(config) as daemon:
+        wait_status(daemon, f"http://127.0.0.1:{port}/healthz", 200)
+        pid_file = tmp_path / "state" / "daemon.lock"
+        pid_written = pid_file.read_text().strip()
+        pid_file.unlink()
+        second = subprocess.run(
+            [*CLI, "run", "--config", str(twin)], capture_output=True, text=True, timeout=60
+        )
+        first_alive = daemon.proc.poll() is None
+        code = daemon.stop()
+    third = subprocess.run(
+        [*CLI, "run", "--once", "--config", str(twin)], capture_output=True, text=True, timeout=60
+    )
+
+    assert pid_written == str(daemon.proc.pid)
+    assert second.returncode == 3, second.stderr
+    assert "another bup-watchdog daemon" in second.stderr and "Traceback" not in second.stderr
+    assert first_alive and code == 0
+    assert "another bup-watchdog daemon" not in third.stderr, "the lock goes with its daemon"
+    assert "sweep done" in third.stderr, third.stderr
