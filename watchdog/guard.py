@@ -565,7 +565,16 @@ class Guard:
             return Decision(entry, status, verification, plan)
         finally:
             ctx.close()
-            self.leases.release(req.target, self.holder)
+            try:  # kept in memory when the state's disk is full; this is for any other failure
+                self.leases.release(req.target, self.holder)
+            except WatchdogError as exc:
+                log.error(
+                    "cannot release the lease on %s now (%s); it expires within %g s, or at the "
+                    "watchdog's next start",
+                    _clean(req.target),
+                    exc,
+                    self.config.guard.lease_seconds,
+                )
             if executed and self.on_executed is not None:
                 try:
                     self.on_executed(req)
