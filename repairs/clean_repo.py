@@ -1,24 +1,38 @@
-"""clean_repo: remove a bup repository's leftovers (``objects/*tmp*``) and caches (``*.midx``,
-``bupindex*``), optionally ``git repack``; the repository must pass the deep check afterwards.
+"""clean_repo: clear a bup repository's ``repo_garbage`` findings, each by its own action.
 
-The probe reports counts, not names, so the plan names patterns instead of paths: ``find`` with
-``-mindepth 1 -maxdepth 1`` per directory, ``-type f`` (never a directory or a symlink; ``find``
-does not follow symlinks) and fixed ``-name`` patterns, printing each file it deletes. Packs,
-their ``.idx`` files and refs never match. ``bupindex`` and ``*.midx`` are caches bup rebuilds;
-``tmp`` files are what an interrupted save leaves — or what a running one is writing, so the
-repair refuses while any process works on the repository, and checks that again as its first step.
+- ``tmp_objects``: delete ``objects/*tmp*`` and ``objects/pack/*tmp*`` files (an interrupted
+  save's leftovers);
+- ``midx``: delete the ``*.midx`` files (bup caches; bup rebuilds them);
+- ``bupindex``: delete ``bupindex``, ``bupindex.meta``, ``bupindex.hlink`` — only for this code:
+  they are the normal state of the next save, which without them re-indexes the whole live tree;
+- ``too_many_packs``: ``git repack -a -d`` into one pack, delete the ``*.midx`` files that named
+  the old packs, then ``bup ls master``: bup must read the repacked repository.
+
+The codes to clear are the request's ``params["codes"]`` when given, else the repository's open
+``repo_garbage`` findings of those codes, taken fresh when the repair runs; ``verify`` re-runs the
+check for exactly those codes (other findings of the repository are not this run's business), then
+the deep check. The probe reports counts, not names, so the plan names patterns instead of paths:
+``find`` with ``-mindepth 1 -maxdepth 1`` per directory, ``-type f`` (never a directory or a
+symlink; ``find`` does not follow symlinks) and fixed ``-name`` patterns, printing each file it
+deletes. Packs, their ``.idx`` files and refs never match. ``tmp`` files are what an interrupted
+save leaves — or what a running one is writing, so the repair refuses while any process works on
+the repository, and checks that again as its first step.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
+from collections.abc import Iterable
 
 from pydantic import Field
 
+from bup_watchdog.model import HostFacts
 from bup_watchdog.repairs.base import (
     Mode,
     Repair,
     RepairContext,
+    RepairError,
     RepairRequest,
     RepairSettings,
     Step,
@@ -85,15 +99,23 @@ sys.exit(3 if busy else 0)
 """
 BUSY = 3
 
+#: The repo_garbage codes clean_repo clears, in the order its plan acts on them.
+CODES = ("tmp_objects", "midx", "bupindex", "too_many_packs")
+
+#: The codes each run was asked to clear (the guard uses one context for preconditions, plan,
+#: execute and verify): verify checks exactly these.
+_asked: weakref.WeakKeyDictionary[object, dict[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
+
 
 class CleanRepoSettings(RepairSettings):
-    """clean_repo: delete bupindex*, *.midx and objects/*tmp* files; optionally git repack."""
+    """clean_repo: clear repo_garbage findings (tmp leftovers, midx, bupindex, too many packs)."""
 
     mode: Mode = mode_field("approve")
     repack: bool = Field(
-        False,
-        description="Also run 'git repack -a -d' (one pack instead of many; rewrites every "
-        "pack, so it needs free space the size of the repository, and takes long on big ones).",
+        True,
+        description="Answer too_many_packs with 'git repack -a -d' (one pack instead of many; "
+        "rewrites every pack, so it needs free space the size of the repository, and takes long "
+        "on big ones), then 'bup ls master'. false: too_many_packs is refused (repack by hand).",
     )
     python: str = Field(
         "python3",
@@ -107,11 +129,22 @@ class CleanRepoSettings(RepairSettings):
     )
 
 
+def _find(where: str, names: Iterable[str]) -> tuple[str, ...]:
+    """``find`` deleting the regular files directly in ``where`` whose names match."""
+    patterns: list[str] = []
+    for n in names:
+        patterns += [*(["-o"] if patterns else []), "-name", n]
+    return (
+        "find", where, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
+        "(", *patterns, ")", "-print", "-delete",
+    )  # fmt: skip
+
+
 class CleanRepo(Repair[CleanRepoSettings]):
     name = "clean_repo"
     Settings = CleanRepoSettings
     check = "repo_garbage"
-    codes = ("tmp_objects", "midx", "bupindex")
+    codes = CODES
 
     def _repo(self, req: RepairRequest, ctx: RepairContext) -> str:
         assert req.project_id is not None
@@ -126,6 +159,31 @@ class CleanRepo(Repair[CleanRepoSettings]):
             stdin=BUSY_SCAN.encode(),
             timeout=60.0,
         )
+
+    def asked_codes(self, req: RepairRequest, ctx: RepairContext) -> tuple[str, ...]:
+        """The codes this run clears: ``params["codes"]``, else the open findings' codes now."""
+        runs = _asked.setdefault(ctx, {})
+        if req.target in runs:
+            return runs[req.target]
+        given = req.params.get("codes")
+        if given is not None:
+            if not isinstance(given, list | tuple) or not all(isinstance(c, str) for c in given):
+                raise RepairError("params codes must be a list of repo_garbage finding codes")
+            unknown = sorted(set(given) - set(CODES))
+            if unknown:
+                raise RepairError(
+                    f"clean_repo does not clear {', '.join(unknown)} (it clears: "
+                    f"{', '.join(CODES)})"
+                )
+            wanted = set(given)
+        else:
+            wanted = {
+                f.code
+                for f in ctx.evaluate(self.check, (req.server_id,), focus=req.project_id)
+                if f.server_id == req.server_id and f.project_id == req.project_id
+            }
+        runs[req.target] = tuple(c for c in CODES if c in wanted)
+        return runs[req.target]
 
     def preconditions(
         self, req: RepairRequest, ctx: RepairContext, settings: CleanRepoSettings
@@ -146,9 +204,18 @@ class CleanRepo(Repair[CleanRepoSettings]):
                 f"symlink_outside: symlinks lead out of {path} "
                 f"({', '.join(repo.symlinks_outside[:3])}); a human must look first"
             ]
-        if not (repo.tmp_count or repo.midx_count or repo.bupindex_bytes is not None):
-            return [f"nothing_to_do: {path} has no tmp, midx or bupindex files"]
+        try:
+            codes = self.asked_codes(req, ctx)
+        except RepairError as exc:
+            return [f"invalid_codes: {exc}"]
+        if not codes:
+            return [
+                f"nothing_to_do: {path} has no open repo_garbage finding clean_repo clears "
+                f"({', '.join(CODES)})"
+            ]
         blockers: list[str] = []
+        if "too_many_packs" in codes:
+            blockers += self._repack_blockers(req, ctx, settings, facts, repo.repo_bytes, path)
         # The repository must be sound before we touch it: cheap tier by the check itself,
         # deep tier (git fsck --connectivity-only + bup ls master) from the probe just taken.
         for f in ctx.evaluate("repo_integrity", (req.server_id,)):
@@ -177,37 +244,93 @@ class CleanRepo(Repair[CleanRepoSettings]):
             )
         return blockers
 
+    def _repack_blockers(
+        self,
+        req: RepairRequest,
+        ctx: RepairContext,
+        settings: CleanRepoSettings,
+        facts: HostFacts,
+        repo_bytes: int,
+        path: str,
+    ) -> list[str]:
+        if not settings.repack:
+            return [
+                "repack_off: too_many_packs is cleared only by a repack, and "
+                "[repairs.clean_repo] repack is false; repack by hand or switch it on"
+            ]
+        root = ctx.server(req.server_id).bups_root
+        mounts = facts.mounts.get(root)
+        free = mounts.bytes_free if mounts else None
+        if free is None:
+            return [f"space: free space on {root} is unknown; a repack rewrites every pack"]
+        if free <= repo_bytes:
+            return [
+                f"space: {root} has {free} bytes free; a repack of {path} needs more than its "
+                f"{repo_bytes} bytes"
+            ]
+        return []
+
     def plan(
         self, req: RepairRequest, ctx: RepairContext, settings: CleanRepoSettings
     ) -> list[Step]:
         repo = self._repo(req, ctx)
-
-        def find(where: str, *names: str) -> tuple[str, ...]:
-            patterns: list[str] = []
-            for n in names:
-                patterns += [*(["-o"] if patterns else []), "-name", n]
-            return (
-                "find", where, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
-                "(", *patterns, ")", "-print", "-delete",
-            )  # fmt: skip
-
+        codes = self.asked_codes(req, ctx)
+        if not codes:
+            raise RepairError(
+                f"nothing to do: {repo} has no open repo_garbage finding clean_repo clears "
+                f"({', '.join(CODES)})"
+            )
         t = settings.timeout
-        steps = [
-            self._busy_step(req, repo, settings),
-            Step(req.server_id, find(repo, "bupindex*", "*.midx"), "delete bupindex* and *.midx "
-                 f"files at the top of {repo}", timeout=t),
-            Step(req.server_id, find(f"{repo}/objects", "*tmp*"),
-                 f"delete leftover *tmp* files in {repo}/objects", timeout=t),
-            Step(req.server_id, find(f"{repo}/objects/pack", "*.midx", "*tmp*"),
-                 f"delete *.midx and leftover *tmp* files in {repo}/objects/pack", timeout=t),
-        ]  # fmt: skip
-        if settings.repack:
+        steps = [self._busy_step(req, repo, settings)]
+        repack = "too_many_packs" in codes and settings.repack
+        if repack:
             steps.append(
                 Step(
                     req.server_id,
                     ("git", f"--git-dir={repo}", "repack", "-a", "-d", "-q"),
-                    f"repack {repo} into one pack (git repack -a -d)",
+                    f"too_many_packs: repack {repo} into one pack (git repack -a -d)",
                     timeout=settings.repack_timeout,
+                )
+            )
+        top = [(c, n) for c, n in (("bupindex", "bupindex*"), ("midx", "*.midx")) if c in codes]
+        if top:
+            steps.append(
+                Step(req.server_id, _find(repo, [n for _, n in top]),
+                     f"{'/'.join(c for c, _ in top)}: delete "
+                     f"{' and '.join(n for _, n in top)} files at the top of {repo}", timeout=t)
+            )  # fmt: skip
+        if "tmp_objects" in codes:
+            steps.append(
+                Step(req.server_id, _find(f"{repo}/objects", ["*tmp*"]),
+                     f"tmp_objects: delete leftover *tmp* files in {repo}/objects", timeout=t)
+            )  # fmt: skip
+        pack = [
+            n
+            for n, why in (("*.midx", "midx" in codes or repack), ("*tmp*", "tmp_objects" in codes))
+            if why
+        ]
+        if pack:
+            why = "; ".join(
+                w
+                for w, on in (
+                    ("midx: bup caches", "midx" in codes),
+                    ("too_many_packs: the midx files name the packs the repack removed", repack),
+                    ("tmp_objects: an interrupted write's leftovers", "tmp_objects" in codes),
+                )
+                if on
+            )
+            steps.append(
+                Step(req.server_id, _find(f"{repo}/objects/pack", pack),
+                     f"delete {' and '.join(pack)} files in {repo}/objects/pack ({why})",
+                     timeout=t)
+            )  # fmt: skip
+        if repack:
+            steps.append(
+                Step(
+                    req.server_id,
+                    ("bup", "-d", repo, "ls", "master"),
+                    f"too_many_packs: bup must read {repo} after the repack (bup ls master)",
+                    timeout=t,
                 )
             )
         return steps
@@ -215,11 +338,18 @@ class CleanRepo(Repair[CleanRepoSettings]):
     def verify(
         self, req: RepairRequest, ctx: RepairContext, settings: CleanRepoSettings
     ) -> tuple[bool, str]:
-        """repo_garbage passes for the cleaned codes, and the repository passes a deep check."""
-        ok, message = super().verify(req, ctx, settings)
-        if not ok:
-            return ok, message
+        """repo_garbage passes for exactly the codes asked, and the repository passes a deep
+        check."""
         assert req.project_id is not None
+        codes = self.asked_codes(req, ctx)
+        left = [
+            f
+            for f in ctx.evaluate(self.check, (req.server_id,), focus=req.project_id)
+            if f.server_id == req.server_id and f.project_id == req.project_id and f.code in codes
+        ]
+        if left:
+            return False, "; ".join(f"{f.check}/{f.code}: {f.message}" for f in left)
+        message = f"{self.check} passes on {req.target} for {', '.join(codes)}"
         facts = ctx.facts(req.server_id, deep_ids=(req.project_id,))
         deep = facts.deep.get(req.project_id)
         if deep is None:

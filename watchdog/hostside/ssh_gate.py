@@ -307,16 +307,17 @@ def _find(gate: Gate, args: Sequence[str]) -> Allowed:
             repo, names = where[: -len(sub)], sub_names
             break
     _repo(gate, repo)
-    patterns: list[str] = []
-    for n in names:
-        patterns += [*(["-o"] if patterns else []), "-name", n]
-    _match(
-        args,
-        ["find", where, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
-         "(", *patterns, ")", "-print", "-delete"],
-        "find (clean_repo)",
-    )  # fmt: skip
-    return Allowed("clean_repo", tuple(args), root=True)
+    # clean_repo deletes only what its findings name: any of the names, in this order.
+    subsets = [[n for i, n in enumerate(names) if m >> i & 1] for m in range(1, 1 << len(names))]
+    for subset in subsets:
+        patterns: list[str] = []
+        for n in subset:
+            patterns += [*(["-o"] if patterns else []), "-name", n]
+        shape = ["find", where, "-mindepth", "1", "-maxdepth", "1", "-type", "f",
+                 "(", *patterns, ")", "-print", "-delete"]  # fmt: skip
+        if list(args) == shape:
+            return Allowed("clean_repo", tuple(args), root=True)
+    raise Refused("find (clean_repo): arguments differ from the only shapes allowed")
 
 
 def _git(gate: Gate, args: Sequence[str], env: Sequence[str] = ()) -> Allowed:
