@@ -1,9 +1,10 @@
-"""Audit reports: the state and the repair journal rendered as HTML, Markdown or JSON.
+"""Audit reports: the state and the repair journal gathered into one JSON-ready report.
 
-``build_report`` reads the state once into plain, JSON-ready data; the HTML and Markdown templates
-(Jinja2, ``templates/`` beside this module) and the JSON output all render that same data, so the
-three formats say the same thing. The HTML is one self-contained file: inline CSS and inline SVG
-charts, no script, no external asset, every value autoescaped.
+``build_report`` (here) reads the state once into plain data; ``report_render.render`` turns that
+same data into HTML, Markdown or JSON (Jinja2 templates in ``templates/``, chart geometry in
+``report_charts``, display strings in ``report_format``), so the three formats say the same thing.
+The HTML is one self-contained file: inline CSS and inline SVG charts, no script, no external
+asset, every value autoescaped.
 
 Bounded for a fleet of 100,000 projects: the worst ``max_projects`` failing projects are listed
 with every finding, the rest are counted per check; the journal lists the newest ``max_repairs``
@@ -16,7 +17,6 @@ state of the fleet now (open findings, hosts, coverage) is always shown whole.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 import time
@@ -28,8 +28,6 @@ from functools import cache
 from itertools import pairwise
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
 from bup_watchdog import __version__
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.config import Config
@@ -40,10 +38,14 @@ from bup_watchdog.journal import INTERRUPTED, PENDING, RUNNING
 from bup_watchdog.model import Finding, Server, Severity
 from bup_watchdog.repairs import registry as repair_registry
 from bup_watchdog.repairs.base import Repair, RepairSettings
+from bup_watchdog.report_format import LAG_LABELS, _human_age
+from bup_watchdog.report_render import render
 from bup_watchdog.report_save_freshness import stale_saves
 from bup_watchdog.state import State, StoredFinding, _stored
 from bup_watchdog.suspicion import suspicion
 from bup_watchdog.sweep import LAG_BUCKETS
+
+__all__ = ["ReportSettings", "Scope", "build_report", "parse_duration", "render"]
 
 MB = 1_000_000
 # Checks that are not in checks/ but raise findings: the guard (interrupted repairs, gave up).
@@ -66,18 +68,6 @@ MANUAL = {
     "reachability": "Look at the host: network, sshd, host key, power.",
     "guard": "A repair was interrupted or gave up: check the target by hand, then repair again.",
 }
-LAG_LABELS = (
-    "≤ 1 min",
-    "1–5 min",
-    "5–15 min",
-    "15 min–1 h",
-    "1–4 h",
-    "4–12 h",
-    "12 h–1 d",
-    "1–3 d",
-    "3–7 d",
-    "> 7 d",
-)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$")
 _UNIT = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
 
@@ -1163,312 +1153,3 @@ def build_report(
     for h in report["hosts"]:  # the raw histograms are for the chart only
         h.pop("_lag", None)
     return report
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def _human_age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:.0f} {unit}"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "–"
-    return _human_age(float(seconds))
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
-
-
-def _ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-
-
-def _md(value: Any) -> str:
-    """Text safe inside a Markdown table cell: no HTML, no pipes, no line breaks."""
-    text = "" if value is None else str(value)
-    for a, b in (
-        ("\\", "\\\\"),
-        ("&", "&amp;"),
-        ("<", "&lt;"),
-        (">", "&gt;"),
-        ("|", "\\|"),
-        ("`", "\\`"),
-        ("*", "\\*"),
-        ("[", "\\["),
-        ("]", "\\]"),
-    ):
-        text = text.replace(a, b)
-    return " ".join(text.split())
-
-
-def _nice_max(value: float) -> float:
-    """A round axis maximum at or above ``value``."""
-    if value <= 0:
-        return 1.0
-    exp = float(10 ** math.floor(math.log10(value)))
-    for m in (1.0, 2.0, 2.5, 5.0):
-        if value <= m * exp:
-            return m * exp
-    return 10.0 * exp
-
-
-def compact(n: float) -> str:
-    """A count in at most four characters: 950, 2.6k, 27k, 1.2M."""
-    n = float(n)
-    if abs(n) < 999.5:
-        return f"{n:.0f}"
-    if abs(n) < 9950:
-        return f"{n / 1e3:.1f}k"
-    if abs(n) < 999_500:
-        return f"{n / 1e3:.0f}k"
-    if abs(n) < 9_950_000:
-        return f"{n / 1e6:.1f}M"
-    return f"{n / 1e6:.0f}M"
-
-
-DC_COLORS = ("#2563eb", "#0d9488", "#9333ea", "#db2777", "#ea580c", "#65a30d")
-
-
-def lag_chart(lag: dict[str, Any]) -> dict[str, Any] | None:
-    """Geometry of the replication lag chart: grouped bars per dc on a log scale."""
-    if not lag or not lag["dcs"]:
-        return None
-    width, height = 880, 300
-    left, right, top, bottom = 64, 16, 34, 58
-    plot_w, plot_h = width - left - right, height - top - bottom
-    dcs = lag["dcs"][: len(DC_COLORS)]
-    n_buckets = len(lag["labels"])
-    peak = max(max(d["counts"]) for d in dcs)
-    smallest = min(c for d in dcs for c in d["counts"] if c)
-    # A log scale only when a few stragglers would vanish beside the bulk of in-sync replicas.
-    log_scale = peak / smallest >= 20
-    decades = max(1, math.ceil(math.log10(peak + 1)))
-    top_value = _nice_max(peak * 1.1)
-
-    def y(count: float) -> float:
-        if log_scale:
-            return top + plot_h - plot_h * math.log10(count + 1) / decades
-        return top + plot_h - plot_h * count / top_value
-
-    slot = plot_w / n_buckets
-    bar_w = min(28.0, (slot - 10) / len(dcs))
-    warn_from = next(
-        (i for i, b in enumerate([0.0, *lag["buckets"]]) if b >= lag["warn_seconds"]), n_buckets
-    )
-    crit_from = next(
-        (i for i, b in enumerate([0.0, *lag["buckets"]]) if b >= lag["critical_seconds"]),
-        n_buckets,
-    )
-    bars, labels = [], []
-    for i, label in enumerate(lag["labels"]):
-        x0 = left + i * slot + (slot - bar_w * len(dcs)) / 2
-        labels.append({"x": left + i * slot + slot / 2, "text": label})
-        for j, d in enumerate(dcs):
-            c = d["counts"][i]
-            if not c:
-                continue
-            bars.append(
-                {
-                    "x": round(x0 + j * bar_w, 1),
-                    "y": round(y(c), 1),
-                    "w": round(bar_w - 2, 1),
-                    "h": round(top + plot_h - y(c), 1),
-                    "color": DC_COLORS[j],
-                    "count": compact(c),
-                    "title": f"dc {d['dc']}: {c:,} replicas {label}",
-                }
-            )
-    if log_scale:
-        ticks = [{"y": round(y(10**k - 1), 1), "text": compact(10**k)} for k in range(decades + 1)]
-        ticks[0]["text"] = "0"
-    else:
-        step = top_value / 5 if top_value >= 5 else 1.0
-        ticks = [
-            {"y": round(y(v), 1), "text": compact(v)}
-            for v in (step * k for k in range(int(top_value / step) + 1))
-        ]
-    zones: list[dict[str, Any]] = [
-        {
-            "x": round(left + warn_from * slot, 1),
-            "w": round((crit_from - warn_from) * slot, 1),
-            "cls": "zone-warn",
-            "text": f"warning ≥ {human_duration(lag['warn_seconds'])}",
-        },
-        {
-            "x": round(left + crit_from * slot, 1),
-            "w": round((n_buckets - crit_from) * slot, 1),
-            "cls": "zone-crit",
-            "text": f"critical ≥ {human_duration(lag['critical_seconds'])}",
-        },
-    ]
-    return {
-        "width": width,
-        "height": height,
-        "left": left,
-        "top": top,
-        "plot_w": plot_w,
-        "plot_h": plot_h,
-        "bars": bars,
-        "labels": labels,
-        "ticks": ticks,
-        "zones": [z for z in zones if z["w"] > 0],
-        "legend": [{"dc": d["dc"], "color": DC_COLORS[j]} for j, d in enumerate(dcs)],
-        "scale": "log" if log_scale else "linear",
-    }
-
-
-def hbar_chart(
-    rows: Sequence[tuple[str, float, str]],
-    *,
-    limits: Sequence[tuple[float, str, str]] = (),
-    fmt: str = "bytes",
-) -> dict[str, Any] | None:
-    """Geometry of a horizontal bar chart: (label, value, css class) rows, optional limit lines."""
-    if not rows:
-        return None
-    width, label_w, right = 880, 150, 80
-    row_h, top = 22, 24
-    plot_w = width - label_w - right
-    peak = _nice_max(max([v for _, v, _ in rows] + [v for v, _, _ in limits] + [1]))
-    out_rows = []
-    for i, (label, value, cls) in enumerate(rows):
-        out_rows.append(
-            {
-                "y": top + i * row_h,
-                "label": label,
-                "w": round(plot_w * value / peak, 1),
-                "cls": cls,
-                "text": human_bytes(value) if fmt == "bytes" else f"{value:,.0f}",
-            }
-        )
-    height = top + len(rows) * row_h + 10
-    return {
-        "width": width,
-        "height": height,
-        "label_w": label_w,
-        "plot_w": plot_w,
-        "top": top,
-        "row_h": row_h,
-        "rows": out_rows,
-        "limits": [
-            {"x": round(label_w + plot_w * v / peak, 1), "cls": cls, "text": text}
-            for v, cls, text in limits
-        ],
-    }
-
-
-def outcome_bar(counts: Mapping[str, int]) -> list[dict[str, Any]]:
-    """Segments of a 100% bar of journal outcomes."""
-    total = sum(counts.values())
-    if not total:
-        return []
-    x = 0.0
-    out = []
-    for status, n in counts.items():
-        w = 100.0 * n / total
-        out.append({"status": status, "n": n, "x": round(x, 2), "w": round(w, 2)})
-        x += w
-    return out
-
-
-@cache
-def _environment() -> Environment:
-    """Templates beside this module; HTML autoescaped, Markdown escaped by its ``md`` filter."""
-    env = Environment(
-        loader=PackageLoader("bup_watchdog", "templates"),
-        autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=True),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(
-        bytes=human_bytes,
-        duration=human_duration,
-        md=_md,
-        pct=lambda v, digits=0: "–" if v is None else f"{100 * v:.{digits}f}%",
-        num=lambda v: f"{v:,}",
-        short_id=lambda v: (v or "")[:8],
-        when=lambda v: (v or "–").replace("T", " ").replace("Z", " UTC"),
-    )
-    return env
-
-
-def render(report: dict[str, Any], fmt: str = "html") -> str:
-    """The report as HTML (one self-contained page), Markdown or JSON."""
-    if fmt == "json":
-        return json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    if fmt not in ("html", "md"):
-        raise ValueError(f"unknown report format {fmt!r} (html, md or json)")
-    now = _ts(report["report"]["generated_at"]) or time.time()
-
-    def ago(value: str | None) -> str:
-        ts = _ts(value)
-        return "never" if ts is None else f"{_human_age(now - ts)} ago"
-
-    template = _environment().get_template(f"report.{fmt}.j2")
-    context: dict[str, Any] = {"r": report, "ago": ago}
-    if fmt == "html":
-        by_dc: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for h in sorted(report["hosts"], key=lambda h: (str(h["dc"]), h["name"])):
-            by_dc["?" if h["dc"] is None else str(h["dc"])].append(h)
-        context["tiles"] = sorted(by_dc.items())
-        context["lag_chart"] = lag_chart(report["lag"]) if report["lag"] else None
-        save = report["save_logs"]
-        context["save_chart"] = (
-            hbar_chart(
-                [
-                    (
-                        h["host"],
-                        h["bytes"],
-                        "crit"
-                        if h["bytes"] >= save["critical_bytes"]
-                        else "warn"
-                        if h["bytes"] >= save["warn_bytes"]
-                        else "ok",
-                    )
-                    for h in save["hosts"]
-                ],
-                limits=[
-                    (save["warn_bytes"], "warn", f"warn {human_bytes(save['warn_bytes'])}"),
-                    (
-                        save["critical_bytes"],
-                        "crit",
-                        f"critical {human_bytes(save['critical_bytes'])}",
-                    ),
-                ],
-            )
-            if save
-            else None
-        )
-        by_check = report["projects"]["by_check"]
-        context["check_chart"] = hbar_chart(
-            [
-                (c, v["projects"], "crit" if v["worst"] == "critical" else "warn")
-                for c, v in by_check.items()
-            ],
-            fmt="count",
-        )
-        context["outcomes"] = outcome_bar(report["repairs"]["counts"])
-    return template.render(**context)
