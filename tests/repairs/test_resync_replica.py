@@ -26,6 +26,7 @@ from support.fleet import (
     fleet_digest,
     git_out,
     make_guard,
+    pid_in_host,
     tree_digest,
 )
 
@@ -302,6 +303,7 @@ def test_a_running_bup_on_the_master_repository_is_refused(stale: SandboxFleet) 
     try:
         time.sleep(0.3)
         assert busy.poll() is None
+        seen_by_host = pid_in_host(fleet, "s1", busy)
         guard = make_guard(fleet, AUTO)
         decision = guard.submit(request(fleet))
     finally:
@@ -309,7 +311,7 @@ def test_a_running_bup_on_the_master_repository_is_refused(stale: SandboxFleet) 
         busy.wait()
 
     assert_refused(guard, decision.status, "busy")
-    assert f"pid {busy.pid}" in decision.message
+    assert f"pid {seen_by_host}: 'bup split" in decision.message, decision.message
 
 
 def test_a_missing_replica_repository_is_made_from_the_master(scratch_fleet: SandboxFleet) -> None:

@@ -87,6 +87,20 @@ def start_in_host(fleet: SandboxFleet, name: str, argv: list[str]) -> subprocess
     )
 
 
+def pid_in_host(fleet: SandboxFleet, name: str, started: subprocess.Popen[bytes]) -> int:
+    """The pid host ``name``'s own ``/proc`` gives the command ``start_in_host`` (or an
+    ``enter_argv`` Popen) started: the last NSpid field of the nsenter's child."""
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/status", encoding="ascii", errors="replace") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if d.isdigit() and int(fields.get("PPid", "0")) == started.pid:
+            return int(fields["NSpid"].split()[-1]) if fleet.hosts[name].namespaced else int(d)
+    raise AssertionError(f"the command started in host {name} (pid {started.pid}) has no child")
+
+
 def file_digests(root: Path) -> dict[str, str]:
     """The SHA-256 of every regular file under root, by relative path (no symlink follow)."""
     out = {}
