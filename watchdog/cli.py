@@ -307,7 +307,7 @@ def repair_cmd(
 
 @main.group("repairs")
 def repairs_group() -> None:
-    """List the repair journal; approve or deny pending repairs."""
+    """List the repair journal; approve or deny pending repairs; acknowledge interrupted ones."""
 
 
 def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
@@ -337,9 +337,12 @@ def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
             when,
             e.repair,
             e.target,
-            e.status,
+            e.status + (" (acked)" if e.acked_at is not None else ""),
             e.decided_by or e.requested_by,
-            e.refusal or e.verification or (e.output or "")[-200:],
+            (f"acked by {e.acked_by}: {e.ack_reason}" if e.acked_at is not None else "")
+            or e.refusal
+            or e.verification
+            or (e.output or "")[-200:],
         )
     console.print(table)
 
@@ -389,6 +392,35 @@ def repairs_deny(config_path: Path, entry_id: int, why: str) -> None:
     except WatchdogError as exc:
         _fail(str(exc))
     click.echo(f"repair #{decision.entry_id}: {decision.status}")
+
+
+@repairs_group.command("ack")
+@config_option
+@click.argument("entry_id", type=int)
+@click.option("--why", required=True, help="What was checked on the target, for the journal.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def repairs_ack(config_path: Path, entry_id: int, why: str, fmt: str) -> None:
+    """Acknowledge an interrupted repair once its target was checked by hand.
+
+    Its status stays interrupted (the journal keeps what happened); it no longer counts in
+    bupwatch_repairs_open, so BupWatchInterruptedRepair resolves. A later successful run of the
+    same repair on the same target acknowledges it by itself.
+    """
+    from bup_watchdog.journal import Journal
+    from bup_watchdog.runner import open_state
+
+    config = load(config_path)
+    try:
+        entry = Journal(open_state(config)).ack(entry_id, _who(), why)
+    except WatchdogError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        click.echo(json.dumps(entry.as_dict()))
+        return
+    click.echo(
+        f"repair #{entry.id} {entry.repair} on {entry.target}: interrupted, acknowledged by "
+        f"{entry.acked_by}: {entry.ack_reason}"
+    )
 
 
 _AUDIT_EXT = {"html": "html", "md": "md", "json": "json"}

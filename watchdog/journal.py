@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bup_watchdog.errors import WatchdogError
 from bup_watchdog.model import Inventory
-from bup_watchdog.state import State
+from bup_watchdog.state import ACK_BY_LATER_SUCCESS, State
 
 # Statuses a journal row goes through.
 REFUSED = "refused"
@@ -66,6 +67,11 @@ class Entry:
     output: str | None
     verification: str | None
     params: dict[str, Any]
+    #: An interrupted repair someone took care of: when, who (``watchdog`` when a later run of
+    #: the same repair on the same target succeeded), and why. The status stays ``interrupted``.
+    acked_at: float | None = None
+    acked_by: str | None = None
+    ack_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -73,7 +79,8 @@ class Entry:
 
 _COLUMNS = (
     "id, repair, target, server_id, project_id, requested_by, reason, fingerprint, mode, status, "
-    "refusal, plan, created_at, decided_by, started_at, finished_at, output, verification, params"
+    "refusal, plan, created_at, decided_by, started_at, finished_at, output, verification, params, "
+    "acked_at, acked_by, ack_reason"
 )
 
 
@@ -155,7 +162,14 @@ class Journal:
             fields["finished_at"] = time.time()
         sql = f"UPDATE journal SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?"  # noqa: S608
         params = (*fields.values(), entry_id)
-        self.state.write(lambda db: db.execute(sql, params))
+        succeeded = fields.get("status") == SUCCEEDED
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(sql, params)
+            if succeeded:  # interrupted runs of the same repair on this target are resolved
+                _ack_by_later_success(db)
+
+        self.state.write(apply)
 
     def get(self, entry_id: int) -> Entry | None:
         rows = self.state.query(f"SELECT {_COLUMNS} FROM journal WHERE id=?", (entry_id,))  # noqa: S608
@@ -172,7 +186,9 @@ class Journal:
         return [_entry(r) for r in self.state.query(sql, params)]
 
     def mark_interrupted(self) -> list[Entry]:
-        """On start-up: rows still running were interrupted. Mark and return them."""
+        """On start-up: rows still running were interrupted. Mark them and return those that
+        need someone: not those a later run of the same repair on the target already resolved
+        (one run by hand while the watchdog was down); their rows say so."""
         running = self.entries(status=RUNNING, limit=10_000)
         for e in running:
             self.update(
@@ -182,7 +198,46 @@ class Journal:
                 + "\nthe watchdog stopped while this repair ran; its outcome is unknown. "
                 "Not re-run: check the target and repair again if needed.",
             )
-        return running
+        if running:
+            self.state.write(_ack_by_later_success)
+        marked = [self.get(e.id) for e in running]
+        return [e for e in marked if e is not None and e.acked_at is None]
+
+    def ack(self, entry_id: int, by: str, why: str) -> Entry:
+        """Acknowledge an interrupted repair: someone checked its target. Its status stays
+        ``interrupted`` (counts by outcome never fall); it no longer counts as open, and the
+        guard's finding on its target resolves once no other interrupted run there is open.
+        Written to the file before it returns (an acknowledgement must not be lost)."""
+        why = why.strip()
+        if not why:
+            raise WatchdogError(
+                f"say why repair #{entry_id} is acknowledged (what was checked on its target)"
+            )
+        with self.state.transaction() as db:
+            row = db.execute(
+                "SELECT status, acked_by, acked_at FROM journal WHERE id=?", (entry_id,)
+            ).fetchone()
+            if row is None:
+                raise WatchdogError(f"no repair #{entry_id} in the journal")
+            status, acked_by, acked_at = row
+            if status != INTERRUPTED:
+                raise WatchdogError(
+                    f"repair #{entry_id} is {status}, not interrupted: only an interrupted "
+                    "repair is acknowledged"
+                )
+            if acked_at is not None:
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(acked_at))
+                raise WatchdogError(
+                    f"repair #{entry_id} was already acknowledged by {acked_by} at {when}"
+                )
+            db.execute(
+                "UPDATE journal SET acked_at=?, acked_by=?, ack_reason=? WHERE id=?",
+                (time.time(), by, why[:500], entry_id),
+            )
+            _resolve_interrupted_findings(db)
+        entry = self.get(entry_id)
+        assert entry is not None
+        return entry
 
     def count_started(
         self, since: float, *, repair: str | None = None, server_id: str | None = None
@@ -273,6 +328,18 @@ class Journal:
             )
         }
 
+    def open_by(self) -> dict[tuple[str, str], int]:
+        """Rows that still need someone per (repair, status): pending, running, and interrupted
+        ones not acknowledged, for metrics."""
+        return {
+            (r, s): int(n)
+            for r, s, n in self.state.query(
+                "SELECT repair, status, COUNT(*) FROM journal WHERE status IN (?, ?, ?) "
+                "AND acked_at IS NULL GROUP BY repair, status",
+                (PENDING, RUNNING, INTERRUPTED),
+            )
+        }
+
     def refusals_by_reason(self) -> dict[tuple[str, str], int]:
         """Refusals per (repair, short reason code), for metrics. Alert requests held back by the
         cooldown (``[alerts] cooldown_seconds``) count under the code ``alert_cooldown``."""
@@ -339,6 +406,22 @@ class Journal:
         for sid, key, value in self.state.query("SELECT server_id, key, value FROM overrides"):
             out.setdefault(sid, {})[key] = json.loads(value)
         return out
+
+
+def _ack_by_later_success(db: sqlite3.Connection) -> None:
+    db.execute(ACK_BY_LATER_SUCCESS)
+    _resolve_interrupted_findings(db)
+
+
+def _resolve_interrupted_findings(db: sqlite3.Connection) -> None:
+    """Resolve the guard's ``interrupted`` findings on targets with no open interrupted run."""
+    db.execute(
+        "UPDATE findings SET resolved_at=? WHERE check_name='guard' AND code='interrupted' "
+        "AND resolved_at IS NULL AND NOT EXISTS (SELECT 1 FROM journal AS j WHERE "
+        "j.status=? AND j.acked_at IS NULL AND j.server_id=findings.server_id "
+        "AND j.project_id=findings.project_id)",
+        (time.time(), INTERRUPTED),
+    )
 
 
 def apply_overrides(inventory: Inventory, overrides: dict[str, dict[str, Any]]) -> Inventory:

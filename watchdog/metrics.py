@@ -26,7 +26,7 @@ from bup_watchdog import __version__
 from bup_watchdog.checks.save_freshness import AGE_BUCKETS, NEVER_SAVED, age_bucket
 from bup_watchdog.errors import LOCAL_FAULT_KINDS
 from bup_watchdog.guard import breaker
-from bup_watchdog.journal import FINISHED, INTERRUPTED, PENDING, RUNNING, Journal
+from bup_watchdog.journal import FINISHED, INTERRUPTED, Journal
 from bup_watchdog.model import Server, Severity
 from bup_watchdog.state import State
 from bup_watchdog.suspicion import suspicion
@@ -380,14 +380,19 @@ class StateCollector(Collector):
             "repairs_open",
             "Repair journal entries that still need someone, per repair and status: pending "
             "(waits for an operator's approval), running, interrupted (the watchdog stopped "
-            "while it ran, outcome unknown: check the target by hand).",
+            "while it ran, outcome unknown: check the target by hand; no longer counted once "
+            "acknowledged with `repairs ack` or once the same repair on the same target "
+            "succeeded later).",
             ["repair", "status"],
         )
         for (repair, status), n in counts:
             if status in FINISHED:
                 decided.add_metric([repair, status], float(n))
-            if status in (PENDING, RUNNING, INTERRUPTED):
-                open_.add_metric([repair, status], float(n))
+        open_counts = journal.open_by()
+        # An acknowledged interrupted repair goes to 0 rather than vanishing (no stale series).
+        acked = {(r, s): 0 for (r, s) in dict(counts) if s == INTERRUPTED}
+        for (repair, status), n in sorted({**acked, **open_counts}.items()):
+            open_.add_metric([repair, status], float(n))
         yield decided
         yield open_
         refused = _counter(

@@ -38,6 +38,23 @@ from bup_watchdog.suspicion import HostRecord
 # alert firing for a pair that can never be judged again.
 UNJUDGED_KEEP_SECONDS = 86400.0
 
+# Interrupted journal rows not yet acknowledged that a later run of the same repair on the same
+# target ended in success: acknowledged by the watchdog, as of that success. Used by the journal
+# after every success and at start-up, and by migration 7 for rows older than it.
+_LATER_SUCCESS = (
+    "FROM journal AS s WHERE s.repair = journal.repair AND s.target = journal.target "
+    "AND s.id > journal.id AND s.status = 'succeeded'"
+)
+ACK_BY_LATER_SUCCESS = f"""
+    UPDATE journal SET
+        acked_at = (SELECT COALESCE(s.finished_at, s.created_at) {_LATER_SUCCESS} ORDER BY s.id
+                    LIMIT 1),
+        acked_by = 'watchdog',
+        ack_reason = 'resolved: repair #' || (SELECT MIN(s.id) {_LATER_SUCCESS}) || ' (' || repair
+                     || ' on the same target) succeeded afterwards'
+    WHERE status = 'interrupted' AND acked_at IS NULL AND EXISTS (SELECT 1 {_LATER_SUCCESS})
+"""  # noqa: S608 - built from constants only
+
 MIGRATIONS: Sequence[str] = (
     # 1: findings with history, host and check status, deep-check book, inventory cache
     """
@@ -166,6 +183,14 @@ MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE journal ADD COLUMN params TEXT NOT NULL DEFAULT '{}';
     """,
+    # 7: an interrupted repair is acknowledged (by an operator, or by a later success of the same
+    # repair on the same target) without changing its status, so counts by outcome never fall
+    """
+    ALTER TABLE journal ADD COLUMN acked_at REAL;
+    ALTER TABLE journal ADD COLUMN acked_by TEXT;
+    ALTER TABLE journal ADD COLUMN ack_reason TEXT;
+    """
+    + ACK_BY_LATER_SUCCESS,
 )
 
 

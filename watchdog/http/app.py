@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bup_watchdog import __version__
 from bup_watchdog.config import AlertsConfig
+from bup_watchdog.errors import WatchdogError
 from bup_watchdog.http.alertmanager import WebhookPayload
 from bup_watchdog.http.alertmanager import handle as handle_alerts
 from bup_watchdog.http.auth import AuthFirstRoute, TokenAuth
@@ -36,7 +37,7 @@ from bup_watchdog.report import (
     resolve_servers,
     servers_from_state,
 )
-from bup_watchdog.state import State
+from bup_watchdog.state import State, StateError
 
 
 class RepairBody(BaseModel):
@@ -55,6 +56,14 @@ class DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     why: str = Field("", max_length=500)
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    why: str = Field(
+        min_length=1, max_length=500, pattern=r"\S", examples=["checked the replica: bup ls ok"]
+    )
 
 
 def _field_errors(exc: RequestValidationError) -> str:
@@ -263,6 +272,23 @@ def create_app(
     )
     def deny(body: DecisionBody, entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
         return _enqueue(_queue(), Work(deny=entry_id, by="api", why=body.why))
+
+    @app.post(
+        "/api/repairs/{entry_id}/ack",
+        summary="Acknowledge an interrupted repair once its target was checked (it stays "
+        "interrupted in the journal; it no longer counts as open)",
+        dependencies=[Depends(auth)],
+    )
+    def ack(body: AckBody, entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
+        journal = Journal(state)
+        if journal.get(entry_id) is None:
+            raise HTTPException(status_code=404, detail=f"no repair #{entry_id} in the journal")
+        try:
+            return journal.ack(entry_id, "api", body.why).as_dict()
+        except StateError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
+        except WatchdogError as exc:  # not interrupted, or already acknowledged
+            raise HTTPException(status_code=409, detail=str(exc)) from None
 
     @app.post(
         "/alertmanager",
