@@ -241,14 +241,14 @@ def _address_problems(server: Server) -> list[str]:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _HOSTNAME.match(host) or len(host) > 253:
+        if not _HOSTNAME.fullmatch(host) or len(host) > 253:
             problems.append(f"ssh host {host!r} is neither an IP address nor a host name")
-    if not _USER.match(server.ssh_user):
+    if not _USER.fullmatch(server.ssh_user):
         problems.append(f"ssh user {server.ssh_user!r} is not a plain user name")
     if not 0 < server.ssh_port < 65536:
         problems.append(f"ssh port {server.ssh_port} is out of range")
     for root in (server.bups_root, server.projects_root):
-        if not _PATH.match(root) or ".." in root.split("/"):
+        if not _PATH.fullmatch(root) or ".." in root.split("/"):
             problems.append(f"path {root!r} has characters a remote path may not carry")
     return problems
 
@@ -339,11 +339,11 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
     ) -> Snapshot:
         pid = project.project_id
         m_repo = m_facts.repos.get(pid)
-        if m_repo is None or m_repo.master_sha is None or not _SHA.match(m_repo.master_sha):
+        if m_repo is None or m_repo.master_sha is None or not _SHA.fullmatch(m_repo.master_sha):
             raise RepairError(f"the master's repository on {master.label} has no readable master")
         r_repo = r_facts.repos.get(pid)
         old = r_repo.master_sha if r_repo is not None else None
-        if old is not None and not _SHA.match(old):
+        if old is not None and not _SHA.fullmatch(old):
             raise RepairError(f"the replica's master on {replica.label} is not a sha")
         return Snapshot(
             project=project,

@@ -635,26 +635,56 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False), required=False)
-def config_check(path: Path | None) -> None:
-    """Validate a config file (and its inventory file); list every problem. Exit 2 if invalid."""
+@config_option
+def config_check(path: Path | None, config_path: Path) -> None:
+    """Validate a config file, the files it names (known_hosts, key, API token) and its inventory
+    file; list every problem at once. Exit 2 if there is any.
+
+    The file is PATH, or -c/--config, or $BUP_WATCHDOG_CONFIG, like every other command.
+    """
+    import tomllib
+
     from bup_watchdog.checks import settings_models
-    from bup_watchdog.config import load_config
+    from bup_watchdog.config import file_problems, load_config
     from bup_watchdog.inventory.file import FileInventory
 
-    path = path or DEFAULT_CONFIG
+    given = click.get_current_context().get_parameter_source("config_path")
+    named_twice = path is not None and given is not click.core.ParameterSource.DEFAULT
+    if named_twice and path is not None and path.resolve() != config_path.resolve():
+        _fail(f"two configs named: {path} and {config_path} (-c/$BUP_WATCHDOG_CONFIG)", 2)
+    path = path or config_path
+    problems: list[str] = []
+    inventory: Path | None = None
     try:
         config = load_config(path, settings_models())
-        if config.inventory.source == "file" and config.inventory.file is not None:
-            inv = FileInventory(config.inventory.file).load()
-            click.echo(
-                f"{path}: OK ({len(inv.servers)} servers, {len(inv.projects)} projects in "
-                f"{config.inventory.file})"
-            )
-        else:
-            click.echo(f"{path}: OK")
+        if config.inventory.source == "file":
+            inventory = config.inventory.file
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
+        problems += exc.problems
+    try:  # the raw data: files named and the inventory are checked even when the schema fails
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        data = None  # reported by load_config
+    if data is not None:
+        problems += file_problems(data, path.parent.resolve())
+        raw_inventory = data.get("inventory")
+        if inventory is None and isinstance(raw_inventory, dict):
+            raw_file = raw_inventory.get("file")
+            if raw_inventory.get("source", "file") == "file" and isinstance(raw_file, str):
+                inventory = (path.parent / Path(raw_file).expanduser()).resolve()
+    invalid = [ConfigError(str(path), problems)] if problems else []
+    counts = ""
+    if inventory is not None:
+        try:
+            inv = FileInventory(inventory).load()
+            counts = f" ({len(inv.servers)} servers, {len(inv.projects)} projects in {inventory})"
+        except ConfigError as exc:
+            invalid.append(exc)
+    if invalid:
+        for problem in invalid:
+            click.echo(str(problem), err=True)
         sys.exit(2)
+    click.echo(f"{path}: OK{counts}")
 
 
 @config_group.command("example")

@@ -7,10 +7,11 @@ problem at once as ``At 'dotted.key': message`` under the file's name.
 
 from __future__ import annotations
 
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -523,6 +524,17 @@ def _plugin_sections(
     return settings, problems
 
 
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _section(model: type[_S], data: Mapping[str, Any], key: str) -> _S | None:
+    """One section validated on its own (None when it is invalid: reported already)."""
+    try:
+        return model.model_validate(data.get(key, {}) if isinstance(data, Mapping) else {})
+    except ValidationError:
+        return None
+
+
 def parse_config(
     data: Mapping[str, Any],
     check_models: Mapping[str, type[BaseModel]],
@@ -557,22 +569,118 @@ def parse_config(
             "At 'guard.leases': must be 'cassandra' when membership.enabled is true (several "
             "watchdogs must share their repair leases)"
         )
-    if problems or config is None:
-        raise ConfigError(source, problems)
-    config.check_settings = settings
-    config.repair_settings = repair_settings
-    if base is not None:
+    if config is not None and base is not None:
         config.inventory.file = _resolve(base, config.inventory.file)
         config.ssh.known_hosts = _resolve(base, config.ssh.known_hosts)
         config.ssh.key_file = _resolve(base, config.ssh.key_file)
         config.state.directory = _resolve(base, config.state.directory) or config.state.directory
         config.guard.api_token_file = _resolve(base, config.guard.api_token_file)
-    bad = system_path_problem(str(config.state.directory.resolve()))
-    if bad:
-        raise ConfigError(source, [f"At 'state.directory': {config.state.directory} {bad}"])
-    if config.inventory.source == "file" and config.inventory.file is None:
-        raise ConfigError(source, ["At 'inventory.file': required when inventory.source = 'file'"])
+    # Checked on their own sections too when another section failed: every problem at once.
+    state = config.state if config else _section(StateConfig, data, "state")
+    if state is not None:
+        directory = state.directory if config or base is None else _resolve(base, state.directory)
+        bad = system_path_problem(str((directory or state.directory).resolve()))
+        if bad:
+            problems.append(f"At 'state.directory': {directory} {bad}")
+    inventory = config.inventory if config else _section(InventoryConfig, data, "inventory")
+    if inventory is not None and inventory.source == "file" and inventory.file is None:
+        problems.append("At 'inventory.file': required when inventory.source = 'file'")
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    config.check_settings = settings
+    config.repair_settings = repair_settings
     return config
+
+
+def _table(data: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:
+    """The table at a dotted key of raw config data ({} when absent or not a table)."""
+    table: Any = data
+    for part in dotted.split("."):
+        table = table.get(part) if isinstance(table, Mapping) else None
+    return table if isinstance(table, Mapping) else {}
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file cannot be used (None when it can be read by this user)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be reached ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        return f"cannot be read by this user ({exc.strerror or exc})"
+    return None
+
+
+def _private(path: Path, what: str) -> str | None:
+    """A sentence when a secret file is readable by group or others."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return None
+    return f"{path} is readable by group or others (mode {mode:04o}): {what}; chmod 600 it"
+
+
+def file_problems(data: Mapping[str, Any], base: Path) -> list[str]:
+    """Problems with the files a config names, as ``At 'key': …`` sentences.
+
+    ``bup-watchdog config check`` runs this on the raw data (so that they are reported with the
+    schema's problems, all at once); the daemon does not refuse to start over them (a sweep
+    that cannot read known_hosts says so as a watchdog problem). ``ssh.known_hosts`` is checked
+    even when left empty (its default, ~/.ssh/known_hosts, of the user running this).
+    """
+    out: list[str] = []
+
+    def path_at(section: str, key: str) -> Path | None:
+        value = _table(data, section).get(key)
+        if not isinstance(value, str) or not value:
+            return None  # absent, or a wrong type the schema reports
+        return _resolve(base, Path(value))
+
+    known = path_at("ssh", "known_hosts")
+    shown = f"{known}" if known else f"{Path('~/.ssh/known_hosts').expanduser()} (the default)"
+    why = _unreadable(known or Path("~/.ssh/known_hosts").expanduser())
+    if why:
+        out.append(f"At 'ssh.known_hosts': {shown} {why}: every host key would be refused")
+    key = path_at("ssh", "key_file")
+    if key is not None:
+        why = _unreadable(key)
+        if why:
+            out.append(f"At 'ssh.key_file': {key} {why}: no host could be logged in to")
+        elif bad := _private(key, "OpenSSH refuses such a private key"):
+            out.append(f"At 'ssh.key_file': {bad}")
+    token = path_at("guard", "api_token_file")
+    if token is not None:
+        why = _unreadable(token)
+        if why:
+            out.append(f"At 'guard.api_token_file': {token} {why}")
+        else:
+            if bad := _private(token, "anyone on this machine could call the write endpoints"):
+                out.append(f"At 'guard.api_token_file': {bad}")
+            lines = token.read_bytes().decode("utf-8", "replace").strip().splitlines()
+            length = len(lines[0].strip()) if lines else 0
+            if length < 16:
+                out.append(
+                    f"At 'guard.api_token_file': the token (first line of {token}) has {length} "
+                    "characters; at least 16 are needed"
+                )
+    uses_cassandra = (
+        _table(data, "inventory").get("source") == "cassandra"
+        or _table(data, "guard").get("leases") == "cassandra"
+        or _table(data, "membership").get("enabled") is True
+    )
+    if uses_cassandra:
+        for name in ("password_file", "ca_file", "cert_file", "key_file"):
+            path = path_at("inventory.cassandra", name)
+            why = _unreadable(path) if path is not None else None
+            if why:
+                out.append(f"At 'inventory.cassandra.{name}': {path} {why}")
+    return out
 
 
 def load_config(path: Path, check_models: Mapping[str, type[BaseModel]]) -> Config:
@@ -610,9 +718,8 @@ def _toml_value(value: Any) -> str:
 
 
 def _section_lines(title: str, model: type[BaseModel], doc: str | None = None) -> list[str]:
-    lines = [f"[{title}]"]
-    if doc:
-        lines.insert(0, f"# {doc}")
+    lines = [f"# {line}" for line in _wrap(doc or "")]  # _wrap joins a docstring's lines
+    lines.append(f"[{title}]")
     for name, f in model.model_fields.items():
         if f.exclude or name in ("checks", "repairs"):
             continue
@@ -655,6 +762,11 @@ def example_config(check_models: Mapping[str, type[BaseModel]]) -> str:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             parts.extend(_section_lines(name, ann, ann.__doc__ if ann is not Section else None))
             parts.append("")
+            for sub, sf in ann.model_fields.items():  # nested tables: [inventory.cassandra]
+                sann = sf.annotation
+                if isinstance(sann, type) and issubclass(sann, BaseModel):
+                    parts.extend(_section_lines(f"{name}.{sub}", sann, sann.__doc__))
+                    parts.append("")
     for name, model in sorted(check_models.items()):
         parts.extend(_section_lines(f"checks.{name}", model, (model.__doc__ or "").strip() or None))
         parts.append("")

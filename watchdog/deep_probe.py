@@ -36,7 +36,7 @@ def _master_sha(repo: str) -> str | None:
             sha = f.read(100).decode("ascii", "replace").strip()
     except OSError:
         return None
-    return sha if SHA.match(sha) else None
+    return sha if SHA.fullmatch(sha) else None
 
 
 def _run(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -69,7 +69,7 @@ def check_repo(bups: str, project_id: str, timeout: float) -> dict[str, Any]:
         "message": None,
     }
     repo = os.path.join(bups, project_id)
-    if not UUID4.match(project_id):
+    if not UUID4.fullmatch(project_id):
         rec["message"] = "not a version-4 UUID; not checked"
     elif os.path.islink(repo) or not os.path.isdir(repo):
         rec["message"] = "repository directory is missing or a symlink; not checked"

@@ -23,12 +23,12 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 def is_v4_uuid(value: object) -> bool:
     """True when ``value`` is a version-4 UUID in its canonical text form (any case)."""
-    return isinstance(value, str) and _V4.match(value.lower()) is not None
+    return isinstance(value, str) and _V4.fullmatch(value.lower()) is not None
 
 
 def is_uuid(value: object) -> bool:
     """True for any canonical UUID text (server ids need not be version 4)."""
-    return isinstance(value, str) and _UUID.match(value.lower()) is not None
+    return isinstance(value, str) and _UUID.fullmatch(value.lower()) is not None
 
 
 #: System trees a directory the watchdog writes under (a storage root where repairs chown, rsync

@@ -70,14 +70,21 @@ class SweepResult:
 
 
 def select_servers(inventory: Inventory, wanted: Collection[str] = ()) -> list[Server]:
-    """Servers to sweep: all, or those named by id or name (unknown names raise ValueError)."""
+    """Servers to sweep: all, or those named by id or name (an unknown name, or one that two
+    servers share, raises ValueError)."""
     if not wanted:
         return sorted(inventory.servers.values(), key=lambda s: (s.dc, s.label))
     by_key: dict[str, Server] = {}
+    by_name: dict[str, list[Server]] = {}
     for s in inventory.servers.values():
         by_key[s.server_id] = s
         if s.name:
-            by_key[s.name] = s
+            by_name.setdefault(s.name, []).append(s)
+    for name, named in by_name.items():
+        if len(named) > 1 and name in wanted and name not in by_key:
+            ids = ", ".join(sorted(s.server_id for s in named))
+            raise ValueError(f"server name {name!r} is ambiguous ({ids}): name one by its id")
+        by_key.setdefault(name, named[0])
     missing = [w for w in wanted if w not in by_key]
     if missing:
         raise ValueError(f"no such server in the inventory: {', '.join(missing)}")

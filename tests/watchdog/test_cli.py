@@ -218,3 +218,98 @@ def test_check_on_an_empty_inventory_is_unknown_with_the_reason(
     data = json.loads(proc.stdout)
     assert data["status"] == "unknown"
     assert data["not_judged"] == ["no server to check: the inventory lists none"]
+
+
+P = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+S_A = "11111111-1111-4111-8111-111111111111"
+S_B = "22222222-2222-4222-8222-222222222222"
+
+
+def test_config_check_reports_every_problem_of_config_files_and_inventory_in_one_run(
+    tmp_path: Path,
+) -> None:
+    token = tmp_path / "api-token"
+    token.write_text("short\n")
+    token.chmod(0o644)
+    (tmp_path / "inventory.toml").write_text(
+        "".join(
+            f'[[servers]]\nserver_id = "{sid}"\nname = "{name}"\nhost = "127.0.0.1"\nport = 1\n'
+            for sid, name in ((S_A, "h1"), (S_A, "h2"), (S_B, "h1"))
+        )
+        + f'[[projects]]\nproject_id = "{P}\\n"\nmaster = "{S_A}"\n'
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[inventory]\nfile = "inventory.toml"\n'
+        '[ssh]\nconnect_timeout = 0\nknown_hosts = "nope/known_hosts"\nkey_file = "nope/key"\n'
+        '[guard]\napi_token_file = "api-token"\n'
+    )
+
+    proc = run("config", "check", "-c", str(config))
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "At 'ssh.connect_timeout'" in err
+    assert f"At 'ssh.known_hosts': {tmp_path}/nope/known_hosts does not exist" in err
+    assert f"At 'ssh.key_file': {tmp_path}/nope/key does not exist" in err
+    assert f"At 'guard.api_token_file': {token} is readable by group or others (mode 0644)" in err
+    assert "At 'guard.api_token_file': the token (first line of" in err
+    assert "has 5 characters; at least 16 are needed" in err
+    assert f"At 'servers[1]': server_id {S_A} appears twice" in err
+    assert "At 'servers[2].name': 'h1' is also the name of servers[0]" in err
+    assert "At 'projects[0].project_id" in err and "is not a version-4 UUID" in err
+    assert "Traceback" not in err
+
+
+def test_config_check_takes_the_config_like_every_command(tmp_path: Path) -> None:
+    (tmp_path / "inventory.toml").write_text("servers = []\nprojects = []\n")
+    (tmp_path / "known_hosts").write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text('[inventory]\nfile = "inventory.toml"\n[ssh]\nknown_hosts = "known_hosts"\n')
+
+    for args, env in (
+        ([str(config)], {}),
+        (["-c", str(config)], {}),
+        (["--config", str(config)], {}),
+        ([], {"BUP_WATCHDOG_CONFIG": str(config)}),
+    ):
+        proc = subprocess.run(
+            [*CLI, "config", "check", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert proc.returncode == 0, (args, env, proc.stderr)
+        assert proc.stdout.startswith(f"{config}: OK (0 servers, 0 projects")
+    proc = run("config", "check", str(config), "-c", str(tmp_path / "other.toml"))
+    assert proc.returncode == 2 and "two configs named" in proc.stderr
+
+
+def test_the_printed_example_config_passes_config_check_once_the_inventory_is_filled_in(
+    tmp_path: Path,
+) -> None:
+    example = run("config", "example")
+    assert example.returncode == 0, example.stderr
+    text = example.stdout
+    for section in ("[inventory]", "[inventory.cassandra]", "[ssh]", "[guard]", "[alerts]"):
+        assert f"\n{section}\n" in text, section
+    placeholder = '# file = "inventory.toml"'
+    assert text.count(placeholder) == 1
+    (tmp_path / "inventory.toml").write_text("servers = []\nprojects = []\n")
+    config = tmp_path / "config.toml"
+    config.write_text(text.replace(placeholder, 'file = "inventory.toml"'))
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "known_hosts").write_text("")
+
+    proc = subprocess.run(
+        [*CLI, "config", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(home)},
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert "OK (0 servers, 0 projects" in proc.stdout

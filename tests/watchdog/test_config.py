@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import example_config, load_config
+from bup_watchdog.config import example_config, file_problems, load_config
 from bup_watchdog.errors import ConfigError
+from bup_watchdog.model import is_uuid, is_v4_uuid
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -73,3 +74,44 @@ def test_the_shipped_example_config_matches_the_schema() -> None:
     assert shipped.read_text() == example_config(settings_models()), (
         "examples/config.toml is out of date: bup-watchdog config example > examples/config.toml"
     )
+
+
+def test_problems_found_after_the_schema_are_reported_with_the_schemas(tmp_path: Path) -> None:
+    text = '[ssh]\nconnect_timeout = 0\n[state]\ndirectory = "/etc/bupwatch"\n'
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), settings_models())
+    problems = err.value.problems
+    assert any(p.startswith("At 'ssh.connect_timeout':") for p in problems)
+    assert any(p.startswith("At 'state.directory': /etc/bupwatch") for p in problems)
+    assert "At 'inventory.file': required when inventory.source = 'file'" in problems
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "x"])
+def test_an_id_with_anything_after_it_is_not_an_id(suffix: str) -> None:
+    pid = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+    assert is_v4_uuid(pid) and is_uuid(pid)
+    assert not is_v4_uuid(pid + suffix)
+    assert not is_uuid(pid + suffix)
+
+
+def test_file_problems_name_each_file_with_its_key(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    key.write_text("k")
+    key.chmod(0o640)
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef\n")
+    token.chmod(0o600)
+    (tmp_path / "known_hosts").mkdir()
+    data = {
+        "ssh": {"known_hosts": "known_hosts", "key_file": "id_ed25519"},
+        "guard": {"api_token_file": "token"},
+        "inventory": {"source": "cassandra", "cassandra": {"ca_file": "ca.pem"}},
+    }
+
+    assert file_problems(data, tmp_path) == [
+        f"At 'ssh.known_hosts': {tmp_path}/known_hosts is not a regular file: every host key "
+        "would be refused",
+        f"At 'ssh.key_file': {key} is readable by group or others (mode 0640): OpenSSH refuses "
+        "such a private key; chmod 600 it",
+        f"At 'inventory.cassandra.ca_file': {tmp_path}/ca.pem does not exist",
+    ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bup_watchdog.config import Config
-from bup_watchdog.model import Inventory
+from bup_watchdog.model import Inventory, Server
 from bup_watchdog.sandbox.expected import compare, expected_findings, observed
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.state import State
-from bup_watchdog.sweep import record, sweep
+from bup_watchdog.sweep import record, select_servers, sweep
 
 
 def names(inventory: Inventory) -> dict[str, str]:
@@ -74,3 +76,13 @@ def test_a_lagging_replica_stays_reported_while_its_master_cannot_be_read(
 
     record(state, sweep(demo_config, demo_inventory))  # master read again: judged, still behind
     assert len(state.open_findings(server_id=lag.server_id, check="replication_lag")) == 1
+
+
+def test_a_server_name_two_servers_share_is_refused_not_resolved_to_one() -> None:
+    a = Server("11111111-1111-4111-8111-111111111111", "127.0.0.1", 1, name="h1")
+    b = Server("22222222-2222-4222-8222-222222222222", "127.0.0.2", 1, name="h1")
+    inventory = Inventory(servers={a.server_id: a, b.server_id: b}, projects={})
+
+    with pytest.raises(ValueError, match="server name 'h1' is ambiguous"):
+        select_servers(inventory, ["h1"])
+    assert select_servers(inventory, [b.server_id]) == [b]

@@ -94,7 +94,7 @@ RECORD_APPLIED = (
 
 
 def checked_keyspace(keyspace: str) -> str:
-    if not _KEYSPACE.match(keyspace):
+    if not _KEYSPACE.fullmatch(keyspace):
         raise ValueError(f"{keyspace!r} is not a keyspace name this tool writes into statements")
     return keyspace
 

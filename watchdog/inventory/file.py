@@ -173,6 +173,7 @@ def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> In
         f"At '{key}': unknown key (check the spelling)" for key in data if key not in _TOP_KEYS
     ]
     servers: dict[str, Server] = {}
+    named: dict[str, int] = {}  # name -> index of the entry that has it first
     raw_servers = _entries(data, "servers", problems)
     for i, raw in enumerate(raw_servers):
         try:
@@ -182,6 +183,12 @@ def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> In
             continue
         if s.server_id in servers:
             problems.append(f"At 'servers[{i}]': server_id {s.server_id} appears twice")
+        if s.name and s.name in named:
+            problems.append(
+                f"At 'servers[{i}].name': {s.name!r} is also the name of servers[{named[s.name]}]"
+                " (a name must pick one server, e.g. for --server)"
+            )
+        named.setdefault(s.name, i)
         servers[s.server_id] = s.server(default_user)
     ids = {sid: sid for sid in servers}  # one string per server id, however many projects
     projects: dict[str, Project] = {}
