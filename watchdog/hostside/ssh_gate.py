@@ -39,7 +39,7 @@ import shlex
 import sys
 import syslog
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 REFUSED_STATUS = 126
@@ -122,17 +122,6 @@ class Gate:
     @property
     def port_path(self) -> str:
         return self.port_file or self.bup_root.rstrip("/") + "/conf/bup_server.port"
-
-    def options(self) -> list[str]:
-        """The command-line options that make this gate again (for the ``sudo`` re-exec)."""
-        out = ["--bup-root", self.bup_root, "--projects-root", self.projects_root]
-        for p in self.pythons:
-            out += ["--python", p]
-        for r in self.restart:
-            out += ["--restart", shlex.join(r)]
-        if self.port_file:
-            out += ["--port-file", self.port_file]
-        return out
 
 
 @dataclass(frozen=True)
@@ -269,7 +258,7 @@ def _probe_options(gate: Gate, rest: list[str]) -> None:
 
 
 def _preflight_options(gate: Gate, rest: list[str]) -> None:
-    allowed = {
+    allowed: dict[str, Callable[[str], object]] = {
         "--projects": lambda v: v == gate.projects_root,
         "--bups": lambda v: v == gate.bups_root,
         "--projects-fstype": _FSTYPES.match,
@@ -301,8 +290,13 @@ def _find(gate: Gate, args: Sequence[str]) -> Allowed:
             "find (chown_project)",
         )  # fmt: skip
         return Allowed("chown_project", tuple(args), root=True)
-    repo, names = where, ("bupindex*", "*.midx")
-    for sub, sub_names in (("/objects/pack", ("*.midx", "*tmp*")), ("/objects", ("*tmp*",))):
+    repo: str = where
+    names: tuple[str, ...] = ("bupindex*", "*.midx")
+    subs: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("/objects/pack", ("*.midx", "*tmp*")),
+        ("/objects", ("*tmp*",)),
+    )
+    for sub, sub_names in subs:
         if where.endswith(sub):
             repo, names = where[: -len(sub)], sub_names
             break
@@ -585,12 +579,13 @@ def _read_program(name: str) -> int:
     return fd
 
 
-def parse_options(argv: Sequence[str]) -> tuple[Gate, str | None, list[str] | None]:
-    """(gate, log file, the command after ``--as-root`` or None)."""
+def parse_options(argv: Sequence[str]) -> tuple[Gate, str | None, list[str], list[str] | None]:
+    """(gate, log file, the options as given, the command after ``--as-root`` or None)."""
     as_root: list[str] | None = None
+    argv = list(argv)
     if "--as-root" in argv:
-        i = list(argv).index("--as-root")
-        argv, as_root = list(argv[:i]), list(argv[i + 1 :])
+        i = argv.index("--as-root")
+        argv, as_root = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(
         prog="bupwatch-ssh-gate",
         allow_abbrev=False,
@@ -630,12 +625,12 @@ def parse_options(argv: Sequence[str]) -> tuple[Gate, str | None, list[str] | No
         restart=tuple(tuple(shlex.split(r)) for r in ns.restart) if ns.restart else Gate.restart,
         port_file=ns.port_file,
     )
-    return gate, ns.log, as_root
+    return gate, ns.log, argv, as_root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Judge SSH_ORIGINAL_COMMAND (or the command after ``--as-root``) and exec it, or refuse."""
-    gate, log_path, as_root = parse_options(sys.argv[1:] if argv is None else argv)
+    gate, log_path, options, as_root = parse_options(sys.argv[1:] if argv is None else argv)
     log = Log(log_path)
     if as_root is not None:
         command, args = shlex.join(as_root), as_root
@@ -667,7 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         escalate = not root and (sudo or allowed.peer)
         if escalate:
             gate_path = os.path.abspath(sys.argv[0])
-            run = ["sudo", "-n", gate_path, *gate.options(), "--as-root", *run]
+            # the same options, word for word: the sudoers rule is the command= line + --as-root *
+            run = ["sudo", "-n", gate_path, *options, "--as-root", *run]
     except Refused as exc:
         log("refused", f"{exc}; command: {command}")
         sys.stderr.write(f"bupwatch-ssh-gate: refused: {exc}\n")

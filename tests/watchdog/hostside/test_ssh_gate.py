@@ -3,30 +3,38 @@ every check and every repair goes through it, anything else is refused and logge
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bup_watchdog.config import Config
+from bup_watchdog import deploy
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import Config, load_config
 from bup_watchdog.errors import TransportError
 from bup_watchdog.gather import RepoCache
+from bup_watchdog.guard import Guard
+from bup_watchdog.hostside import ssh_gate
 from bup_watchdog.hostside.ssh_gate import Gate, judge
 from bup_watchdog.repairs.base import RepairRequest
-from bup_watchdog.runner import inventory_source, load_inventory
+from bup_watchdog.runner import inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
 from bup_watchdog.state import State
 from bup_watchdog.sweep import sweep
 from bup_watchdog.transport.ssh import SshTransport, remote_argv
-from support.fleet import fleet_config, make_guard
 
 STALE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000001"  # g2's copy one save behind: resync_replica
 LOG = "0c3d6f4e-2b1a-4c5d-8e9f-000000000002"  # 3 MB save log on g1: rotate_save_log; chown
 GONE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000003"  # g2's copy deleted: resync_replica makes it
 ON_G3 = "0c3d6f4e-2b1a-4c5d-8e9f-000000000004"  # mastered on g3 (unmounted); replica on g1
 REPACK = "[repairs.clean_repo]\nrepack = true\n"
+# Every repo_garbage code clean_repo answers, each with its own step (params["codes"]).
+CLEAN_CODES = ("tmp_objects", "midx", "bupindex", "too_many_packs")
 
 
 def gated_spec() -> FleetSpec:
@@ -45,15 +53,111 @@ def gated_spec() -> FleetSpec:
     )
 
 
-@pytest.fixture(scope="module")
-def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFleet]:
-    """Three hosts whose watchdog key runs only the gate (the hosts' own rsync uses it too)."""
-    with SandboxFleet(tmp_path_factory.mktemp("gated-fleet"), gated_spec()) as fleet:
+BUPWATCH_UID = 4711  # only in the hosts' own /etc/passwd, never on this machine
+
+
+@dataclass
+class Gated:
+    """A fleet whose watchdog key runs only the gate, and how the watchdog logs in to it."""
+
+    fleet: SandboxFleet
+    user: str
+    logs: dict[str, Path]  # each host's gate log, seen from outside
+    config_path: Path
+
+    def config(self, extra: str = "") -> Config:
+        path = self.config_path
+        if extra:
+            path = path.with_name(f"config-{self.user}-extra.toml")
+            path.write_text(self.config_path.read_text() + "\n" + extra)
+        return load_config(path, settings_models())
+
+    def guard(self, extra: str = "") -> Guard:
+        config = self.config(extra)
+        state = open_state(config)
+        return Guard(config, state, load_inventory(inventory_source(config), state))
+
+
+def _sudoers_words(argv: list[str]) -> str:
+    """argv as a sudoers command line: sudo matches the words joined by spaces."""
+    return " ".join(re.sub(r"([,:=\\])", r"\\\1", a) for a in argv)
+
+
+def as_bupwatch(fleet: SandboxFleet) -> dict[str, Path]:
+    """The README's recipe, in each host's own mount namespace: a bupwatch user, the gate at
+    /usr/local/sbin/bupwatch-ssh-gate as the key's command, the shipped sudoers rule for it."""
+    pub = fleet.client_key.with_suffix(".pub").read_text().strip()
+    shipped = (Path(deploy.__file__).parent / "sudoers.bupwatch").read_text().splitlines()
+    [defaults] = [line for line in shipped if line.startswith("Defaults:bupwatch")]
+    logs = {}
+    for name, h in fleet.hosts.items():
+        etc, sbin = h.dir / "etc-bupwatch", h.dir / "local-sbin"
+        etc.mkdir()
+        sbin.mkdir()
+        gate = sbin / "bupwatch-ssh-gate"
+        gate.write_bytes(Path(ssh_gate.__file__).read_bytes())
+        gate.chmod(0o755)
+        log = sbin / "ssh-gate.log"
+        log.touch()
+        os.chown(log, BUPWATCH_UID, BUPWATCH_UID)
+        command = ["/usr/local/sbin/bupwatch-ssh-gate", "--bup-root", h.bup_root]
+        command += ["--projects-root", h.projects_root]
+        command += ["--restart", shlex.join(h.bup_server_argv(daemon=True))]
+        command += ["--log", "/usr/local/sbin/ssh-gate.log"]
+        u = BUPWATCH_UID
+        files = {
+            "passwd": f"bupwatch:x:{u}:{u}:bup-watchdog:/:/bin/sh\n",
+            "group": f"bupwatch:x:{u}:\n",
+            "shadow": "bupwatch:*:20000:0:99999:7:::\n",
+        }
+        for f, line in files.items():
+            (etc / f).write_text(Path("/etc", f).read_text() + line)
+        (etc / "sudoers").write_text(
+            "root ALL=(ALL:ALL) ALL\n"
+            + defaults
+            + f"\nbupwatch ALL=(root) NOPASSWD: {_sudoers_words(command)} --as-root *\n"
+        )
+        (etc / "sudoers").chmod(0o440)
+        for src, dst in [
+            *((etc / f, f"/etc/{f}") for f in (*files, "sudoers")),
+            (sbin, "/usr/local/sbin"),
+        ]:
+            h.run(["mount", "--bind", str(src), dst], check=True)
+        keys = h.home / ".ssh" / "authorized_keys"
+        keys.write_text(f'restrict,command="{shlex.join(command)}" {pub}\n')
+        logs[name] = log
+    return logs
+
+
+@pytest.fixture(scope="module", params=["root", "bupwatch"])
+def gated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gated]:
+    """Three hosts whose watchdog key runs only the gate (the hosts' own rsync uses it too), the
+    watchdog logging in as root, or as bupwatch with the repairs through sudo."""
+    user = request.param
+    with SandboxFleet(tmp_path_factory.mktemp(f"gated-{user}"), gated_spec()) as fleet:
         gone = fleet.repo_path("g2", GONE)
         for p in sorted(gone.rglob("*"), reverse=True):
             p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
         gone.rmdir()
-        yield fleet
+        if user == "root":
+            yield Gated(
+                fleet, user, {n: h.gate_log for n, h in fleet.hosts.items()}, fleet.config_path
+            )
+            return
+        logs = as_bupwatch(fleet)
+        inventory = fleet.inventory_path.read_text().replace(
+            'ssh_user = "root"', 'ssh_user = "bupwatch"'
+        )
+        assert 'ssh_user = "bupwatch"' in inventory
+        fleet.inventory_path.with_name("inventory-bupwatch.toml").write_text(inventory)
+        config = fleet.config_path.read_text().replace(
+            'file = "inventory.toml"', 'file = "inventory-bupwatch.toml"'
+        )
+        path = fleet.config_path.with_name("config-bupwatch.toml")
+        path.write_text(config)
+        yield Gated(fleet, user, logs, path)
 
 
 def gate_of(fleet: SandboxFleet, name: str) -> Gate:
@@ -62,37 +166,40 @@ def gate_of(fleet: SandboxFleet, name: str) -> Gate:
     return Gate(h.bup_root, h.projects_root, restart=(tuple(h.bup_server_argv(daemon=True)),))
 
 
-def log_sizes(fleet: SandboxFleet) -> dict[str, int]:
+def log_sizes(g: Gated) -> dict[str, int]:
     """How many lines each host's gate log has now (a mark for ``logged_since``)."""
-    return {n: len(lines) for n, lines in gate_logs(fleet).items()}
+    return {n: len(lines) for n, lines in gate_logs(g).items()}
 
 
-def gate_logs(fleet: SandboxFleet) -> dict[str, list[str]]:
-    return {
-        n: h.gate_log.read_text().splitlines() if h.gate_log.exists() else []
-        for n, h in fleet.hosts.items()
-    }
+def gate_logs(g: Gated) -> dict[str, list[str]]:
+    return {n: p.read_text().splitlines() if p.exists() else [] for n, p in g.logs.items()}
 
 
-def logged_since(fleet: SandboxFleet, mark: dict[str, int]) -> list[str]:
+def logged_since(g: Gated, mark: dict[str, int]) -> list[str]:
     """The gate's log lines written on any host since ``mark``."""
-    return [line for n, lines in gate_logs(fleet).items() for line in lines[mark[n] :]]
+    return [line for n, lines in gate_logs(g).items() for line in lines[mark[n] :]]
+
+
+def kind(line: str) -> str:
+    """What an 'allowed' line of the gate's log let through (without ' via sudo')."""
+    return line.split(": ", 1)[1].split(":", 1)[0].removesuffix(" via sudo")
 
 
 def refusals(lines: list[str]) -> list[str]:
     return [line for line in lines if " refused from " in line]
 
 
-def test_the_sandbox_installs_the_gate_as_the_keys_forced_command(gated: SandboxFleet) -> None:
-    keys = (gated.hosts["g1"].home / ".ssh" / "authorized_keys").read_text()
+def test_the_keys_only_command_is_the_gate(gated: Gated) -> None:
+    keys = (gated.fleet.hosts["g1"].home / ".ssh" / "authorized_keys").read_text()
     assert keys.startswith('restrict,command="')
     assert "bupwatch-ssh-gate --bup-root /bup --projects-root /projects --restart" in keys
+    assert len(keys.splitlines()) == 1
 
 
 def test_a_sweep_with_every_check_deep_checks_and_incremental_walks_passes_the_gate(
-    gated: SandboxFleet, tmp_path: Path
+    gated: Gated, tmp_path: Path
 ) -> None:
-    config = fleet_config(gated)
+    config = gated.config()
     inventory = load_inventory(inventory_source(config), State(tmp_path / "inv.db"))
     mark = log_sizes(gated)
     state = State(tmp_path / "state.db")
@@ -106,21 +213,24 @@ def test_a_sweep_with_every_check_deep_checks_and_incremental_walks_passes_the_g
         ]
     assert sum(f.deep_checked_now for f in results[0].facts.values()) == 7  # every repository
     found = {(f.check, f.code, f.server_id) for f in results[1].findings}
-    assert ("mount_sanity", "not_mounted", gated.server_id("g3")) in found
-    assert any(c == "replication_lag" and s == gated.server_id("g2") for c, _, s in found)
+    assert ("mount_sanity", "not_mounted", gated.fleet.server_id("g3")) in found
+    assert any(c == "replication_lag" and s == gated.fleet.server_id("g2") for c, _, s in found)
     new = logged_since(gated, mark)
     assert refusals(new) == []
-    kinds = [line.split(": ", 1)[1].split(":", 1)[0] for line in new]
+    kinds = [kind(line) for line in new]
     assert kinds.count("probe") == 6 and kinds.count("deep probe") >= 3, new
+    uid = 0 if gated.user == "root" else BUPWATCH_UID
+    assert all(f" uid {uid}: " in line and "via sudo" not in line for line in new), new
 
 
-def plans(fleet: SandboxFleet, extra: str = "") -> list[tuple[str, str, dict[str, str]]]:
+def plans(gated: Gated, extra: str = "") -> list[tuple[str, str, dict[str, str]]]:
     """Every repair's dry-run plan on the fleet's faults: (repair, host, step)."""
-    guard = make_guard(fleet, extra)
+    fleet = gated.fleet
+    guard = gated.guard(extra)
     sid = fleet.server_id
     requests = [
         RepairRequest("chown_project", sid("g1"), LOG),
-        RepairRequest("clean_repo", sid("g1"), LOG),
+        RepairRequest("clean_repo", sid("g1"), LOG, params={"codes": list(CLEAN_CODES)}),
         RepairRequest("rotate_save_log", sid("g1"), LOG),
         RepairRequest("resync_replica", sid("g2"), STALE),
         RepairRequest("resync_replica", sid("g2"), GONE),
@@ -131,7 +241,9 @@ def plans(fleet: SandboxFleet, extra: str = "") -> list[tuple[str, str, dict[str
     out = []
     for req in requests:
         decision = guard.submit(
-            RepairRequest(req.repair, req.server_id, req.project_id, params={"dry_run": True})
+            RepairRequest(
+                req.repair, req.server_id, req.project_id, params={**req.params, "dry_run": True}
+            )
         )
         assert decision.status == "dry_run", (req, decision.message)
         for step in decision.plan:
@@ -139,7 +251,7 @@ def plans(fleet: SandboxFleet, extra: str = "") -> list[tuple[str, str, dict[str
     return out
 
 
-def test_every_command_of_every_repairs_plan_is_one_the_gate_allows(gated: SandboxFleet) -> None:
+def test_every_command_of_every_repairs_plan_is_one_the_gate_allows(gated: Gated) -> None:
     """The allow-list cannot drift from the repairs: each plan's steps, sent as the transport
     sends them (with and without sudo), pass the gate of the host they run on."""
     steps = plans(gated) + plans(gated, REPACK)
@@ -150,10 +262,10 @@ def test_every_command_of_every_repairs_plan_is_one_the_gate_allows(gated: Sandb
         argv = shlex.split(step["command"])
         for sudo in (False, True):
             sent = shlex.split(shlex.join(remote_argv(argv, 300.0, sudo=sudo)))
-            allowed, _wrapper, _sudo = judge(sent, gate_of(gated, host))
+            allowed, _wrapper, _sudo = judge(sent, gate_of(gated.fleet, host))
             assert allowed.argv == tuple(argv)
             seen.add((repair, allowed.kind))
-    kinds = {kind for _, kind in seen}
+    kinds = {k for _, k in seen}
     assert {"chown_project", "clean_repo", "clean_repo repack", "rotate_save_log"} <= kinds
     assert {"restart_bup_server", "bup init", "resync_replica fast-forward"} <= kinds
     assert {"resync_replica conflict tag", "git merge-base", "mountpoint"} <= kinds
@@ -162,11 +274,11 @@ def test_every_command_of_every_repairs_plan_is_one_the_gate_allows(gated: Sandb
 
 
 def test_cat_etc_shadow_sh_c_and_a_probe_with_extra_arguments_are_refused_and_logged(
-    gated: SandboxFleet,
+    gated: Gated, tmp_path: Path
 ) -> None:
-    config: Config = fleet_config(gated)
-    inventory = load_inventory(inventory_source(config), State(gated.root / "refusals.db"))
-    server = inventory.servers[gated.server_id("g1")]
+    config = gated.config()
+    inventory = load_inventory(inventory_source(config), State(tmp_path / "refusals.db"))
+    server = inventory.servers[gated.fleet.server_id("g1")]
     transport = SshTransport(server, config.ssh)
     mark = log_sizes(gated)
     probe = ["python3", "-S", "-", "--bup-root", "/bup", "--projects-root", "/projects"]
@@ -193,18 +305,17 @@ def test_cat_etc_shadow_sh_c_and_a_probe_with_extra_arguments_are_refused_and_lo
     assert logged[3].endswith("command: sh -c 'id'")
 
 
-def test_every_repair_runs_through_the_gate_and_succeeds(gated: SandboxFleet) -> None:
+def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
     """Runs last: it repairs the fleet's faults (each repair's own tests check what it did)."""
-    g1 = gated.hosts["g1"]
+    g1 = gated.fleet.hosts["g1"]
     live = g1.projects_dir_outside / LOG / "stray-owner.txt"
     live.write_text("owned by root by mistake\n")
-    repo = gated.repo_path("g1", LOG)
+    repo = gated.fleet.repo_path("g1", LOG)
     (repo / "objects" / "tmp-xyz").write_bytes(b"an interrupted save\n")
     (repo / "objects" / "pack" / "tmp_pack_abc").write_bytes(b"an interrupted fetch\n")
-    g1.stop_bup_server()
     mark = log_sizes(gated)
-    guard = make_guard(gated)
-    sid = gated.server_id
+    guard = gated.guard()
+    sid = gated.fleet.server_id
 
     outcomes = {}
     for req in (
@@ -213,7 +324,6 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: SandboxFleet) ->
         RepairRequest("rotate_save_log", sid("g1"), LOG),
         RepairRequest("resync_replica", sid("g2"), STALE),
         RepairRequest("resync_replica", sid("g2"), GONE),
-        RepairRequest("restart_bup_server", sid("g1")),
         RepairRequest("fence_host", sid("g3")),
     ):
         decision = guard.submit(req, execute=True)
@@ -222,7 +332,38 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: SandboxFleet) ->
     assert all(status == "succeeded" for status, _ in outcomes.values()), outcomes
     new = logged_since(gated, mark)
     assert refusals(new) == []
-    kinds = {line.split(": ", 1)[1].split(":", 1)[0] for line in new}
+    kinds = {kind(line) for line in new}
     assert {"rotate_save_log", "clean_repo busy scan", "resync_replica busy scan"} <= kinds
     assert {"rsync sender (objects)", "mount guard (rsync sender (live))"} <= kinds
-    assert {"restart_bup_server", "read port file", "bup init", "bup ls"} <= kinds
+    assert {"bup init", "bup ls"} <= kinds
+    if gated.user == "bupwatch":  # every repair command went through sudo to the gate as root
+        by_bupwatch = [line for line in new if f" uid {BUPWATCH_UID}: " in line]
+        as_root = [line for line in new if " uid 0: " in line]
+        escalated = [line for line in by_bupwatch if " via sudo: " in line]
+        assert len(as_root) == len(escalated) > 20
+        assert {kind(line) for line in as_root} >= {"chown_project", "rotate_save_log", "bup init"}
+
+
+def test_restart_bup_server_runs_through_the_gate(gated: Gated) -> None:
+    """As root it succeeds. As bupwatch the restart runs (through sudo) but is not confirmed: a
+    probe that is not root cannot read /proc/PID/fd of root's bup_server, so it sees no listening
+    port (reachability then reports bup_server_not_seen, informational). Known limit; when the
+    probe or the repair learns another way (the port file and sock_diag), this test says so."""
+    g1 = gated.fleet.hosts["g1"]
+    g1.stop_bup_server()
+    mark = log_sizes(gated)
+
+    decision = gated.guard().submit(
+        RepairRequest("restart_bup_server", gated.fleet.server_id("g1")), execute=True
+    )
+
+    new = logged_since(gated, mark)
+    assert refusals(new) == []
+    assert "restart_bup_server" in {kind(line) for line in new}
+    assert g1.read_bup_server_port() is not None, "the restart command ran"
+    if gated.user == "root":
+        assert decision.status == "succeeded", decision.message
+        assert "read port file" in {kind(line) for line in new}
+    else:
+        assert decision.status == "failed"
+        assert "listens on no port" in decision.message
