@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bup_watchdog.guard import breaker
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.state import State
@@ -91,19 +93,24 @@ def test_a_missing_known_hosts_exits_3_with_no_host_finding_and_the_breaker_clos
     assert state.open_findings() == []
 
 
-def test_an_unreadable_key_file_exits_3_naming_it_with_no_host_finding(
-    demo_fleet: SandboxFleet, tmp_path: Path
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(None, "does not exist"), ("not a key\n", "is not a private key paramiko can read")],
+)
+def test_a_missing_or_unusable_key_file_exits_3_naming_it_with_no_host_finding(
+    demo_fleet: SandboxFleet, tmp_path: Path, content: str | None, why: str
 ) -> None:
-    config = default_config(demo_fleet, tmp_path, '[ssh]\nkey_file = "no-such-key"\n')
+    key = tmp_path / "key"
+    if content is not None:
+        key.write_text(content)
+        key.chmod(0o600)
+    config = default_config(demo_fleet, tmp_path, '[ssh]\nkey_file = "key"\n')
 
     rc, out, _ = check(config, home(tmp_path, demo_fleet))
 
     assert rc == 3
     assert out["findings"] == []
-    assert (
-        f"SSH key file {tmp_path / 'no-such-key'} does not exist"
-        in (out["watchdog_problems"]["key_file"])
-    )
+    assert f"SSH key file {key} {why}" in out["watchdog_problems"]["key_file"]
 
 
 def test_running_out_of_file_descriptors_during_a_sweep_is_a_watchdog_problem_not_findings(

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
+from paramiko.pkey import UnknownKeyType
 
 from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import (
@@ -86,6 +87,24 @@ def _unusable(path: Path, what: str, hint: str, kind: str) -> LocalFault | None:
     return None
 
 
+def _unloadable_key(path: Path) -> LocalFault | None:
+    """Why paramiko cannot use the key file (None when it can; parsing costs ~1 ms)."""
+    try:
+        paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        why = "is encrypted and the watchdog has no passphrase for it"
+    except (paramiko.SSHException, UnknownKeyType, ValueError, TypeError) as exc:
+        why = f"is not a private key paramiko can read ({type(exc).__name__}: {exc})"
+    except OSError as exc:
+        return out_of_descriptors(exc) or LocalFault(
+            f"the watchdog's SSH key file {path} cannot be read ({exc.strerror or exc})",
+            kind="key_file",
+        )
+    else:
+        return None
+    return LocalFault(f"the watchdog's SSH key file {path} {why} (ssh.key_file)", kind="key_file")
+
+
 def _socket_error(exc: OSError, where: str) -> HostUnreachable:
     if isinstance(exc, TimeoutError | socket.timeout):
         return HostUnreachable(f"{where}: connection timed out")
@@ -130,6 +149,8 @@ class SshTransport:
         key = self.config.key_file
         if fault is None and key is not None:
             fault = _unusable(key, "SSH key file", "it cannot log in (ssh.key_file)", "key_file")
+            if fault is None:
+                fault = _unloadable_key(key)
         if fault is not None:
             raise fault
 
