@@ -165,6 +165,7 @@ def test_bash_completion_comes_from_the_standard_click_variable() -> None:
     assert complete("bup-watchdog rep") == ["plain,repair", "plain,repairs"]
     assert complete("bup-watchdog --log-format ") == ["plain,text", "plain,json"]
     assert complete("bup-watchdog repairs ") == [
+        "plain,ack",
         "plain,approve",
         "plain,deny",
         "plain,list",
