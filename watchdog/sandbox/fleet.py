@@ -45,12 +45,14 @@ TEMPLATES = 4  # template repositories per distinct save count
 
 
 def namespaces_available() -> bool:
-    """Whether this process may create mount namespaces (root, and ``unshare --mount`` works)."""
+    """Whether this process may create the hosts' mount and PID namespaces (root, and
+    ``unshare --mount --pid --mount-proc`` works)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
     try:
+        argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
         proc = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "true"],
+            [*argv, "--mount-proc", "true"],
             capture_output=True,
             timeout=10,
         )

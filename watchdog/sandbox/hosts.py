@@ -102,19 +102,17 @@ def _wait_gone(pids: set[int], timeout: float = 10.0) -> None:
 
 # PID 1 of a host: reap every child, orphans included (a daemonised bup_server, a session whose
 # sshd went away), so none stays a zombie. SIGCHLD is blocked and waited for, so none is missed.
+# It never exits by itself (its end is the host's): stop() kills it.
 INIT = """\
 import os, signal
-wanted = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
 while True:
     try:
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
     except ChildProcessError:
         pass
-    got = signal.sigtimedwait(wanted, 60)
-    if got is not None and got.si_signo != signal.SIGCHLD:
-        break
+    signal.sigtimedwait({signal.SIGCHLD}, 60)
 """
 
 # Run from nsenter inside a host: start argv[1:] in a session of its own and print its pid (as the
