@@ -4,7 +4,7 @@ A test run writes nothing under version control. ``./dev reliability`` regenerat
 ``docs/RELIABILITY.md``: it runs the whole fault suite with ``BUPWATCH_RELIABILITY_MD`` naming that
 file, which is written only when the run executed every test module of ``tests/faults`` with
 nothing deselected and nothing failed, so it never shows a partial table. With
-``BUPWATCH_RELIABILITY_PARTIAL=1`` the named file is written whatever ran (to look at a partial run).
+``BUPWATCH_RELIABILITY_PARTIAL=1`` the named file is written whatever ran (a partial run).
 """
 
 from __future__ import annotations
