@@ -447,6 +447,36 @@ class HttpConfig(Section):
     )
 
 
+_BASE_URL = r"^(https?://[^\s#?]+)?$"
+
+
+class ReportConfig(Section):
+    """Links in the audit report to the tools an operator goes to next (empty: no link)."""
+
+    grafana_url: str = Field(
+        "",
+        pattern=_BASE_URL,
+        description="Grafana's base URL: host names in the report link to the host dashboard "
+        "with the host preset (<grafana_url>/d/<uid>?var-host=<name>).",
+        examples=["https://grafana.example.org"],
+    )
+    alertmanager_url: str = Field(
+        "",
+        pattern=_BASE_URL,
+        description="Alertmanager's base URL as people reach it: findings and the watchdog's "
+        "own problems link to their alert there. Not [alerts] alertmanager_url, which is the "
+        "watchdog's own (often loopback) address for silences.",
+        examples=["https://alertmanager.example.org"],
+    )
+    runbook_url: str = Field(
+        "",
+        pattern=_BASE_URL,
+        description="The rendered docs/runbooks.md: findings link to their alert's section "
+        "(<runbook_url>#<alert name in lower case>).",
+        examples=["https://git.example.org/ops/bup-watchdog/blob/main/docs/runbooks.md"],
+    )
+
+
 class Config(Section):
     """The whole watchdog configuration."""
 
@@ -466,6 +496,7 @@ class Config(Section):
     )
     repair_settings: dict[str, Any] = Field(default_factory=dict, exclude=True)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
+    report: ReportConfig = Field(default_factory=ReportConfig)  # type: ignore[arg-type]
     checks: dict[str, Any] = Field(
         default_factory=dict,
         description="One table per check, [checks.NAME]; see each check's keys below.",

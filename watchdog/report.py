@@ -38,7 +38,14 @@ from bup_watchdog.journal import INTERRUPTED, PENDING, RUNNING
 from bup_watchdog.model import Finding, Server, Severity
 from bup_watchdog.repairs import registry as repair_registry
 from bup_watchdog.repairs.base import Repair, RepairSettings
-from bup_watchdog.report_format import LAG_LABELS, _human_age
+from bup_watchdog.report_format import _human_age
+from bup_watchdog.report_links import (
+    WATCHDOG_ALERTS,
+    alertmanager_alert,
+    finding_alert,
+    grafana_host,
+    runbook,
+)
 from bup_watchdog.report_render import render
 from bup_watchdog.report_save_freshness import stale_saves
 from bup_watchdog.state import State, StoredFinding, _stored
@@ -48,6 +55,9 @@ from bup_watchdog.sweep import LAG_BUCKETS
 __all__ = ["ReportSettings", "Scope", "build_report", "parse_duration", "render"]
 
 MB = 1_000_000
+# The JSON report's format: 2 holds numbers as numbers (lag quantiles in seconds), links and alert
+# names; 1 (unversioned) had display strings such as hosts[].lag_p95 = "≤ 1 min".
+FORMAT_VERSION = 2
 # Checks that are not in checks/ but raise findings: the guard (interrupted repairs, gave up).
 EXTRA_CHECKS = ("guard",)
 # The section of the report each check feeds, to leave out sections a --check filter excludes.
@@ -96,6 +106,10 @@ class ReportSettings:
     breaker_fraction: float = 0.3
     max_patience: int = 3
     sweep_stale_seconds: float = 1800.0
+    #: Base URLs of [report]: Grafana, Alertmanager, the runbooks ("": no link).
+    grafana_url: str = ""
+    alertmanager_url: str = ""
+    runbook_url: str = ""
     #: Mode per repair (off, dry-run, approve, auto); a repair not named here has its default.
     repair_modes: Mapping[str, str] = field(default_factory=dict)
 
@@ -110,6 +124,9 @@ class ReportSettings:
             "breaker_fraction": config.guard.breaker_unreachable_fraction,
             "sweep_stale_seconds": max(1800.0, 3 * config.schedule.sweep_interval_seconds),
             "repair_modes": {n: s.mode for n, s in config.repair_settings.items()},
+            "grafana_url": config.report.grafana_url,
+            "alertmanager_url": config.report.alertmanager_url,
+            "runbook_url": config.report.runbook_url,
         }
         if save_log is not None:
             values["save_log_warn_bytes"] = save_log.warn_bytes
@@ -253,12 +270,17 @@ def _quantile_bucket(q: float, cumulative: Sequence[int], count: int) -> int | N
 
 
 def _quantile(q: float, cumulative: Sequence[int], count: int) -> dict[str, Any]:
+    """The q-quantile as its bucket's upper bound in seconds (None: no replica).
+
+    Beyond the largest bound the value is that bound, as Prometheus' histogram_quantile gives it,
+    and ``beyond_buckets`` is true ("more than 7 d").
+    """
     i = _quantile_bucket(q, cumulative, count)
     if i is None:
-        return {"bucket": None, "le_seconds": None}
+        return {"le_seconds": None, "beyond_buckets": False}
     return {
-        "bucket": LAG_LABELS[i],
-        "le_seconds": LAG_BUCKETS[i] if i < len(LAG_BUCKETS) else None,
+        "le_seconds": LAG_BUCKETS[min(i, len(LAG_BUCKETS) - 1)],
+        "beyond_buckets": i >= len(LAG_BUCKETS),
     }
 
 
@@ -357,6 +379,7 @@ class _Builder:
         hosts = self.hosts()
         findings = self.findings()
         report: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
             "report": {
                 "title": "bup-watchdog audit",
                 "generated_at": iso(self.now),
@@ -429,9 +452,9 @@ class _Builder:
             seen.add(sid)
             s = self.servers.get(sid)
             hist = json.loads(lag or "{}")
-            lag_p95 = None
+            lag_p95 = {"le_seconds": None, "beyond_buckets": False}
             if hist.get("count") and len(hist.get("buckets", [])) == len(LAG_BUCKETS):
-                lag_p95 = _quantile(0.95, hist["buckets"], hist["count"])["bucket"]
+                lag_p95 = _quantile(0.95, hist["buckets"], hist["count"])
             crit, warn = counts[sid]["critical"], counts[sid]["warning"]
             rec = records.get(sid)
             out.append(
@@ -456,7 +479,8 @@ class _Builder:
                     "deep_checked": min(int(repos), deep.get(sid, 0)),
                     "deep_coverage": (min(1.0, deep.get(sid, 0) / repos) if repos else None),
                     "replicas": int(hist.get("count") or 0),
-                    "lag_p95": lag_p95,
+                    "lag_p95_seconds": lag_p95["le_seconds"],
+                    "lag_p95_beyond_buckets": lag_p95["beyond_buckets"],
                     "suspicion": round(suspicion(rec, self.settings.max_patience), 2)
                     if rec
                     else 0.0,
@@ -469,6 +493,7 @@ class _Builder:
                         if warn
                         else "ok"
                     ),
+                    "links": {"grafana": grafana_host(self.settings.grafana_url, self.label(sid))},
                     "_lag": hist,
                 }
             )
@@ -499,9 +524,11 @@ class _Builder:
                         "deep_checked": 0,
                         "deep_coverage": None,
                         "replicas": 0,
-                        "lag_p95": None,
+                        "lag_p95_seconds": None,
+                        "lag_p95_beyond_buckets": False,
                         "suspicion": 0.0,
                         "status": "unknown",
+                        "links": {"grafana": grafana_host(self.settings.grafana_url, s.label)},
                         "_lag": {},
                     }
                 )
@@ -559,7 +586,15 @@ class _Builder:
                 )
         return out
 
+    def _alert_links(self, alert: str | None, server_id: str | None) -> dict[str, str | None]:
+        """Where an operator reads about an alert and sees it firing (None: not configured)."""
+        return {
+            "runbook": runbook(self.settings.runbook_url, alert),
+            "alertmanager": alertmanager_alert(self.settings.alertmanager_url, alert, server_id),
+        }
+
     def _finding(self, f: StoredFinding, repair: dict[str, Any]) -> dict[str, Any]:
+        alert = finding_alert(f.check, f.code, f.severity.label)
         return {
             "check": f.check,
             "code": f.code,
@@ -573,6 +608,8 @@ class _Builder:
             "last_seen": iso(f.last_seen),
             "new": f.first_seen >= self.since,
             "repair": repair,
+            "alert": alert,
+            "links": self._alert_links(alert, f.server_id),
         }
 
     def findings(self) -> dict[str, Any]:
@@ -731,7 +768,6 @@ class _Builder:
             )
         return {
             "buckets": list(LAG_BUCKETS),
-            "labels": list(LAG_LABELS),
             "warn_seconds": self.settings.lag_warn_seconds,
             "critical_seconds": self.settings.lag_critical_seconds,
             "replicas": sum(d["replicas"] for d in dcs),
@@ -1064,6 +1100,9 @@ class _Builder:
             errors.append(
                 {"kind": "circuit_breaker", "severity": "critical", "message": why, "at": None}
             )
+        for e in errors:
+            e["alert"] = WATCHDOG_ALERTS.get(e["kind"])
+            e["links"] = self._alert_links(e["alert"], None)
         return {
             "sweep": sweep,
             "checks": checks,

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bup_watchdog.report_format import human_bytes, human_duration
+from bup_watchdog.report_format import LAG_LABELS, human_bytes, human_duration
 
 
 def _nice_max(value: float) -> float:
@@ -49,7 +49,7 @@ def lag_chart(lag: dict[str, Any]) -> dict[str, Any] | None:
     left, right, top, bottom = 64, 16, 34, 58
     plot_w, plot_h = width - left - right, height - top - bottom
     dcs = lag["dcs"][: len(DC_COLORS)]
-    n_buckets = len(lag["labels"])
+    n_buckets = len(LAG_LABELS)
     peak = max(max(d["counts"]) for d in dcs)
     smallest = min(c for d in dcs for c in d["counts"] if c)
     # A log scale only when a few stragglers would vanish beside the bulk of in-sync replicas.
@@ -72,7 +72,7 @@ def lag_chart(lag: dict[str, Any]) -> dict[str, Any] | None:
         n_buckets,
     )
     bars, labels = [], []
-    for i, label in enumerate(lag["labels"]):
+    for i, label in enumerate(LAG_LABELS):
         x0 = left + i * slot + (slot - bar_w * len(dcs)) / 2
         labels.append({"x": left + i * slot + slot / 2, "text": label})
         for j, d in enumerate(dcs):

@@ -7,8 +7,12 @@ numbers, ISO times and identifiers.
 from __future__ import annotations
 
 import math
+import re
+from bisect import bisect_left
 from datetime import UTC, datetime
 from typing import Any
+
+from bup_watchdog.sweep import LAG_BUCKETS
 
 # The replication lag buckets (sweep.LAG_BUCKETS) as an operator reads them; the last is open.
 LAG_LABELS = (
@@ -23,6 +27,28 @@ LAG_LABELS = (
     "3–7 d",
     "> 7 d",
 )
+
+
+def anchor(name: str) -> str:
+    """A host name as the tail of its HTML id, #host-h4 (what an id or URL would mangle: -)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "-"
+
+
+def md_link(text: Any, url: str | None) -> str:
+    """A Markdown link (or the escaped text alone when there is no URL)."""
+    label = _md(text)
+    if not url:
+        return label
+    return f"[{label}]({url.replace('(', '%28').replace(')', '%29').replace(' ', '%20')})"
+
+
+def lag_bucket(le_seconds: float | None, beyond: bool = False) -> str:
+    """A lag quantile (its bucket's upper bound in seconds) as the bucket it is in: "1–4 h"."""
+    if le_seconds is None:
+        return "–"
+    if beyond:
+        return LAG_LABELS[-1]
+    return LAG_LABELS[min(bisect_left(LAG_BUCKETS, le_seconds), len(LAG_LABELS) - 1)]
 
 
 def _human_age(seconds: float) -> str:

@@ -15,7 +15,18 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from bup_watchdog.report_charts import hbar_chart, lag_chart, outcome_bar
-from bup_watchdog.report_format import _human_age, _md, _ts, human_bytes, human_duration
+from bup_watchdog.report_format import (
+    LAG_LABELS,
+    _human_age,
+    _md,
+    _ts,
+    anchor,
+    human_bytes,
+    human_duration,
+    lag_bucket,
+    md_link,
+)
+from bup_watchdog.report_save_freshness import BUCKET_LABELS
 
 
 @cache
@@ -30,14 +41,19 @@ def _environment() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
+        anchor=anchor,
         bytes=human_bytes,
+        freshness_bucket=lambda v: BUCKET_LABELS.get(v, v),
+        lag_bucket=lag_bucket,
         duration=human_duration,
         md=_md,
+        md_link=md_link,
         pct=lambda v, digits=0: "–" if v is None else f"{100 * v:.{digits}f}%",
         num=lambda v: f"{v:,}",
         short_id=lambda v: (v or "")[:8],
         when=lambda v: (v or "–").replace("T", " ").replace("Z", " UTC"),
     )
+    env.globals.update(lag_labels=LAG_LABELS)
     return env
 
 

@@ -62,10 +62,7 @@ def stale_saves(
         )
     return {
         "stale": len(rows),
-        "buckets": [
-            {"bucket": name, "label": BUCKET_LABELS[name], "projects": n}
-            for name, n in counts.items()
-        ],
+        "buckets": [{"bucket": name, "projects": n} for name, n in counts.items()],
         "projects": projects,
         "not_listed": max(0, len(rows) - limit),
     }

@@ -3,6 +3,7 @@ hostile text escaped, the same counts in HTML, Markdown and JSON, filters, the C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -13,12 +14,15 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from bup_watchdog.config import Config
+from bup_watchdog.config import Config, parse_config
+from bup_watchdog.errors import ConfigError
 from bup_watchdog.http.app import create_app
 from bup_watchdog.journal import Journal
 from bup_watchdog.model import Finding, Inventory, Severity
@@ -30,11 +34,18 @@ from bup_watchdog.report import (
     render,
     resolve_servers,
 )
+from bup_watchdog.report_links import (
+    CHECK_ALERTS,
+    HOST_VARIABLE,
+    WATCHDOG_ALERTS,
+    finding_alert,
+)
 from bup_watchdog.runner import Runner, inventory_source
 from bup_watchdog.sandbox.expected import expected_findings
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import DEMO_PROJECTS, demo_spec
 from bup_watchdog.state import State
+from bup_watchdog.sweep import LAG_BUCKETS
 
 CLI = [sys.executable, "-m", "bup_watchdog.cli"]
 HOSTILE = '<script>alert("owned")</script> & <img src=x onerror=alert(1)>'
@@ -49,6 +60,14 @@ RIGHT_REPAIR = {
     ("save_freshness", "stale"): None,
 }
 DAY = 86400.0
+ROOT = Path(__file__).parents[2]
+LINKS = {
+    "grafana_url": "https://grafana.example.org",
+    "alertmanager_url": "https://alertmanager.example.org",
+    "runbook_url": "https://git.example.org/ops/bup-watchdog/blob/main/docs/runbooks.md",
+}
+# A value written for people ("≤ 1 min", "62.0 MB", "4–12 h"): in HTML and Markdown, never in JSON.
+DISPLAY = re.compile(r"^[≤>]|^\d+(\.\d+)?\s*(s|min|h|d|B|kB|MB|GB|%)$|^\d+\s*(min|h|d)?\s*–")
 
 
 @dataclass
@@ -428,3 +447,127 @@ def test_audit_exits_3_with_one_line_when_it_cannot_run(
         proc = run("audit", "-c", config, *args, cwd=tmp_path)
         assert proc.returncode == 3, (args, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in JSON data with its path (hosts[0].name)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from strings(v, f"{path}[{i}]")
+    elif isinstance(value, str):
+        yield path, value
+
+
+def test_the_json_report_has_a_format_version_and_numbers_as_numbers(audited: Audited) -> None:
+    data = json.loads(render(report_of(audited), "json"))
+    assert data["format_version"] == 2
+    display = [(p, v) for p, v in strings(data) if DISPLAY.search(v)]
+    assert display == [], f"display strings in the JSON report: {display}"
+    hosts = {h["name"]: h for h in data["hosts"]}
+    for h in hosts.values():
+        assert h["lag_p95_seconds"] is None or h["lag_p95_seconds"] in LAG_BUCKETS, h
+        assert isinstance(h["lag_p95_beyond_buckets"], bool)
+    # h4 holds P3's replica, 6 h behind its master: the 95th percentile is in the 4–12 h bucket.
+    assert hosts["h4"]["lag_p95_seconds"] == 12 * 3600.0
+    assert not hosts["h4"]["lag_p95_beyond_buckets"]
+    dc1 = next(d for d in data["lag"]["dcs"] if d["dc"] == "1")
+    assert dc1["p95"] == {"le_seconds": 12 * 3600.0, "beyond_buckets": False}
+    assert "labels" not in data["lag"]
+    html, md = render(report_of(audited), "html"), render(report_of(audited), "md")
+    row = html[html.index('id="host-h4"') :]
+    assert "4–12 h" in row[: row.index("</tr>")]
+    assert re.search(r"\| h4 \|.*\| 4–12 h \|", md)
+
+
+def test_without_base_urls_the_report_links_nowhere_but_itself(audited: Audited) -> None:
+    data = report_of(audited)
+    assert {h["links"]["grafana"] for h in data["hosts"]} == {None}
+    assert {v for f in all_findings(data) for v in f["links"].values()} == {None}
+    assert all(f["alert"] for f in all_findings(data))  # the alert is named all the same
+
+
+def hrefs(html: str) -> list[str]:
+    page = Tags()
+    page.feed(html)
+    return [a["href"] or "" for t, a in page.tags if t == "a"]
+
+
+def test_configured_urls_link_hosts_to_grafana_findings_to_runbooks_and_alertmanager(
+    audited: Audited,
+) -> None:
+    settings = dataclasses.replace(ReportSettings.from_config(audited.config), **LINKS)
+    data = report_of(audited, settings=settings)
+    dashboard = json.loads((ROOT / "dashboards/grafana/host-detail.json").read_text())
+    assert HOST_VARIABLE in {v["name"] for v in dashboard["templating"]["list"]}
+    h4 = next(h for h in data["hosts"] if h["name"] == "h4")
+    assert h4["links"]["grafana"] == (
+        f"https://grafana.example.org/d/{dashboard['uid']}?var-{HOST_VARIABLE}=h4"
+    )
+    behind = next(f for f in all_findings(data) if f["check"] == "replication_lag")
+    assert behind["alert"] == "BupWatchReplicaBehind"
+    assert behind["links"]["runbook"] == LINKS["runbook_url"] + "#bupwatchreplicabehind"
+    am = urlsplit(behind["links"]["alertmanager"])
+    assert f"{am.scheme}://{am.netloc}" == LINKS["alertmanager_url"]
+    assert am.fragment.startswith("/alerts?")
+    assert parse_qs(am.fragment.split("?", 1)[1])["filter"] == [
+        f'{{alertname="BupWatchReplicaBehind",server_id="{audited.ids["h4"]}"}}'
+    ]
+    interrupted = next(e for e in data["watchdog"]["errors"] if e["kind"] == "repair_interrupted")
+    assert interrupted["links"]["runbook"].endswith("#bupwatchinterruptedrepair")
+    html = render(data, "html")
+    links = hrefs(html)
+    assert h4["links"]["grafana"] in links
+    assert behind["links"]["runbook"] in links and behind["links"]["alertmanager"] in links
+    for href in links:  # anchors in the page, or one of the configured tools
+        assert href.startswith(("#", *LINKS.values())), href
+    md = render(data, "md")
+    assert f"[h4]({h4['links']['grafana']})" in md
+    assert f"[runbook]({behind['links']['runbook']})" in md
+
+
+def test_every_host_tile_links_to_its_own_row(audited: Audited) -> None:
+    html = render(report_of(audited), "html")
+    page = Tags()
+    page.feed(html)
+    ids = {a.get("id") for _, a in page.tags}
+    tiles = [a["href"] for t, a in page.tags if t == "a" and "tile" in (a.get("class") or "")]
+    assert sorted(tiles) == ["#host-h1", "#host-h2", "#host-h3", "#host-h4"]
+    assert all(unquote(t[1:]) in ids for t in tiles)
+
+
+def test_every_alert_the_report_names_is_a_rule_in_alerts_yml() -> None:
+    rules = yaml.safe_load((ROOT / "dashboards/prometheus/alerts.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    named = {
+        finding_alert(check, code, severity)
+        for check in [*CHECK_ALERTS, "reachability", "save_freshness", "guard"]
+        for code in (
+            "host_key",
+            "ssh_unreachable",
+            "probe_garbage",
+            "bup_server_unreachable",
+            "interrupted",
+            "too_large",
+        )
+        for severity in ("warning", "critical")
+    } - {None}
+    named |= set(WATCHDOG_ALERTS.values())
+    assert named - alerts == set(), "the report links to alerts that do not exist"
+    assert len(named) >= 17
+
+
+def test_report_urls_are_optional_config_keys_and_must_be_http_urls(tmp_path: Path) -> None:
+    base = {
+        "inventory": {"file": str(tmp_path / "inventory.toml")},
+        "state": {"directory": str(tmp_path)},
+    }
+    config = parse_config({**base, "report": LINKS}, {})
+    assert ReportSettings.from_config(config).runbook_url == LINKS["runbook_url"]
+    assert ReportSettings.from_config(parse_config(base, {})).grafana_url == ""
+    with pytest.raises(ConfigError, match=r"At 'report\.grafana_url'"):
+        parse_config({**base, "report": {"grafana_url": "grafana.example.org"}}, {})
+    with pytest.raises(ConfigError, match=r"At 'report\.runbook_url'"):
+        parse_config({**base, "report": {"runbook_url": "https://x.org/runbooks.md#top"}}, {})
