@@ -40,6 +40,7 @@ log = logging.getLogger("bup_watchdog")
 
 
 def _fail(message: str, code: int = EXIT_UNKNOWN) -> NoReturn:
+    """One line for the operator on stderr (a JSON object with --log-format json), then exit."""
     if logs.current_format() == "json":  # stderr stays one JSON object a line
         log.error(message, extra={"exit_code": code})
     else:
