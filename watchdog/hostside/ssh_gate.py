@@ -50,7 +50,6 @@ _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _INT = re.compile(r"^[0-9]{1,12}$")
 _NUMBER = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?$")
-_SERVER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOST = re.compile(
     r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*)$"
@@ -58,7 +57,10 @@ _HOST = re.compile(
 _TAG = re.compile(r"^refs/tags/conflict-master-[0-9]{8}T[0-9]{6}Z$")
 _FSTYPES = re.compile(r"^[A-Za-z0-9_.,-]{1,200}$")
 _SOURCE = re.compile(r"^[A-Za-z0-9_.,*?/:@+=-]{1,200}$")
-_RSYNC_SHORT = re.compile(r"^-[A-Za-z.]{1,40}$")
+# An rsync server's short options: those -a, --one-file-system and --update give (never -L, -k
+# or -K: following a symlink a project's user made would send any file of the host), then,
+# after 'e', the protocol's capability letters.
+_RSYNC_SHORT = re.compile(r"^-[rlptgoDxuvq]{1,20}(e[.A-Za-z]{0,30})?$")
 ZERO_SHA = "0" * 40
 
 #: repairs/resync_replica.py MOUNTED_GUARD, character for character (a test compares them).

@@ -134,6 +134,15 @@ def test_rsync_copies_refuse_delete_other_ssh_commands_and_mixed_up_paths() -> N
     assert refused([*good[:-1], "/etc/"])
 
 
+def test_an_rsync_sender_never_follows_symlinks_out_of_the_tree() -> None:
+    sender = ["rsync", "--server", "--sender", "-logDtpre.iLsfxCIvu", "--numeric-ids", "."]
+    assert judge([*sender, f"{REPO}/objects/"], GATE)[0].peer
+    for flag in ("-logDtprLe.iLsfxCIvu", "-Llogtpr", "-logDtprk", "-logDtprK"):
+        assert "not allowed" in refused([*sender[:3], flag, ".", f"{REPO}/objects/"])
+    assert refused([*sender, "--copy-links", f"{REPO}/objects/"])
+    assert "mount guard" in refused([*sender, f"{PID}/"])
+
+
 def test_env_lets_only_the_committer_identity_through_to_git() -> None:
     ff = ["git", f"--git-dir={REPO}", "update-ref", "--create-reflog", "-m",
           "resync_replica from s1", "refs/heads/master", SHA, "0" * 40]  # fmt: skip
