@@ -2,9 +2,10 @@
 
 Debian's /usr/bin/chromium (packages chromium, chromium-driver) driven by Playwright; no browser is
 downloaded. The page must load with no console error and no request beyond its own file, show the
-key sections, and fit the window on a desktop (1400 px) and a phone (420 px): nothing wider than
-the window, every repair command in full view. Full-page screenshots at both widths are kept in
-the test's tmp directory (their paths are printed), with copies at /tmp/bupwatch-report-*.png.
+key sections, and fit the window on a desktop (1400 px), a tablet (900) and a phone (420): nothing
+wider than the window, every repair command in full view. Full-page screenshots at each width are
+kept in the test's tmp directory (their paths are printed), with copies at
+/tmp/bupwatch-report-<width>.png.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ ARGS = [
     "--no-first-run",
 ]
 LATEST = Path("/tmp")  # copies of the latest screenshots: /tmp/bupwatch-report-<width>.png
-WIDTHS = (1400, 420)
+WIDTHS = (1400, 900, 420)  # a desktop, a tablet (the hosts table at its tightest), a phone
 LINKS = {
     "grafana_url": "https://grafana.example.org",
     "alertmanager_url": "https://alertmanager.example.org",
@@ -215,7 +216,7 @@ def test_the_report_renders_in_chromium_without_errors_and_shows_every_section(
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_at_desktop_and_phone_width_nothing_is_cut_and_every_repair_command_is_in_view(
+def test_at_desktop_tablet_and_phone_width_nothing_is_cut_and_every_repair_command_is_in_view(
     report_url: str, browser: Browser, width: int, tmp_path: Path
 ) -> None:
     problems: list[str] = []
@@ -234,7 +235,7 @@ def test_at_desktop_and_phone_width_nothing_is_cut_and_every_repair_command_is_i
     assert png_size(shot)[0] == width
     assert repair_commands_out_of_view(page) == []
     # Charts shrunk to a phone are unreadable: there the same numbers are tables instead.
-    narrow = width < 820
+    narrow = width < 860  # report.css: @media (max-width: 860px)
     for chart, table in (("#lag-chart", "#lag-table"), ("#save-chart", "#save-table")):
         assert page.locator(chart).is_visible() is not narrow, chart
         assert page.locator(table).is_visible() is narrow, table
