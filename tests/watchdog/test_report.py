@@ -538,7 +538,7 @@ def test_every_host_tile_links_to_its_own_row(audited: Audited) -> None:
     assert all(unquote(t[1:]) in ids for t in tiles)
 
 
-def test_every_alert_the_report_names_is_a_rule_in_alerts_yml() -> None:
+def test_every_alert_the_report_names_is_a_rule_in_alerts_yml_with_a_runbook_section() -> None:
     rules = yaml.safe_load((ROOT / "dashboards/prometheus/alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     named = {
@@ -556,6 +556,11 @@ def test_every_alert_the_report_names_is_a_rule_in_alerts_yml() -> None:
     } - {None}
     named |= set(WATCHDOG_ALERTS.values())
     assert named - alerts == set(), "the report links to alerts that do not exist"
+    # GitHub anchors a heading by its text in lower case: "## BupWatchReplicaBehind" is the
+    # #bupwatchreplicabehind the report links to.
+    runbooks = (ROOT / "docs/runbooks.md").read_text()
+    headings = {m.lower() for m in re.findall(r"^#+ +(\S+)\s*$", runbooks, flags=re.M)}
+    assert {a.lower() for a in named} - headings == set(), "alerts without a runbook section"
     assert len(named) >= 17
 
 
