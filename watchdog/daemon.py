@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -90,6 +91,22 @@ def cached_servers(state: State) -> Mapping[str, Server]:
         return parse_inventory(cached[2], source="cached inventory").servers
     except WatchdogError:
         return {}
+
+
+def _flock_holder(path: Path) -> str:
+    """The pid that holds an flock on ``path``, from /proc/locks ("" when not found): the lock's
+    holder even when its pid file was deleted."""
+    try:
+        st = path.stat()
+        inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode:
+                    return fields[4]
+    except OSError:
+        pass
+    return ""
 
 
 class Daemon:
@@ -351,10 +368,12 @@ class Daemon:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            try:
-                holder = pid_file.read_text(encoding="ascii", errors="replace").strip()[:32]
-            except OSError:
-                holder = ""
+            holder = _flock_holder(directory)
+            if not holder:
+                try:
+                    holder = pid_file.read_text(encoding="ascii", errors="replace").strip()[:32]
+                except OSError:
+                    holder = ""
             raise WatchdogError(
                 f"another bup-watchdog daemon (pid {holder or '?'}) runs on the state directory "
                 f"{directory}; refusing to start a second one on it"

@@ -393,7 +393,8 @@ def test_a_full_state_filesystem_during_a_resync_keeps_its_outcome_and_sweeps_an
         f"held); {int(sweeps(while_full) - sweeps(full))} sweeps on /metrics while full, the "
         f"planted {planted[0]['code']} on /api/findings; write errors {errors:g}, /healthz 200; "
         f"{written_after:.1f} s after the filler went: writable 1, row succeeded, no lease, "
-        f"{sweeps_on_file} sweep rows; a new request: {retry['status']}, not refused by a lease",
+        f"{sweeps_on_file} sweep rows; a new request: {retry['status']} "
+        f"({(retry['refusal'] or 'ran').split(':')[0]}), not refused by a lease",
         loss=lost,
     )
 

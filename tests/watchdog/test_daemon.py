@@ -324,6 +324,7 @@ def test_deleting_daemon_lock_does_not_let_a_second_daemon_start_on_the_same_sta
     assert pid_written == str(daemon.proc.pid)
     assert second.returncode == 3, second.stderr
     assert "another bup-watchdog daemon" in second.stderr and "Traceback" not in second.stderr
+    assert f"(pid {pid_written})" in second.stderr, "the holder is named without its pid file"
     assert first_alive and code == 0
     assert "another bup-watchdog daemon" not in third.stderr, "the lock goes with its daemon"
     assert "sweep done" in third.stderr, third.stderr
