@@ -23,6 +23,7 @@ MAPPED = {
     "repairs": "bup_watchdog/repairs",
     "dashboards": "bup_watchdog/dashboards",
     "deploy": "bup_watchdog/deploy",
+    "docs": "bup_watchdog/docs",
     "examples": "bup_watchdog/examples",
 }
 
@@ -142,7 +143,7 @@ def test_files_from_the_installed_wheel_are_the_checkouts_operations_files(
     _ok(run([*pip, "install", str(wheel)]))
     listed = _ok(run([str(shared_venv / "bup-watchdog"), "files"]))
     names = {line.split("\t")[0] for line in listed.splitlines()}
-    for folder in ("dashboards", "deploy", "examples"):
+    for folder in ("dashboards", "deploy", "docs", "examples"):
         for path in (src / folder).rglob("*"):
             rel = path.relative_to(src).as_posix()
             if path.is_file() and path.suffix != ".py" and "__pycache__" not in rel:
@@ -162,3 +163,4 @@ def test_files_from_the_installed_wheel_are_the_checkouts_operations_files(
     assert (dest / "deploy" / "bup-watchdog.service").is_file()
     assert (dest / "dashboards" / "prometheus" / "alerts.yml").is_file()
     assert (dest / "examples" / "config.toml").is_file()
+    assert (dest / "docs" / "runbooks.md").is_file()

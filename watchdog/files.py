@@ -2,7 +2,8 @@
 
 A user who installed with pip or pipx has no source checkout; ``bup-watchdog files --dest DIR``
 gives them the Prometheus rules, the Alertmanager example, the Grafana dashboards and provisioning,
-the config example, the systemd unit, the sudoers example and the programs for the storage hosts.
+the config example, the runbooks, the systemd unit, the sudoers example and the programs for the
+storage hosts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _SHIPPED: tuple[tuple[str, str, str], ...] = (
     ("bup_watchdog.dashboards", "dashboards", "Prometheus rules, Alertmanager, Grafana"),
     ("bup_watchdog.examples", "examples", "configuration example"),
     ("bup_watchdog.deploy", "deploy", "systemd units and drop-ins, sudoers example"),
+    ("bup_watchdog.docs", "docs", "runbooks (every alert's runbook_url), reliability table"),
     ("bup_watchdog.hostside", "hostside", "programs to install on the storage hosts"),
 )
 # Host-side modules are installed under the names the docs and units use.

@@ -1,0 +1,1 @@
+"""Package data: the runbooks every alert links to, and the reliability table."""
