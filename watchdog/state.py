@@ -683,7 +683,9 @@ class State:
                     (*key, int(f.severity), f.message, f.value, _json(f.details), now, now),
                 )
 
-        self.write(upsert, key=("finding", key))
+        # Kept in order with the journal's changes (not the latest only): an acknowledgement that
+        # resolves this finding must be written after it.
+        self.write(upsert)
 
     def open_findings(
         self, *, server_id: str | None = None, check: str | None = None
