@@ -7,6 +7,7 @@ are now missing or different: that is data lost, whatever the fault or the repai
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -162,6 +163,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise FileNotFoundError(path)
     if path.parts[:2] == ("/", "proc") and len(path.parts) > 3 and path.parts[3] == "root":
         copy = Path(tempfile.mkdtemp(prefix="bupwatch-state-copy-")) / path.name
+        atexit.register(shutil.rmtree, copy.parent, ignore_errors=True)
         for suffix in ("", "-wal"):
             source = path.with_name(path.name + suffix)
             if source.exists():
