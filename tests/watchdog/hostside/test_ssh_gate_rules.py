@@ -242,3 +242,35 @@ def test_the_shipped_sudoers_example_is_valid_and_names_only_the_gate() -> None:
     gate = "/usr/local/sbin/bupwatch-ssh-gate --as-root *"
     assert any(line.endswith(f"= {gate}") for line in rules), "the gate with no options"
     assert rules[-1] == "bupwatch ALL=(root) NOPASSWD: BUPWATCH_GATE"
+
+
+def test_the_gates_own_options_are_checked_and_given_on_word_for_word() -> None:
+    restart = "/usr/local/bin/bup_server start --bup-root /srv/bup"
+    argv = ["--bup-root", "/srv/bup", "--restart", restart, "--log", "/var/log/gate"]
+    gate, log, options, as_root = ssh_gate.parse_options([*argv, "--as-root", "cat", "--", "x"])
+    assert (gate.bup_root, gate.projects_root, log) == ("/srv/bup", "/projects", "/var/log/gate")
+    assert gate.restart == (tuple(restart.split()),)
+    assert (options, as_root) == (argv, ["cat", "--", "x"])
+    for bad in (["--bup"], ["--bup-root"], ["--bup-root", "/a", "--bup-root", "/b"], ["x"]):
+        with pytest.raises(ssh_gate.UsageError):
+            ssh_gate.parse_options(bad)
+
+
+def test_started_through_sudo_the_gate_judges_only_the_command_after_as_root(
+    tmp_path: Path,
+) -> None:
+    port = tmp_path / "bup" / "conf" / "bup_server.port"
+    port.parent.mkdir(parents=True)
+    port.write_text("6002\n")
+    bup = str(tmp_path / "bup")
+    proc = run_gate(tmp_path, None, "--bup-root", bup, "--as-root", "cat", "--", str(port))
+    assert (proc.returncode, proc.stdout) == (0, b"6002\n"), proc.stderr
+    proc = run_gate(tmp_path, None, "--bup-root", bup, "--as-root", "sudo", "-n", "cat", "--",
+                    str(port))  # fmt: skip
+    assert proc.returncode == 126 and b"still asks for sudo" in proc.stderr
+    env_sudo = subprocess.run(
+        [sys.executable, ssh_gate.__file__, "--log", str(tmp_path / "gate.log")],
+        env={"PATH": os.environ["PATH"], "SUDO_COMMAND": "/x", "SSH_ORIGINAL_COMMAND": "id"},
+        capture_output=True,
+    )
+    assert env_sudo.returncode == 126 and b"through sudo without --as-root" in env_sudo.stderr
