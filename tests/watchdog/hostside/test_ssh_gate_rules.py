@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog import deploy
+from bup_watchdog.config import SshConfig
 from bup_watchdog.hostside import ssh_gate
 from bup_watchdog.hostside.ssh_gate import Gate, Refused, judge
-from bup_watchdog.model import project_uid
+from bup_watchdog.model import Server, project_uid
 from bup_watchdog.repairs import clean_repo, resync_replica, rotate_save_log
-from bup_watchdog.transport.ssh import remote_argv
+from bup_watchdog.transport.ssh import SshTransport, remote_argv
 
 GATE = Gate()
 PID = "a4a71774-64be-477b-8e6d-cd80755840ca"
@@ -274,3 +275,15 @@ def test_started_through_sudo_the_gate_judges_only_the_command_after_as_root(
         capture_output=True,
     )
     assert env_sudo.returncode == 126 and b"through sudo without --as-root" in env_sudo.stderr
+
+
+def test_the_watchdog_logs_in_as_bupwatch_and_sends_repairs_through_sudo_unless_root() -> None:
+    assert SshConfig().user == "bupwatch"
+
+    def sudo(user: str, setting: bool | None = None) -> bool:
+        server = Server("s1", "127.0.0.1", 6000, ssh_host="127.0.0.1", ssh_user=user)
+        return SshTransport(server, SshConfig(sudo=setting)).sudo
+
+    assert (sudo("bupwatch"), sudo("root")) == (True, False)
+    assert (sudo("bupwatch", False), sudo("root", True)) == (False, True)
+    assert remote_argv(["cat", "--", "x"], 5.0, sudo=True)[:3] == ["sudo", "-n", "timeout"]
