@@ -133,4 +133,6 @@ class RepairQueue:
             self.last = guard.deny(work.deny, work.by, work.why)
         self.processed += 1
         if self.last is not None:
-            log.debug("repair #%d: %s — %s", self.last.entry_id, self.last.status, self.last.message)
+            log.debug(
+                "repair #%d: %s — %s", self.last.entry_id, self.last.status, self.last.message
+            )
