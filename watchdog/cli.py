@@ -563,7 +563,7 @@ def audit_cmd(
         Scope,
         build_report,
         check_names,
-        parse_duration,
+        history_window,
         render,
         resolve_servers,
         servers_from_state,
@@ -572,7 +572,7 @@ def audit_cmd(
 
     config = load(config_path)
     try:
-        since_seconds = parse_duration(since)
+        since_seconds = history_window(since)
         wanted_checks = check_names(checks)
         state = open_state(config)
         servers = servers_from_state(state)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bup_watchdog.errors import ConfigError
+from bup_watchdog.errors import ConfigError, LocalFault
 from bup_watchdog.model import system_path_problem
 
 
@@ -148,6 +148,16 @@ class SshConfig(Section):
         description="Private key used to log in to the storage hosts. Empty = the SSH agent or "
         "~/.ssh/id_* keys.",
         examples=["/etc/bup-watchdog/id_ed25519"],
+    )
+    config_file: Path | None = Field(
+        None,
+        description="An OpenSSH client config (ssh_config) to reach hosts as 'ssh HOST' would, "
+        "HOST being the server's ssh_host: HostName, Port, User, IdentityFile and ProxyJump "
+        "(bastions) of its Host blocks. What the file sets for a host wins over the "
+        "inventory's ssh_port and ssh_user and over user and key_file here, which apply where "
+        "it is silent. Host keys, the jump hosts' too, are still checked strictly against "
+        "known_hosts; ProxyCommand, Match exec and Include are refused. Empty = not used.",
+        examples=["/etc/bup-watchdog/ssh_config"],
     )
     user: str = Field(
         "bupwatch",
@@ -604,6 +614,7 @@ def parse_config(
         config.inventory.file = _resolve(base, config.inventory.file)
         config.ssh.known_hosts = _resolve(base, config.ssh.known_hosts)
         config.ssh.key_file = _resolve(base, config.ssh.key_file)
+        config.ssh.config_file = _resolve(base, config.ssh.config_file)
         config.state.directory = _resolve(base, config.state.directory) or config.state.directory
         config.guard.api_token_file = _resolve(base, config.guard.api_token_file)
     # Checked on their own sections too when another section failed: every problem at once.
@@ -685,6 +696,18 @@ def file_problems(data: Mapping[str, Any], base: Path) -> list[str]:
             out.append(f"At 'ssh.key_file': {key} {why}: no host could be logged in to")
         elif bad := _private(key, "OpenSSH refuses such a private key"):
             out.append(f"At 'ssh.key_file': {bad}")
+    ssh_config = path_at("ssh", "config_file")
+    if ssh_config is not None:
+        why = _unreadable(ssh_config)
+        if why:
+            out.append(f"At 'ssh.config_file': {ssh_config} {why}: no host could be reached")
+        else:
+            from bup_watchdog.transport.ssh_config import load  # imports this module
+
+            try:
+                load(ssh_config)
+            except LocalFault as exc:
+                out.append(f"At 'ssh.config_file': {exc}")
     token = path_at("guard", "api_token_file")
     if token is not None:
         why = _unreadable(token)

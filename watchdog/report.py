@@ -90,6 +90,18 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
+def history_window(text: str) -> float:
+    """A report's history window in seconds; ValueError for one that is not a duration or reaches
+    back before 1970 (no history is older, and dates before it cannot be printed)."""
+    seconds = parse_duration(text)
+    now = time.time()
+    if seconds > now:
+        raise ValueError(
+            f"since {text!r} reaches back before 1970; at most {int(now // 86400)}d is possible"
+        )
+    return seconds
+
+
 @dataclass(frozen=True, slots=True)
 class ReportSettings:
     """What the report needs from the config, and its bounds."""

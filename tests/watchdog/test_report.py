@@ -442,6 +442,7 @@ def test_audit_exits_3_with_one_line_when_it_cannot_run(
     for args, message in (
         (("--server", "h9"), "no such server: h9"),
         (("--since", "soon"), "not a duration"),
+        (("--since", "999999999999d"), "reaches back before 1970"),
         (("--output", str(tmp_path / "missing" / "r.html")), "cannot write the report"),
     ):
         proc = run("audit", "-c", config, *args, cwd=tmp_path)

@@ -23,6 +23,7 @@ from bup_watchdog.errors import WatchdogError
 from bup_watchdog.http.alertmanager import WebhookPayload
 from bup_watchdog.http.alertmanager import handle as handle_alerts
 from bup_watchdog.http.auth import AuthFirstRoute, TokenAuth
+from bup_watchdog.http.limits import HttpLimits, RequestLimit, bounded_protocol
 from bup_watchdog.journal import Journal
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
 from bup_watchdog.repairs import registry as repair_registry
@@ -32,7 +33,7 @@ from bup_watchdog.report import (
     Scope,
     build_report,
     check_names,
-    parse_duration,
+    history_window,
     render,
     resolve_servers,
     servers_from_state,
@@ -220,7 +221,7 @@ def create_app(
                 servers=servers,
                 settings=report_settings,
                 scope=scope,
-                since_seconds=since_seconds(since),
+                since_seconds=history_window(since),
             )
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
@@ -308,18 +309,6 @@ def create_app(
     return app
 
 
-def since_seconds(text: str) -> float:
-    """A report's history window; ValueError (400) for one that is not a duration or reaches
-    back before 1970 (no history is older, and dates before it cannot be printed)."""
-    seconds = parse_duration(text)
-    now = time.time()
-    if seconds > now:
-        raise ValueError(
-            f"since {text!r} reaches back before 1970; at most {int(now // 86400)}d is possible"
-        )
-    return seconds
-
-
 def _enqueue(q: RepairQueue, work: Work) -> dict[str, Any]:
     try:
         queued = q.put(work)
@@ -331,8 +320,21 @@ def _enqueue(q: RepairQueue, work: Work) -> dict[str, Any]:
 class HttpServer:
     """Runs the app with uvicorn in a background thread; ``stop()`` shuts it down cleanly."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    def __init__(
+        self, app: FastAPI, host: str, port: int, limits: HttpLimits | None = None
+    ) -> None:
+        #: Connections, requests in progress and time to send a request are bounded (limits.py).
+        self.limits = limits or HttpLimits()
+        self.config = uvicorn.Config(
+            RequestLimit(app, self.limits),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            http=bounded_protocol(self.limits),
+            timeout_keep_alive=int(max(1, self.limits.keep_alive)),
+            backlog=1024,
+        )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 
