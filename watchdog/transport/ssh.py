@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
+from paramiko.common import OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 from paramiko.pkey import UnknownKeyType
 
 from bup_watchdog.config import SshConfig
@@ -35,6 +36,7 @@ from bup_watchdog.errors import (
 )
 from bup_watchdog.model import Server
 from bup_watchdog.transport.base import CommandResult
+from bup_watchdog.transport.ssh_config import Hop, resolve
 
 _STDERR_KEEP = 64 * 1024
 # The command is stopped on the host this long after the watchdog stopped waiting (SIGTERM), and
@@ -118,18 +120,28 @@ def _socket_error(exc: OSError, where: str) -> HostUnreachable:
 
 
 class SshTransport:
-    """Commands on one storage host over one reused paramiko connection."""
+    """Commands on one storage host over one reused paramiko connection (through jump hosts
+    when ``[ssh] config_file`` gives the host a ProxyJump)."""
 
     def __init__(self, server: Server, config: SshConfig) -> None:
         self.server = server
         self.config = config
-        self.label = f"{server.label} ({server.ssh_host}:{server.ssh_port})"
-        user = server.ssh_user or config.user
+        #: A fault of the SSH config file, raised by ``connect`` (a LocalFault, like known_hosts').
+        self._route_fault: LocalFault | None = None
+        try:
+            self.route = resolve(server, config)
+        except LocalFault as exc:
+            self._route_fault = exc
+            self.route = resolve(server, config.model_copy(update={"config_file": None}))
+        target = self.route.target
+        via = f" via {self.route.jumps[-1].hostname}" if self.route.jumps else ""
+        self.label = f"{server.label} ({target.hostname}:{target.port}{via})"
         #: ``run`` (the repairs' commands) goes through ``sudo -n`` (``[ssh] sudo``); the probe
         #: and deep checks (``stream_lines``) never do.
-        self.sudo = config.sudo if config.sudo is not None else user != "root"
+        self.sudo = config.sudo if config.sudo is not None else target.user != "root"
         self.sessions_opened = 0
         self._client: paramiko.SSHClient | None = None
+        self._jumps: list[paramiko.SSHClient] = []
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -154,18 +166,26 @@ class SshTransport:
         if fault is not None:
             raise fault
 
-    def connect(self) -> paramiko.SSHClient:
-        """Open (or reuse) the connection; every failure becomes a one-line TransportError, or
-        a LocalFault when the watchdog's own side is at fault (see ``_check_local_files``)."""
-        if self._client is not None:
-            transport = self._client.get_transport()
-            if transport is not None and transport.is_active():
-                return self._client
-            self.close()
-        cfg, srv = self.config, self.server
-        where = self.label
-        known_hosts = self._known_hosts()
-        self._check_local_files(known_hosts)
+    def _keys(self, hop: Hop) -> list[str] | None:
+        """The key files to log in to ``hop`` with (None: the agent and ~/.ssh/id_*). As ssh
+        does, an IdentityFile of the SSH config that does not exist is skipped."""
+        if not hop.keys:
+            return [str(self.config.key_file)] if self.config.key_file else None
+        present = [k for k in hop.keys if k.exists()]
+        if not present:
+            names = ", ".join(str(k) for k in hop.keys)
+            raise LocalFault(
+                f"none of the IdentityFile keys the SSH config file {self.config.config_file} "
+                f"gives {hop.alias} exists ({names}): the watchdog cannot log in (ssh.config_file)",
+                kind="key_file",
+            )
+        for key in present:
+            fault = _unusable(key, "SSH key file", "it cannot log in (IdentityFile)", "key_file")
+            if fault is not None or (fault := _unloadable_key(key)) is not None:
+                raise fault
+        return [str(k) for k in present]
+
+    def _client_for(self, known_hosts: Path) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         try:
             client.load_host_keys(str(known_hosts))
@@ -175,26 +195,105 @@ class SshTransport:
                 kind="known_hosts",
             ) from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        return client
+
+    def connect(self) -> paramiko.SSHClient:
+        """Open (or reuse) the connection; every failure becomes a one-line TransportError, or
+        a LocalFault when the watchdog's own side is at fault (see ``_check_local_files``).
+
+        Through jump hosts: TCP to the first one, then on each hop's connection a direct-tcpip
+        channel to the next, which carries the next hop's SSH connection (``ssh -J``). Every
+        step is bounded, and every host key is checked against the same known_hosts.
+        """
+        if self._client is not None:
+            transport = self._client.get_transport()
+            if transport is not None and transport.is_active():
+                return self._client
+            self.close()
+        if self._route_fault is not None:
+            raise self._route_fault
+        route = self.route
+        known_hosts = self._known_hosts()
+        self._check_local_files(known_hosts)
+        keys = [self._keys(hop) for hop in (*route.jumps, route.target)]
+        first = route.jumps[0] if route.jumps else route.target
+        where = f"{self.label}: jump host {first}" if route.jumps else self.label
         try:
             sock = socket.create_connection(
-                (srv.ssh_host, srv.ssh_port), timeout=cfg.connect_timeout
+                (first.hostname, first.port), timeout=self.config.connect_timeout
             )
         except OSError as exc:
             raise out_of_descriptors(exc) or _socket_error(exc, where) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        key = str(cfg.key_file) if cfg.key_file else None
+        channel: socket.socket | paramiko.Channel = sock
+        jumps: list[paramiko.SSHClient] = []
+        try:
+            for i, hop in enumerate(route.jumps):
+                jump = self._client_for(known_hosts)
+                jumps.append(jump)
+                self._handshake(jump, hop, channel, keys[i], f"{self.label}: jump host {hop}")
+                following = route.jumps[i + 1] if i + 1 < len(route.jumps) else route.target
+                channel = self._forward(jump, hop, following)
+            client = self._client_for(known_hosts)
+            self._handshake(client, route.target, channel, keys[-1], self.label)
+        except BaseException:
+            for jump in reversed(jumps):
+                jump.close()
+            sock.close()
+            raise
+        self._client, self._jumps = client, jumps
+        return client
+
+    def _forward(self, jump: paramiko.SSHClient, hop: Hop, following: Hop) -> paramiko.Channel:
+        """A direct-tcpip channel from jump host ``hop`` to ``following`` (bounded wait)."""
+        transport = jump.get_transport()
+        where = f"{self.label}: jump host {hop}"
+        dest = f"{following.hostname}:{following.port}"
+        wait = self.config.connect_timeout
+        try:
+            if transport is None:
+                raise EOFError
+            return transport.open_channel(
+                "direct-tcpip", (following.hostname, following.port), ("127.0.0.1", 0), timeout=wait
+            )
+        except paramiko.ChannelException as exc:
+            # OpenSSH's codes: 1 administratively prohibited (AllowTcpForwarding, PermitOpen),
+            # 2 connect failed (refused, no route, a name it cannot resolve).
+            if exc.code == OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
+                raise TransportError(
+                    f"{where} refuses to forward to {dest} ({exc.text}: AllowTcpForwarding or "
+                    "PermitOpen on the jump host)",
+                    permanent=True,
+                ) from None
+            raise HostUnreachable(f"{where} could not connect to {dest} ({exc.text})") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise out_of_descriptors(exc) or HostUnreachable(
+                f"{where} did not connect to {dest} within {wait:g} s ({exc or 'no answer'})"
+            ) from None
+
+    def _handshake(
+        self,
+        client: paramiko.SSHClient,
+        hop: Hop,
+        sock: socket.socket | paramiko.Channel,
+        keys: list[str] | None,
+        where: str,
+    ) -> None:
+        """SSH over ``sock`` to ``hop``: host key, login; failures as one-line errors."""
+        cfg = self.config
+        known_hosts = self._known_hosts()
         # With our own socket, paramiko's ``timeout`` bounds only the SSH negotiation (banner, then
         # key exchange): given connect_timeout, a frozen sshd ended it before banner_timeout did,
         # as "No existing session". The banner gets banner_timeout, the key exchange auth_timeout.
         handshake = cfg.banner_timeout + cfg.auth_timeout
         try:
             client.connect(
-                hostname=srv.ssh_host,
-                port=srv.ssh_port,
-                username=srv.ssh_user or cfg.user,
-                key_filename=key,
-                look_for_keys=key is None,
-                allow_agent=key is None,
+                hostname=hop.hostname,
+                port=hop.port,
+                username=hop.user,
+                key_filename=keys,  # type: ignore[arg-type]  # str or a list of str
+                look_for_keys=keys is None,
+                allow_agent=keys is None,
                 sock=sock,
                 timeout=handshake,
                 banner_timeout=cfg.banner_timeout,
@@ -202,19 +301,16 @@ class SshTransport:
                 channel_timeout=cfg.banner_timeout,
             )
         except paramiko.BadHostKeyException as exc:
-            sock.close()
             raise HostKeyError(
                 f"{where}: HOST KEY CHANGED (got {exc.key.get_name()} "
                 f"{exc.key.get_fingerprint().hex()}, known_hosts has another) — possible "
                 "man-in-the-middle; refusing to connect"
             ) from None
         except paramiko.AuthenticationException as exc:
-            sock.close()
             raise TransportError(
-                f"{where}: SSH login as {srv.ssh_user or cfg.user} refused ({exc})", permanent=True
+                f"{where}: SSH login as {hop.user} refused ({exc})", permanent=True
             ) from None
         except paramiko.SSHException as exc:
-            sock.close()
             text = str(exc)
             if "not found in known_hosts" in text:
                 raise HostKeyError(
@@ -244,20 +340,19 @@ class SshTransport:
                 ) from None
             raise TransportError(f"{where}: SSH failed: {text}") from None
         except OSError as exc:
-            sock.close()
             raise out_of_descriptors(exc) or _socket_error(exc, where) from None
         except EOFError:
-            sock.close()
             raise HostUnreachable(
                 f"{where}: sshd closed the connection during the handshake"
             ) from None
-        self._client = client
-        return client
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        for jump in reversed(self._jumps):
+            jump.close()
+        self._jumps = []
 
     # -- commands -----------------------------------------------------------------------------
 
