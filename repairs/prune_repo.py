@@ -58,8 +58,8 @@ from bup_watchdog.repairs.base import (
 from bup_watchdog.repairs.clean_repo import BUSY, BUSY_SCAN
 
 _PERIOD = r"^(forever|[1-9][0-9]{0,5}(s|min|h|d|w|m|y))$"
-_SAVE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]{1,4})?$")
-_PRETEND = re.compile(r"^([+-]) master/(\S+)$")
+_SAVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]{1,4})?")
+_PRETEND = re.compile(r"([+-]) master/(\S+)")
 WORK_SUFFIX = ".prune-new"
 REFUSED = 2  # PROGRAM's status for "refused, nothing changed"
 ASIDE_INFIX = ".pruned-"
@@ -351,8 +351,8 @@ class PruneRepo(Repair[PruneRepoSettings]):
         kept: list[str] = []
         dropped: list[str] = []
         for line in _text(pretend.stdout).splitlines():
-            m = _PRETEND.match(line.strip())
-            if not m or not _SAVE.match(m.group(2)):
+            m = _PRETEND.fullmatch(line.strip())
+            if not m or not _SAVE.fullmatch(m.group(2)):
                 raise RepairError(f"bup prune-older --pretend printed {line[:200]!r}")
             (kept if m.group(1) == "+" else dropped).append(m.group(2))
         if not kept:

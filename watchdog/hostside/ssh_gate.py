@@ -45,21 +45,29 @@ REFUSED_STATUS = 126
 MAX_COMMAND = 64 * 1024
 MAX_PROGRAM = 1 << 20
 
-_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-_INT = re.compile(r"^[0-9]{1,12}$")
-_NUMBER = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,6})?$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_SHA = re.compile(r"[0-9a-f]{40}")
+_INT = re.compile(r"[0-9]{1,12}")
+_NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _HOST = re.compile(
-    r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*)$"
+    r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*)"
 )
-_TAG = re.compile(r"^refs/tags/conflict-master-[0-9]{8}T[0-9]{6}Z$")
-_FSTYPES = re.compile(r"^[A-Za-z0-9_.,-]{1,200}$")
-_SOURCE = re.compile(r"^[A-Za-z0-9_.,*?/:@+=-]{1,200}$")
+_TAG = re.compile(r"refs/tags/conflict-master-[0-9]{8}T[0-9]{6}Z")
+_FSTYPES = re.compile(r"[A-Za-z0-9_.,-]{1,200}")
+_SOURCE = re.compile(r"[A-Za-z0-9_.,*?/:@+=-]{1,200}")
 # An rsync server's short options: those -a, --one-file-system and --update give (never -L, -k
 # or -K: following a symlink a project's user made would send any file of the host), then,
 # after 'e', the protocol's capability letters.
-_RSYNC_SHORT = re.compile(r"^-[rlptgoDxuvq]{1,20}(e[.A-Za-z]{0,30})?$")
+# prune_repo: a bup PERIOD (repairs/prune_repo.py _PERIOD), a save's name in ``bup ls master``
+# (_SAVE), the aside copy's time stamp, and the keep options in the order the repair gives them.
+_PERIOD = re.compile(r"forever|[1-9][0-9]{0,5}(s|min|h|d|w|m|y)")
+_SAVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]{1,4})?")
+_STAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+_KEEP = ("--keep-all-for", "--keep-dailies-for", "--keep-monthlies-for", "--keep-yearlies-for")
+WORK_SUFFIX = ".prune-new"
+ASIDE_INFIX = ".pruned-"
+_RSYNC_SHORT = re.compile(r"-[rlptgoDxuvq]{1,20}(e[.A-Za-z]{0,30})?")
 ZERO_SHA = "0" * 40
 
 #: repairs/resync_replica.py MOUNTED_GUARD, character for character (a test compares them).
@@ -79,6 +87,7 @@ PROGRAMS = {
     "clean_repo busy scan": "c9acb2410d9cfd74d444a3fb05ba9e09ae8d1b13e50f051a0797daf172efc53c",
     "resync_replica busy scan": "698cfa33b836ac4745804bce95e1e6f61829c8eff8745d0092b81d697f2eae53",
     "rotate_save_log": "ab9463efae7fe08cc57cd3fd37eef8c3dfb0f044a7e70957a9f0812d273ccd7e",
+    "prune_repo": "7d99e8acc14eeff4ed303799db88524429b638f2f5c7de6cc4603df337836e4f",
 }
 
 # The option sets resync_replica's rsync copies use (after ``-a --numeric-ids --timeout=N``
@@ -98,7 +107,7 @@ _RSYNC_OPTIONS = {
 }
 # Long options an rsync sender (``rsync --server --sender``) may be started with.
 _SENDER_LONG = re.compile(
-    r"^--(numeric-ids|ignore-existing|one-file-system|(timeout|bwlimit)=[0-9]{1,9})$"
+    r"--(numeric-ids|ignore-existing|one-file-system|(timeout|bwlimit)=[0-9]{1,9})"
 )
 
 
@@ -178,7 +187,7 @@ def project_uid(project_id: str) -> int:
 
 
 def _uuid(value: str, what: str = "project id") -> str:
-    if not _UUID4.match(value):
+    if not _UUID4.fullmatch(value):
         raise Refused(f"{what} {value!r} is not a lower-case version-4 UUID")
     return value
 
@@ -189,6 +198,13 @@ def _repo(gate: Gate, path: str) -> str:
     if not sep or head != gate.bups_root:
         raise Refused(f"{path!r} is not a repository under {gate.bups_root}")
     return _uuid(pid)
+
+
+def _work(gate: Gate, path: str) -> str:
+    """prune_repo's work copy ``BUPS/<project id>.prune-new``; returns the project id."""
+    if not path.endswith(WORK_SUFFIX):
+        raise Refused(f"{path!r} is not a repository's {WORK_SUFFIX} copy")
+    return _repo(gate, path.removesuffix(WORK_SUFFIX))
 
 
 def _live(gate: Gate, path: str) -> str:
@@ -205,13 +221,13 @@ def _match(argv: Sequence[str], shape: Sequence[str], what: str) -> None:
 
 
 def _number(value: str, what: str) -> str:
-    if not _NUMBER.match(value):
+    if not _NUMBER.fullmatch(value):
         raise Refused(f"{what} {value!r} is not a plain number")
     return value
 
 
 def _sha(value: str) -> str:
-    if not _SHA.match(value):
+    if not _SHA.fullmatch(value):
         raise Refused(f"{value!r} is not a commit id (40 hex digits)")
     return value
 
@@ -241,6 +257,9 @@ def _python(gate: Gate, args: Sequence[str]) -> Allowed:
     if rest and rest[0].startswith("--projects="):
         _preflight_options(gate, rest)
         return Allowed("boot gate", argv)
+    if rest[:1] in (["swap"], ["discard"]):
+        _prune_program(gate, rest)
+        return Allowed(f"prune_repo {rest[0]}", argv, root=True, program="prune_repo")
     if len(rest) == 1:
         _repo(gate, rest[0])
         return Allowed("clean_repo busy scan", argv, root=True, program="clean_repo busy scan")
@@ -252,11 +271,30 @@ def _python(gate: Gate, args: Sequence[str]) -> Allowed:
         )
     if len(rest) == 3:
         _repo(gate, rest[0])
-        if not _INT.match(rest[1]):
+        if not _INT.fullmatch(rest[1]):
             raise Refused(f"rotate_save_log: keep bytes {rest[1]!r} is not a number")
         _number(rest[2], "rotate_save_log: settle seconds")
         return Allowed("rotate_save_log", argv, root=True, program="rotate_save_log")
     raise Refused("python -S -: arguments match none of the watchdog's programs")
+
+
+def _prune_program(gate: Gate, rest: list[str]) -> None:
+    """``swap REPO WORK REPO.pruned-STAMP SHA UNTIL`` or ``discard REPO WORK``."""
+    if rest[0] == "discard" and len(rest) == 3:
+        if _repo(gate, rest[1]) != _work(gate, rest[2]):
+            raise Refused("prune_repo discard: the copy is not the repository's")
+        return
+    if rest[0] != "swap" or len(rest) != 6:
+        raise Refused("prune_repo: only 'swap REPO WORK ASIDE SHA UNTIL' or 'discard REPO WORK'")
+    repo, work, aside, sha, until = rest[1:]
+    if _repo(gate, repo) != _work(gate, work):
+        raise Refused("prune_repo swap: the copy is not the repository's")
+    stamp = aside.removeprefix(repo + ASIDE_INFIX)
+    if stamp == aside or not _STAMP.fullmatch(stamp):
+        raise Refused(f"prune_repo swap: {aside!r} is not {repo}{ASIDE_INFIX}YYYYMMDDThhmmssZ")
+    _sha(sha)
+    if not _INT.fullmatch(until):
+        raise Refused(f"prune_repo swap: keep-until {until!r} is not a time in seconds")
 
 
 def _probe_options(gate: Gate, rest: list[str]) -> None:
@@ -281,7 +319,7 @@ def _probe_options(gate: Gate, rest: list[str]) -> None:
         seen.add(opt)
         if opt in flags:
             i += 1
-        elif opt in valued and i + 1 < len(rest) and valued[opt].match(rest[i + 1]):
+        elif opt in valued and i + 1 < len(rest) and valued[opt].fullmatch(rest[i + 1]):
             i += 2
         else:
             raise Refused(f"probe: argument {opt!r} is not one the watchdog sends")
@@ -291,10 +329,10 @@ def _preflight_options(gate: Gate, rest: list[str]) -> None:
     allowed: dict[str, Callable[[str], object]] = {
         "--projects": lambda v: v == gate.projects_root,
         "--bups": lambda v: v == gate.bups_root,
-        "--projects-fstype": _FSTYPES.match,
-        "--bups-fstype": _FSTYPES.match,
-        "--projects-source": _SOURCE.match,
-        "--bups-source": _SOURCE.match,
+        "--projects-fstype": _FSTYPES.fullmatch,
+        "--bups-fstype": _FSTYPES.fullmatch,
+        "--projects-source": _SOURCE.fullmatch,
+        "--bups-source": _SOURCE.fullmatch,
     }
     seen: set[str] = set()
     for arg in rest:
@@ -348,13 +386,20 @@ def _git(gate: Gate, args: Sequence[str], env: Sequence[str] = ()) -> Allowed:
     """resync_replica's and clean_repo's git commands on one repository."""
     if len(args) < 3 or not args[1].startswith("--git-dir="):
         raise Refused("git runs only as 'git --git-dir=REPOSITORY …'")
-    _repo(gate, args[1].removeprefix("--git-dir="))
+    git_dir = args[1].removeprefix("--git-dir=")
     sub = list(args[2:])
     argv = (*env, *args)
+    if git_dir.endswith(WORK_SUFFIX) and not env:
+        _work(gate, git_dir)
+        _match(sub, ["fsck", "--connectivity-only", "--no-dangling"], "git (prune_repo's copy)")
+        return Allowed("prune_repo fsck", argv, root=True)
+    _repo(gate, git_dir)
+    if sub == ["rev-parse", "--verify", "refs/heads/master"] and not env:
+        return Allowed("prune_repo rev-parse", argv, root=True)
     if env:
         if sub[:4] != ["update-ref", "--create-reflog", "-m", sub[3] if len(sub) > 3 else ""]:
             raise Refused("env: only resync_replica's fast-forward runs with an environment")
-        if not re.match(r"^resync_replica from [A-Za-z0-9._-]{1,64}$", sub[3]):
+        if not re.fullmatch(r"resync_replica from [A-Za-z0-9._-]{1,64}", sub[3]):
             raise Refused("git update-ref: unexpected reflog message")
         _match(sub[4:5], ["refs/heads/master"], "git update-ref")
         if len(sub) != 7:
@@ -376,10 +421,10 @@ def _git(gate: Gate, args: Sequence[str], env: Sequence[str] = ()) -> Allowed:
         _match(sub[2:], ["--format=%(refname)", "refs/tags/conflict-master-*"], "for-each-ref")
         return Allowed("git for-each-ref", argv, root=True)
     if len(sub) == 6 and sub[:2] == ["update-ref", "-m"]:
-        if not re.match(r"^resync_replica: conflict with master [A-Za-z0-9._-]{1,64} at "
-                        r"[0-9a-f]{40}$", sub[2]):  # fmt: skip
+        if not re.fullmatch(r"resync_replica: conflict with master [A-Za-z0-9._-]{1,64} at "
+                        r"[0-9a-f]{40}", sub[2]):  # fmt: skip
             raise Refused("git update-ref: unexpected message")
-        if not _TAG.match(sub[3]):
+        if not _TAG.fullmatch(sub[3]):
             raise Refused(f"git update-ref: {sub[3]!r} is not a conflict tag")
         _sha(sub[4])
         _match(sub[5:], [ZERO_SHA], "git update-ref (the tag must be new)")
@@ -392,7 +437,7 @@ def _env(gate: Gate, args: Sequence[str]) -> Allowed:
     env = ["env", "GIT_COMMITTER_NAME=bup-watchdog", "GIT_COMMITTER_EMAIL=bup-watchdog@localhost"]
     _match(args[:3], env, "env")
     rest = list(args[3:])
-    if rest and re.match(r"^GIT_COMMITTER_DATE=[0-9]{1,12} \+0000$", rest[0]):
+    if rest and re.fullmatch(r"GIT_COMMITTER_DATE=[0-9]{1,12} \+0000", rest[0]):
         env.append(rest.pop(0))
     if rest[:1] != ["git"]:
         raise Refused("env: only git runs with an environment")
@@ -403,7 +448,7 @@ def _remote(gate: Gate, spec: str) -> tuple[str, str]:
     """``user@host:path`` of a peer; returns (kind, project id) of the path."""
     user, at, rest = spec.partition("@")
     host, colon, path = rest.rpartition(":") if rest.startswith("[") else rest.partition(":")
-    if not at or not colon or not _USER.match(user) or not _HOST.match(host):
+    if not at or not colon or not _USER.fullmatch(user) or not _HOST.fullmatch(host):
         raise Refused(f"rsync: {spec!r} is not user@host:path")
     return _copy_path(gate, path)
 
@@ -418,14 +463,14 @@ def _copy_path(gate: Gate, path: str) -> tuple[str, str]:
     ):
         if path.endswith(suffix):
             return kind, _repo(gate, path[: -len(suffix)])
-    if path.endswith("/") and _UUID4.match(path[:-1]):
+    if path.endswith("/") and _UUID4.fullmatch(path[:-1]):
         return "live", path[:-1]
     raise Refused(f"rsync: {path!r} is not a path the repairs copy")
 
 
 def _rsync_ssh(value: str) -> None:
-    if not re.match(
-        r"^ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 -p [0-9]{1,5}$",
+    if not re.fullmatch(
+        r"ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 -p [0-9]{1,5}",
         value,
     ):
         raise Refused("rsync -e: only the repairs' ssh command (batch mode, strict host keys)")
@@ -437,10 +482,10 @@ def _rsync(gate: Gate, args: Sequence[str], *, live: bool = False) -> Allowed:
         return _rsync_sender(gate, args, live=live)
     head = ["rsync", "-a", "--numeric-ids"]
     _match(args[:3], head, "rsync")
-    if len(args) < 4 or not re.match(r"^--timeout=[0-9]{1,9}$", args[3]):
+    if len(args) < 4 or not re.fullmatch(r"--timeout=[0-9]{1,9}", args[3]):
         raise Refused("rsync: --timeout=N must follow -a --numeric-ids")
     rest = list(args[4:])
-    if rest and re.match(r"^--bwlimit=[0-9]{1,9}$", rest[0]):
+    if rest and re.fullmatch(r"--bwlimit=[0-9]{1,9}", rest[0]):
         rest.pop(0)
     if len(rest) < 4 or rest[-4] != "-e":
         raise Refused("rsync: must end with -e SSH SOURCE DEST")
@@ -469,7 +514,7 @@ def _rsync_sender(gate: Gate, args: Sequence[str], *, live: bool) -> Allowed:
     if len(rest) < 3 or rest[-2] != ".":
         raise Refused("rsync --server --sender: must end with '. PATH'")
     for opt in rest[:-2]:
-        if not (_RSYNC_SHORT.match(opt) or _SENDER_LONG.match(opt)):
+        if not (_RSYNC_SHORT.fullmatch(opt) or _SENDER_LONG.fullmatch(opt)):
             raise Refused(f"rsync --server --sender: option {opt!r} is not allowed")
     kind, _pid = _copy_path(gate, rest[-1])
     if (kind == "live") != live:
@@ -495,16 +540,64 @@ def _sh(gate: Gate, args: Sequence[str]) -> Allowed:
     return Allowed(f"mount guard ({inner.kind})", tuple(args), root=True, peer=inner.peer)
 
 
+def _bup(gate: Gate, args: Sequence[str]) -> Allowed:
+    """``bup -d REPOSITORY init|ls``, and prune_repo's bup commands (on its copy but for the
+    read-only ``--pretend`` and ``ls``)."""
+    argv = tuple(args)
+    if len(args) < 4 or args[1] != "-d":
+        raise Refused("bup runs only as 'bup -d REPOSITORY …'")
+    sub = list(args[3:])
+    work = args[2].endswith(WORK_SUFFIX)
+    if work:
+        _work(gate, args[2])
+    else:
+        _repo(gate, args[2])
+    if sub == ["init"] and not work:
+        return Allowed("bup init", argv, root=True)
+    if sub == ["ls", "master"]:
+        return Allowed("bup ls", argv, root=True)
+    if len(sub) == 2 and sub[0] == "ls" and sub[1].startswith("master/"):
+        if not _SAVE.fullmatch(sub[1].removeprefix("master/")):
+            raise Refused(f"bup ls: {sub[1]!r} is not master/YYYY-MM-DD-hhmmss")
+        return Allowed("bup ls save", argv, root=True)
+    if sub == ["gc", "--unsafe"] and work:
+        return Allowed("prune_repo gc", argv, root=True)
+    if sub[:2] == ["prune-older", "--unsafe"]:
+        _prune_older(sub, work)
+        return Allowed(f"prune_repo prune-older{'' if work else ' --pretend'}", argv, root=True)
+    raise Refused("bup: this sub-command is not one the watchdog runs")
+
+
+def _prune_older(sub: list[str], work: bool) -> None:
+    """``prune-older --unsafe --pretend|--no-gc --wrt N KEEP… master``: --pretend (read-only)
+    on the repository, --no-gc on the work copy only; the keep options once each, in order."""
+    mode = "--no-gc" if work else "--pretend"
+    if sub[2:4] != [mode, "--wrt"] or len(sub) < 8 or sub[-1] != "master":
+        raise Refused(f"bup prune-older: only '--unsafe {mode} --wrt N --keep-…-for P… master'")
+    if not _INT.fullmatch(sub[4]):
+        raise Refused(f"bup prune-older: --wrt {sub[4]!r} is not a time in seconds")
+    keep = sub[5:-1]
+    names = keep[0::2]
+    if len(keep) % 2 or len(set(names)) != len(names):
+        raise Refused("bup prune-older: each keep option once, with a period")
+    if [n for n in _KEEP if n in names] != names:
+        raise Refused("bup prune-older: keep options other than the policy's, or out of order")
+    for period in keep[1::2]:
+        if not _PERIOD.fullmatch(period):
+            raise Refused(f"bup prune-older: {period!r} is not a period")
+
+
 def _simple(gate: Gate, args: Sequence[str]) -> Allowed:
     argv = tuple(args)
-    if args[0] == "bup":
-        if len(args) >= 4 and args[1] == "-d":
-            _repo(gate, args[2])
-            if list(args[3:]) == ["init"]:
-                return Allowed("bup init", argv, root=True)
-            if list(args[3:]) == ["ls", "master"]:
-                return Allowed("bup ls", argv, root=True)
-        raise Refused("bup: only 'bup -d REPOSITORY init' and '… ls master'")
+    if args[0] == "mkdir":
+        _work(gate, args[2] if len(args) == 3 else "")
+        _match(args, ["mkdir", "--", args[2]], "mkdir (prune_repo's copy)")
+        return Allowed("prune_repo mkdir", argv, root=True)
+    if args[0] == "cp":
+        if len(args) != 7 or _repo(gate, args[5]) != _work(gate, args[6]):
+            raise Refused("cp: only prune_repo's copy of a repository to its .prune-new")
+        _match(args[:5], ["cp", "-a", "-T", "--reflink=auto", "--"], "cp (prune_repo's copy)")
+        return Allowed("prune_repo copy", argv, root=True)
     if args[0] == "mountpoint":
         _match(args, ["mountpoint", "-q", gate.projects_root], "mountpoint")
         return Allowed("mountpoint", argv)
@@ -514,7 +607,7 @@ def _simple(gate: Gate, args: Sequence[str]) -> Allowed:
     raise Refused(f"{args[0]!r} is not a command the watchdog runs")
 
 
-_COMMANDS = {"find": _find, "git": _git, "env": _env, "rsync": _rsync, "sh": _sh}
+_COMMANDS = {"find": _find, "git": _git, "env": _env, "rsync": _rsync, "sh": _sh, "bup": _bup}
 
 
 def judge(argv: Sequence[str], gate: Gate) -> tuple[Allowed, tuple[str, ...], bool]:
@@ -535,8 +628,8 @@ def judge(argv: Sequence[str], gate: Gate) -> tuple[Allowed, tuple[str, ...], bo
     if args[:1] == ["timeout"]:
         if (
             len(args) < 4
-            or not re.match(r"^--kill-after=[0-9]{1,3}(\.[0-9]{1,3})?$", args[1])
-            or not _NUMBER.match(args[2])
+            or not re.fullmatch(r"--kill-after=[0-9]{1,3}(\.[0-9]{1,3})?", args[1])
+            or not _NUMBER.fullmatch(args[2])
         ):
             raise Refused("timeout: only 'timeout --kill-after=N SECONDS COMMAND…'")
         wrapper, args = tuple(args[:3]), args[3:]

@@ -20,7 +20,7 @@ from bup_watchdog.config import SshConfig
 from bup_watchdog.hostside import ssh_gate
 from bup_watchdog.hostside.ssh_gate import Gate, Refused, judge
 from bup_watchdog.model import Server, project_uid
-from bup_watchdog.repairs import clean_repo, resync_replica, rotate_save_log
+from bup_watchdog.repairs import clean_repo, prune_repo, resync_replica, rotate_save_log
 from bup_watchdog.transport.ssh import SshTransport, remote_argv
 
 GATE = Gate()
@@ -102,12 +102,91 @@ def test_ids_that_are_not_lower_case_version_4_uuids_are_refused() -> None:
         assert refused(["python3", "-S", "-", "--bup-root", "/bup", "--timeout", "5", bad])
 
 
+def test_a_trailing_newline_fails_every_id_and_number_check() -> None:
+    """The checks match whole values (fullmatch): with ``re.match`` and ``$``, ``"…\\n"`` passed."""
+    for check, good in (
+        (ssh_gate._uuid, PID),
+        (ssh_gate._sha, SHA),
+        (lambda v: ssh_gate._number(v, "n"), "5"),
+        (lambda v: ssh_gate._work(GATE, v), f"{REPO}.prune-new"),
+    ):
+        check(good)
+        for bad in (good + "\n", good + "\r\n", "\n" + good):
+            with pytest.raises(Refused):
+                check(bad)
+    for pattern in (ssh_gate._INT, ssh_gate._SAVE, ssh_gate._PERIOD, ssh_gate._STAMP):
+        assert not pattern.fullmatch("1\n")
+
+
 def test_a_newline_or_other_control_character_in_an_argument_is_refused() -> None:
     assert "control character" in refused([*PROBE[:-1], "/projects\n"])
     assert "control character" in refused(["cat", "--", "/bup/conf/bup_server.port\rx"])
     assert "control character" in refused(
         shlex.split("python3 -S - --bup-root /bup --projects-root '/projects\n--x'")
     )
+
+
+WORK = f"{REPO}.prune-new"
+KEEP = ["--keep-all-for", "7d", "--keep-dailies-for", "60d", "--keep-monthlies-for", "forever"]
+
+
+def test_prune_repos_commands_pass_and_only_its_copy_is_pruned_or_collected() -> None:
+    pretend = ["bup", "-d", REPO, "prune-older", "--unsafe", "--pretend", "--wrt", "1700000000"]
+    no_gc = ["bup", "-d", WORK, "prune-older", "--unsafe", "--no-gc", "--wrt", "1700000000"]
+    swap = ["python3", "-S", "-", "swap", REPO, WORK, f"{REPO}.pruned-20231114T221320Z", SHA,
+            "1700600000"]  # fmt: skip
+    shapes = {
+        "prune_repo rev-parse": ["git", f"--git-dir={REPO}", "rev-parse", "--verify",
+                                 "refs/heads/master"],
+        "prune_repo prune-older --pretend": [*pretend, *KEEP, "master"],
+        "prune_repo prune-older": [*no_gc, "--keep-yearlies-for", "forever", "master"],
+        "prune_repo mkdir": ["mkdir", "--", WORK],
+        "prune_repo copy": ["cp", "-a", "-T", "--reflink=auto", "--", REPO, WORK],
+        "prune_repo gc": ["bup", "-d", WORK, "gc", "--unsafe"],
+        "prune_repo fsck": ["git", f"--git-dir={WORK}", "fsck", "--connectivity-only",
+                            "--no-dangling"],
+        "bup ls": ["bup", "-d", WORK, "ls", "master"],
+        "bup ls save": ["bup", "-d", REPO, "ls", "master/2023-11-14-221320"],
+        "prune_repo swap": swap,
+        "prune_repo discard": ["python3", "-S", "-", "discard", REPO, WORK],
+    }  # fmt: skip
+    for name, argv in shapes.items():
+        allowed, _wrapper, sudo = judge(wrapped(argv, sudo=True), GATE)
+        assert (allowed.kind, allowed.root, sudo) == (name, True, True), argv
+    assert judge(["bup", "-d", WORK, "ls", "master/2023-11-14-221320-1"], GATE)[0].root
+    assert judge(swap, GATE)[0].program == "prune_repo"
+    other = f"/bup/bups/{uuid.uuid4()}"
+    for bad in (
+        [*pretend[:2], WORK, *pretend[3:], *KEEP, "master"],  # --pretend is for the repository
+        [*no_gc[:2], REPO, *no_gc[3:], *KEEP, "master"],  # it never prunes the repository
+        [*no_gc, "master"],  # no keep option: every save would go
+        [*no_gc, "--keep-all-for", "7d", "--keep-all-for", "1d", "master"],
+        [*no_gc, "--keep-dailies-for", "60d", "--keep-all-for", "7d", "master"],
+        [*no_gc, "--keep-all-for", "7 days", "master"],
+        [*no_gc, "--keep-all-for", "7d", "--keep-weeklies-for", "7d", "master"],
+        [*no_gc, "--keep-all-for", "7d", "other-branch"],
+        [*no_gc[:-1], "yesterday", "--keep-all-for", "7d", "master"],
+        ["bup", "-d", REPO, "gc", "--unsafe"],
+        ["bup", "-d", WORK, "init"],
+        ["bup", "-d", f"{other}.prune-new", "ls", "master/../../etc"],
+        ["bup", "-d", REPO, "ls", "master/latest/etc"],
+        ["bup", "-d", f"{REPO}.prune-old", "ls", "master"],
+        ["mkdir", "--", REPO],
+        ["mkdir", "-p", WORK],
+        ["cp", "-a", "-T", "--reflink=auto", "--", REPO, f"{other}.prune-new"],
+        ["cp", "-a", "-T", "--reflink=auto", "--", "/etc", WORK],
+        ["cp", "-a", "-T", "--", REPO, WORK, WORK],
+        ["git", f"--git-dir={WORK}", "update-ref", "refs/heads/master", SHA],
+        ["git", f"--git-dir={REPO}", "rev-parse", "--verify", "refs/heads/master", "--", "x"],
+        [*swap[:6], f"{other}.pruned-20231114T221320Z", *swap[7:]],
+        [*swap[:6], f"{REPO}.pruned-../../x", *swap[7:]],
+        [*swap[:5], f"{other}.prune-new", *swap[6:]],
+        [*swap[:-1], "soon"],
+        [*swap, "extra"],
+        ["python3", "-S", "-", "discard", REPO, REPO],
+        ["python3", "-S", "-", "discard", REPO, f"{other}.prune-new"],
+    ):
+        assert refused(bad), bad
 
 
 def test_chown_walk_must_name_the_projects_own_uid() -> None:
@@ -167,6 +246,7 @@ def test_the_gates_copies_match_the_watchdogs_originals() -> None:
         "clean_repo busy scan": clean_repo.BUSY_SCAN,
         "resync_replica busy scan": resync_replica.BUSY_SCAN,
         "rotate_save_log": rotate_save_log.PROGRAM,
+        "prune_repo": prune_repo.PROGRAM,
     }
     digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in programs.items()}
     assert digests == ssh_gate.PROGRAMS, f"update PROGRAMS in ssh_gate.py to {digests}"
@@ -175,6 +255,12 @@ def test_the_gates_copies_match_the_watchdogs_originals() -> None:
         assert ssh_gate.project_uid(pid) == project_uid(pid)
     assert ssh_gate._OBJECT_EXCLUDES == resync_replica._OBJECT_EXCLUDES
     assert ssh_gate._PACKS_ONLY == resync_replica._PACKS_ONLY
+    assert (ssh_gate.WORK_SUFFIX, ssh_gate.ASIDE_INFIX) == (
+        prune_repo.WORK_SUFFIX,
+        prune_repo.ASIDE_INFIX,
+    )
+    assert f"^({ssh_gate._PERIOD.pattern})$" == prune_repo._PERIOD  # pydantic's pattern
+    assert ssh_gate._SAVE.pattern == prune_repo._SAVE.pattern
 
 
 def run_gate(
