@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NoReturn
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 EXIT_UNKNOWN = 3
 DEFAULT_CONFIG = Path("/etc/bup-watchdog/config.toml")
+MEMORY = Path(":memory:")  # an SQLite database that is no file
 
 log = logging.getLogger("bup_watchdog")
 
@@ -46,6 +48,78 @@ def _fail(message: str, code: int = EXIT_UNKNOWN) -> NoReturn:
     else:
         click.echo(f"bup-watchdog: {message}", err=True)
     sys.exit(code)
+
+
+def _warn(message: str) -> None:
+    """One warning line on stderr (a JSON object with --log-format json); the command goes on."""
+    if logs.current_format() == "json":
+        log.warning(message)
+    else:
+        click.echo(f"bup-watchdog: {message}", err=True)
+
+
+def _deprecated(new: str) -> Callable[[click.Context, click.Parameter, object], object]:
+    """The callback of a hidden option kept for old command lines: it warns and passes on."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        if value:
+            _warn(f"{param.opts[0]} is deprecated: use {new}")
+        return value
+
+    return callback
+
+
+class _Formats(click.Choice[str]):
+    """``--format text|json`` of every command that prints for people or for a program; 'table',
+    the old name of text (check, repairs list), is still taken."""
+
+    def __init__(self) -> None:
+        super().__init__(["text", "json"])
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        if value == "table":
+            _warn("--format table is deprecated: use --format text")
+            return "text"
+        return str(super().convert(value, param, ctx))
+
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=_Formats(),
+    default="text",
+    show_default=True,
+    help="text for people, json for programs.",
+)
+server_option = click.option(
+    "--server",
+    multiple=True,
+    metavar="ID|NAME",
+    help="Only this server, by id or name (repeatable).",
+)
+only_option = click.option(
+    "--only",
+    "checks",
+    multiple=True,
+    metavar="CHECK",
+    help="Only this check (repeatable). Default: every enabled check.",
+)
+
+
+class _NagiosCommand(click.Command):
+    """``check``: a command line it cannot use is UNKNOWN (3) to Nagios, not click's 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _UnknownUsage(exc.format_message(), exc.ctx) from None
+
+
+class _UnknownUsage(click.UsageError):
+    exit_code = EXIT_UNKNOWN
 
 
 def load(config_path: Path) -> Config:
@@ -143,20 +217,16 @@ def main(ctx: click.Context, verbose: int, log_format: str) -> None:
     fish_source for the other shells).
     """
     logs.setup(log_format, verbose, daemon=ctx.invoked_subcommand == "run")
+    # The Cassandra driver logs a traceback per attempt when no node answers (two for one
+    # refused connection); CassandraSession says it in one line. Its own lines are for -vv.
+    logging.getLogger("cassandra").setLevel(logging.CRITICAL if verbose < 2 else logging.NOTSET)
 
 
-@main.command("check")
+@main.command("check", cls=_NagiosCommand)
 @config_option
-@click.option(
-    "--only",
-    multiple=True,
-    metavar="CHECK",
-    help="Run only this check (repeatable). Default: every enabled check.",
-)
-@click.option("--server", multiple=True, metavar="ID", help="Only this server, by id or name.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@only_option
+@server_option
+@format_option
 @click.option(
     "--deep",
     is_flag=True,
@@ -169,7 +239,7 @@ def main(ctx: click.Context, verbose: int, log_format: str) -> None:
 )
 def check_cmd(
     config_path: Path,
-    only: tuple[str, ...],
+    checks: tuple[str, ...],
     server: tuple[str, ...],
     fmt: str,
     deep: bool,
@@ -177,11 +247,13 @@ def check_cmd(
 ) -> None:
     """Run one sweep now and print the findings.
 
-    Exit code: 0 ok, 1 warnings, 2 critical, 3 the watchdog could not run (Nagios convention).
+    Exit code: 0 ok, 1 warnings, 2 critical, 3 the watchdog could not run or judge, or a
+    command line it cannot use (Nagios convention). The sweep is recorded in the state.
     """
     from bup_watchdog.checks import registry
     from bup_watchdog.runner import Runner, inventory_source, open_state
 
+    only = checks
     config = load(config_path)
     unknown = [c for c in only if c not in registry()]
     if unknown:
@@ -270,15 +342,24 @@ _DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "re
 @config_option
 @click.argument("name")
 @click.argument("target")
-@click.option("--dry-run", "mode", flag_value="dry-run", default=True, help="Plan only (default).")
-@click.option("--execute", "mode", flag_value="execute", help="Run it now (counts as approval).")
-@click.option("--reason", default="", help="Why, for the journal.")
+@click.option("--dry-run", is_flag=True, help="Plan only (the default).")
+@click.option("--execute", is_flag=True, help="Run it now (counts as approval).")
+@click.option("--why", default="", help="Why, for the journal.")
+@click.option("--reason", hidden=True, default="", callback=_deprecated("--why"))
 @click.option(
     "--unfence", is_flag=True, help="fence_host only: lift the fence (host healthy again)."
 )
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def repair_cmd(
-    config_path: Path, name: str, target: str, mode: str, reason: str, unfence: bool, fmt: str
+    config_path: Path,
+    name: str,
+    target: str,
+    dry_run: bool,
+    execute: bool,
+    why: str,
+    reason: str,
+    unfence: bool,
+    fmt: str,
 ) -> None:
     """Plan or run one repair by hand, through the guard.
 
@@ -287,6 +368,14 @@ def repair_cmd(
     """
     from bup_watchdog.repairs.base import RepairRequest
 
+    if dry_run and execute:
+        raise click.UsageError("--dry-run and --execute contradict each other: give one")
+    if unfence and name != "fence_host":
+        raise click.UsageError(f"--unfence goes with fence_host only, not {name}")
+    if why and reason:
+        raise click.UsageError("--why and --reason (its old name) both given: give --why")
+    mode = "execute" if execute else "dry-run"
+    reason = why or reason
     config = load(config_path)
     try:
         guard = _guard(config)
@@ -311,21 +400,50 @@ def repairs_group() -> None:
     """List the repair journal; approve or deny pending repairs; acknowledge interrupted ones."""
 
 
+def _existing_state(config: Config) -> State | None:
+    """The state database if there is one (None: nothing was recorded yet). Read-only commands
+    use it so that they do not create one (an empty state directory in the wrong place)."""
+    from bup_watchdog.runner import open_state
+
+    if not (config.state.directory / "state.db").exists():
+        return None
+    return open_state(config)
+
+
+#: Journal statuses, as ``repairs list --status`` takes them (a test holds them to the journal's).
+STATUSES = (
+    "refused",
+    "dry_run",
+    "pending",
+    "denied",
+    "running",
+    "succeeded",
+    "failed",
+    "interrupted",
+    "conflict",
+)
+
+
 def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
     from rich.table import Table
 
     from bup_watchdog.journal import Journal
     from bup_watchdog.output import make_console
-    from bup_watchdog.runner import open_state
 
     config = load(config_path)
-    journal = Journal(open_state(config))
-    entries = journal.entries(status=status, limit=limit)
+    try:
+        state = _existing_state(config)
+        entries = Journal(state).entries(status=status, limit=limit) if state else []
+    except WatchdogError as exc:
+        _fail(str(exc))
     if fmt == "json":
         click.echo(json.dumps([e.as_dict() for e in entries]))
         return
     if not entries:
-        click.echo("no repairs" + (f" with status {status}" if status else ""))
+        none = "no repairs" + (f" with status {status}" if status else "")
+        if state is None:
+            none += f" (no state at {config.state.directory} yet: nothing was journaled)"
+        click.echo(none)
         return
     console = make_console()
     table = Table(title_justify="left")
@@ -350,9 +468,9 @@ def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
 
 @repairs_group.command("list")
 @config_option
-@click.option("--status", help="Only this status (refused, pending, succeeded, failed, …).")
+@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 def repairs_list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
     """The journal, newest first: every decision, refusals with their reason."""
     _list(config_path, status, limit, fmt)
@@ -360,7 +478,7 @@ def repairs_list(config_path: Path, status: str | None, limit: int, fmt: str) ->
 
 @repairs_group.command("pending")
 @config_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@format_option
 def repairs_pending(config_path: Path, fmt: str) -> None:
     """Repairs waiting for an operator's approval."""
     _list(config_path, "pending", 1000, fmt)
@@ -369,7 +487,7 @@ def repairs_pending(config_path: Path, fmt: str) -> None:
 @repairs_group.command("approve")
 @config_option
 @click.argument("entry_id", type=int)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def repairs_approve(config_path: Path, entry_id: int, fmt: str) -> None:
     """Approve a pending repair: the guard checks everything again, then runs it."""
     config = load(config_path)
@@ -385,13 +503,17 @@ def repairs_approve(config_path: Path, entry_id: int, fmt: str) -> None:
 @config_option
 @click.argument("entry_id", type=int)
 @click.option("--why", default="", help="Why, for the journal.")
-def repairs_deny(config_path: Path, entry_id: int, why: str) -> None:
+@format_option
+def repairs_deny(config_path: Path, entry_id: int, why: str, fmt: str) -> None:
     """Deny a pending repair; it will not run."""
     config = load(config_path)
     try:
         decision = _guard(config).deny(entry_id, _who(), why)
     except WatchdogError as exc:
         _fail(str(exc))
+    if fmt == "json":
+        click.echo(json.dumps({"id": decision.entry_id, "status": decision.status}))
+        return
     click.echo(f"repair #{decision.entry_id}: {decision.status}")
 
 
@@ -399,7 +521,7 @@ def repairs_deny(config_path: Path, entry_id: int, why: str) -> None:
 @config_option
 @click.argument("entry_id", type=int)
 @click.option("--why", required=True, help="What was checked on the target, for the journal.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option
 def repairs_ack(config_path: Path, entry_id: int, why: str, fmt: str) -> None:
     """Acknowledge an interrupted repair once its target was checked by hand.
 
@@ -520,10 +642,9 @@ def _fresh_sweep(
     help="Where to write the report ('-': stdout). Default: bupwatch-audit-<UTC time>.<ext> "
     "in the current directory.",
 )
-@click.option("--server", multiple=True, metavar="ID|NAME", help="Only this server (repeatable).")
-@click.option(
-    "--check", "checks", multiple=True, metavar="NAME", help="Only this check (repeatable)."
-)
+@server_option
+@only_option
+@click.option("--check", "old_checks", multiple=True, hidden=True, callback=_deprecated("--only"))
 @click.option(
     "--since",
     default="7d",
@@ -546,6 +667,7 @@ def audit_cmd(
     output: str | None,
     server: tuple[str, ...],
     checks: tuple[str, ...],
+    old_checks: tuple[str, ...],
     since: str,
     fresh: bool,
     max_projects: int,
@@ -569,12 +691,14 @@ def audit_cmd(
         servers_from_state,
     )
     from bup_watchdog.runner import inventory_source, open_state
+    from bup_watchdog.state import State
 
     config = load(config_path)
     try:
         since_seconds = history_window(since)
-        wanted_checks = check_names(checks)
-        state = open_state(config)
+        wanted_checks = check_names((*checks, *old_checks))
+        # Without --fresh the report only reads: no state yet is an empty one, not a new file.
+        state = open_state(config) if fresh else _existing_state(config) or State(MEMORY)
         servers = servers_from_state(state)
         if not servers and not fresh:  # nothing cached yet: names from the source, if it answers
             try:

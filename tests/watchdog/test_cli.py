@@ -314,3 +314,150 @@ def test_the_printed_example_config_passes_config_check_once_the_inventory_is_fi
 
     assert proc.returncode == 0, proc.stderr
     assert "OK (0 servers, 0 projects" in proc.stdout
+
+
+# -------------------------------------------------------------------- one name per concept
+
+
+def _options(*path: str) -> dict[str, object]:
+    """The visible options of a command, by their long name."""
+    import click
+
+    from bup_watchdog.cli import main
+
+    command: click.Command = main
+    for name in path:
+        assert isinstance(command, click.Group)
+        found = command.get_command(click.Context(command), name)
+        assert found is not None, path
+        command = found
+    return {
+        opt: p
+        for p in command.params
+        if isinstance(p, click.Option) and not p.hidden
+        for opt in p.opts
+        if opt.startswith("--")
+    }
+
+
+def test_every_command_names_a_concept_the_same_way() -> None:
+    import click
+
+    from bup_watchdog import journal
+    from bup_watchdog.cli import STATUSES
+
+    printing = [
+        ("check",),
+        ("repair",),
+        *[("repairs", c) for c in ("list", "pending", "approve", "deny", "ack")],
+    ]
+    for path in printing:
+        fmt = _options(*path)["--format"]
+        assert isinstance(fmt, click.Option) and isinstance(fmt.type, click.Choice), path
+        assert list(fmt.type.choices) == ["text", "json"], path
+    for path in (("check",), ("audit",)):
+        options = _options(*path)
+        assert "--only" in options and "--check" not in options, path
+        assert options["--server"].metavar == "ID|NAME", path  # type: ignore[attr-defined]
+    for path in (("repair",), ("repairs", "deny"), ("repairs", "ack")):
+        options = _options(*path)
+        assert "--why" in options and "--reason" not in options, path
+    status = _options("repairs", "list")["--status"]
+    assert isinstance(status, click.Option) and isinstance(status.type, click.Choice)
+    known = {journal.PENDING, journal.RUNNING, *journal.FINISHED}
+    assert set(status.type.choices) == known and len(STATUSES) == len(known)
+
+
+def empty_fleet_config(tmp_path: Path) -> Path:
+    """A valid config over an empty inventory, its state directory not created yet."""
+    (tmp_path / "inventory.toml").write_text("servers = []\nprojects = []\n")
+    (tmp_path / "known_hosts").write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[inventory]\nfile = "inventory.toml"\n[state]\ndirectory = "state"\n'
+        '[ssh]\nknown_hosts = "known_hosts"\n'
+    )
+    return config
+
+
+def test_the_old_names_still_work_and_say_what_replaces_them(tmp_path: Path) -> None:
+    config = str(empty_fleet_config(tmp_path))
+
+    table = run("check", "-c", config, "--format", "table")
+    audit = run("audit", "-c", config, "--check", "reachability", "-o", "-")
+    repair = run("repair", "-c", config, "fence_host", "nosuch", "--reason", "old habit")
+
+    assert table.returncode == 3 and table.stdout.startswith("UNKNOWN"), table.stderr
+    assert "--format table is deprecated: use --format text" in table.stderr
+    assert audit.returncode == 0 and "--check is deprecated: use --only" in audit.stderr
+    assert "--reason is deprecated: use --why" in repair.stderr
+    assert "No such option" not in repair.stderr and "Traceback" not in repair.stderr
+
+
+def test_contradicting_or_irrelevant_flags_are_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    config = str(empty_fleet_config(tmp_path))
+    refused = {
+        ("repair", "-c", config, "restart_bup_server", "h1", "--dry-run", "--execute"): (
+            "--dry-run and --execute contradict each other"
+        ),
+        ("repair", "-c", config, "restart_bup_server", "h1", "--unfence"): (
+            "--unfence goes with fence_host only, not restart_bup_server"
+        ),
+        ("repair", "-c", config, "fence_host", "h1", "--why", "a", "--reason", "b"): (
+            "--why and --reason (its old name) both given"
+        ),
+        ("repairs", "list", "-c", config, "--status", "done"): (
+            "Invalid value for '--status': 'done' is not one of 'refused'"
+        ),
+    }
+    for argv, says in refused.items():
+        proc = run(*argv)
+        assert proc.returncode == 2 and says in proc.stderr, (argv, proc.stderr)
+        assert "Usage: bup-watchdog" in proc.stderr and "Traceback" not in proc.stderr
+    nagios = run("check", "-c", config, "--format", "xml")
+    assert nagios.returncode == 3, "a check command line Nagios cannot use is UNKNOWN"
+    assert "Invalid value for '--format': 'xml' is not one of 'text', 'json'" in nagios.stderr
+    assert not (tmp_path / "state").exists(), "refused before the state was touched"
+
+
+def test_read_only_commands_create_no_state_database(tmp_path: Path) -> None:
+    config = str(empty_fleet_config(tmp_path))
+
+    listed = run("repairs", "list", "-c", config)
+    as_json = run("repairs", "list", "-c", config, "--format", "json")
+    pending = run("repairs", "pending", "-c", config)
+    audit = run("audit", "-c", config, "-o", "-", "--format", "json")
+    checked = run("config", "check", config)
+
+    for proc in (listed, as_json, pending, audit, checked):
+        assert proc.returncode == 0, (proc.args, proc.stderr)
+    assert listed.stdout.startswith(f"no repairs (no state at {tmp_path}/state yet")
+    assert json.loads(as_json.stdout) == []
+    assert json.loads(audit.stdout)["summary"]["failing_projects"] == 0
+    assert not (tmp_path / "state").exists()
+    run("check", "-c", config)  # a sweep is recorded: the state starts here
+    assert (tmp_path / "state" / "state.db").exists()
+
+
+def test_no_cassandra_driver_traceback_reaches_the_user_when_no_node_answers(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[inventory]\nsource = "cassandra"\n[inventory.cassandra]\nhosts = ["127.0.0.1"]\n'
+        f'port = {port}\n[state]\ndirectory = "state"\n'
+    )
+    for argv in (("check",), ("inventory", "migrate"), ("audit", "-o", "-")):
+        proc = run(*argv, "-c", str(config))
+        assert "Traceback" not in proc.stderr, (argv, proc.stderr)
+        assert "cassandra.cluster" not in proc.stderr, (argv, proc.stderr)
+        if argv != ("audit", "-o", "-"):  # the audit goes on without names from the inventory
+            assert proc.returncode == 3, (argv, proc.stderr)
+            (line,) = proc.stderr.splitlines()  # the watchdog's one line, nothing of the driver
+            assert line.startswith(f"bup-watchdog: Cassandra at 127.0.0.1:{port} ("), argv
+            assert line.endswith(f"no node answered (127.0.0.1:{port}: connection refused)")
