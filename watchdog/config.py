@@ -343,6 +343,21 @@ class GuardConfig(Section):
         description='Weekly windows with no repairs, e.g. [{days=["sat"], start="02:00", '
         'end="04:00"}].',
     )
+    max_parallel_repairs: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Repairs (and decisions) run at the same time, at most one per host: a "
+        "host that hangs holds up only its own repairs.",
+    )
+    no_progress_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="A repair's step that prints nothing and whose host does not answer for "
+        "this long is given up (the repair fails, journaled), whatever its own time limit: a "
+        "frozen host is not waited on for the step's full timeout.",
+    )
     api_token_file: Path | None = Field(
         None,
         description="File holding the bearer token for the HTTP API's write endpoints and the "
@@ -454,6 +469,42 @@ class HttpConfig(Section):
         "127.0.0.1:9731",
         pattern=r"^[^:\s]+:\d{1,5}$",
         description="Address and port of the HTTP server (/metrics, /healthz, API).",
+    )
+    max_connections: int = Field(
+        512,
+        ge=8,
+        le=65536,
+        description="Open HTTP connections at most. At the limit a new connection closes the one "
+        "that has waited longest without sending a complete request (a slowloris client holds "
+        "nothing for long); when every connection has a request in progress the new one gets "
+        "503 and is closed. Also capped at the open-file limit minus fd_reserve.",
+    )
+    max_requests: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Requests handled at the same time; beyond it the answer is 503 at once.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection has to send a complete request (line, headers and "
+        "body) once it starts waiting for one; then it is closed (slowloris).",
+    )
+    keep_alive_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds an idle keep-alive connection is kept after its last response.",
+    )
+    fd_reserve: int = Field(
+        256,
+        ge=32,
+        le=65536,
+        description="File descriptors the HTTP server never takes: kept for sweeps (SSH "
+        "connections), repairs and the state. The daemon raises its soft open-file limit to "
+        "the hard one at start; HTTP connections are capped at that limit minus this.",
     )
 
 

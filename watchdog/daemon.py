@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from bup_watchdog.errors import WatchdogError
 from bup_watchdog.guard import Guard
 from bup_watchdog.http.app import HttpServer, create_app
 from bup_watchdog.http.auth import read_token
+from bup_watchdog.http.limits import HttpLimits
 from bup_watchdog.inventory.file import parse_inventory
 from bup_watchdog.journal import Entry, Journal
 from bup_watchdog.leases import lease_backend
@@ -50,8 +52,11 @@ from bup_watchdog.sweep import LAG_BUCKETS, SweepResult
 log = logging.getLogger(__name__)
 
 
-def build_http(config: Config, state: State, daemon: Daemon | None = None) -> HttpServer:
-    """The HTTP server over the state: /metrics, /healthz, /ready, API."""
+def build_http(
+    config: Config, state: State, daemon: Daemon | None = None, *, open_files: int | None = None
+) -> HttpServer:
+    """The HTTP server over the state: /metrics, /healthz, /ready, API; its connections capped
+    at ``open_files`` (the soft open-file limit) minus ``[http] fd_reserve``."""
     reg = CollectorRegistry()
 
     def servers() -> Mapping[str, Server]:
@@ -79,7 +84,27 @@ def build_http(config: Config, state: State, daemon: Daemon | None = None) -> Ht
         alerts=config.alerts,
         report=ReportSettings.from_config(config),
     )
-    return HttpServer(app, host, int(port))
+    if open_files is None:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return HttpServer(app, host, int(port), HttpLimits.from_config(config.http, open_files))
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one (systemd's LimitNOFILE= or ``ulimit -Hn``)
+    and return the soft limit now: the HTTP server's share of it is bounded, the rest is kept
+    for sweeps and repairs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return int(soft)
+    if soft == resource.RLIM_INFINITY:
+        return target
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return int(soft)
+    return int(target)
 
 
 def cached_servers(state: State) -> Mapping[str, Server]:
@@ -318,7 +343,14 @@ class Daemon:
             self.report_interrupted()
             self.release_dead_leases()
             self.heartbeat_job()  # a member before the first sweep, so it counts itself
-            http = build_http(self.config, self.state, self)
+            open_files = raise_open_file_limit()
+            http = build_http(self.config, self.state, self, open_files=open_files)
+            log.info(
+                "open-file limit %d; HTTP takes at most %d connections, %d requests at once",
+                open_files,
+                http.limits.max_connections,
+                http.limits.max_requests,
+            )
             logs.adopt()  # uvicorn set up its own handlers: its lines go through ours
             http.start()
             self.queue.start()

@@ -333,7 +333,7 @@ class HttpServer:
             lifespan="off",
             http=bounded_protocol(self.limits),
             timeout_keep_alive=int(max(1, self.limits.keep_alive)),
-            backlog=1024,
+            backlog=self.limits.backlog,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
