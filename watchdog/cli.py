@@ -742,6 +742,80 @@ def audit_cmd(
     click.echo(str(path.resolve()))
 
 
+@main.group("archive")
+def archive_group() -> None:
+    """Audit offline archives of bup repositories (copies that are in no inventory)."""
+
+
+@archive_group.command("audit")
+@config_option
+@click.argument("path")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Repositories checked at once.",
+)
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The progress journal (default: one per archive in the state directory).",
+)
+@click.option("--restart", is_flag=True, help="Forget earlier runs' results; check everything.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["html", "md", "json"]), default="html", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    help="Report file ('-': stdout). Default: "
+    "bupwatch-archive-audit-<UTC time>.<ext> in the current directory.",
+)
+@click.option(
+    "--max-lag",
+    default="48h",
+    show_default=True,
+    metavar="DURATION",
+    help="An archived copy further behind its master than this is stale.",
+)
+@click.option(
+    "--budget",
+    metavar="DURATION",
+    help="Start no repository after this long (at least one per run); the next run resumes.",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Probe the masters for their newest save now (default: the inventory's bup_last_save).",
+)
+def archive_audit(config_path: Path, path: str, **opts: object) -> None:
+    """Deep-check every repository of an archive at PATH or HOST:PATH (HOST: an inventory server
+    or an SSH host), resumably; report the broken ones and how far each copy lags its master.
+
+    Exit code: 0 all good, 1 broken or stale copies, 2 bad usage, 3 could not run (or not done).
+    """
+    from bup_watchdog.archive import ArchiveUsageError, AuditOptions, parse_duration, run_command
+
+    config = load(config_path)
+    try:
+        budget, max_lag = opts.pop("budget"), parse_duration(str(opts.pop("max_lag")))
+        options = AuditOptions(
+            **opts,  # type: ignore[arg-type]
+            max_lag=max_lag,
+            budget=parse_duration(str(budget)) if budget is not None else None,
+        )
+        code = run_command(config, path, options)
+    except ArchiveUsageError as exc:
+        _fail(str(exc), 2)
+    except WatchdogError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
 def show(result: SweepResult, fmt: str) -> None:
     """The findings of a sweep on stdout: a table, or JSON."""
     from bup_watchdog.output import make_console, print_json, print_table
