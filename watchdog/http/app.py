@@ -332,7 +332,8 @@ class HttpServer:
             log_level="warning",
             lifespan="off",
             http=bounded_protocol(self.limits),
-            timeout_keep_alive=int(max(1, self.limits.keep_alive)),
+            # typed int, but uvicorn hands it to loop.call_later: a fraction of a second works
+            timeout_keep_alive=self.limits.keep_alive,  # type: ignore[arg-type]
             backlog=self.limits.backlog,
         )
         self.server = uvicorn.Server(self.config)
