@@ -8,6 +8,7 @@ is refused for real; through s1 it works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -384,3 +385,32 @@ def test_a_sweep_reaches_the_host_behind_the_bastion_only_with_the_ssh_config(
     # sees no listening socket of theirs, which reachability reports as informational only.
     codes = {(f["code"], f["severity"]) for f in through["findings"]}
     assert codes <= {("bup_server_not_seen", "ok")}, through["findings"]
+
+
+def test_a_frozen_bastion_is_given_up_on_within_the_banner_timeout_and_named(
+    bastion: Bastion, tmp_path: Path
+) -> None:
+    bastion.stop_jump()
+    held: list[socket.socket] = []
+    frozen = socket.create_server((bastion.jump.address, SSH_PORT))  # accepts, never answers
+    frozen.settimeout(10)
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):
+            held.append(frozen.accept()[0])
+
+    threading.Thread(target=hold, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(
+            HostUnreachable,
+            match=f"jump host root@{bastion.jump.address}:22: sshd accepted the connection but "
+            "sent no SSH banner within 1 s",
+        ):
+            target_transport(bastion, tmp_path, banner_timeout=1.0).connect()
+    finally:
+        frozen.close()
+        for conn in held:
+            conn.close()
+        bastion.start_jump()
+    assert time.monotonic() - started < 3.0
