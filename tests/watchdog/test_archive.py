@@ -9,10 +9,13 @@ project the inventory does not know, and three entries are not repositories.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bup_watchdog.archive import render
+from bup_watchdog.archive import Progress, RepoAudit, render
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.repos import (
     SAVE_INTERVAL,
@@ -138,6 +141,8 @@ def test_the_audit_finds_exactly_the_broken_copies_and_the_one_behind_its_master
         0,
     )
     assert "7 repositories (7 checked now, 0 from" in err
+    lines = [line for line in err.splitlines() if line.startswith("archive audit: [")]
+    assert len(lines) == 7 and sum("BROKEN" in line for line in lines) == 4  # no TTY: a line each
 
     # The same data as an operator reads it: HTML (escaped) and Markdown.
     html = render(report, "html")
@@ -278,3 +283,33 @@ def test_bad_targets_are_usage_errors_and_an_unreachable_host_could_not_run(
 
     code, _, err = audit(fleet, "127.0.0.1:/bup/archive", "--state", str(tmp_path / "x.jsonl"))
     assert code == 3 and "127.0.0.1" in one_line(err)
+
+
+def test_on_a_terminal_the_progress_is_a_bar_that_still_names_each_broken_repository() -> None:
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it is written: a full pty buffer would block the bar
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal side closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    with open(slave, "w", encoding="utf-8", closefd=True) as tty:
+        progress = Progress(2, "s1:/bup/archive", tty)
+        progress.repo_done(RepoAudit(HEALTHY, True, time.time(), seconds=0.1), HEALTHY)
+        bad = RepoAudit(MASTER_MISSING, False, time.time(), "git fsck [rc 2]", seconds=0.1)
+        progress.repo_done(bad, MASTER_MISSING)
+        progress.close()
+    reader.join(10)
+    os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert "auditing" in text and "2/2" in text
+    assert f"{MASTER_MISSING}: BROKEN: git fsck [rc 2]" in text
+    assert f"{HEALTHY}: ok" not in text  # healthy ones only move the bar
