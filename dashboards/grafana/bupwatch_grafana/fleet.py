@@ -18,6 +18,7 @@ from bupwatch_grafana.common import (
     STATUS_COLORS,
     UP_DOWN,
     Board,
+    Links,
     bargauge_panel,
     datasource_var,
     dc_var,
@@ -37,8 +38,8 @@ from bupwatch_grafana.common import (
 )
 from grafana_foundation_sdk.models.common import BigValueTextMode
 
-PER_HOST = {"links": [series_link()]}
-FLEET = {"panel_links": [panel_link()]}
+PER_HOST: Links = {"links": [series_link()]}
+FLEET: Links = {"panel_links": [panel_link()]}
 SAVE_AGE_COLORS = {
     "under_1d": "yellow",
     "1d_to_3d": "orange",
