@@ -178,13 +178,8 @@ def host_link_missing(board: dict[str, Any]) -> list[str]:
     return missing
 
 
-@pytest.fixture(scope="module")
-def registry(
-    demo_config: Config, demo_inventory: Inventory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CollectorRegistry]:
-    """The metrics of a watchdog that swept the demo fleet and refused a repair."""
-    state = State(tmp_path_factory.mktemp("grafana-state") / "state.db")
-    record(state, sweep(demo_config, demo_inventory, state=state, deep=True))
+def refuse(state: State) -> None:
+    """Journal a repair request the guard refused, as the circuit breaker would."""
     Journal(state).write(
         repair="restart_bup_server",
         target="x",
@@ -197,17 +192,33 @@ def registry(
         status=REFUSED,
         refusal="circuit_breaker: test",
     )
+
+
+@pytest.fixture(scope="module")
+def demo_state(
+    demo_config: Config, demo_inventory: Inventory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[State]:
+    """The state of a watchdog that swept the demo fleet and refused a repair."""
+    state = State(tmp_path_factory.mktemp("grafana-state") / "state.db")
+    record(state, sweep(demo_config, demo_inventory, state=state, deep=True))
+    refuse(state)
+    yield state
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def registry(demo_state: State, demo_inventory: Inventory) -> CollectorRegistry:
+    """That watchdog's metrics, rendered from its state at each scrape."""
     reg = CollectorRegistry()
     reg.register(
         StateCollector(
-            state,
+            demo_state,
             lambda: demo_inventory.servers,
             sorted(check_registry()),
             lag_buckets=LAG_BUCKETS,
         )
     )
-    yield reg
-    state.close()
+    return reg
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +336,20 @@ def test_every_query_evaluates_on_a_real_prometheus_scraping_the_watchdog(
     for p in first_row:
         (series,) = prometheus.query(substitute(p["targets"][0]["expr"]))
         assert series["metric"]["name"] == "h1", p["title"]
+
+
+def test_the_refusal_annotation_marks_a_refusal_journaled_while_prometheus_watches(
+    prometheus: Prometheus, demo_state: State
+) -> None:
+    notes = {a["name"]: a for a in dashboards()["fleet-overview.json"]["annotations"]["list"]}
+    refused, run = notes["Repairs refused (guard)"]["expr"], notes["Repairs (watchdog)"]["expr"]
+    scraped = prometheus.query("bupwatch_repairs_total")
+    assert [s["metric"]["outcome"] for s in scraped] == ["refused"]
+    assert prometheus.query(refused) == []  # the refusal journaled before Prometheus started
+    refuse(demo_state)
+    (marker,) = prometheus.wait_for_query(refused, lambda r: len(r) == 1)
+    assert marker["metric"] == {"repair": "restart_bup_server", "outcome": "refused"}
+    assert prometheus.query(run) == []
 
 
 def test_every_metric_a_panel_uses_is_exported_by_the_watchdog(exported: set[str]) -> None:
