@@ -685,7 +685,8 @@ def audit_archive(
     finally:
         for t in made:
             t.close()
-        run.audits = {p: a for p, a in journal.done.items() if p in set(run.listing.repos)}
+        listed = set(run.listing.repos)
+        run.audits = {p: a for p, a in journal.done.items() if p in listed}
         journal.close()
     if len(run.errors) == len(run.pending) and run.errors and not run.checked_now:
         first = next(iter(run.errors.values()))
@@ -757,7 +758,10 @@ def report_data(run: AuditRun, max_lag: float) -> dict[str, Any]:
         )
         if run.inventory_note is None
         else [],
-        "not_audited": [{"project_id": p, "error": run.errors.get(p)} for p in run.pending],
+        # Those not reached yet are only counted (an archive may hold 100,000 repositories).
+        "could_not_check": [
+            {"project_id": p, "error": run.errors[p]} for p in run.pending if p in run.errors
+        ],
         "skipped": [{"name": n, "reason": r} for n, r in run.listing.skipped],
     }
 
