@@ -67,7 +67,7 @@ class RepairRefused(WatchdogError):
 
 
 #: The kinds of LocalFault, as the ``kind`` label of ``bupwatch_watchdog_problem``.
-LOCAL_FAULT_KINDS = ("file_descriptors", "key_file", "known_hosts")
+LOCAL_FAULT_KINDS = ("file_descriptors", "key_file", "known_hosts", "ssh_config")
 
 
 class LocalFault(WatchdogError):

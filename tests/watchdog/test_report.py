@@ -425,7 +425,7 @@ def test_audit_fresh_sweeps_the_demo_fleet_writes_the_report_and_exits_0(
         "md",
         "--output",
         str(out),
-        "--check",
+        "--only",
         "save_log_size",
         "--since",
         "24h",
