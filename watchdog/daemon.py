@@ -164,7 +164,9 @@ class Daemon:
         silencer = (
             Silencer(alerts.alertmanager_url, alerts.silence_minutes) if alerts.silence else None
         )
-        self.queue = RepairQueue(self.guard, silencer=silencer)
+        self.queue = RepairQueue(
+            self.guard, silencer=silencer, max_parallel=config.guard.max_parallel_repairs
+        )
 
     def guard(self) -> Guard:
         """A guard over the freshest inventory (the last sweep's, or loaded now)."""

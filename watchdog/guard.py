@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,10 @@ def alert_cooldown(
         f"cooldown: repair #{last.id} of this target was {what} {age:.0f} s ago; alerts ask "
         f"again after {cooldown:g} s{' (transient refusal)' if transient else ''}"
     )
+
+
+#: Held while a repair's limits are checked again and its start journaled (see ``Guard._run``).
+_STARTING = threading.Lock()
 
 
 class _StepLog:
@@ -526,9 +531,14 @@ class Guard:
             except WatchdogError as exc:
                 return self._refuse(req, "cannot_plan", str(exc), mode)
             plan = [s.as_dict(dict(self.inventory.servers)) for s in steps]
-            # Journal first: the intent is on disk before any command runs.
-            entry = self._write(req, mode, RUNNING, plan=plan)
-            self.journal.update(entry, started_at=self.clock(), decided_by=decided_by)
+            with _STARTING:  # repairs on other hosts start in parallel: limits checked and
+                # the start recorded at once, so two of them cannot both take the last slot
+                limited = self._limits(req, settings)
+                if limited:
+                    return self._refuse(req, limited[0], limited[1], mode)
+                # Journal first: the intent is on disk before any command runs.
+                entry = self._write(req, mode, RUNNING, plan=plan)
+                self.journal.update(entry, started_at=self.clock(), decided_by=decided_by)
             log.debug(
                 "repair #%d %s on %s: running %d steps", entry, req.repair, req.target, len(steps)
             )

@@ -46,7 +46,10 @@ class Context:
 
     def run(self, step: Any) -> CommandResult:
         return self.transport(step.server_id).run(
-            list(step.argv), stdin=step.stdin, timeout=step.timeout
+            list(step.argv),
+            stdin=step.stdin,
+            timeout=step.timeout,
+            no_progress=self.config.guard.no_progress_seconds,
         )
 
     def facts(

@@ -1,16 +1,22 @@
-"""A bounded queue of repair work, drained by one worker thread through the guard.
+"""A bounded queue of repair work, run through the guard by a worker per host (bounded total).
 
-HTTP handlers (the API, the Alertmanager webhook) only enqueue and answer at once; the worker runs
-one guard decision at a time, so a flood of requests can never exceed the guard's limits, and a
-full queue says so instead of growing without bound. An alert's request queued before the guard
-decided on the same target is dropped when its turn comes (the alert cooldown, checked again).
+HTTP handlers (the API, the Alertmanager webhook) only enqueue and answer at once. A dispatcher
+sorts the work into one lane per host; at most ``max_parallel`` workers take the oldest work of a
+host that is not busy, so a host's repairs run one at a time, in order, and a host that hangs
+holds up only its own lane (and one worker), never the fleet's. The guard re-checks its limits
+atomically as a repair starts, so parallel workers can never exceed them. A full queue says so
+instead of growing without bound. An alert's request queued before the guard decided on the
+same target is dropped when its turn comes (the alert cooldown, checked again).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +26,9 @@ from bup_watchdog.repairs.base import RepairRequest
 from bup_watchdog.silences import Silencer
 
 log = logging.getLogger(__name__)
+
+#: The lane of work whose host cannot be told (an approval of an id the journal lacks).
+UNKNOWN_HOST = "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +47,34 @@ class QueueFull(Exception):
 
 
 class RepairQueue:
-    """Bounded FIFO + one worker; ``guard_factory`` gives a guard over the current inventory."""
+    """Bounded intake + a lane per host + ``max_parallel`` workers; ``guard_factory`` gives a
+    guard over the current inventory."""
 
     def __init__(
         self,
         guard_factory: Callable[[], Guard],
         maxsize: int = 1000,
         silencer: Silencer | None = None,
+        *,
+        max_parallel: int = 4,
     ) -> None:
         self.guard_factory = guard_factory
         self.silencer = silencer
+        self.maxsize = maxsize
+        self.max_parallel = max_parallel
+        #: The intake (HTTP threads put here); its unfinished tasks are the queue's length.
         self._q: queue.Queue[Work | None] = queue.Queue(maxsize=maxsize)
-        self._thread = threading.Thread(target=self._work, name="repairs", daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="repairs", daemon=True)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"repairs-{i + 1}", daemon=True)
+            for i in range(max_parallel)
+        ]
+        self._cond = threading.Condition()
+        #: host -> its work in arrival order, each with its arrival number.
+        self._lanes: dict[str, deque[tuple[int, Work]]] = {}
+        self._busy: set[str] = set()
+        self._arrival = itertools.count()
+        self._closing = False
         self.processed = 0
         #: Alert requests dropped at their turn because of the alert cooldown.
         self.cooled_down = 0
@@ -58,15 +83,31 @@ class RepairQueue:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread.start()
+        self._dispatcher.start()
+        for w in self._workers:
+            w.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the current unit, drop nothing silently: what is left is logged."""
+        """Finish the units in progress and what is queued, within ``timeout``; what is left
+        (a hung host's lane) is logged, not dropped silently."""
         try:
             self._q.put_nowait(None)
         except queue.Full:
-            log.warning("repair queue full at shutdown: %d requests not run", self._q.qsize())
-        self._thread.join(timeout=timeout)
+            log.warning("repair queue full at shutdown: %d requests not run", self.qsize())
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in (self._dispatcher, *self._workers):
+            if t.is_alive():
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = self.qsize()
+        if left:
+            log.warning(
+                "repair queue stopped with %d requests not run (busy hosts: %s)",
+                left,
+                ", ".join(sorted(self._busy)) or "none",
+            )
 
     def put(self, work: Work) -> bool:
         """Enqueue; False when an identical alert fingerprint is already queued (not run twice)."""
@@ -74,36 +115,89 @@ class RepairQueue:
         with self._lock:
             if fp and fp in self._pending_fingerprints:
                 return False
+            if self._q.unfinished_tasks >= self.maxsize:
+                raise QueueFull(f"repair queue is full ({self.maxsize}); retry later")
             try:
                 self._q.put_nowait(work)
             except queue.Full:
-                raise QueueFull(f"repair queue is full ({self._q.maxsize}); retry later") from None
+                raise QueueFull(f"repair queue is full ({self.maxsize}); retry later") from None
             if fp:
                 self._pending_fingerprints.add(fp)
         return True
 
     def qsize(self) -> int:
-        return self._q.qsize()
+        """Units waiting (not yet started), in the intake and in every host's lane."""
+        with self._cond:
+            waiting = sum(len(lane) for lane in self._lanes.values())
+        return self._q.qsize() + waiting
 
     def join(self) -> None:
         """Wait until everything queued so far is processed (tests, shutdown)."""
         self._q.join()
 
-    def _work(self) -> None:
+    # -- dispatcher and workers -----------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Move work from the intake into its host's lane (cheap: no command runs here)."""
         while True:
             work = self._q.get()
+            if work is None:
+                self._q.task_done()
+                with self._cond:
+                    self._closing = True
+                    self._cond.notify_all()
+                return
             try:
-                if work is None:
-                    return
+                host = self._host_of(work)
+            except Exception:  # the journal unreadable: the worker reports it
+                host = UNKNOWN_HOST
+            with self._cond:
+                self._lanes.setdefault(host, deque()).append((next(self._arrival), work))
+                self._cond.notify()
+
+    def _host_of(self, work: Work) -> str:
+        if work.request is not None:
+            return work.request.server_id
+        entry_id = work.approve if work.approve is not None else work.deny
+        entry = self.guard_factory().journal.get(entry_id) if entry_id is not None else None
+        return entry.server_id if entry is not None else UNKNOWN_HOST
+
+    def _next(self) -> tuple[str, Work] | None:
+        """The oldest work of a host that is not busy (None when closing and all is done)."""
+        with self._cond:
+            while True:
+                ready = [
+                    (lane[0][0], h)
+                    for h, lane in self._lanes.items()
+                    if lane and h not in self._busy
+                ]
+                if ready:
+                    _, host = min(ready)
+                    _, work = self._lanes[host].popleft()
+                    if not self._lanes[host]:
+                        del self._lanes[host]
+                    self._busy.add(host)
+                    return host, work
+                if self._closing and not any(self._lanes.values()):
+                    return None
+                self._cond.wait()
+
+    def _work(self) -> None:
+        while (got := self._next()) is not None:
+            host, work = got
+            try:
                 self._handle(work)
             except WatchdogError as exc:  # e.g. approve/deny of an id that is not pending
                 log.warning("repair work not done: %s", exc)
             except Exception:
                 log.exception("a repair request failed unexpectedly; the queue goes on")
             finally:
-                if work is not None and work.request and work.request.fingerprint:
+                if work.request and work.request.fingerprint:
                     with self._lock:
                         self._pending_fingerprints.discard(work.request.fingerprint)
+                with self._cond:
+                    self._busy.discard(host)
+                    self._cond.notify_all()
                 self._q.task_done()
 
     def _handle(self, work: Work) -> None:
@@ -112,7 +206,8 @@ class RepairQueue:
             cooldown = guard.alert_cooldown(work.request)
             if cooldown:
                 req = work.request
-                self.cooled_down += 1
+                with self._lock:
+                    self.cooled_down += 1
                 log.debug("%s on %s not submitted: %s", req.repair, req.target, cooldown)
                 guard.journal.count_alert_cooldown({req.repair: 1})
                 return
@@ -131,7 +226,8 @@ class RepairQueue:
             self.last = guard.approve(work.approve, work.by)
         elif work.deny is not None:
             self.last = guard.deny(work.deny, work.by, work.why)
-        self.processed += 1
+        with self._lock:
+            self.processed += 1
         if self.last is not None:
             log.debug(
                 "repair #%d: %s — %s", self.last.entry_id, self.last.status, self.last.message

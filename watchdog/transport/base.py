@@ -28,8 +28,17 @@ class Transport(Protocol):
     sessions_opened: int
 
     def run(
-        self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None
-    ) -> CommandResult: ...
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        no_progress: float | None = None,
+    ) -> CommandResult:
+        """Run to completion within ``timeout``; with ``no_progress``, give up sooner when the
+        command shows no sign of progress (no output, and the host silent or the command idle)
+        for that long."""
+        ...
 
     def stream_lines(
         self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None

@@ -25,8 +25,15 @@ class LocalTransport:
         self.sessions_opened = 0
 
     def run(
-        self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        no_progress: float | None = None,
     ) -> CommandResult:
+        """Run to completion within ``timeout``; with ``no_progress``, the command and what it
+        started are killed when for that long they printed nothing and used no CPU time."""
         limit = timeout or self.timeout
         started = time.monotonic()
         self.sessions_opened += 1
@@ -42,13 +49,36 @@ class LocalTransport:
             )
         except OSError as exc:
             raise TransportError(f"{self.label}: cannot run {argv[0]}: {exc.strerror}") from None
+        deadline = started + limit
+        step = min(no_progress / 3, 5.0) if no_progress else limit
+        seen: tuple[int, int] = (-1, -1)
+        moved_at = time.monotonic()
         try:
-            out, err = proc.communicate(stdin or b"", timeout=limit)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise CommandTimeout(
-                f"{self.label}: {argv[0]} did not finish within {limit:g} s"
-            ) from None
+            while True:
+                try:
+                    wait = max(0.01, min(step, deadline - time.monotonic()))
+                    out, err = proc.communicate(stdin or b"", timeout=wait)
+                    break
+                except subprocess.TimeoutExpired as exc:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        _kill_group(proc)
+                        raise CommandTimeout(
+                            f"{self.label}: {argv[0]} did not finish within {limit:g} s"
+                        ) from None
+                    if not no_progress:
+                        continue
+                    printed = len(exc.stdout or b"") + len(exc.stderr or b"")
+                    now_seen = (printed, _session_cpu_ticks(proc.pid))
+                    if now_seen != seen:
+                        seen, moved_at = now_seen, now
+                    elif now - moved_at >= no_progress:
+                        _kill_group(proc)
+                        raise CommandTimeout(
+                            f"{self.label}: {argv[0]} made no progress for "
+                            f"{now - moved_at:.0f} s (no output, no CPU time used); killed "
+                            f"before its {limit:g} s limit"
+                        ) from None
         except BaseException:
             _kill_group(proc)
             raise
@@ -72,6 +102,23 @@ class LocalTransport:
 
     def close(self) -> None:
         return None
+
+
+def _session_cpu_ticks(sid: int) -> int:
+    """CPU time (clock ticks, user + system) of every process in session ``sid`` now."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 12 and int(fields[3]) == sid:  # fields[3]: the session id
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

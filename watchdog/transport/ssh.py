@@ -441,9 +441,19 @@ class SshTransport:
             chan.close()
 
     def run(
-        self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None
+        self,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        no_progress: float | None = None,
     ) -> CommandResult:
-        """Run a command to completion; non-zero exit is returned, not raised."""
+        """Run a command to completion; non-zero exit is returned, not raised.
+
+        ``no_progress``: when the command prints nothing for a while, the host is asked for a
+        sign of life (a session opened and closed on the same connection, no command run); a
+        command that printed nothing while the host did not answer for ``no_progress`` seconds
+        is given up at once, its time limit notwithstanding (a frozen host)."""
         limit = timeout or self.config.command_timeout
         started = time.monotonic()
         chan = self._open(argv, stdin, limit, sudo=self.sudo)
@@ -452,18 +462,40 @@ class SshTransport:
         wait_end = (time.monotonic() - started) + REMOTE_GRACE + KILL_AFTER + 2.0
         out, err = bytearray(), bytearray()
         cap = self.config.max_output_bytes
+        # A sign of life is asked for after this much silence (a third of no_progress, so that
+        # a host that answers late but answers is never given up on).
+        ask_after = min(no_progress / 3, 30.0) if no_progress else None
+        alive_at = time.monotonic()
         try:
             deadline = started + limit
             sel = _selector(chan)
             try:
                 while True:
-                    remaining = deadline - time.monotonic()
+                    now = time.monotonic()
+                    remaining = deadline - now
                     if remaining <= 0:
                         raise CommandTimeout(
                             f"{self.label}: {argv[0]} did not finish within {limit:g} s"
                             + _after_timeout(chan, wait_end)
                         )
-                    sel.select(timeout=remaining)
+                    if no_progress and ask_after:
+                        quiet = now - alive_at
+                        if quiet >= no_progress:
+                            self.close()  # the connection is as stuck as the command
+                            raise CommandTimeout(
+                                f"{self.label}: {argv[0]} made no progress for {quiet:.0f} s "
+                                f"(no output, and the host answered nothing: frozen?); given "
+                                f"up before its {limit:g} s limit. If the host thaws, its own "
+                                f"timeout stops the command within {limit + REMOTE_GRACE:g} s "
+                                "of its start"
+                            )
+                        if quiet >= ask_after:
+                            if self._answers(no_progress - quiet):
+                                alive_at = time.monotonic()
+                            continue
+                        remaining = min(remaining, ask_after - quiet)
+                    if sel.select(timeout=remaining):
+                        alive_at = time.monotonic()
                     while chan.recv_stderr_ready():
                         err += chan.recv_stderr(65536)
                         del err[:-_STDERR_KEEP]
@@ -486,6 +518,20 @@ class SshTransport:
         finally:
             chan.close()
         return CommandResult(rc, bytes(out), bytes(err), time.monotonic() - started)
+
+    def _answers(self, within: float) -> bool:
+        """Whether the host's sshd answers on this connection within ``within`` seconds: a
+        session is opened and closed at once (nothing is run, so no gate or sudo is involved)."""
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        if transport is None or not transport.is_active():
+            return False
+        try:
+            chan = transport.open_session(timeout=max(0.1, within))
+        except (paramiko.SSHException, EOFError, OSError):
+            return False
+        chan.close()
+        return True
 
 
 def _selector(chan: paramiko.Channel) -> selectors.BaseSelector:
