@@ -205,6 +205,9 @@ class ProcessFacts:
     name: str
     pids: tuple[int, ...]
     listen: tuple[tuple[str, int], ...]
+    #: How the probe learnt ``listen``: "sockets" (the process's fds), "port_file" (its fds
+    #: unreadable to a non-root probe: the port file, confirmed by a LISTEN socket), "none".
+    port_from: str = ""
 
     @property
     def running(self) -> bool:
@@ -223,6 +226,7 @@ class ProcessFacts:
                 name=_get(rec, "name", str, ""),
                 pids=tuple(int(p) for p in pids),
                 listen=tuple((str(a), int(p)) for a, p in listen),
+                port_from=_get(rec, "port_from", str, ""),
             )
         except (TypeError, ValueError) as exc:
             raise ProbeError(f"probe record 'process' is malformed: {exc}") from None

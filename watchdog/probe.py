@@ -49,7 +49,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 TYPE_CHECKING = False  # typing costs 2.5 ms to import on every host; annotations are strings here
 if TYPE_CHECKING:
@@ -61,6 +61,9 @@ except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import blake2b as _blake2b
 
 PROBE_VERSION = 1
+# bup_server writes the port it listens on to BUP_ROOT/conf/PORT_FILE (as restart_bup_server's
+# default port_file); the probe reads it only when the daemon's own sockets are hidden from it.
+PORT_FILE = "bup_server.port"
 
 # The known state of this host for an incremental walk: zlib-compressed, base64 lines
 # "<project id> <repo fingerprint or -> <project_dir digest or ->". The gather replaces the empty
@@ -349,11 +352,12 @@ _TCP_LISTEN = 10
 _INET_DIAG_MSG_BYTES = 72  # family, state, timer, retrans, sockid (48), 4 x u32, inode
 
 
-def _listening_netlink(inodes: set[str]) -> list[list[Any]] | None:
-    """Addresses of the listening TCP sockets among ``inodes``, from the kernel's sock_diag
-    netlink interface (what ``ss -ltn`` uses): only the listening table is looked at, where
-    /proc/net/tcp{,6} walks every bucket of the connection table (9 ms per probe on a machine with
-    24 GiB). None when the interface is not there (then /proc is read)."""
+def _listening_netlink(want: Callable[[str, int, int], bool]) -> list[list[Any]] | None:
+    """Addresses of the listening TCP sockets ``want(inode, port, uid)`` accepts, from the
+    kernel's sock_diag netlink interface (what ``ss -ltn`` uses, open to any user): only the
+    listening table is looked at, where /proc/net/tcp{,6} walks every bucket of the connection
+    table (9 ms per probe on a machine with 24 GiB). None when the interface is not there (then
+    /proc is read)."""
     found: set[tuple[str, int]] = set()
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
@@ -386,9 +390,9 @@ def _listening_netlink(inodes: set[str]) -> list[list[Any]] | None:
                         if kind == _SOCK_DIAG_BY_FAMILY and length >= 16 + _INET_DIAG_MSG_BYTES:
                             fam = data[msg]
                             (port,) = struct.unpack_from(">H", data, msg + 4)
-                            (inode,) = struct.unpack_from("=I", data, msg + 68)
+                            uid, inode = struct.unpack_from("=II", data, msg + 64)
                             raw = data[msg + 8 : msg + (12 if fam == socket.AF_INET else 24)]
-                            if str(inode) in inodes:
+                            if want(str(inode), port, uid):
                                 found.add((socket.inet_ntop(fam, raw), port))
                         off += (length + 3) & ~3
             except (OSError, ValueError, struct.error):
@@ -396,16 +400,17 @@ def _listening_netlink(inodes: set[str]) -> list[list[Any]] | None:
     return [[addr, port] for addr, port in sorted(found)]
 
 
-def _listening(inodes: set[str], proc: str) -> list[list[Any]]:
-    """Addresses of the listening TCP sockets among ``inodes``: sock_diag, else /proc/net/tcp."""
+def _listening(want: Callable[[str, int, int], bool], proc: str) -> list[list[Any]]:
+    """Addresses of the listening TCP sockets ``want(inode, port, uid)`` accepts: sock_diag,
+    else /proc/net/tcp{,6} (both readable by any user)."""
     if proc == "/proc":
-        fast = _listening_netlink(inodes)
+        fast = _listening_netlink(want)
         if fast is not None:
             return fast
-    return _listening_proc(inodes, proc)
+    return _listening_proc(want, proc)
 
 
-def _listening_proc(inodes: set[str], proc: str) -> list[list[Any]]:
+def _listening_proc(want: Callable[[str, int, int], bool], proc: str) -> list[list[Any]]:
     found: set[tuple[str, int]] = set()
     for table in ("tcp", "tcp6"):
         try:
@@ -415,13 +420,27 @@ def _listening_proc(inodes: set[str], proc: str) -> list[list[Any]]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:
+            if len(fields) < 10 or fields[3] != "0A":
                 continue
             try:
-                found.add(decode_proc_net_address(fields[1]))
+                addr, port = decode_proc_net_address(fields[1])
+                if want(fields[9], port, int(fields[7])):
+                    found.add((addr, port))
             except ValueError:
                 continue
     return [[addr, port] for addr, port in sorted(found)]
+
+
+def _read_port_file(path: str) -> int | None:
+    """The port a port file names (one decimal number), or None."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(32).strip()
+    except OSError:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        return None
+    return int(text)
 
 
 def _ancestors(proc: str) -> set[int]:
@@ -439,14 +458,20 @@ def _ancestors(proc: str) -> set[int]:
     return seen
 
 
-def process_facts(name: str, proc: str = "/proc") -> dict[str, Any]:
+def process_facts(name: str, proc: str = "/proc", port_file: str | None = None) -> dict[str, Any]:
     """Processes with an argv element whose basename is name: every one this host's ``/proc``
     shows (its PID namespace), whatever its mount namespace (systemd's ``PrivateTmp=`` gives a
-    service one of its own)."""
+    service one of its own), and where they listen.
+
+    ``port_from`` says how the ports were learnt: ``sockets`` (the processes' own socket fds),
+    ``port_file`` (a probe that is not root cannot read a root daemon's ``/proc/PID/fd``: the
+    port its ``port_file`` names, confirmed by a listening socket on that port owned by the
+    process's uid in the kernel's table, which any user may read), or ``none``."""
     want = os.fsencode(name)
     skip = _ancestors(proc)
     pids: list[int] = []
     inodes: set[str] = set()
+    hidden: set[int] = set()  # uids of processes whose fds this probe may not read
     try:
         entries = [e.name for e in os.scandir(proc) if e.name.isascii() and e.name.isdigit()]
     except OSError:
@@ -467,6 +492,12 @@ def process_facts(name: str, proc: str = "/proc") -> dict[str, Any]:
         pids.append(pid)
         try:
             fds = os.listdir(f"{proc}/{pid}/fd")
+        except PermissionError:
+            try:
+                hidden.add(os.stat(f"{proc}/{pid}").st_uid)
+            except OSError:
+                continue
+            continue
         except OSError:
             continue
         for fd in fds:
@@ -476,12 +507,17 @@ def process_facts(name: str, proc: str = "/proc") -> dict[str, Any]:
                 continue
             if target.startswith("socket:[") and target.endswith("]"):
                 inodes.add(target[8:-1])
-    return {
-        "type": "process",
-        "name": name,
-        "pids": sorted(pids),
-        "listen": _listening(inodes, proc) if inodes else [],
-    }
+    listen = _listening(lambda inode, _port, _uid: inode in inodes, proc) if inodes else []
+    rec: dict[str, Any] = {"type": "process", "name": name, "pids": sorted(pids)}
+    rec["port_from"] = "sockets" if listen else "none"
+    if not listen and hidden and port_file:
+        port = _read_port_file(port_file)
+        rec["port_file"] = port_file
+        if port is not None:
+            listen = _listening(lambda _inode, p, uid: p == port and uid in hidden, proc)
+            rec["port_from"] = "port_file" if listen else "none"
+    rec["listen"] = listen
+    return rec
 
 
 # --------------------------------------------------------------------------------------------
@@ -1352,7 +1388,7 @@ def iter_records(
         except Exception as e:
             errors.append(f"mount facts for {path}: {type(e).__name__}: {e}")
     try:
-        yield process_facts(process_name)
+        yield process_facts(process_name, port_file=os.path.join(bup_root, "conf", PORT_FILE))
     except Exception as e:
         errors.append(f"process facts: {type(e).__name__}: {e}")
         yield {"type": "process", "name": process_name, "pids": [], "listen": []}

@@ -12,8 +12,10 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -58,10 +60,12 @@ def show_index(idx: Path) -> list[str]:
     return [line.split()[1] for line in out.splitlines()]
 
 
-def run_probe(bup_root: Path, projects_root: Path, *extra: str) -> list[dict[str, Any]]:
+def run_probe(
+    bup_root: Path, projects_root: Path, *extra: str, user: int | None = None
+) -> list[dict[str, Any]]:
     proc = subprocess.run(
         [
-            sys.executable,
+            sys.executable if user is None else "/usr/bin/python3",  # root's venv is root's
             "-S",
             "-",
             "--bup-root",
@@ -73,6 +77,8 @@ def run_probe(bup_root: Path, projects_root: Path, *extra: str) -> list[dict[str
         input=PROBE_SOURCE,
         capture_output=True,
         timeout=120,
+        user=user,
+        cwd="/" if user is not None else None,
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr == b""
@@ -914,6 +920,47 @@ def test_the_process_record_finds_the_server_and_its_listening_port(tmp_path: Pa
     assert proc["name"] == name
     assert proc["pids"] == [server.pid]
     assert proc["listen"] == [["127.0.0.1", port]]
+    assert proc["port_from"] == "sockets"
+
+
+NOBODY = 65534
+
+
+def test_a_probe_that_is_not_root_takes_a_root_servers_port_from_its_port_file_if_it_listens(
+    tmp_path: Path,
+) -> None:
+    """A non-root probe may not read /proc/PID/fd of root's server: the port file names the
+    port, believed only while a socket of root's listens on it (/proc/net/tcp, any user)."""
+    assert os.geteuid() == 0, "this test starts a server as root and probes as nobody"
+    name = f"bup_server_nonroot_{os.getpid()}"
+    server, port = _start_server(tmp_path, name)
+    bup_root = Path(tempfile.mkdtemp(prefix="probe-nonroot-"))  # tmp_path is root's only
+    try:
+        bup_root.chmod(0o755)
+        port_file = bup_root / "conf" / probe.PORT_FILE
+        port_file.parent.mkdir(mode=0o755)
+
+        def probed() -> dict[str, Any]:
+            records = run_probe(bup_root, bup_root / "p", "--process-name", name, user=NOBODY)
+            (proc,) = of_type(records, "process")
+            assert proc["pids"] == [server.pid]
+            return proc
+
+        no_file = probed()
+        port_file.write_text(f"{port}\n")
+        found = probed()
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            nothing_there = closed.getsockname()[1]
+        port_file.write_text(f"{nothing_there}\n")
+        stale = probed()
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(bup_root)
+    assert (no_file["listen"], no_file["port_from"]) == ([], "none")
+    assert (found["listen"], found["port_from"]) == ([["127.0.0.1", port]], "port_file")
+    assert (stale["listen"], stale["port_from"]) == ([], "none")
 
 
 def test_a_server_in_a_mount_namespace_of_its_own_is_found_with_its_port(tmp_path: Path) -> None:
@@ -949,15 +996,17 @@ def _socket_inode(sock: Any) -> str:
 def test_listening_sockets_from_netlink_equal_those_from_proc_net() -> None:
     """sock_diag (one look at the listening table) and /proc/net/tcp{,6} (every bucket of the
     connection table) must name the same sockets: real ones, IPv4 and IPv6, one not asked for."""
-    import socket
-
     v4 = socket.create_server(("127.0.0.1", 0))
     v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
     other = socket.create_server(("127.0.0.1", 0))
     with v4, v6, other:
         inodes = {_socket_inode(v4), _socket_inode(v6)}
-        fast = probe._listening_netlink(inodes)
-        slow = probe._listening_proc(inodes, "/proc")
+
+        def want(inode: str, _port: int, _uid: int) -> bool:
+            return inode in inodes
+
+        fast = probe._listening_netlink(want)
+        slow = probe._listening_proc(want, "/proc")
         assert fast is not None, "sock_diag is available on this kernel"
         assert (
             fast
@@ -965,3 +1014,14 @@ def test_listening_sockets_from_netlink_equal_those_from_proc_net() -> None:
             == sorted([["127.0.0.1", v4.getsockname()[1]], ["::1", v6.getsockname()[1]]])
         )
         assert ["127.0.0.1", other.getsockname()[1]] not in fast
+        port = other.getsockname()[1]  # both read the socket's owner the same way
+
+        def mine(_inode: str, p: int, uid: int) -> bool:
+            return p == port and uid == os.geteuid()
+
+        def others(_inode: str, p: int, uid: int) -> bool:
+            return p == port and uid != os.geteuid()
+
+        assert probe._listening_netlink(mine) == probe._listening_proc(mine, "/proc")
+        assert probe._listening_netlink(mine) == [["127.0.0.1", port]]
+        assert probe._listening_netlink(others) == probe._listening_proc(others, "/proc") == []
