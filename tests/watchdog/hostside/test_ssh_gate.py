@@ -37,14 +37,8 @@ ON_G3 = "0c3d6f4e-2b1a-4c5d-8e9f-000000000004"  # mastered on g3 (unmounted); re
 PRUNE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000005"  # 4 saves 6 h apart over a 1 MB quota: prune_repo
 # bup_quota at 0.001 x 1 MB finds PRUNE over quota; the policy keeps the last hour's saves and the
 # newest of each day, so of 4 saves 6 h apart at least one goes.
-PRUNE_CONF = """
-[checks.bup_quota]
-factor = 0.001
-critical_factor = 0.001
-
-[repairs.prune_repo]
-keep_all_for = "1h"
-"""
+PRUNE_POLICY = '\n[repairs.prune_repo]\nkeep_all_for = "1h"\n'
+PRUNE_CONF = "[checks.bup_quota]\nfactor = 0.001\ncritical_factor = 0.001\n" + PRUNE_POLICY
 REPACK = "[repairs.clean_repo]\nrepack = true\n"
 # Every repo_garbage code clean_repo answers, each with its own step (params["codes"]).
 CLEAN_CODES = ("tmp_objects", "midx", "bupindex", "too_many_packs")
@@ -363,7 +357,7 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
     (repo / "objects" / "tmp-xyz").write_bytes(b"an interrupted save\n")
     (repo / "objects" / "pack" / "tmp_pack_abc").write_bytes(b"an interrupted fetch\n")
     mark = log_sizes(gated)
-    guard = gated.guard()
+    guard = gated.guard(PRUNE_POLICY)  # bup_quota as shipped: the pruned repo passes it
     sid = gated.fleet.server_id
 
     outcomes = {}
@@ -374,6 +368,7 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
         RepairRequest("resync_replica", sid("g2"), STALE),
         RepairRequest("resync_replica", sid("g2"), GONE),
         RepairRequest("fence_host", sid("g3")),
+        RepairRequest("prune_repo", sid("g1"), PRUNE),
     ):
         decision = guard.submit(req, execute=True)
         outcomes[(req.repair, req.project_id)] = (decision.status, decision.message)
@@ -384,7 +379,8 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
     kinds = {kind(line) for line in new}
     assert {"rotate_save_log", "clean_repo busy scan", "resync_replica busy scan"} <= kinds
     assert {"rsync sender (objects)", "mount guard (rsync sender (live))"} <= kinds
-    assert {"bup init", "bup ls"} <= kinds
+    assert {"bup init", "bup ls", "bup ls save", "prune_repo copy", "prune_repo swap"} <= kinds
+    assert list(g1.bups_dir.glob(f"{PRUNE}.pruned-*")), "prune_repo kept the old copy aside"
     if gated.user == "bupwatch":  # every repair command went through sudo to the gate as root
         by_bupwatch = [line for line in new if f" uid {BUPWATCH_UID}: " in line]
         as_root = [line for line in new if " uid 0: " in line]
