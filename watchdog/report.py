@@ -82,10 +82,10 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)?\s*$")
 _UNIT = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, allow_zero: bool = False) -> float:
     """'90s', '30m', '24h', '7d', '2w' (or plain seconds) as seconds; ValueError otherwise."""
     m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
+    if not m or float(m.group(1)) < 0 or (float(m.group(1)) == 0 and not allow_zero):
         raise ValueError(f"{text!r} is not a duration like 30m, 24h or 7d")
     return float(m.group(1)) * _UNIT[m.group(2)]
 

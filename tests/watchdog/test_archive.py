@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from bup_watchdog.archive import Progress, RepoAudit, render
+from bup_watchdog.archive import Progress, RepoAudit
+from bup_watchdog.archive_report import render
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.repos import (
     SAVE_INTERVAL,
