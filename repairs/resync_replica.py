@@ -314,6 +314,18 @@ def _mount_problems(server: Server, facts: HostFacts) -> list[str]:
     return out
 
 
+def _bwlimited(req: RepairRequest, settings: ResyncReplicaSettings) -> ResyncReplicaSettings:
+    """The settings with the request's ``params["bwlimit_kib"]`` (a rebuild's share of its
+    bandwidth budget), which may only lower the configured ``bwlimit_kib``, never raise it."""
+    given = req.params.get("bwlimit_kib")
+    if given is None:
+        return settings
+    if not isinstance(given, int) or isinstance(given, bool) or not 1 <= given <= 10**9:
+        raise RepairError(f"params bwlimit_kib {given!r} is not a whole number of KiB/s >= 1")
+    limit = min(given, settings.bwlimit_kib) if settings.bwlimit_kib else given
+    return settings.model_copy(update={"bwlimit_kib": limit})
+
+
 class ResyncReplica(Repair[ResyncReplicaSettings]):
     name = "resync_replica"
     Settings = ResyncReplicaSettings
@@ -644,7 +656,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 if not f.probed:
                     raise RepairError(f"cannot probe {s.label}: {f.failure_message}")
             snap = self._snapshot(project, master, replica, m_facts, r_facts)
-        return list(self._steps(snap, settings))
+        return list(self._steps(snap, _bwlimited(req, settings)))
 
     def _copy(
         self, settings: ResyncReplicaSettings, source: Server, src: str, dest: str, *opts: str

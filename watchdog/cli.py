@@ -395,6 +395,45 @@ def repair_cmd(
     sys.exit(_DECISION_EXIT.get(decision.status, 1))
 
 
+@main.command("rebuild")
+@config_option
+@click.argument("host")
+@click.option("--dry-run", is_flag=True, help="Print the plan only (the default).")
+@click.option(
+    "--execute", is_flag=True, help="Submit every copy to the guard now (counts as approval)."
+)
+@click.option("--touched-within", metavar="DURATION", help="Only projects used within (7d).")
+@click.option(
+    "--parallel", type=click.IntRange(1, 8), default=1, show_default=True, help="Copies at once."
+)
+@click.option("--bwlimit", metavar="RATE", help="The host's bandwidth: KiB/s, or 500K, 20M.")
+@click.option("--until", metavar="HH:MM", help="Start no copy after this time (UTC).")
+@click.option("--max-duration", metavar="DURATION", help="Start no copy after this long.")
+@click.option("--max-copies", type=click.IntRange(1), help="Submit at most this many copies.")
+@click.option("--why", default="", help="Why, for the journal.")
+@format_option
+def rebuild_cmd(config_path: Path, host: str, **opts: str | int | bool | None) -> None:
+    """Bring every copy HOST should hold back in step with its master (resync_replica through
+    the guard), most recently used first, within a budget; a second run continues.
+
+    Exit code: 0 every copy in step, 1 some failed, refused, left or need a human, 2 bad usage,
+    3 could not run.
+    """
+    from bup_watchdog.rebuild import RebuildUsageError, parse_command, run_command
+
+    if opts["dry_run"] and opts["execute"]:
+        raise click.UsageError("--dry-run and --execute contradict each other: give one")
+    config = load(config_path)
+    try:
+        options = parse_command(opts, who=_who())
+        code = run_command(config, host, options, _guard(config))
+    except RebuildUsageError as exc:
+        _fail(str(exc), 2)
+    except WatchdogError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
 @main.group("repairs")
 def repairs_group() -> None:
     """List the repair journal; approve or deny pending repairs; acknowledge interrupted ones."""
