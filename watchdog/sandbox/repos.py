@@ -131,6 +131,34 @@ def bup_save(repo: Path, staging: Path, when: int) -> None:
     )
 
 
+def bup_save_series(
+    repo: Path,
+    staging: Path,
+    trees: list[dict[str, bytes]],
+    times: list[int],
+    before: dict[int, Callable[[], None]] | None = None,
+) -> None:
+    """Real saves of ``trees`` into ``repo``, the Nth dated ``times[N]``: every tree is written to
+    its own folder and indexed by ONE ``bup index`` (each run waits for the next whole second),
+    then saved with ``--strip``, so each save holds just that tree. ``before[N]`` runs before the
+    Nth save (0-based), e.g. to copy a replica that stays one save behind."""
+    folders = []
+    for n, tree in enumerate(trees):
+        folder = staging / f"save-{n + 1}"
+        write_tree(folder, tree)
+        folders.append(folder)
+    if not folders:
+        return
+    run_checked([BUP, "index", str(staging)], env=bup_env(repo))
+    for n, folder in enumerate(folders):
+        if before and n in before:
+            before[n]()
+        run_checked(
+            [BUP, "save", "-q", "--strip", "-n", "master", "-d", str(times[n]), str(folder)],
+            env=bup_env(repo, times[n]),
+        )
+
+
 def copy_repo(src: Path, dest: Path) -> None:
     """Copy a repository the way the fleet's replication did (``cp -a``)."""
     if dest.exists():
@@ -386,13 +414,14 @@ def build_project(
     held = {project.master: project.saves}
     stale = [h for h in project.replicas if h in project.stale_on and h != project.master]
     fresh = [h for h in project.replicas if h not in project.stale_on and h != project.master]
-    for s in range(1, project.saves + 1):
-        if s == project.saves:
-            for h in stale:
-                copy_repo(master, repo_paths[h])
-                held[h] = s - 1
-        write_tree(staging, live_tree(project, s))
-        bup_save(master, staging, times[s - 1])
+
+    def copy_stale() -> None:
+        for h in stale:
+            copy_repo(master, repo_paths[h])
+            held[h] = project.saves - 1
+
+    trees = [live_tree(project, s) for s in range(1, project.saves + 1)]
+    bup_save_series(master, staging, trees, times, {project.saves - 1: copy_stale})
     for h in fresh:
         copy_repo(master, repo_paths[h])
         held[h] = project.saves
@@ -412,11 +441,8 @@ def build_template(
     prev = base / f"t{number}-s{saves}" / "prev"
     staging = base / f"t{number}-s{saves}" / "staging"
     bup_init(full)
-    for s in range(1, saves + 1):
-        if s == saves:
-            copy_repo(full, prev)
-        write_tree(staging, live_tree(project, s))
-        bup_save(full, staging, times[s - 1])
+    trees = [live_tree(project, s) for s in range(1, saves + 1)]
+    bup_save_series(full, staging, trees, times, {saves - 1: lambda: copy_repo(full, prev)})
     for repo in (full, prev):
         # git's sample hooks and the legacy branches/ directory: unused, and 14 inodes per repo.
         for extra in ("hooks", "branches"):
