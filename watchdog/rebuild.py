@@ -127,7 +127,7 @@ def _classify(
             ),
             m_repo,
         )
-    return "behind", f"{m_time - r_time} s behind the master", m_repo
+    return "behind", f"{_duration(m_time - r_time)} behind the master", m_repo
 
 
 def compute_plan(
