@@ -3,16 +3,71 @@
 Filesystem truth: the master ref and the time of its last reflog entry on each copy. A replica
 whose ref differs from the master's lags by the difference of those times; one that is newer than
 the master is a conflict (replicating over it would destroy its saves).
+
+With several watchdogs, a master copy may be on a host another watchdog sweeps: its newest save
+comes from the head that watchdog published (``watchdog/shared_heads.py``), fed in by
+``with_heads`` as a host of master copies only. A head older than its bound is left out, so its
+replicas are unjudged (their findings stay as they were), never "in step".
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
-from bup_watchdog.model import Finding, Inventory, Severity
+from bup_watchdog.model import Finding, HostFacts, Inventory, RepoFacts, Severity
+
+#: ``HostFacts.hello`` key of a host made of published heads (who published them): its master
+#: copies are compared with, its replicas are not judged here (it was not swept here).
+PUBLISHED = "published_heads_by"
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A master copy's newest save as a watchdog published it (``bupwatch_heads``)."""
+
+    server_id: str
+    project_id: str
+    master_sha: str
+    saved_at: int | None
+    swept_at: float
+    published_by: str
+
+
+def with_heads(
+    facts: FleetFacts, heads: Iterable[Head], now: float, max_age: float
+) -> dict[str, HostFacts]:
+    """The sweep's facts plus, for each master host it did not sweep, a host of the heads
+    published for it at most ``max_age`` seconds ago (older ones are left out: unjudged)."""
+    out = dict(facts)
+    remote: dict[str, HostFacts] = {}
+    for h in heads:
+        if h.server_id in facts or now - h.swept_at > max_age:
+            continue
+        host = remote.get(h.server_id)
+        if host is None:
+            host = remote[h.server_id] = HostFacts(
+                h.server_id, gathered_at=h.swept_at, complete=True, hello={PUBLISHED: []}
+            )
+        host.gathered_at = min(host.gathered_at, h.swept_at)
+        if h.published_by not in host.hello[PUBLISHED]:
+            host.hello[PUBLISHED].append(h.published_by)
+        host.repos[h.project_id] = RepoFacts(
+            h.project_id, path="", master_sha=h.master_sha, reflog_last_time=h.saved_at
+        )
+    out.update(remote)
+    return out
+
+
+def _swept(facts: FleetFacts, server_id: str) -> HostFacts | None:
+    """A host this sweep probed itself (not one made of published heads)."""
+    host = facts.get(server_id)
+    if host is None or not host.probed or PUBLISHED in host.hello:
+        return None
+    return host
 
 
 class ReplicationLagSettings(CheckSettings):
@@ -53,8 +108,8 @@ class ReplicationLag(Check[ReplicationLagSettings]):
             for replica_id in project.replicas:
                 if replica_id == project.master:
                     continue
-                host = facts.get(replica_id)
-                if host is None or not host.probed:
+                host = _swept(facts, replica_id)
+                if host is None:
                     continue
                 replica = host.repos.get(project.project_id)
                 if replica is not None and replica.master_sha == master.master_sha:
@@ -120,8 +175,7 @@ class ReplicationLag(Check[ReplicationLagSettings]):
             if master_host is not None and master_host.probed and master and master.master_sha:
                 continue
             for replica_id in project.replicas:
-                host = facts.get(replica_id)
-                if replica_id != project.master and host is not None and host.probed:
+                if replica_id != project.master and _swept(facts, replica_id) is not None:
                     yield replica_id, project.project_id
 
 
@@ -142,8 +196,8 @@ def replica_lags(facts: FleetFacts, inventory: Inventory) -> dict[str, list[floa
         if master is None or master.master_sha is None or master.reflog_last_time is None:
             continue
         for rid in project.replicas:
-            r_host = facts.get(rid)
-            if rid == project.master or r_host is None or not r_host.probed:
+            r_host = _swept(facts, rid)
+            if rid == project.master or r_host is None:
                 continue
             replica = r_host.repos.get(project.project_id)
             if replica is None or replica.reflog_last_time is None:

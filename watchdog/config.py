@@ -456,6 +456,12 @@ class MembershipConfig(Section):
         description="This watchdog's name among the members. Empty = host name and process id.",
         examples=["watchdog-dc1"],
     )
+    heads_max_age_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="A master's newest save published by another watchdog (bupwatch_heads) is "
+        "believed for this long; older, its replicas are unjudged. 0 = three sweep intervals.",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_below_ttl(self) -> MembershipConfig:

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from bup_watchdog.config import Config
 from bup_watchdog.inventory.cassandra_shared import SharedSession, store_errors
@@ -100,6 +101,7 @@ class Membership:
         self.ttl_seconds = ttl_seconds
         self.started = datetime.now(UTC)
         self._known: list[str] = [self.id]  # the last member list read (self always in it)
+        self._rows: list[Member] = []  # the last member rows read (heartbeats, for view())
         self._owned: int | None = None  # how many servers the last select gave this watchdog
         self._heartbeat_failing = False
         self._members_failing = False
@@ -150,7 +152,8 @@ class Membership:
     def live(self) -> list[str]:
         """The live members' ids, this one included; the last known list when Cassandra fails."""
         try:
-            ids = sorted({m.id for m in self.members()} | {self.id})
+            rows = self.members()
+            ids = sorted({m.id for m in rows} | {self.id})
         except store_errors() as exc:
             if not self._members_failing:
                 log.error(
@@ -162,7 +165,7 @@ class Membership:
             return list(self._known)
         self._members_failing = False
         with self._lock:
-            before, self._known = self._known, ids
+            before, self._known, self._rows = self._known, ids, rows
         if ids != before:
             joined = sorted(set(ids) - set(before))
             gone = sorted(set(before) - set(ids))
@@ -191,6 +194,33 @@ class Membership:
         self._owned = len(mine)
         return mine
 
+    def view(self, inventory: Inventory) -> dict[str, Any]:
+        """Who this watchdog believes is alive (heartbeats as read) and owns which server: for
+        the state, then ``/api/members``, ``bupwatch_host_owned`` and the audit report."""
+        with self._lock:
+            known, rows = list(self._known), list(self._rows)
+        beats = {m.id: m for m in rows}
+        members = []
+        for mid in known:
+            m = beats.get(mid)
+            beat = m.heartbeat if m is not None else None
+            members.append(
+                {
+                    "id": mid,
+                    "host": m.host if m is not None else socket.gethostname(),
+                    "pid": m.pid if m is not None else os.getpid(),
+                    "heartbeat": _epoch(beat) if beat is not None else None,
+                    "self": mid == self.id,
+                }
+            )
+        return {
+            "member": self.id,
+            "at": datetime.now(UTC).timestamp(),
+            "ttl_seconds": self.ttl_seconds,
+            "members": members,
+            "owners": assignment(sorted(inventory.servers), known),
+        }
+
     def leave(self) -> None:
         """Delete this member's row: the others take its hosts at their next sweep."""
         try:
@@ -204,6 +234,11 @@ class Membership:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _epoch(t: datetime) -> float:
+    """A driver timestamp (naive UTC) as seconds since the epoch."""
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def hand_over(state: State, others: Collection[str]) -> list[str]:

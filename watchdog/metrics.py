@@ -441,3 +441,13 @@ class StateCollector(Collector):
         if loaded is not None:
             age.add_metric([], max(0.0, time.time() - float(loaded)))
         yield age
+        view = meta.get("membership") or {}
+        owned = _gauge(
+            "host_owned",
+            "With [membership]: 1 for a host this watchdog sweeps, 0 for one another watchdog "
+            "owns (as of the last sweep); /api/members lists the members and their heartbeats.",
+            ["server_id"],
+        )
+        for sid, who in sorted((view.get("owners") or {}).items()):
+            owned.add_metric([sid], 1.0 if who == view.get("member") else 0.0)
+        yield owned

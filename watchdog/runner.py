@@ -12,9 +12,10 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bup_watchdog.checks import registry
+from bup_watchdog.checks.replication_lag import PUBLISHED, Head
 from bup_watchdog.config import Config
 from bup_watchdog.errors import ConfigError, InventoryError, WatchdogError
 from bup_watchdog.gather import RepoCache
@@ -27,6 +28,7 @@ from bup_watchdog.sweep import SweepResult, record, sweep
 
 if TYPE_CHECKING:
     from bup_watchdog.membership import Membership
+    from bup_watchdog.shared_heads import SharedHeads
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,12 @@ class Runner:
         self.state = state
         self.source = source
         self.membership = membership
+        #: With membership: the master heads this watchdog publishes and reads.
+        self.heads: SharedHeads | None = None
+        if membership is not None:
+            from bup_watchdog.shared_heads import SharedHeads
+
+            self.heads = SharedHeads.for_config(membership.db, membership.id, config)
         self.repo_cache: RepoCache | None = None
         if incremental and config.incremental.enabled:
             self.repo_cache = RepoCache(max_age=config.incremental.full_walk_seconds)
@@ -182,11 +190,18 @@ class Runner:
                     ", ".join(gone[:5]) + (" …" if len(gone) > 5 else ""),
                 )
         explicit = bool(servers)
+        heads: list[Head] = []
+        max_age = 0.0
         if self.membership is not None and not servers:
             servers = self.membership.select(inventory, self.state)
             if not servers:
                 log.debug("no server is this watchdog's to sweep now (the others own them all)")
                 return None
+            if self.heads is not None:
+                from bup_watchdog.shared_heads import heads_max_age, masters_needed
+
+                max_age = heads_max_age(self.config)
+                heads = self.heads.read(masters_needed(inventory, servers))
         result = sweep(
             self.config,
             inventory,
@@ -196,7 +211,13 @@ class Runner:
             state=self.state,
             deep=run_deep,
             repo_cache=self.repo_cache,
+            heads=heads,
+            heads_max_age=max_age,
         )
+        if self.heads is not None and not explicit:
+            from bup_watchdog.shared_heads import master_heads
+
+            self.heads.publish(master_heads(result.facts, inventory))
         if self.repo_cache is not None and not explicit:
             self.repo_cache.retain(result.facts)
         self._note_check_errors(result, now)
@@ -205,6 +226,11 @@ class Runner:
             self.last_sweep_id = record(self.state, result)
             # The watchdog's own faults of this sweep (none: cleared): /ready and the metric.
             self.state.set_meta(watchdog_problems=result.local_faults)
+            if self.membership is not None:
+                self.state.set_meta(
+                    membership=self.membership.view(inventory),
+                    shared_heads=heads_summary(result, heads, max_age),
+                )
             after = self._open_findings()
             self.last_opened, self.last_resolved = len(after - before), len(before - after)
             if self.repo_cache is not None:
@@ -239,6 +265,24 @@ class Runner:
                 delay,
                 extra={"check": name, "failures": n, "retry_in_s": delay},
             )
+
+
+def heads_summary(result: SweepResult, heads: list[Head], max_age: float) -> dict[str, Any]:
+    """For the state (and the test, the report): which masters' published heads were believed,
+    which were too old or missing, and how many replicas replication_lag left unjudged."""
+    lag = result.lag_facts or {}
+    believed = sorted(sid for sid, f in lag.items() if PUBLISHED in f.hello)
+    newest: dict[str, float] = {}
+    for h in heads:
+        newest[h.server_id] = max(newest.get(h.server_id, 0.0), h.swept_at)
+    run = result.checks.get("replication_lag")
+    return {
+        "at": result.started + result.seconds,
+        "max_age_seconds": max_age,
+        "believed": believed,
+        "too_old": {s: t for s, t in sorted(newest.items()) if s not in believed},
+        "unjudged_replicas": len(run.unjudged) if run is not None else 0,
+    }
 
 
 def open_state(config: Config) -> State:

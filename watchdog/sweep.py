@@ -14,7 +14,7 @@ from typing import Any
 
 from bup_watchdog.checks import registry
 from bup_watchdog.checks.base import Check, CheckSettings
-from bup_watchdog.checks.replication_lag import replica_lags
+from bup_watchdog.checks.replication_lag import Head, replica_lags, with_heads
 from bup_watchdog.config import Config
 from bup_watchdog.deep import select as select_for_deep
 from bup_watchdog.gather import RepoCache, gather, owner_sample
@@ -57,6 +57,8 @@ class SweepResult:
     unswept: int = 0
     #: What the sweep was asked to judge and could not, one sentence each (see ``not_judged``).
     not_judged: list[str] = field(default_factory=list)
+    #: replication_lag's facts: ``facts`` plus the masters other watchdogs published heads of.
+    lag_facts: dict[str, HostFacts] | None = None
 
     @property
     def worst(self) -> Severity:
@@ -97,8 +99,12 @@ def run_checks(
     config: Config,
     only: Collection[str] = (),
     checks: Mapping[str, Check[CheckSettings]] | None = None,
+    facts_for: Mapping[str, Mapping[str, HostFacts]] | None = None,
 ) -> tuple[list[Finding], dict[str, CheckRun]]:
-    """Run the enabled checks on gathered facts; a failing check is isolated and recorded."""
+    """Run the enabled checks on gathered facts; a failing check is isolated and recorded.
+
+    ``facts_for`` gives a check other facts than the gathered ones (replication_lag: with the
+    heads other watchdogs published)."""
     checks = registry() if checks is None else checks
     findings: list[Finding] = []
     runs: dict[str, CheckRun] = {}
@@ -107,9 +113,10 @@ def run_checks(
         if (only and name not in only) or not settings.enabled:
             continue
         started = time.monotonic()
+        seen = (facts_for or {}).get(name, facts)
         try:
-            found = list(check.evaluate(facts, inventory, settings))
-            unjudged = frozenset(check.unjudged(facts, inventory, settings))
+            found = list(check.evaluate(seen, inventory, settings))
+            unjudged = frozenset(check.unjudged(seen, inventory, settings))
         except Exception as exc:
             log.exception("check %s failed", name)
             runs[name] = CheckRun(
@@ -131,8 +138,13 @@ def sweep(
     state: State | None = None,
     deep: bool = False,
     repo_cache: RepoCache | None = None,
+    heads: Collection[Head] = (),
+    heads_max_age: float = 0.0,
 ) -> SweepResult:
     """Gather every selected host once, then run the selected checks on what came back.
+
+    ``heads``: master heads other watchdogs published (``watchdog/shared_heads.py``), believed
+    by replication_lag when at most ``heads_max_age`` seconds old.
 
     With ``deep``, each host also deep-checks a budget of repositories over the same connection;
     with ``state``, deep results are kept and the latest result of every repository is judged.
@@ -203,7 +215,10 @@ def sweep(
             if f.deep:
                 state.record_deep(sid, f.deep.values())
             f.deep = {**books.get(sid, {}), **f.deep}
-    findings, runs = run_checks(facts, inventory, config, only)
+    lag_facts = with_heads(facts, heads, time.time(), heads_max_age) if heads else None
+    findings, runs = run_checks(
+        facts, inventory, config, only, facts_for={"replication_lag": lag_facts or facts}
+    )
     findings.sort(key=Finding.order)
     result = SweepResult(
         inventory=inventory,
@@ -215,6 +230,7 @@ def sweep(
         ssh_sessions=sum(f.ssh_sessions for f in facts.values()),
         local_faults=local_faults,
         unswept=sum(hidden.values()),
+        lag_facts=lag_facts,
     )
     result.not_judged = not_judged(result, chosen)
     return result
@@ -278,7 +294,7 @@ LAG_BUCKETS = (
 def lag_histograms(result: SweepResult) -> dict[str, dict[str, Any]]:
     """Per replica server: cumulative bucket counts, sum and count of replication lag."""
     out: dict[str, dict[str, Any]] = {}
-    for sid, lags in replica_lags(result.facts, result.inventory).items():
+    for sid, lags in replica_lags(result.lag_facts or result.facts, result.inventory).items():
         buckets = [sum(1 for lag in lags if lag <= b) for b in LAG_BUCKETS]
         out[sid] = {"buckets": buckets, "sum": sum(lags), "count": len(lags)}
     return out

@@ -132,8 +132,8 @@ def test_inventory_migrate_creates_the_watchdogs_tables_once_then_has_nothing_to
     first = cli("inventory", "migrate", "--config", str(config), "--replication-factor", "1")
     again = cli("inventory", "migrate", "--config", str(config))
 
-    assert "keyspace migrate_only" in first and "schema version 3 (applied 1, 2, 3)" in first
-    assert "schema version 3 (nothing to apply)" in again
+    assert "keyspace migrate_only" in first and "schema version 4 (applied 1, 2, 3, 4)" in first
+    assert "schema version 4 (nothing to apply)" in again
     with cql(cassandra) as session:
         tables = {
             row.table_name
@@ -142,7 +142,7 @@ def test_inventory_migrate_creates_the_watchdogs_tables_once_then_has_nothing_to
                 ["migrate_only"],
             )
         }
-    assert {"bupwatch_members", "bupwatch_leases", "bupwatch_fences"} <= tables
+    assert {"bupwatch_members", "bupwatch_leases", "bupwatch_fences", "bupwatch_heads"} <= tables
 
 
 # ---------------------------------------------------------------- leases

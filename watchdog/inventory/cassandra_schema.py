@@ -74,6 +74,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "previous_experimental boolean, fenced_by text, fenced_at timestamp, reason text)",
         ),
     ),
+    Migration(
+        4,
+        "bupwatch_heads: each master copy's newest save, for the watchdogs judging its replicas",
+        (
+            # One partition per master host, one row per master copy swept, written in batches
+            # with a TTL of a few sweep intervals (watchdog/shared_heads.py).
+            "CREATE TABLE IF NOT EXISTS {ks}.bupwatch_heads (server_id text, project_id text, "
+            "master_sha text, saved_at bigint, swept_at timestamp, published_by text, "
+            "PRIMARY KEY (server_id, project_id))",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -81,6 +81,11 @@ class SharedSession:
             bound.serial_consistency_level = ConsistencyLevel.name_to_value[serial]
         return session.execute(bound)
 
+    def prepared(self, template: str) -> tuple[Any, Any]:
+        """(driver session, prepared statement) for callers that batch or run concurrently."""
+        with self._lock:
+            return self.db.session(), self.db.prepare(template)
+
     def error(self, exc: BaseException, doing: str) -> InventoryError:
         """The error to raise for a driver failure; the connection is dropped if it is gone."""
         if _connection_gone(exc):
