@@ -15,13 +15,14 @@ carries the run's rebuild id in its reason and params.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -31,6 +32,7 @@ from bup_watchdog.model import HostFacts, Inventory, RepoFacts, Server
 if TYPE_CHECKING:
     from bup_watchdog.config import Config
     from bup_watchdog.guard import Decision, Guard
+    from bup_watchdog.state import State
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,38 @@ def gather_plan(
         )
     }
     return compute_plan(server_id, inventory, facts, now=time.time(), touched_within=touched_within)
+
+
+def name_half_copies(plan: Plan, state: State) -> Plan:
+    """Say which blocked copies are a half-copy an interrupted resync of this target created.
+
+    A repository with packs and no ref is refused by resync_replica (it may hold saves); when the
+    journal's last resync_replica of the target created it (its plan's ``bup init``) and never
+    finished, nothing in it is the replica's own: the operator may remove it and run again.
+    """
+    out = []
+    for c in plan.blocked:
+        rows = state.query(
+            "SELECT id, status, plan FROM journal WHERE repair=? AND target=? "
+            "ORDER BY id DESC LIMIT 1",
+            (REPAIR, f"{plan.host.server_id}/{c.project_id}"),
+        )
+        if c.why.startswith("replica_unreadable") and rows and rows[0][1] != "succeeded":
+            entry, status, steps = rows[0]
+            try:
+                first = json.loads(steps or "[]")[0]["command"]
+            except (ValueError, LookupError, TypeError):
+                first = ""
+            if first.startswith("bup -d ") and first.endswith(" init") and status != "refused":
+                repo = first.removeprefix("bup -d ").removesuffix(" init")
+                c = replace(
+                    c,
+                    why=f"{c.why} — a half-copy: repair #{entry} ({status}) created it and "
+                    f"stopped before its last step; check it, remove {repo} on "
+                    f"{plan.host.label}, and run rebuild again",
+                )
+        out.append(c)
+    return replace(plan, blocked=tuple(out))
 
 
 # ---------------------------------------------------------------- the budget and the run
@@ -571,14 +605,13 @@ def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard
 
     0 every copy in step (or, planning only, every copy can be brought in step), 1 some copy
     failed, was refused, left by the budget, or needs a human; 3 could not run."""
-    import json
-
     inventory = guard.inventory
     by_name = {s.name: s.server_id for s in inventory.servers.values() if s.name}
     sid = by_name.get(host, host.lower())
     if sid not in inventory.servers:
         raise RebuildUsageError(f"no server {host!r} in the inventory (give a name or an id)")
     plan = gather_plan(config, inventory, sid, touched_within=options.touched_within)
+    plan = name_half_copies(plan, guard.state)
     if not options.execute:
         if options.fmt == "json":
             print(json.dumps(plan_dict(plan, options.budget)))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +187,48 @@ def test_a_refusal_that_holds_for_every_copy_stops_the_rebuild_after_one_journal
     [row] = Journal(open_state(fleet_config(fleet))).entries()
     assert row.status == "refused" and (row.refusal or "").startswith("mode_dry_run:")
     assert heads(fleet, "b")[P_RECENT] is None
+
+
+SLOW = ("--execute", "--bwlimit", "1")
+
+
+def test_a_rebuild_killed_mid_copy_goes_on_and_names_the_half_copy_it_left(
+    fleet: SandboxFleet,
+) -> None:
+    config = fleet.config_path.with_name("config-test.toml")
+    want = heads(fleet, "a")
+    # 1 KiB/s: the first copy (about 34 kB) takes half a minute: killed with a pack copied.
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "bup_watchdog.cli", "rebuild", "-c", str(config), "b", *SLOW],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        packs = fleet.repo_path("b", P_RECENT) / "objects" / "pack"
+        deadline = time.monotonic() + 60
+        while not list(packs.glob("*.pack")):  # the first .pack has arrived: kill mid-copy
+            assert killed.poll() is None, "the rebuild ended before it was killed"
+            assert time.monotonic() < deadline, "no pack was copied within 60 s"
+            time.sleep(0.1)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert heads(fleet, "b")[P_RECENT] is None  # the ref moves last: not in step yet
+
+    resumed = rebuild(fleet, "--execute")
+
+    # The other copies are done; the killed one is a repository with packs and no ref, which
+    # resync_replica refuses to write over (it may hold saves): named, with what to do.
+    assert resumed.exit_code == 1, resumed.output
+    assert "2 copies brought in step" in resumed.output
+    assert f"blocked {P_RECENT}: replica_unreadable" in resumed.output
+    assert "a half-copy: repair #1 (running) created it" in resumed.output
+    assert heads(fleet, "b") == {**want, P_RECENT: None}
+    subprocess.run(["rm", "-rf", str(fleet.repo_path("b", P_RECENT))], check=True)  # checked
+
+    finished = rebuild(fleet, "--execute")
+
+    assert finished.exit_code == 0, finished.output
+    assert heads(fleet, "b") == want
+    rows = journal(fleet).entries()
+    assert [r.status for r in rows if r.project_id == P_RECENT] == ["succeeded", "running"]
