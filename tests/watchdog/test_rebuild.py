@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from click.testing import CliRunner, Result
 
 from bup_watchdog.cli import main
 from bup_watchdog.journal import Journal
-from bup_watchdog.rebuild import Budget, compute_plan
+from bup_watchdog.rebuild import (
+    Budget,
+    RebuildUsageError,
+    compute_plan,
+    parse_bwlimit,
+    parse_command,
+)
 from bup_watchdog.runner import open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
@@ -232,3 +239,20 @@ def test_a_rebuild_killed_mid_copy_goes_on_and_names_the_half_copy_it_left(
     assert heads(fleet, "b") == want
     rows = journal(fleet).entries()
     assert [r.status for r in rows if r.project_id == P_RECENT] == ["succeeded", "running"]
+
+
+def test_budget_flags_are_parsed_and_unusable_values_are_usage_errors_with_exit_2() -> None:
+    now = datetime(2026, 12, 5, 23, 0, tzinfo=UTC).timestamp()
+
+    options = parse_command(
+        {"bwlimit": "20M", "parallel": 4, "until": "01:30", "max_duration": "4h"}, who="t", now=now
+    )
+
+    assert options.budget.bwlimit_kib == 20 * 1024 and options.budget.per_copy_kib == 5 * 1024
+    assert options.budget.deadline == now + 2.5 * 3600  # 01:30 tomorrow comes before 4 h
+    assert parse_bwlimit("500K") == 500 and parse_bwlimit("20000") == 20000
+    for bad in ({"bwlimit": "fast"}, {"until": "25:00"}, {"touched_within": "a week"}):
+        with pytest.raises(RebuildUsageError):
+            parse_command(bad, who="t", now=now)
+    both = CliRunner().invoke(main, ["rebuild", "b", "--dry-run", "--execute"])
+    assert both.exit_code == 2 and "contradict" in both.output
