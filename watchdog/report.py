@@ -46,6 +46,7 @@ from bup_watchdog.report_links import (
     grafana_host,
     runbook,
 )
+from bup_watchdog.report_members import members_view
 from bup_watchdog.report_render import render
 from bup_watchdog.report_save_freshness import stale_saves
 from bup_watchdog.state import State, StoredFinding, _stored
@@ -420,6 +421,7 @@ class _Builder:
             if self.wants("save_freshness")
             else None,
             "deep": self.deep(hosts) if self.wants("deep") else None,
+            "members": members_view(self.state.meta().get("membership"), self.now, self.label),
             "repairs": self.journal(),
             "history": self.history(),
         }

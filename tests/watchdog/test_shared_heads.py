@@ -20,17 +20,38 @@ from typing import Any
 import httpx
 from click.testing import CliRunner
 from conftest import SCRATCH_P1
+from prometheus_client import CollectorRegistry, generate_latest
 
+from bup_watchdog.checks.replication_lag import Head, check, with_heads
 from bup_watchdog.cli import main
 from bup_watchdog.membership import owner
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.report import build_report, render
+from bup_watchdog.report_members import members_view
 from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.state import State
 from support.cassandra.node import CassandraNode
+from support.facts import (
+    P1,
+    P2,
+    S1,
+    S2,
+    SHA_A,
+    SHA_B,
+    host_facts,
+    host_records,
+    inventory,
+    project,
+    repo,
+)
 from support.fleet import bup_save_on, git_out
 from support.prometheus import WatchdogDaemon, poll, watchdog_config
-from support.scrape import metrics, sample
+from support.scrape import metrics, promtool_check_metrics, sample
 
 P = SCRATCH_P1
 KEYSPACE = "shared_heads"
+SETTINGS = check.Settings()
+T = 1_700_000_000
 INTERVAL = 5.0  # sweep interval, s (the least the config allows)
 HEADS_MAX_AGE = 11.0  # a published head is believed this long (rows live twice as long)
 MEMBER_TTL = 30.0  # long enough to see wd-b's heads age out before its hosts move
@@ -119,6 +140,70 @@ def believing(state: Path, t: float, server_id: str) -> dict[str, Any] | None:
     """The summary of the first sweep after ``t`` that believed a head of ``server_id``."""
     h = heads_after(state, t)
     return h if h and server_id in h["believed"] else None
+
+
+# ---------------------------------------------------------------- from recorded facts
+
+
+def lag_codes(heads: list[Head], now: float) -> tuple[list[str], set[tuple[str, str]]]:
+    """replication_lag on a sweep of S2 only (the replica), with ``heads`` of S1 published."""
+    facts = {S2: host_facts(S2, host_records(repo(P1, master_sha=SHA_B, reflog_last_time=T)))}
+    seen = with_heads(facts, heads, now, HEADS_MAX_AGE)
+    inv = inventory(project(P1))
+    found = list(check.evaluate(seen, inv, SETTINGS))
+    return [f.code for f in found], set(check.unjudged(seen, inv, SETTINGS))
+
+
+def test_a_fresh_published_head_judges_the_replica_and_a_stale_one_leaves_it_unjudged() -> None:
+    head = Head(S1, P1, SHA_A, T + 6 * 3600, swept_at=1000.0, published_by="wd-b")
+    assert lag_codes([head], now=1000.0 + HEADS_MAX_AGE) == (["behind"], set())
+    assert lag_codes([head], now=1000.5 + HEADS_MAX_AGE) == ([], {(S2, P1)})
+    assert lag_codes([], now=1000.0) == ([], {(S2, P1)})
+
+
+def test_a_host_made_of_published_heads_is_never_judged_as_a_replica() -> None:
+    # P2 is mastered on S2 (swept) and replicated on S1 (only heads published): no replica_missing.
+    facts = {S2: host_facts(S2, host_records(repo(P2, master_sha=SHA_A, reflog_last_time=T)))}
+    head = Head(S1, P1, SHA_A, T, swept_at=1000.0, published_by="wd-b")
+    seen = with_heads(facts, [head], 1000.0, HEADS_MAX_AGE)
+    inv = inventory(project(P2, master=S2, replicas=(S1,)))
+    assert list(check.evaluate(seen, inv, SETTINGS)) == []
+    assert set(check.unjudged(seen, inv, SETTINGS)) == set()
+
+
+def test_ownership_is_a_promtool_clean_gauge_and_a_report_section(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    try:
+        view = {
+            "member": "wd-a",
+            "at": 1000.0,
+            "ttl_seconds": 30.0,
+            "members": [
+                {"id": "wd-a", "host": "a", "pid": 1, "heartbeat": 999.0, "self": True},
+                {"id": "wd-b", "host": "b", "pid": 2, "heartbeat": 950.0, "self": False},
+            ],
+            "owners": {S1: "wd-b", S2: "wd-a"},
+        }
+        state.set_meta(membership=view)
+        reg = CollectorRegistry()
+        reg.register(StateCollector(state, dict, ["replication_lag"]))
+        exposition = generate_latest(reg).decode()
+        report = build_report(state, servers={}, now=1010.0)
+    finally:
+        state.close()
+    assert promtool_check_metrics(exposition) == ""
+    assert f'bupwatch_host_owned{{server_id="{S2}"}} 1.0' in exposition
+    assert f'bupwatch_host_owned{{server_id="{S1}"}} 0.0' in exposition
+    members = members_view(view, 1010.0)
+    assert [m["heartbeat_age_seconds"] for m in members["members"]] == [1.0, 50.0]
+    assert members["owned_by_none"] == [S1], "wd-b's heartbeat is older than the TTL"
+    assert report["members"]["owned_by_none"] == [S1]
+    html, md = render(report, "html"), render(report, "md")
+    assert 'id="members"' in html and "wd-b" in html and "Owned by a watchdog" in html
+    assert "## Watchdogs (2 live)" in md and f"stopped heartbeating (by nobody alive): {S1}" in md
+
+
+# ---------------------------------------------------------------- three real watchdogs
 
 
 def test_a_replica_is_judged_against_its_masters_published_head_and_unjudged_once_it_ages_out(

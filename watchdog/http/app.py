@@ -38,6 +38,7 @@ from bup_watchdog.report import (
     resolve_servers,
     servers_from_state,
 )
+from bup_watchdog.report_members import members_view
 from bup_watchdog.state import State, StateError
 
 
@@ -311,35 +312,6 @@ def create_app(
         return handle_alerts(payload, rules, repair_registry(), state, _queue())
 
     return app
-
-
-def members_view(view: dict[str, Any] | None, now: float) -> dict[str, Any]:
-    """The member list as the last sweep read it (heartbeat ages as of that read: the view is
-    ``age_seconds`` old), each host's owner, and the hosts whose owner's heartbeat was older than
-    the TTL (owned by nobody alive until the others' next sweep moves them)."""
-    if not view:
-        return {"enabled": False, "members": [], "owners": {}, "owned_by_none": []}
-    ttl = float(view.get("ttl_seconds") or 0)
-    at = float(view.get("at") or now)
-    members = []
-    stale = set()
-    for m in view.get("members", []):
-        beat = m.get("heartbeat")
-        age = None if beat is None else round(max(0.0, at - float(beat)), 1)
-        if age is None or age > ttl:
-            stale.add(m["id"])
-        members.append({**m, "heartbeat_age_seconds": age})
-    owners = view.get("owners") or {}
-    return {
-        "enabled": True,
-        "member": view.get("member"),
-        "as_of": at,
-        "age_seconds": round(max(0.0, now - at), 1),
-        "ttl_seconds": ttl,
-        "members": members,
-        "owners": owners,
-        "owned_by_none": sorted(sid for sid, who in owners.items() if who in stale),
-    }
 
 
 def _enqueue(q: RepairQueue, work: Work) -> dict[str, Any]:
