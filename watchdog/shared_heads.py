@@ -88,8 +88,16 @@ class Published:
     hosts: int = 0
     rows: int = 0
     batches: int = 0
+    #: Bound values as the native protocol carries them (framing and batch headers not counted).
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def _wire_bytes(row: tuple[object, ...]) -> int:
+    """A PUBLISH row's bound values as the native protocol carries them: each value's 4-byte
+    length, text as UTF-8, saved_at (bigint) and swept_at (timestamp) 8 bytes, the TTL 4."""
+    texts = (v for v in (row[0], row[1], row[2], row[5]) if isinstance(v, str))
+    return 4 * len(row) + sum(len(t.encode()) for t in texts) + 8 + 8 + 4
 
 
 class SharedHeads:
@@ -133,7 +141,7 @@ class SharedHeads:
                     batch = BatchStatement(batch_type=BatchType.UNLOGGED)
                     for row in rows[i : i + BATCH_ROWS]:
                         batch.add(insert, row)
-                        done.bytes += sum(len(str(v)) for v in row)
+                        done.bytes += _wire_bytes(row)
                     batches.append((batch, ()))
                     done.rows += min(BATCH_ROWS, len(rows) - i)
             done.batches = len(batches)
