@@ -258,7 +258,7 @@ class Guard:
         self.repairs = repair_registry() if repairs is None else repairs
         self.clock = clock
         #: Where leases live ([guard] leases): the state database, or Cassandra.
-        self.leases = leases if leases is not None else lease_backend(config, self.journal)
+        self.leases = leases if leases is not None else lease_backend(config, self.journal, clock)
         #: Told after a repair ran (whatever its outcome): what it touched may have changed.
         self.on_executed = on_executed
 

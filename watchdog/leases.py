@@ -39,8 +39,10 @@ import math
 import os
 import secrets
 import socket
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from bup_watchdog.config import Config
@@ -103,19 +105,32 @@ class LeaseBackend(Protocol):
 
 
 class LocalLeases:
-    """Leases in the state database (one watchdog)."""
+    """Leases in the state database (one watchdog). ``clock`` tells when a lease expires (the
+    guard's clock, so a test can move time past a TTL)."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, clock: Callable[[], float] = time.time) -> None:
         self.journal = journal
+        self.clock = clock
 
     def acquire(self, target: str, holder: str, ttl: float) -> bool:
-        return self.journal.acquire_lease(target, holder, ttl)
+        """Take the lease on a target unless someone holds an unexpired one."""
+        now = self.clock()
+        with self.journal.state.transaction() as db:
+            db.execute("DELETE FROM leases WHERE expires_at < ?", (now,))
+            try:
+                db.execute("INSERT INTO leases VALUES (?, ?, ?)", (target, holder, now + ttl))
+            except sqlite3.IntegrityError:
+                return False
+        return True
 
     def holder(self, target: str) -> str | None:
-        return self.journal.lease_holder(target)
+        rows = self.journal.state.query(
+            "SELECT holder FROM leases WHERE target=? AND expires_at >= ?", (target, self.clock())
+        )
+        return str(rows[0][0]) if rows else None
 
     def renew(self, target: str, holder: str, ttl: float) -> bool:
-        now = time.time()
+        now = self.clock()
         with self.journal.state.transaction() as db:
             cur = db.execute(
                 "UPDATE leases SET expires_at=? WHERE target=? AND holder=? AND expires_at >= ?",
@@ -321,11 +336,14 @@ class Renewing:
         self.inner.close()
 
 
-def lease_backend(config: Config, journal: Journal) -> Renewing:
-    """The backend ``[guard] leases`` names, renewing what it hands out."""
+def lease_backend(
+    config: Config, journal: Journal, clock: Callable[[], float] = time.time
+) -> Renewing:
+    """The backend ``[guard] leases`` names, renewing what it hands out (``clock``: when a local
+    lease expires; Cassandra's TTLs run on its own clock)."""
     if config.guard.leases == "cassandra":
         return Renewing(CassandraLeases.from_config(config))
-    return Renewing(LocalLeases(journal))
+    return Renewing(LocalLeases(journal, clock))
 
 
 __all__ = [
