@@ -326,3 +326,5 @@ def test_a_replica_is_judged_against_its_masters_published_head_and_unjudged_onc
     assert again["unjudged_replicas"] == 0, again
     assert judged == ahead, "judged again from the head wd-c published: still the conflict"
     assert all(code == 0 for code in codes.values()), codes
+    swept_by_a = {str(sid) for (sid,) in read_state(state_a, "SELECT server_id FROM hosts")}
+    assert swept_by_a == {s2}, "the master's host is not wd-a's: it judged from the heads"
