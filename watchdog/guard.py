@@ -119,11 +119,16 @@ def breaker(state: State, limit: float) -> tuple[bool, str]:
 
 
 def in_window(windows: list[MaintenanceWindow], now: datetime) -> MaintenanceWindow | None:
-    """The maintenance window ``now`` (UTC) falls in, if any."""
+    """The maintenance window ``now`` (UTC) falls in, if any. A window whose end is before its
+    start runs across midnight: from its start on one of its days to its end the next day."""
     day = _DAYS[now.weekday()]
+    yesterday = _DAYS[now.weekday() - 1]
     hhmm = now.strftime("%H:%M")
     for w in windows:
-        if day in w.days and w.start <= hhmm < w.end:
+        if w.start <= w.end:
+            if day in w.days and w.start <= hhmm < w.end:
+                return w
+        elif (day in w.days and hhmm >= w.start) or (yesterday in w.days and hhmm < w.end):
             return w
     return None
 

@@ -80,7 +80,16 @@ MAX_FAILURES = 3
 TTL = 600.0
 BREAKER = 0.3  # 3 of 10 unreachable is not more than 30 %; 4 is
 START = datetime(2030, 1, 7, 0, 0, tzinfo=UTC).timestamp()  # a Monday, 00:00 UTC
-WINDOW_HOUR = 2  # the maintenance window: 02:00-03:00 UTC every day
+#: Maintenance windows every day, UTC: 02:00-03:00, and 23:30-00:30 across midnight.
+WINDOWS = [("02:00", "03:00"), ("23:30", "00:30")]
+
+
+def in_maintenance(when: float) -> bool:
+    """The model's own reading of WINDOWS (not the guard's)."""
+    t = datetime.fromtimestamp(when, UTC)
+    minute = t.hour * 60 + t.minute
+    return 120 <= minute < 180 or minute >= 23 * 60 + 30 or minute < 30
+
 
 OUTCOMES = ["succeeded", "step_fails", "verify_fails", "conflict", "bug"]
 SOURCES = ["schedule", "cli", "cli_execute", "api", "alertmanager"]
@@ -228,7 +237,7 @@ class FakeAuto(FakeRepair):
 FAKES: list[type[FakeRepair]] = [FakeOff, FakeDryRun, FakeApprove, FakeAuto]
 
 
-def make_config(directory: Path) -> Config:
+def make_config(directory: Path, maintenance: list[dict[str, Any]] | None = None) -> Config:
     data: dict[str, Any] = {
         "inventory": {"source": "file", "file": "inventory.toml"},
         "state": {"directory": str(directory)},
@@ -239,7 +248,9 @@ def make_config(directory: Path) -> Config:
             "max_failures": MAX_FAILURES,
             "failure_window_hours": 24,
             "lease_seconds": TTL,
-            "maintenance": [{"start": f"0{WINDOW_HOUR}:00", "end": f"0{WINDOW_HOUR + 1}:00"}],
+            "maintenance": [{"start": start, "end": end} for start, end in WINDOWS]
+            if maintenance is None
+            else maintenance,
         },
         "repairs": {
             name: {"mode": mode, "max_per_hour": MAX_PER_HOUR} for name, mode in MODES.items()
@@ -388,7 +399,7 @@ class GuardMachine(RuleBasedStateMachine):
             ), f"refused for a lease nobody holds: {entry.refusal}"
 
     def in_window(self) -> bool:
-        return datetime.fromtimestamp(self.clock(), UTC).hour == WINDOW_HOUR
+        return in_maintenance(self.clock())
 
     # -- requests from every source ----------------------------------------------------------
 
@@ -556,10 +567,9 @@ class GuardMachine(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.advance(seconds)
 
-    @rule()
-    def time_passes_into_the_maintenance_window(self) -> None:
-        day = 86400.0
-        into = (START + WINDOW_HOUR * 3600 + 60 - self.clock()) % day
+    @rule(minute=st.sampled_from([2 * 60 + 1, 23 * 60 + 45, 10]))
+    def time_passes_into_a_maintenance_window(self, minute: int) -> None:
+        into = (START + minute * 60 - self.clock()) % 86400.0
         self.advance(into)
         assert self.in_window()
 
@@ -598,7 +608,7 @@ class GuardMachine(RuleBasedStateMachine):
             if mode == "approve":
                 assert s.via in ("approve", "execute"), f"{s.repair} ran unapproved ({s.via})"
             assert not s.breaker_open, "a repair ran with the circuit breaker open"
-            assert datetime.fromtimestamp(s.at, UTC).hour != WINDOW_HOUR, "ran in maintenance"
+            assert not in_maintenance(s.at), "a repair ran inside a maintenance window"
             assert not s.foreign_lease, "a repair ran on a target another watchdog holds"
 
     @invariant()
@@ -695,3 +705,32 @@ def test_the_guard_keeps_its_promises_under_random_interleavings() -> None:
         f"{RUN.executed - before.executed} fake repairs executed, {time.monotonic() - t0:.1f} s"
     )
     assert examples >= EXAMPLES
+
+
+def test_a_maintenance_window_across_midnight_holds_repairs_on_both_sides_of_midnight(
+    tmp_path: Path,
+) -> None:
+    """Regression: a window like 23:00-01:00 was accepted by the config and never applied."""
+    config = make_config(tmp_path, [{"days": ["sat"], "start": "23:00", "end": "01:00"}])
+    clock = FakeClock()
+    world = World(clock)
+    guard = Guard(
+        config,
+        State(tmp_path / "state.db"),
+        Inventory(servers={HOSTS[0]: Server(HOSTS[0], "10.0.0.1", 4000)}, projects={}),
+        repairs={"fake_auto": FakeAuto(world)},
+        clock=clock,
+    )
+
+    def at(when: str) -> str:
+        clock.now = datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp()
+        return guard.submit(RepairRequest("fake_auto", HOSTS[0])).status
+
+    assert at("2030-01-12T23:30") == REFUSED  # Saturday night
+    assert at("2030-01-13T00:30") == REFUSED  # the small hours of Sunday: still the window
+    assert at("2030-01-12T00:30") == "succeeded"  # Friday night is not in it
+    assert at("2030-01-13T01:00") == "succeeded"  # the window has ended
+    refusals = guard.journal.entries(status=REFUSED)
+    assert [e.refusal for e in refusals] == [
+        "maintenance: inside the maintenance window 23:00-01:00 UTC"
+    ] * 2
