@@ -79,11 +79,13 @@ def test_run_once_at_the_default_level_writes_the_sweep_line_and_no_other_info(
     proc = cli("run", "--once", "--config", str(config))
     assert proc.returncode == 2, proc.stderr
 
+    # Start-up says once what it serves and within which limits; then one line per sweep.
     info = [line for line in proc.stderr.splitlines() if " INFO " in line]
-    assert len(info) == 2, proc.stderr
-    assert "bup_watchdog.daemon: serving http://" in info[0]
-    assert "bup_watchdog.daemon: sweep done in " in info[1]
-    assert f"{len(demo_fleet.hosts)} hosts probed, 0 failed" in info[1]
+    assert len(info) == 3, proc.stderr
+    assert "bup_watchdog.daemon: open-file limit " in info[0]
+    assert "bup_watchdog.daemon: serving http://" in info[1]
+    assert "bup_watchdog.daemon: sweep done in " in info[2]
+    assert f"{len(demo_fleet.hosts)} hosts probed, 0 failed" in info[2]
     assert "Running job" not in proc.stderr  # the scheduler's own chatter needs -v
 
 
