@@ -21,13 +21,17 @@ the repository, and checks that again as its first step.
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Iterable
 
 from pydantic import Field
 
 from bup_watchdog.model import HostFacts
+from bup_watchdog.repairs._repo_checks import (
+    busy_blockers,
+    integrity_blockers,
+    repo_on_host,
+)
 from bup_watchdog.repairs.base import (
     Mode,
     Repair,
@@ -97,7 +101,6 @@ for entry in os.listdir("/proc"):
         print(json.dumps({"pid": int(entry), "cmd": cmd, "why": why}))
 sys.exit(3 if busy else 0)
 """
-BUSY = 3
 
 #: The repo_garbage codes clean_repo clears, in the order its plan acts on them.
 CODES = ("tmp_objects", "midx", "bupindex", "too_many_packs")
@@ -188,22 +191,11 @@ class CleanRepo(Repair[CleanRepoSettings]):
     def preconditions(
         self, req: RepairRequest, ctx: RepairContext, settings: CleanRepoSettings
     ) -> list[str]:
-        assert req.project_id is not None
-        pid = req.project_id
         path = self._repo(req, ctx)
-        facts = ctx.facts(req.server_id, deep_ids=(pid,))
-        if not facts.probed:
-            return [f"unreachable: cannot probe the host now ({facts.failure_message})"]
-        repo = facts.repos.get(pid)
-        if repo is None:
-            return [f"missing: {path} does not exist"]
-        if repo.is_symlink:
-            return [f"symlink: {path} is a symlink; not followed"]
-        if repo.symlinks_outside:
-            return [
-                f"symlink_outside: symlinks lead out of {path} "
-                f"({', '.join(repo.symlinks_outside[:3])}); a human must look first"
-            ]
+        found = repo_on_host(req, ctx, path)
+        if isinstance(found, str):
+            return [found]
+        facts, repo = found
         try:
             codes = self.asked_codes(req, ctx)
         except RepairError as exc:
@@ -216,32 +208,8 @@ class CleanRepo(Repair[CleanRepoSettings]):
         blockers: list[str] = []
         if "too_many_packs" in codes:
             blockers += self._repack_blockers(req, ctx, settings, facts, repo.repo_bytes, path)
-        # The repository must be sound before we touch it: cheap tier by the check itself,
-        # deep tier (git fsck --connectivity-only + bup ls master) from the probe just taken.
-        for f in ctx.evaluate("repo_integrity", (req.server_id,)):
-            if f.server_id == req.server_id and f.project_id == pid:
-                blockers.append(f"integrity: repo_integrity/{f.code}: {f.message}")
-        deep = facts.deep.get(pid)
-        if facts.deep_error or deep is None:
-            blockers.append(f"integrity: the deep check could not run ({facts.deep_error})")
-        elif not deep.ok:
-            blockers.append(f"integrity: the deep check fails: {deep.message}")
-        scan = ctx.run(self._busy_step(req, path, settings))
-        if scan.returncode == BUSY:
-            procs = []
-            for line in scan.stdout.decode("utf-8", "replace").splitlines()[:5]:
-                try:
-                    p = json.loads(line)
-                    procs.append(f"pid {p['pid']} ({'/'.join(p['why'])}): {p['cmd']}")
-                except (ValueError, KeyError, TypeError):
-                    procs.append(line[:200])
-            blockers.append(f"busy: processes work on {path}: {'; '.join(procs)}")
-        elif not scan.ok:
-            err = scan.stderr.decode("utf-8", "replace").strip().splitlines()
-            blockers.append(
-                f"busy_scan: could not scan for processes using {path} "
-                f"(status {scan.returncode}: {err[-1] if err else 'no output'})"
-            )
+        blockers += integrity_blockers(req, ctx, facts)
+        blockers += busy_blockers(ctx.run(self._busy_step(req, path, settings)), path)
         return blockers
 
     def _repack_blockers(

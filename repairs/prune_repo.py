@@ -33,7 +33,6 @@ the last 7 days, one a day for 60 days and one a month before that.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import time
@@ -44,6 +43,7 @@ from datetime import UTC, datetime
 from pydantic import Field, model_validator
 
 from bup_watchdog.errors import WatchdogError
+from bup_watchdog.repairs._repo_checks import busy_blockers, integrity_blockers, repo_on_host
 from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
@@ -55,7 +55,7 @@ from bup_watchdog.repairs.base import (
     Step,
     mode_field,
 )
-from bup_watchdog.repairs.clean_repo import BUSY, BUSY_SCAN
+from bup_watchdog.repairs.clean_repo import BUSY_SCAN
 
 _PERIOD = r"^(forever|[1-9][0-9]{0,5}(s|min|h|d|w|m|y))$"
 _SAVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]{1,4})?")
@@ -378,25 +378,11 @@ class PruneRepo(Repair[PruneRepoSettings]):
         assert req.project_id is not None
         pid = req.project_id
         path = self._repo(req, ctx)
-        facts = ctx.facts(req.server_id, deep_ids=(pid,))
-        if not facts.probed:
-            return [f"unreachable: cannot probe the host now ({facts.failure_message})"]
-        repo = facts.repos.get(pid)
-        if repo is None:
-            return [f"missing: {path} does not exist"]
-        if repo.is_symlink:
-            return [f"symlink: {path} is a symlink; not followed"]
-        if repo.symlinks_outside:
-            return [f"symlink_outside: symlinks lead out of {path}; a human must look first"]
-        blockers: list[str] = []
-        for f in ctx.evaluate("repo_integrity", (req.server_id,)):
-            if f.server_id == req.server_id and f.project_id == pid:
-                blockers.append(f"integrity: repo_integrity/{f.code}: {f.message}")
-        deep = facts.deep.get(pid)
-        if facts.deep_error or deep is None:
-            blockers.append(f"integrity: the deep check could not run ({facts.deep_error})")
-        elif not deep.ok:
-            blockers.append(f"integrity: the deep check fails: {deep.message}")
+        found = repo_on_host(req, ctx, path)
+        if isinstance(found, str):
+            return [found]
+        facts, repo = found
+        blockers = integrity_blockers(req, ctx, facts)
         leftover = [
             s["name"]
             for s in facts.strays
@@ -418,21 +404,7 @@ class PruneRepo(Repair[PruneRepoSettings]):
                 f"space: {root} has {free} bytes free; the copy needs {need:.0f} "
                 f"({settings.space_margin:g} x the repository's {repo.repo_bytes} bytes)"
             )
-        scan = ctx.run(self._busy_step(req, path, settings))
-        if scan.returncode == BUSY:
-            procs = []
-            for line in scan.stdout.decode("utf-8", "replace").splitlines()[:5]:
-                try:
-                    p = json.loads(line)
-                    procs.append(f"pid {p['pid']} ({'/'.join(p['why'])}): {p['cmd']}")
-                except (ValueError, KeyError, TypeError):
-                    procs.append(line[:200])
-            blockers.append(f"busy: processes work on {path} (a save?): {'; '.join(procs)}")
-        elif not scan.ok:
-            blockers.append(
-                f"busy_scan: could not scan for processes using {path} "
-                f"(status {scan.returncode}: {_text(scan.stderr)[-200:] or 'no output'})"
-            )
+        blockers += busy_blockers(ctx.run(self._busy_step(req, path, settings)), path)
         return blockers
 
     def plan(
