@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bup_watchdog.config import Config
-from bup_watchdog.deep import deep_probe_source
+from bup_watchdog.deep import deep_probe_source, deep_records
 from bup_watchdog.errors import ProbeError, WatchdogError
 from bup_watchdog.model import Inventory, Server, is_v4_uuid
 from bup_watchdog.report import parse_duration as report_duration
@@ -212,22 +212,7 @@ class RepoAudit:
 def parse_audit_lines(lines: Iterable[bytes], now: float) -> list[RepoAudit]:
     """Results from the archive program's JSON lines; garbage or a cut-off output raise."""
     out: list[RepoAudit] = []
-    done = False
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            raise ProbeError(f"line {n} of the archive check's output is not JSON") from None
-        if not isinstance(rec, dict):
-            raise ProbeError(f"line {n} of the archive check's output is not a record")
-        if rec.get("type") == "done":
-            done = True
-            continue
-        pid, ok = rec.get("project_id"), rec.get("ok")
-        if rec.get("type") != "deep" or not is_v4_uuid(pid) or not isinstance(ok, bool):
-            raise ProbeError(f"line {n} of the archive check's output is malformed")
+    for pid, ok, rec in deep_records(lines, "the archive check", others_allowed=False):
 
         def num(key: str, rec: dict[str, Any] = rec) -> Any:
             value = rec.get(key)
@@ -235,7 +220,7 @@ def parse_audit_lines(lines: Iterable[bytes], now: float) -> list[RepoAudit]:
 
         out.append(
             RepoAudit(
-                project_id=str(pid),
+                project_id=pid,
                 ok=ok,
                 checked_at=now,
                 message=rec["message"] if isinstance(rec.get("message"), str) else None,
@@ -246,8 +231,6 @@ def parse_audit_lines(lines: Iterable[bytes], now: float) -> list[RepoAudit]:
                 seconds=num("seconds") or 0.0,
             )
         )
-    if not done:
-        raise ProbeError("the archive check's output stopped before its final record (truncated)")
     return out
 
 

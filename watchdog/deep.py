@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from bup_watchdog.config import DeepConfig
 from bup_watchdog.errors import ProbeError
@@ -68,9 +69,12 @@ def deep_argv(server: Server, python: str, ids: Iterable[str], timeout: float) -
     return [python, "-S", "-", "--bup-root", server.bup_root, "--timeout", f"{timeout:g}", *ids]
 
 
-def parse_deep_lines(lines: Iterable[bytes], now: float) -> list[DeepResult]:
-    """Deep results from the deep probe's JSON lines; garbage raises ProbeError."""
-    results: list[DeepResult] = []
+def deep_records(
+    lines: Iterable[bytes], what: str, *, others_allowed: bool = True
+) -> Iterator[tuple[str, bool, dict[str, Any]]]:
+    """(project id, ok, record) of each ``deep`` record in a deep-check program's JSON lines.
+    Garbage, a malformed record, or an output cut before its final ``done`` record raise
+    ProbeError naming ``what``; records of other types are skipped when ``others_allowed``."""
     done = False
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -78,26 +82,37 @@ def parse_deep_lines(lines: Iterable[bytes], now: float) -> list[DeepResult]:
         try:
             rec = json.loads(raw)
         except ValueError:
-            raise ProbeError(f"line {n} of the deep check's output is not JSON") from None
+            raise ProbeError(f"line {n} of {what}'s output is not JSON") from None
         if not isinstance(rec, dict):
-            raise ProbeError(f"line {n} of the deep check's output is not a record")
-        if rec.get("type") == "done":
+            raise ProbeError(f"line {n} of {what}'s output is not a record")
+        kind = rec.get("type")
+        if kind == "done":
             done = True
-        elif rec.get("type") == "deep":
-            pid, ok, sha, msg = (rec.get(k) for k in ("project_id", "ok", "master_sha", "message"))
-            if not is_v4_uuid(pid) or not isinstance(ok, bool):
-                raise ProbeError(f"line {n} of the deep check's output is malformed")
-            results.append(
-                DeepResult(
-                    str(pid),
-                    now,
-                    ok,
-                    sha if isinstance(sha, str) else None,
-                    msg if isinstance(msg, str) else None,
-                )
-            )
+            continue
+        if kind != "deep" and others_allowed:
+            continue
+        pid, ok = rec.get("project_id"), rec.get("ok")
+        if kind != "deep" or not is_v4_uuid(pid) or not isinstance(ok, bool):
+            raise ProbeError(f"line {n} of {what}'s output is malformed")
+        yield str(pid), ok, rec
     if not done:
-        raise ProbeError("the deep check's output stopped before its final record (truncated)")
+        raise ProbeError(f"{what}'s output stopped before its final record (truncated)")
+
+
+def parse_deep_lines(lines: Iterable[bytes], now: float) -> list[DeepResult]:
+    """Deep results from the deep probe's JSON lines; garbage raises ProbeError."""
+    results: list[DeepResult] = []
+    for pid, ok, rec in deep_records(lines, "the deep check"):
+        sha, msg = rec.get("master_sha"), rec.get("message")
+        results.append(
+            DeepResult(
+                pid,
+                now,
+                ok,
+                sha if isinstance(sha, str) else None,
+                msg if isinstance(msg, str) else None,
+            )
+        )
     return results
 
 
