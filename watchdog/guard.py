@@ -344,7 +344,9 @@ class Guard:
             entry.project_id,
             requested_by=entry.requested_by,
             reason=entry.reason,
-            fingerprint=None,  # the pending row itself holds the fingerprint
+            # The run's row carries the alert's too: while it runs, the same alert is a duplicate
+            # (the pending row, now denied as superseded, no longer says so).
+            fingerprint=entry.fingerprint,
             params=dict(entry.params),
         )
         self.journal.update(entry_id, status=DENIED, decided_by=by, refusal="superseded: approved")

@@ -283,6 +283,8 @@ class Hung:
     thread: threading.Thread
     target: str
     result: list[Decision] = field(default_factory=list)
+    #: The alert it answers, when it runs as the approval of an alert's pending request.
+    fingerprint: str | None = None
 
 
 class GuardMachine(RuleBasedStateMachine):
@@ -316,6 +318,7 @@ class GuardMachine(RuleBasedStateMachine):
         self.rows_made = 0  # journal rows the calls made: one per submit or approve
         self.fingerprints = 0
         self.limits_checked = 0
+        self.alerts: list[RepairRequest] = []  # alerts sent so far
         self.start_watchdog()
 
     # -- the watchdog process ---------------------------------------------------------------
@@ -414,6 +417,13 @@ class GuardMachine(RuleBasedStateMachine):
             assert self.in_window()
         elif code == "precondition":
             assert entry.target in self.world.blocked
+        elif code == "duplicate":
+            fingerprint = entry.fingerprint or ""
+            assert (
+                any(e.fingerprint == fingerprint for e in self.pending())
+                or any(h.fingerprint == fingerprint for h in self.hung.values())
+                or self.guard.journal.active_fingerprint(fingerprint)
+            ), entry.refusal
         elif code == "gave_up":
             failures = self.failures_before(entry.repair, entry.target, entry.id, self.clock())
             assert failures >= MAX_FAILURES, (failures, entry.refusal)
@@ -464,12 +474,20 @@ class GuardMachine(RuleBasedStateMachine):
             self.call("queue", outcome, lambda: g.submit(req))
         else:
             self.fingerprints += 1
-            fingerprint = f"alert-{host[:8]}-{self.fingerprints % 3}"
+            fingerprint = f"alert-{repair}-{host[:8]}-{self.fingerprints % 2}"
             req = self.request(
                 repair, host, requested_by=f"{ALERT_REQUESTER}ops", fingerprint=fingerprint
             )
+            self.alerts.append(req)
             if g.alert_cooldown(req) is None:
                 self.call("queue", outcome, lambda: g.submit(req))
+
+    @precondition(lambda self: bool(self.alerts))
+    @rule(pick=st.integers(0, 999))
+    def an_alert_fires_again(self, pick: int) -> None:
+        req = self.alerts[pick % len(self.alerts)]  # Alertmanager's repeat_interval
+        if self.guard.alert_cooldown(req) is None:
+            self.call("queue", "succeeded", lambda: self.guard.submit(req))
 
     # Requests are most of what a watchdog sees: two more rules ask (for what may run), so
     # requests are drawn more often than the other steps.
@@ -509,7 +527,9 @@ class GuardMachine(RuleBasedStateMachine):
         entry = rows[pick % len(rows)]
         if entry.target in self.hung and outcome == "hang":
             outcome = "succeeded"
-        self.call("approve", outcome, lambda: self.guard.approve(entry.id, "cli:operator"))
+        ran = self.call("approve", outcome, lambda: self.guard.approve(entry.id, "cli:operator"))
+        if ran is None:
+            self.hung[entry.target].fingerprint = entry.fingerprint
         after = self.guard.journal.get(entry.id)
         assert after is not None and after.status == DENIED
         assert (after.refusal or "").startswith("approved by cli:operator; ran as repair #") or (
@@ -665,6 +685,19 @@ class GuardMachine(RuleBasedStateMachine):
         assert len(self.log.lines) == len(self.decisions) + len(self.denied)
 
     @invariant()
+    def one_open_repair_per_alert_fingerprint(self) -> None:
+        open_rows = [
+            *self.pending(),
+            *self.guard.journal.entries(status=RUNNING, limit=1000),
+        ]
+        answered = [e.fingerprint for e in open_rows if e.fingerprint]
+        said = {e.target for e in open_rows if e.status == RUNNING and e.fingerprint}
+        answered += [
+            h.fingerprint for h in self.hung.values() if h.target not in said if h.fingerprint
+        ]
+        assert len(answered) == len(set(answered)), f"one alert, two open repairs: {answered}"
+
+    @invariant()
     def no_lease_outlives_its_repair_by_more_than_its_ttl(self) -> None:
         now = self.clock()
         for target, holder, expires in self.guard.journal.leases():
@@ -777,3 +810,47 @@ def test_a_maintenance_window_across_midnight_holds_repairs_on_both_sides_of_mid
     assert [e.refusal for e in refusals] == [
         "maintenance: inside the maintenance window 23:00-01:00 UTC"
     ] * 2
+
+
+class AlertAgainMidRepair(FakeApprove):
+    """The FAKE approve-mode repair; while it runs, its alert fires again (Alertmanager
+    re-sends a firing alert every repeat_interval)."""
+
+    guard: Guard
+    again: list[Decision]
+
+    def execute(
+        self, req: RepairRequest, plan: list[Step], ctx: RepairContext, settings: RepairSettings
+    ) -> Outcome:
+        self.again = [self.guard.submit(alert_request())]
+        return super().execute(req, plan, ctx, settings)
+
+
+def alert_request() -> RepairRequest:
+    return RepairRequest(
+        "fake_approve", HOSTS[0], requested_by=f"{ALERT_REQUESTER}ops", fingerprint="f1"
+    )
+
+
+def test_an_alert_that_fires_again_while_its_approved_repair_runs_is_a_duplicate(
+    tmp_path: Path,
+) -> None:
+    """Regression: the approved run's row had no fingerprint, so the alert asked again was
+    queued as a second pending approval for a repair already running."""
+    clock = FakeClock()
+    repair = AlertAgainMidRepair(World(clock))
+    guard = Guard(
+        make_config(tmp_path, []),
+        State(tmp_path / "state.db"),
+        Inventory(servers={HOSTS[0]: Server(HOSTS[0], "10.0.0.1", 4000)}, projects={}),
+        repairs={"fake_approve": repair},
+        clock=clock,
+    )
+    repair.guard = guard
+    pending = guard.submit(alert_request())
+    assert pending.status == PENDING
+    assert guard.approve(pending.entry_id, "cli:operator").status == "succeeded"
+    [again] = repair.again
+    assert again.status == REFUSED
+    assert again.message.startswith("duplicate: alert f1 already has repair #2 (running)")
+    assert guard.journal.entries(status=PENDING) == []
