@@ -13,3 +13,12 @@ class InventorySource(Protocol):
     name: str
 
     def load(self) -> Inventory: ...
+
+
+class InventoryWriter(Protocol):
+    """An inventory that a repair may change: one compare-and-swap on a project's master."""
+
+    def set_master(self, project_id: str, old: str, new: str) -> bool:
+        """Make ``new`` the master (and ``old`` a replica) only while the master is ``old``;
+        False when it is not (someone changed it meanwhile): nothing written then."""
+        ...

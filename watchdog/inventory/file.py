@@ -7,9 +7,12 @@ named, before it can ever reach a path or a command.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -265,6 +268,11 @@ class FileInventory:
         self._cached = (signature, inventory) if settled else None
         return inventory
 
+    def set_master(self, project_id: str, old: str, new: str) -> bool:
+        """Switch a project's master in the file, only while it is ``old`` (set_master_in_file)."""
+        self._cached = None
+        return set_master_in_file(self.path, project_id, old, new)
+
 
 def dump_inventory(inventory: Inventory) -> dict[str, Any]:
     """The inventory as file data (JSON-ready), e.g. for the sandbox fleet or a cache."""
@@ -300,3 +308,91 @@ def dump_inventory(inventory: Inventory) -> dict[str, Any]:
             for p in inventory.projects.values()
         ],
     }
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal for the values an inventory file holds (strings, numbers, times, lists,
+    tables of those)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date | dtime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + inner + "}"
+    raise ConfigError("inventory", [f"no TOML form for {value!r}"])
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Inventory file data as TOML: plain keys first, then each array of tables."""
+    lines = [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in data.items() if not _tables(v)]
+    for key, value in data.items():
+        if not _tables(value):
+            continue
+        for entry in value:
+            lines += ["", f"[[{key}]]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _tables(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def set_master_in_file(path: Path, project_id: str, old: str, new: str) -> bool:
+    """Make ``new`` the master of ``project_id`` in the inventory file, only while it is ``old``.
+
+    The old master joins the replicas (a move never drops a copy) and ``new`` leaves them. The
+    file is read, checked and written to a temporary file in the same directory, which replaces
+    it only if the file is still the one read (same inode, size, mtime): a compare-and-swap on
+    the file. False when the master is no longer ``old`` or the file changed meanwhile. TOML
+    comments are not kept (the file is written again from its data); JSON is written indented.
+    """
+    st = path.stat()
+    raw = path.read_bytes()
+    is_json = path.suffix == ".json"
+    data = json.loads(raw) if is_json else tomllib.loads(raw.decode("utf-8"))
+    entries = [
+        p
+        for p in data.get("projects", [])
+        if isinstance(p, dict) and str(p.get("project_id", "")).lower() == project_id
+    ]
+    if len(entries) != 1 or str(entries[0].get("master", "")).lower() != old:
+        return False
+    entry = entries[0]
+    replicas = [str(r).lower() for r in entry.get("replicas", []) if str(r).lower() != new]
+    entry["master"] = new
+    entry["replicas"] = [*replicas, old] if old not in replicas else replicas
+    text = json.dumps(data, indent=2) + "\n" if is_json else dump_toml(data)
+    if not is_json and tomllib.loads(text) != data:
+        raise ConfigError(str(path), ["the inventory could not be written back as the same TOML"])
+    parse_inventory(json.loads(text) if is_json else tomllib.loads(text), source=str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, st.st_mode & 0o7777)
+        now = path.stat()
+        same = (now.st_ino, now.st_size, now.st_mtime_ns) == (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        )
+        if not same or path.read_bytes() != raw:
+            return False
+        os.replace(tmp, path)
+        tmp = ""
+    finally:
+        if tmp:
+            os.unlink(tmp)
+    return True

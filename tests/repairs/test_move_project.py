@@ -1,0 +1,151 @@
+"""move_project on a real scratch fleet (s1 master, s2 replica): real bup saves, real rsync
+between the hosts, the file inventory switched by compare-and-swap, the old copy kept."""
+
+from __future__ import annotations
+
+import shlex
+import time
+import tomllib
+from typing import Any
+
+import pytest
+from conftest import SCRATCH_P1
+
+from bup_watchdog.guard import Guard
+from bup_watchdog.inventory.file import FileInventory, dump_toml
+from bup_watchdog.model import Project
+from bup_watchdog.repair_context import Context
+from bup_watchdog.repairs import move_project
+from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.sandbox import repos
+from bup_watchdog.sandbox.fleet import SandboxFleet
+from support.fleet import bup_save_on, fleet_digest, git_out, make_guard, tree_digest
+
+P = SCRATCH_P1
+AUTO = '[repairs.move_project]\nmode = "auto"\n'
+
+
+def request(fleet: SandboxFleet, **params: object) -> RepairRequest:
+    return RepairRequest(
+        "move_project", fleet.server_id("s1"), P, params={"target": "s2", **params}
+    )
+
+
+def project(fleet: SandboxFleet) -> Project:
+    return FileInventory(fleet.inventory_path).load().projects[P]
+
+
+def edit_inventory(fleet: SandboxFleet, kind: str, name: str, **changes: Any) -> None:
+    """Change one server ('servers', host name) or the project ('projects', P) in the file."""
+    data = tomllib.loads(fleet.inventory_path.read_text())
+    key = fleet.server_id(name) if kind == "servers" else name
+    [entry] = [e for e in data[kind] if key in (e.get("server_id"), e.get("project_id"))]
+    entry.update(changes)
+    fleet.inventory_path.write_text(dump_toml(data))
+
+
+def digests(fleet: SandboxFleet, name: str) -> dict[str, str]:
+    return {k: v for k, v in fleet_digest(fleet).items() if k.startswith(f"{name}:")}
+
+
+def refused_with(guard: Guard, fleet: SandboxFleet, code: str, **params: object) -> None:
+    """Refused with that reason, journaled, and neither the inventory nor a copy changed."""
+    before, inventory = fleet_digest(fleet), fleet.inventory_path.read_bytes()
+    decision = guard.submit(request(fleet, **params))
+    assert decision.status == "refused", decision.message
+    [entry] = guard.journal.entries(status="refused")
+    assert entry.refusal is not None and f"{code}:" in entry.refusal, entry.refusal
+    assert fleet.inventory_path.read_bytes() == inventory
+    assert fleet_digest(fleet) == before
+
+
+def test_a_move_copies_proves_and_switches_the_master_and_the_old_copy_stays_a_replica(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    fleet = scratch_fleet
+    new = bup_save_on(fleet, "s1", P, int(time.time()), {"work/moved.txt": "saved on s1\n"})
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") != new
+    source_before = digests(fleet, "s1")
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "succeeded", decision.message
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == new
+    s1, s2 = (fleet.hosts[n].projects_dir_outside / P for n in ("s1", "s2"))
+    assert tree_digest(s2) == tree_digest(s1)
+    moved = project(fleet)
+    assert moved.master == fleet.server_id("s2")
+    assert moved.replicas == (fleet.server_id("s1"),)
+    assert digests(fleet, "s1") == source_before  # the old master's copy is only read
+    assert "is a replica with the same head" in decision.message
+
+
+def test_a_dry_run_shows_the_copy_commands_without_delete_and_changes_nothing(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    fleet = scratch_fleet
+    before, inventory = fleet_digest(fleet), fleet.inventory_path.read_bytes()
+    guard = make_guard(fleet)  # the default mode: approve
+
+    decision = guard.submit(request(fleet, dry_run=True))
+
+    assert decision.status == "dry_run", decision.message
+    commands = [shlex.split(s["command"]) for s in decision.plan]
+    rsyncs = [c for c in commands if "rsync" in c]
+    assert len(rsyncs) >= 4 and not any("--delete" in a for c in rsyncs for a in c)
+    assert any("--exclude=/.snapshots" in c and "--dry-run" in c for c in rsyncs)
+    assert all(
+        s["server_id"] == fleet.server_id("s2") for s in decision.plan if "rsync" in s["command"]
+    )
+    assert fleet_digest(fleet) == before and fleet.inventory_path.read_bytes() == inventory
+    assert move_project.MoveProjectSettings().mode == "approve"
+
+
+def test_an_experimental_target_is_refused_unless_allowed(scratch_fleet: SandboxFleet) -> None:
+    fleet = scratch_fleet
+    edit_inventory(fleet, "servers", "s2", experimental=True)
+    guard = make_guard(fleet, AUTO)
+    refused_with(guard, fleet, "experimental")
+    ctx = Context(guard.config, guard.inventory, guard.journal, "test")
+    try:
+        allowed = move_project.repair.preconditions(
+            request(fleet, allow_experimental=True), ctx, move_project.MoveProjectSettings()
+        )
+    finally:
+        ctx.close()
+    assert allowed == []
+
+
+def test_a_target_whose_copy_is_ahead_of_the_source_is_refused(scratch_fleet: SandboxFleet) -> None:
+    fleet = scratch_fleet
+    bup_save_on(fleet, "s2", P, int(time.time()), {"work/only-on-s2.txt": "newer on s2\n"})
+    refused_with(make_guard(fleet, AUTO), fleet, "target_copy")
+
+
+def test_an_integrity_finding_on_the_source_is_refused(scratch_fleet: SandboxFleet) -> None:
+    fleet = scratch_fleet
+    repos.corrupt_newest_pack(fleet.repo_path("s1", P))
+    refused_with(make_guard(fleet, AUTO), fleet, "integrity")
+
+
+def test_an_inventory_changed_between_plan_and_execute_is_not_overwritten(
+    scratch_fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = scratch_fleet
+    guard = make_guard(fleet, AUTO)
+    plan = move_project.MoveProject.plan
+
+    def plan_then_someone_edits_the_inventory(self: Any, *args: Any) -> Any:
+        steps = plan(self, *args)
+        edit_inventory(fleet, "projects", P, replicas=[])  # someone else's change, master kept
+        edit_inventory(fleet, "projects", P, master=fleet.server_id("s2"))
+        return steps
+
+    monkeypatch.setattr(move_project.MoveProject, "plan", plan_then_someone_edits_the_inventory)
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "failed", decision.message
+    assert "the inventory changed meanwhile" in decision.message
+    after = project(fleet)
+    assert after.master == fleet.server_id("s2") and after.replicas == ()  # as the other wrote it
