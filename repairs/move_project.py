@@ -20,8 +20,10 @@ Design (issue 19, and why):
   while the master is still the source; the old master joins the replicas in the same write.
   conf/replicas.json on every copy is rewritten only when the set of locations changed.
 - **Deleting the old copy is never part of a move** (a separate, approved step).
-- Known limit: the Cassandra inventory has no writer yet; a move there is refused
-  (``inventory_write``).
+- **Cassandra**: ``UPDATE projects SET bup_location = new … IF bup_location = old`` (a
+  lightweight transaction). The schema has no replica list: replicas are the keys of
+  ``bup_last_save``, so the old master stays a replica only if a save of it is recorded there;
+  a move whose source has none is refused (``inventory_replica``).
 """
 
 from __future__ import annotations
@@ -112,6 +114,10 @@ def inventory_writer(ctx: RepairContext) -> InventoryWriter | None:
         return None
     if config.inventory.source == "file" and config.inventory.file is not None:
         return FileInventory(Path(config.inventory.file), default_user=config.ssh.user)
+    if config.inventory.source == "cassandra":
+        from bup_watchdog.inventory.cassandra import CassandraInventory
+
+        return CassandraInventory.from_config(config)
     return None
 
 
@@ -175,10 +181,17 @@ class MoveProject(Repair[MoveProjectSettings]):
         source = ctx.server(req.server_id)
         if target.server_id == source.server_id:
             return [f"same_host: the target {target.label} is already the master of {pid}"]
-        if inventory_writer(ctx) is None:
+        writer = inventory_writer(ctx)
+        if writer is None:
             return [
                 "inventory_write: the configured inventory source cannot be switched by the "
-                "watchdog yet (only the file inventory); move the master by hand"
+                "watchdog; move the master by hand"
+            ]
+        if writer.name == "cassandra" and req.server_id not in project.bup_last_save:
+            return [
+                f"inventory_replica: projects.bup_last_save of {pid} records no save on "
+                f"{req.server_id}, so after the switch the old master would not be listed as a "
+                "replica; refusing to hide a copy"
             ]
         bad = [f"{s.label}: {p}" for s in (source, target) for p in _address_problems(s)]
         if bad:
@@ -420,7 +433,7 @@ class MoveProject(Repair[MoveProjectSettings]):
         pid = req.project_id
         target = resolve_target(ctx, req.params.get("target"))
         writer = inventory_writer(ctx)
-        if target is None or not isinstance(writer, FileInventory):
+        if target is None or writer is None:
             return False, "cannot verify: the target or the inventory is unknown"
         project = writer.load().projects.get(pid)
         if project is None or project.master != target.server_id:

@@ -7,18 +7,27 @@ import shlex
 import time
 import tomllib
 from typing import Any
+from uuid import UUID
 
 import pytest
+from click.testing import CliRunner
 from conftest import SCRATCH_P1
 
+from bup_watchdog.checks import settings_models
+from bup_watchdog.cli import main
+from bup_watchdog.config import load_config
 from bup_watchdog.guard import Guard
+from bup_watchdog.inventory.cassandra import CassandraInventory
 from bup_watchdog.inventory.file import FileInventory, dump_toml
 from bup_watchdog.model import Project
 from bup_watchdog.repair_context import Context
 from bup_watchdog.repairs import move_project
 from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.runner import inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox import repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
+from support.cassandra.node import CassandraNode
+from support.cassandra_fixture import cassandra_toml, cql
 from support.fleet import bup_save_on, fleet_digest, git_out, make_guard, tree_digest
 
 P = SCRATCH_P1
@@ -149,3 +158,44 @@ def test_an_inventory_changed_between_plan_and_execute_is_not_overwritten(
     assert "the inventory changed meanwhile" in decision.message
     after = project(fleet)
     assert after.master == fleet.server_id("s2") and after.replicas == ()  # as the other wrote it
+
+
+def test_a_move_with_the_cassandra_inventory_switches_bup_location_by_a_lightweight_transaction(
+    scratch_fleet: SandboxFleet, cassandra: CassandraNode
+) -> None:
+    fleet, keyspace = scratch_fleet, "move_project_test"
+    text = fleet.config_path.read_text().replace('source = "file"', 'source = "cassandra"', 1)
+    path = fleet.config_path.with_name("config-cassandra.toml")
+    path.write_text(f"{text}\n{AUTO}\n{cassandra_toml(cassandra, keyspace)}")
+    config = load_config(path, settings_models())
+    loaded = CliRunner().invoke(
+        main,
+        [
+            "inventory",
+            "load",
+            "--config",
+            str(path),
+            str(fleet.inventory_path),
+            "--replication-factor",
+            "1",
+        ],
+    )
+    assert loaded.exit_code == 0, loaded.output
+    new = bup_save_on(fleet, "s1", P, int(time.time()), {"work/moved.txt": "saved on s1\n"})
+    source_before = digests(fleet, "s1")
+    state = open_state(config)
+    guard = Guard(config, state, load_inventory(inventory_source(config), state))
+
+    decision = guard.submit(request(fleet))
+
+    assert decision.status == "succeeded", decision.message
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == new
+    with cql(cassandra, keyspace) as db:
+        [row] = db.execute("SELECT bup_location FROM projects WHERE project_id = %s", [UUID(P)])
+    assert str(row.bup_location) == fleet.server_id("s2")
+    moved = CassandraInventory.from_config(config).load().projects[P]
+    assert (moved.master, moved.replicas) == (fleet.server_id("s2"), (fleet.server_id("s1"),))
+    assert digests(fleet, "s1") == source_before
+    # The compare-and-swap: the master is no longer s1, so a second switch is not applied.
+    writer = CassandraInventory.from_config(config)
+    assert writer.set_master(P, fleet.server_id("s1"), fleet.server_id("s2")) is False

@@ -15,7 +15,7 @@ class InventorySource(Protocol):
     def load(self) -> Inventory: ...
 
 
-class InventoryWriter(Protocol):
+class InventoryWriter(InventorySource, Protocol):
     """An inventory that a repair may change: one compare-and-swap on a project's master."""
 
     def set_master(self, project_id: str, old: str, new: str) -> bool:

@@ -94,6 +94,8 @@ UPDATE_PROJECT_WITH_DISK = (
     "UPDATE {ks}.projects SET bup_location = ?, bup_last_save = ?, settings['disk'] = ?, "
     "last_edited = ?, deleted = ? WHERE project_id = ?"
 )
+# move_project's switch: a lightweight transaction, applied only while the master is the old one.
+SWITCH_MASTER = "UPDATE {ks}.projects SET bup_location = ? WHERE project_id = ? IF bup_location = ?"
 UPDATE_PROJECT = (
     "UPDATE {ks}.projects SET bup_location = ?, bup_last_save = ?, last_edited = ?, deleted = ? "
     "WHERE project_id = ?"
@@ -430,6 +432,27 @@ class CassandraInventory:
         return Inventory(
             servers=servers, projects=projects, source=self.name, loaded_at=time.time()
         )
+
+    def set_master(self, project_id: str, old: str, new: str) -> bool:
+        """``projects.bup_location = new`` only while it is ``old`` (LWT, serial LOCAL_SERIAL).
+
+        The old master stays a replica: replicas are the keys of ``bup_last_save``, where its
+        saves are recorded. A timeout leaves the outcome unknown: raised as an InventoryError
+        that says so (the operator reads ``bup_location``), never guessed.
+        """
+        from cassandra import ConsistencyLevel
+
+        doing = f"switching the master of {project_id} (outcome unknown if this timed out)"
+        try:
+            bound = self.db.prepare(SWITCH_MASTER).bind(
+                (uuid.UUID(new), uuid.UUID(project_id), uuid.UUID(old))
+            )
+            bound.serial_consistency_level = ConsistencyLevel.LOCAL_SERIAL
+            return bool(self.db.session().execute(bound).was_applied)
+        except _driver_errors() as exc:
+            raise self.db.failed(exc, doing) from None
+        finally:
+            self.db.close()
 
     # -- servers
 
