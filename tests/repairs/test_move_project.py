@@ -3,7 +3,9 @@ between the hosts, the file inventory switched by compare-and-swap, the old copy
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
 import time
 import tomllib
 from typing import Any
@@ -28,7 +30,7 @@ from bup_watchdog.sandbox import repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.cassandra.node import CassandraNode
 from support.cassandra_fixture import cassandra_toml, cql
-from support.fleet import bup_save_on, fleet_digest, git_out, make_guard, tree_digest
+from support.fleet import bup_save_on, file_digests, fleet_digest, git_out, make_guard, tree_digest
 
 P = SCRATCH_P1
 AUTO = '[repairs.move_project]\nmode = "auto"\n'
@@ -199,3 +201,31 @@ def test_a_move_with_the_cassandra_inventory_switches_bup_location_by_a_lightwei
     # The compare-and-swap: the master is no longer s1, so a second switch is not applied.
     writer = CassandraInventory.from_config(config)
     assert writer.set_master(P, fleet.server_id("s1"), fleet.server_id("s2")) is False
+
+
+def test_a_move_to_a_host_without_a_copy_creates_it_and_writes_the_new_placement_everywhere(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    fleet = scratch_fleet
+    shutil.rmtree(fleet.repo_path("s2", P))
+    shutil.rmtree(fleet.hosts["s2"].projects_dir_outside / P)
+    edit_inventory(fleet, "projects", P, replicas=[])
+    (fleet.repo_path("s1", P) / "conf/replicas.json").write_text(
+        json.dumps([fleet.server_id("s1")]) + "\n"
+    )
+    head = git_out(fleet, "s1", P, "rev-parse", "refs/heads/master")
+    objects = file_digests(fleet.repo_path("s1", P) / "objects")
+
+    decision = make_guard(fleet, AUTO).submit(request(fleet))
+
+    assert decision.status == "succeeded", decision.message
+    assert git_out(fleet, "s2", P, "rev-parse", "refs/heads/master") == head
+    s1, s2 = (fleet.hosts[n].projects_dir_outside / P for n in ("s1", "s2"))
+    assert tree_digest(s2) == tree_digest(s1)
+    moved = project(fleet)
+    assert (moved.master, moved.replicas) == (fleet.server_id("s2"), (fleet.server_id("s1"),))
+    want = [fleet.server_id("s2"), fleet.server_id("s1")]
+    for name in ("s1", "s2"):
+        placed = json.loads((fleet.repo_path(name, P) / "conf/replicas.json").read_text())
+        assert placed == want, name
+    assert file_digests(fleet.repo_path("s1", P) / "objects") == objects
