@@ -4,6 +4,7 @@ between the hosts, the file inventory switched by compare-and-swap, the old copy
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import time
@@ -229,3 +230,36 @@ def test_a_move_to_a_host_without_a_copy_creates_it_and_writes_the_new_placement
         placed = json.loads((fleet.repo_path(name, P) / "conf/replicas.json").read_text())
         assert placed == want, name
     assert file_digests(fleet.repo_path("s1", P) / "objects") == objects
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "code"),
+    [
+        ("no-such-server", "", "target_unknown"),
+        ("s1", "", "same_host"),
+        ("s2", "space_margin = 1e15\n", "space"),
+    ],
+)
+def test_an_unknown_target_the_master_itself_or_a_target_without_room_is_refused(
+    scratch_fleet: SandboxFleet, target: str, extra: str, code: str
+) -> None:
+    guard = make_guard(scratch_fleet, AUTO + extra)
+    refused_with(guard, scratch_fleet, code, target=target)
+
+
+def test_a_live_tree_that_stays_different_on_the_target_stops_the_move_before_the_switch(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    fleet = scratch_fleet
+    newer = fleet.hosts["s2"].projects_dir_outside / P / "README.md"
+    newer.write_text("edited on s2, newer than the master's\n")
+    future = time.time() + 3600
+    os.utime(newer, (future, future))
+    inventory = fleet.inventory_path.read_bytes()
+
+    decision = make_guard(fleet, AUTO).submit(request(fleet))
+
+    assert decision.status == "failed", decision.message
+    assert "differs from" in decision.message and "nothing was switched" in decision.message
+    assert fleet.inventory_path.read_bytes() == inventory
+    assert newer.read_text() == "edited on s2, newer than the master's\n"  # --update kept it
