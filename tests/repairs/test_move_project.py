@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import time
 import tomllib
 from typing import Any
@@ -31,7 +32,15 @@ from bup_watchdog.sandbox import repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.cassandra.node import CassandraNode
 from support.cassandra_fixture import cassandra_toml, cql
-from support.fleet import bup_save_on, file_digests, fleet_digest, git_out, make_guard, tree_digest
+from support.fleet import (
+    bup_save_on,
+    file_digests,
+    fleet_digest,
+    git_out,
+    make_guard,
+    pid_in_host,
+    tree_digest,
+)
 
 P = SCRATCH_P1
 AUTO = '[repairs.move_project]\nmode = "auto"\n'
@@ -263,3 +272,28 @@ def test_a_live_tree_that_stays_different_on_the_target_stops_the_move_before_th
     assert "differs from" in decision.message and "nothing was switched" in decision.message
     assert fleet.inventory_path.read_bytes() == inventory
     assert newer.read_text() == "edited on s2, newer than the master's\n"  # --update kept it
+
+
+def test_a_save_running_on_the_source_is_refused(scratch_fleet: SandboxFleet) -> None:
+    """A real ``bup split`` waiting on its input holds the source's repository open."""
+    fleet = scratch_fleet
+    busy = subprocess.Popen(
+        fleet.hosts["s1"].enter_argv(
+            ["env", f"BUP_DIR=/bup/bups/{P}", "bup", "split", "-n", "in-progress"]
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        assert busy.poll() is None
+        seen_by_host = pid_in_host(fleet, "s1", busy)
+        guard = make_guard(fleet, AUTO)
+        decision = guard.submit(request(fleet))
+    finally:
+        busy.kill()
+        busy.wait()
+    assert decision.status == "refused", decision.message
+    assert "busy:" in decision.message and f"pid {seen_by_host}: 'bup split" in decision.message
+    assert project(fleet).master == fleet.server_id("s1")
