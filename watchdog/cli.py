@@ -349,6 +349,12 @@ _DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "re
 @click.option(
     "--unfence", is_flag=True, help="fence_host only: lift the fence (host healthy again)."
 )
+@click.option("--to", "move_to", metavar="SERVER", help="move_project only: the new master.")
+@click.option(
+    "--allow-experimental",
+    is_flag=True,
+    help="move_project only: the new master may be an experimental server.",
+)
 @format_option
 def repair_cmd(
     config_path: Path,
@@ -359,6 +365,8 @@ def repair_cmd(
     why: str,
     reason: str,
     unfence: bool,
+    move_to: str | None,
+    allow_experimental: bool,
     fmt: str,
 ) -> None:
     """Plan or run one repair by hand, through the guard.
@@ -374,6 +382,17 @@ def repair_cmd(
         raise click.UsageError(f"--unfence goes with fence_host only, not {name}")
     if why and reason:
         raise click.UsageError("--why and --reason (its old name) both given: give --why")
+    if (move_to or allow_experimental) and name != "move_project":
+        raise click.UsageError(
+            f"--to and --allow-experimental go with move_project only, not {name}"
+        )
+    if name == "move_project" and not move_to:
+        raise click.UsageError("move_project needs --to SERVER (the new master)")
+    extra: dict[str, object] = {"unfence": True} if unfence else {}
+    if move_to:
+        extra["target"] = move_to
+    if allow_experimental:
+        extra["allow_experimental"] = True
     mode = "execute" if execute else "dry-run"
     reason = why or reason
     config = load(config_path)
@@ -386,7 +405,7 @@ def repair_cmd(
             pid,
             requested_by=_who(),
             reason=reason,
-            params={"dry_run": mode != "execute", **({"unfence": True} if unfence else {})},
+            params={"dry_run": mode != "execute", **extra},
         )
         decision = guard.submit(req, execute=mode == "execute")
     except WatchdogError as exc:

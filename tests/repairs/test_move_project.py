@@ -297,3 +297,20 @@ def test_a_save_running_on_the_source_is_refused(scratch_fleet: SandboxFleet) ->
     assert decision.status == "refused", decision.message
     assert "busy:" in decision.message and f"pid {seen_by_host}: 'bup split" in decision.message
     assert project(fleet).master == fleet.server_id("s1")
+
+
+def test_the_cli_plans_a_move_with_to_and_changes_nothing(scratch_fleet: SandboxFleet) -> None:
+    fleet = scratch_fleet
+    before, inventory = fleet_digest(fleet), fleet.inventory_path.read_bytes()
+    result = CliRunner().invoke(
+        main,
+        [
+            "repair", "move_project", f"s1/{P}", "--to", "s2",
+            "-c", str(fleet.config_path), "--format", "json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.output)
+    assert decision["status"] == "dry_run", decision
+    assert any("rsync" in s["command"] for s in decision["plan"])
+    assert fleet_digest(fleet) == before and fleet.inventory_path.read_bytes() == inventory

@@ -405,6 +405,12 @@ def test_contradicting_or_irrelevant_flags_are_refused_before_anything_runs(
         ("repair", "-c", config, "restart_bup_server", "h1", "--unfence"): (
             "--unfence goes with fence_host only, not restart_bup_server"
         ),
+        ("repair", "-c", config, "restart_bup_server", "h1", "--to", "h2"): (
+            "--to and --allow-experimental go with move_project only, not restart_bup_server"
+        ),
+        ("repair", "-c", config, "move_project", "h1/" + "0" * 8): (
+            "move_project needs --to SERVER (the new master)"
+        ),
         ("repair", "-c", config, "fence_host", "h1", "--why", "a", "--reason", "b"): (
             "--why and --reason (its old name) both given"
         ),
