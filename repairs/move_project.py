@@ -141,7 +141,9 @@ def _changes(result: CommandResult) -> list[str]:
 class MoveProject(Repair[MoveProjectSettings]):
     name = "move_project"
     Settings = MoveProjectSettings
-    check = "replication_lag"
+    # An operator's decision, never the answer to a finding: no check, so neither the schedule,
+    # an alert nor the report proposes a move for a replica that is behind (resync_replica does).
+    check = ""
 
     def _parties(self, req: RepairRequest, ctx: RepairContext) -> tuple[Project, Server, Server]:
         assert req.project_id is not None
