@@ -600,6 +600,34 @@ class _Progress:
             self.bar.stop()
 
 
+class _Book:
+    """The run in the progress book of batches (watchdog/batches.py): the report and /metrics
+    show it; a copy not submitted stays ``left``."""
+
+    def __init__(self, state: State, run_id: str, plan: Plan) -> None:
+        from bup_watchdog import batches
+
+        self.batches, self.state, self.run_id, self.finished = batches, state, run_id, False
+        batches.start_batch(
+            state,
+            batch_id=run_id,
+            kind="rebuild",
+            host=plan.host.label,
+            items=[batches.BatchItem(c.project_id, c.bytes_to_copy) for c in plan.todo],
+        )
+
+    def done(self, d: Done) -> None:
+        reason = "" if d.status == "succeeded" else f"repair #{d.entry_id}: {d.message}"
+        self.batches.item_done(
+            self.state, self.run_id, d.copy.project_id, status=d.status, reason=reason
+        )
+
+    def finish(self, stopped: str) -> None:
+        if not self.finished:
+            self.finished = True
+            self.batches.finish_batch(self.state, self.run_id, stopped=stopped)
+
+
 def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard) -> int:
     """``bup-watchdog rebuild``: plan, print, and with ``execute`` run; the exit code.
 
@@ -628,6 +656,12 @@ def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard
         log.warning("cannot release the leases of dead processes: %s", exc)
     run_id = rebuild_id(plan.host, time.time())
     progress = _Progress(plan, options.fmt == "json")
+    book = _Book(guard.state, run_id, plan)
+
+    def on_done(done: Done) -> None:
+        book.done(done)
+        progress.done(done)
+
     try:
         result = run_plan(
             guard,
@@ -636,9 +670,11 @@ def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard
             run_id=run_id,
             who=options.who,
             why=options.why,
-            on_done=progress.done,
+            on_done=on_done,
         )
+        book.finish(result.stopped)
     finally:
+        book.finish("ended by an error (see the log)")
         progress.close()
     failed = [d for d in result.done if d.status != "succeeded"]
     if options.fmt == "json":

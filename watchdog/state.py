@@ -191,6 +191,28 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE journal ADD COLUMN ack_reason TEXT;
     """
     + ACK_BY_LATER_SUCCESS,
+    # 8: the progress book of batch operations, rebuild and evacuation (watchdog/batches.py)
+    """
+    CREATE TABLE batches (
+        batch_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        host TEXT NOT NULL,
+        started REAL NOT NULL,
+        updated REAL NOT NULL,
+        finished REAL,
+        stopped TEXT NOT NULL DEFAULT '',
+        holder TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE batch_items (
+        batch_id TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        nbytes INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'left',
+        reason TEXT NOT NULL DEFAULT '',
+        done_at REAL,
+        PRIMARY KEY (batch_id, project_id)
+    );
+    """,
 )
 
 
