@@ -605,27 +605,29 @@ class _Book:
     show it; a copy not submitted stays ``left``."""
 
     def __init__(self, state: State, run_id: str, plan: Plan) -> None:
-        from bup_watchdog import batches
+        from bup_watchdog.batches import BatchItem, start_batch
 
-        self.batches, self.state, self.run_id, self.finished = batches, state, run_id, False
-        batches.start_batch(
+        self.state, self.run_id, self.finished = state, run_id, False
+        start_batch(
             state,
             batch_id=run_id,
             kind="rebuild",
             host=plan.host.label,
-            items=[batches.BatchItem(c.project_id, c.bytes_to_copy) for c in plan.todo],
+            items=[BatchItem(c.project_id, c.bytes_to_copy) for c in plan.todo],
         )
 
     def done(self, d: Done) -> None:
+        from bup_watchdog.batches import item_done
+
         reason = "" if d.status == "succeeded" else f"repair #{d.entry_id}: {d.message}"
-        self.batches.item_done(
-            self.state, self.run_id, d.copy.project_id, status=d.status, reason=reason
-        )
+        item_done(self.state, self.run_id, d.copy.project_id, status=d.status, reason=reason)
 
     def finish(self, stopped: str) -> None:
+        from bup_watchdog.batches import finish_batch
+
         if not self.finished:
             self.finished = True
-            self.batches.finish_batch(self.state, self.run_id, stopped=stopped)
+            finish_batch(self.state, self.run_id, stopped=stopped)
 
 
 def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard) -> int:
