@@ -453,6 +453,56 @@ def rebuild_cmd(config_path: Path, host: str, **opts: str | int | bool | None) -
     sys.exit(code)
 
 
+@main.command("evacuate")
+@config_option
+@click.argument("host")
+@click.option("--dry-run", is_flag=True, help="Print the plan only (the default).")
+@click.option("--execute", is_flag=True, help="Submit one move_project request per project.")
+@click.option(
+    "--approve", is_flag=True, help="With --execute: approve the whole batch now (one approval)."
+)
+@click.option("--allow-experimental", is_flag=True, help="Experimental hosts may take projects.")
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 8),
+    default=2,
+    show_default=True,
+    help="Target hosts receiving at once (one move at a time each).",
+)
+@click.option("--why", default="", help="Why, for the journal.")
+@format_option
+def evacuate_cmd(config_path: Path, host: str, **opts: str | int | bool | None) -> None:
+    """Move every project mastered on HOST to other hosts (same data centre first, room, load):
+    the full list first, then move_project requests for one approval of the batch.
+
+    Exit code: 0 every project placed (and moved or waiting), 1 some cannot be placed, failed or
+    were refused, 2 bad usage, 3 could not run.
+    """
+    from bup_watchdog.evacuate import EvacuateOptions, EvacuateUsageError, run_command
+
+    if opts["dry_run"] and opts["execute"]:
+        raise click.UsageError("--dry-run and --execute contradict each other: give one")
+    if opts["approve"] and not opts["execute"]:
+        raise click.UsageError("--approve goes with --execute (it approves the moves submitted)")
+    options = EvacuateOptions(
+        execute=bool(opts["execute"]),
+        approve=bool(opts["approve"]),
+        allow_experimental=bool(opts["allow_experimental"]),
+        parallel=int(str(opts["parallel"])),
+        fmt=str(opts["fmt"]),
+        why=str(opts["why"] or ""),
+        who=_who(),
+    )
+    config = load(config_path)
+    try:
+        code = run_command(config, host, options, _guard(config))
+    except EvacuateUsageError as exc:
+        _fail(str(exc), 2)
+    except WatchdogError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
 @main.group("repairs")
 def repairs_group() -> None:
     """List the repair journal; approve or deny pending repairs; acknowledge interrupted ones."""
@@ -544,11 +594,26 @@ def repairs_pending(config_path: Path, fmt: str) -> None:
 
 @repairs_group.command("approve")
 @config_option
-@click.argument("entry_id", type=int)
+@click.argument("entry_id", type=int, required=False)
+@click.option("--batch", metavar="BATCH_ID", help="Every pending repair of a batch (evacuate).")
 @format_option
-def repairs_approve(config_path: Path, entry_id: int, fmt: str) -> None:
-    """Approve a pending repair: the guard checks everything again, then runs it."""
+def repairs_approve(config_path: Path, entry_id: int | None, batch: str | None, fmt: str) -> None:
+    """Approve a pending repair (or a whole batch): the guard checks everything again, then
+    runs it."""
+    if (entry_id is None) == (batch is None):
+        raise click.UsageError("give a repair id or --batch BATCH_ID (one of them)")
     config = load(config_path)
+    if batch is not None:
+        from bup_watchdog.evacuate import EvacuateUsageError, approve_batch
+
+        try:
+            code = approve_batch(_guard(config), batch, who=_who(), fmt=fmt)
+        except EvacuateUsageError as exc:
+            _fail(str(exc), 2)
+        except WatchdogError as exc:
+            _fail(str(exc))
+        sys.exit(code)
+    assert entry_id is not None
     try:
         decision = _guard(config).approve(entry_id, _who())
     except WatchdogError as exc:

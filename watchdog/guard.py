@@ -33,6 +33,7 @@ from bup_watchdog.journal import (
     REFUSED,
     RUNNING,
     SUCCEEDED,
+    Entry,
     Journal,
 )
 from bup_watchdog.leases import LeaseBackend, lease_backend
@@ -331,8 +332,9 @@ class Guard:
             return None
         return alert_cooldown(self.journal, req, self.config.alerts, self.clock())
 
-    def approve(self, entry_id: int, by: str) -> Decision:
-        """Approve a pending repair: every guard rule is checked again, now, then it runs."""
+    def approve(self, entry_id: int, by: str, why: str = "") -> Decision:
+        """Approve a pending repair: every guard rule is checked again, now, then it runs.
+        ``why`` (e.g. one approval for a batch) is journaled on the pending row."""
         entry = self.journal.get(entry_id)
         if entry is None:
             raise WatchdogError(f"no repair #{entry_id} in the journal")
@@ -355,9 +357,15 @@ class Guard:
         decision = self._run(req, repair, settings, settings.mode, decided_by=by)
         self.journal.update(
             entry_id,
-            refusal=f"approved by {by}; ran as repair #{decision.entry_id} ({decision.status})",
+            refusal=f"approved by {by}{f' ({why.splitlines()[0][:200]})' if why else ''}; ran as "
+            f"repair #{decision.entry_id} ({decision.status})",
         )
         return decision
+
+    def pending_batch(self, batch: str) -> list[Entry]:
+        """The pending rows of a batch (``params["batch"]``, e.g. an evacuation), oldest first."""
+        rows = self.journal.entries(status=PENDING, limit=100_000)
+        return sorted((e for e in rows if e.params.get("batch") == batch), key=lambda e: e.id)
 
     def deny(self, entry_id: int, by: str, why: str = "") -> Decision:
         entry = self.journal.get(entry_id)

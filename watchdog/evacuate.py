@@ -1,0 +1,799 @@
+"""evacuate HOST: move every project mastered on a host to the others, as move_project requests.
+
+For a host being fenced or retired. The plan comes from the inventory and one fresh probe of the
+host and of each candidate (the filesystem's free space and each copy's head, not the database),
+by placement rules, in order: the source's data centre first; a host that already holds an
+in-step or older copy (less to copy); then the least loaded (fewest masters, then most free space,
+after the moves planned so far); ties by server id. Never a fenced, disabled or (without
+``--allow-experimental``) experimental host, one without room (move_project's ``space_margin``
+times the repository), nor one whose copy is ahead of the source's. A project no host fits is
+listed with the reason and not submitted.
+
+``--execute`` shows the whole list, then submits one ``move_project`` request per project
+through the guard (approve mode: each waits as a pending journal row carrying the batch id in
+its reason and ``params["batch"]``). One approval for the batch (``--approve``, or yes to the
+prompt on a terminal, or ``repairs approve --batch ID`` later) approves every pending row through
+the guard's own approve path, which checks every rule again; the moves then run one at a time per
+target host, ``--parallel`` target hosts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+from bup_watchdog.errors import WatchdogError
+from bup_watchdog.model import HostFacts, Inventory, Server
+from bup_watchdog.rebuild import STOPPING, _size
+
+if TYPE_CHECKING:
+    from bup_watchdog.config import Config
+    from bup_watchdog.guard import Guard
+
+log = logging.getLogger(__name__)
+
+REPAIR = "move_project"
+MAX_PARALLEL = 8
+
+
+class EvacuateUsageError(WatchdogError):
+    """A command line the evacuation cannot use (exit 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One project to move off the host: where to (None: nowhere fits) and why."""
+
+    project_id: str
+    source_id: str
+    target_id: str | None
+    nbytes: int
+    bytes_to_copy: int
+    why: str
+
+    @property
+    def placed(self) -> bool:
+        return self.target_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The evacuation of ``host``: ``moves`` placed (largest first), ``unplaced`` with the reason,
+    ``excluded`` hosts no project may go to (label -> why)."""
+
+    host: Server
+    moves: tuple[Move, ...]
+    unplaced: tuple[Move, ...]
+    excluded: Mapping[str, str]
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(m.bytes_to_copy for m in self.moves)
+
+
+@dataclass(slots=True)
+class _Room:
+    """A candidate host as the planning goes: its masters and free bytes after the moves so far."""
+
+    server: Server
+    facts: HostFacts
+    masters: int
+    free: int | None
+
+
+def _excluded(
+    server: Server, source: Server, fenced: Iterable[str], allow_experimental: bool
+) -> str | None:
+    """Why no project may go to ``server`` (before any probe), or None."""
+    from bup_watchdog.repairs.resync_replica import _address_problems
+
+    if server.server_id == source.server_id:
+        return "the host being evacuated"
+    if server.server_id in fenced:
+        return "fenced"
+    if server.disabled:
+        return "disabled in the inventory"
+    if server.experimental and not allow_experimental:
+        return "experimental (--allow-experimental lets it take projects)"
+    bad = _address_problems(server)
+    return f"bad address: {'; '.join(bad)}" if bad else None
+
+
+def compute_plan(
+    source_id: str,
+    inventory: Inventory,
+    facts: Mapping[str, HostFacts],
+    *,
+    fenced: Iterable[str] = (),
+    allow_experimental: bool = False,
+    space_margin: float = 1.2,
+) -> Plan:
+    """Where each project mastered on ``source_id`` goes, from fresh facts (pure: no I/O)."""
+    from bup_watchdog.repairs.resync_replica import ResyncReplica, _mount_problems
+
+    resync = ResyncReplica()
+    fenced = set(fenced)
+    source = inventory.servers[source_id]
+    s_facts = facts.get(source_id)
+    if s_facts is None or not s_facts.probed:
+        why = (s_facts.failure_message if s_facts else None) or "not probed"
+        raise WatchdogError(
+            f"cannot probe {source.label}, the host to evacuate: {why}; a move copies from it"
+        )
+    excluded: dict[str, str] = {}
+    rooms: list[_Room] = []
+    masters = {sid: 0 for sid in inventory.servers}
+    for p in inventory.projects.values():
+        if not p.deleted and p.master in masters:
+            masters[p.master] += 1
+    for server in sorted(inventory.servers.values(), key=lambda s: s.server_id):
+        reason = _excluded(server, source, fenced, allow_experimental)
+        f = facts.get(server.server_id)
+        if reason is None and (f is None or not f.probed):
+            reason = f"unreachable: {(f.failure_message if f else None) or 'not probed'}"
+        if reason is None and f is not None:
+            problems = _mount_problems(server, f)
+            reason = f"mount_sanity: {problems[0]}" if problems else None
+        if reason is not None or f is None:
+            if server.server_id != source_id:
+                excluded[server.label] = reason or "not probed"
+            continue
+        m = f.mounts.get(server.bups_root)
+        rooms.append(_Room(server, f, masters[server.server_id], m.bytes_free if m else None))
+
+    projects = [p for p in inventory.projects.values() if p.master == source_id and not p.deleted]
+    sized = []
+    unplaced: list[Move] = []
+    for p in projects:
+        repo = s_facts.repos.get(p.project_id)
+        if repo is None or repo.master_sha is None:
+            state = "missing" if repo is None else (repo.master_error or "no master ref")
+            unplaced.append(
+                Move(
+                    p.project_id,
+                    source_id,
+                    None,
+                    repo.repo_bytes if repo else 0,
+                    0,
+                    f"source_unreadable: the copy on {source.label} is {state}; a move copies "
+                    "from it (restore it first)",
+                )
+            )
+            continue
+        sized.append((p, repo))
+    sized.sort(key=lambda pr: (-pr[1].repo_bytes, pr[0].project_id))  # the largest first
+
+    moves: list[Move] = []
+    for project, s_repo in sized:
+        pid, nbytes = project.project_id, s_repo.repo_bytes
+        need = space_margin * nbytes
+        fits: list[tuple[tuple[Any, ...], _Room, int, str]] = []
+        refused: list[str] = []
+        for room in rooms:
+            label = room.server.label
+            t_repo = room.facts.repos.get(pid)
+            newer = resync._master_newer(source, s_repo, room.server, t_repo)
+            if newer and not newer.startswith("up_to_date:"):
+                code, _, text = newer.partition(": ")
+                refused.append(
+                    f"{label}: target_copy ({code}): {text.replace('replica', 'target')}"
+                )
+                continue
+            if room.free is None:
+                refused.append(f"{label}: space: free space on {room.server.bups_root} is unknown")
+                continue
+            if room.free <= need:
+                refused.append(
+                    f"{label}: space: {_size(room.free)} free (after the moves planned before), "
+                    f"needs more than {_size(need)} ({space_margin:g} x {_size(nbytes)})"
+                )
+                continue
+            has_copy = t_repo is not None and t_repo.master_sha is not None
+            to_copy = max(0, nbytes - t_repo.repo_bytes) if has_copy and t_repo else nbytes
+            key = (
+                room.server.dc != source.dc,
+                not has_copy,
+                room.masters,
+                -(room.free - to_copy),
+                room.server.server_id,
+            )
+            copy = ""
+            if has_copy and t_repo is not None:
+                copy = "in step" if t_repo.master_sha == s_repo.master_sha else "older"
+            fits.append((key, room, to_copy, copy))
+        if not fits:
+            others = [f"{label}: {why}" for label, why in sorted(excluded.items())]
+            unplaced.append(
+                Move(
+                    pid,
+                    source_id,
+                    None,
+                    nbytes,
+                    0,
+                    "no host fits: " + ("; ".join(refused + others) or "no other host"),
+                )
+            )
+            continue
+        fits.sort(key=lambda f: f[0])
+        _key, room, to_copy, copy = fits[0]
+        dc = (
+            f"same data centre (dc {source.dc})"
+            if room.server.dc == source.dc
+            else f"data centre {room.server.dc}: no host in dc {source.dc} fits"
+        )
+        held = f"holds a copy already ({copy})" if copy else "no copy there yet"
+        room.masters += 1
+        assert room.free is not None
+        room.free -= to_copy
+        why = (
+            f"{dc}; {held}; {room.masters} masters and {_size(room.free)} free after the moves "
+            f"planned so far; {len(fits)} host(s) fit"
+        )
+        moves.append(Move(pid, source_id, room.server.server_id, nbytes, to_copy, why))
+    unplaced.sort(key=lambda m: m.project_id)
+    return Plan(source, tuple(moves), tuple(unplaced), excluded)
+
+
+def gather_plan(
+    config: Config,
+    inventory: Inventory,
+    source_id: str,
+    *,
+    fenced: Iterable[str],
+    allow_experimental: bool,
+) -> Plan:
+    """Probe the host and every candidate now (one session each, in parallel), and plan."""
+    from bup_watchdog.gather import gather
+
+    fenced = set(fenced)
+    source = inventory.servers[source_id]
+    servers = [
+        s
+        for s in inventory.servers.values()
+        if s.server_id == source_id or _excluded(s, source, fenced, allow_experimental) is None
+    ]
+    facts = {
+        f.server_id: f
+        for f in gather(
+            sorted(servers, key=lambda s: s.server_id),
+            config.ssh,
+            tcp_timeout=config.check("reachability").connect_timeout,
+            live_dirs=False,
+        )
+    }
+    margin = float(getattr(config.repair(REPAIR), "space_margin", 1.2))
+    return compute_plan(
+        source_id,
+        inventory,
+        facts,
+        fenced=fenced,
+        allow_experimental=allow_experimental,
+        space_margin=margin,
+    )
+
+
+# ---------------------------------------------------------------- submitting and running
+
+
+def batch_id(host: Server, now: float) -> str:
+    """The id every journal row of an evacuation carries: the host and the start (UTC)."""
+    return f"evacuate-{host.label}-{datetime.fromtimestamp(now, UTC):%Y%m%dT%H%M%SZ}"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What the guard did with one move: submitted (pending) or run after the approval."""
+
+    move: Move
+    status: str
+    message: str
+    entry_id: int
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    batch_id: str
+    submitted: list[Done] = field(default_factory=list)
+    done: list[Done] = field(default_factory=list)
+    stopped: str = ""
+
+    @property
+    def pending(self) -> list[Done]:
+        return [d for d in self.submitted if d.status == "pending"]
+
+
+def submit_plan(
+    guard: Guard,
+    plan: Plan,
+    *,
+    batch: str,
+    who: str,
+    why: str = "",
+    allow_experimental: bool = False,
+) -> list[Done]:
+    """One move_project request per placed move, through the guard, without ``execute``: in
+    approve mode each waits as a pending row. A refusal that holds for every move stops it."""
+    from bup_watchdog.repairs.base import RepairRequest
+
+    out: list[Done] = []
+    for m in plan.moves:
+        assert m.target_id is not None
+        params: dict[str, Any] = {"target": m.target_id, "batch": batch}
+        if allow_experimental:
+            params["allow_experimental"] = True
+        reason = f"{batch}: evacuate {plan.host.label} ({m.why})" + (f"; {why}" if why else "")
+        req = RepairRequest(REPAIR, m.source_id, m.project_id, who, reason, params=params)
+        started = time.monotonic()
+        try:
+            d = guard.submit(req)
+            done = Done(m, d.status, d.message, d.entry_id, time.monotonic() - started)
+        except WatchdogError as exc:
+            done = Done(m, "failed", str(exc), 0, time.monotonic() - started)
+        out.append(done)
+        if done.status == "refused" and done.message.split(":", 1)[0] in STOPPING | {"mode_off"}:
+            break
+    return out
+
+
+def lanes(config: Config, parallel: int) -> int:
+    """How many target hosts may receive at once: one with a file inventory (two switches at
+    once in one file: the second's compare-and-swap sees the file changed and fails its move,
+    inventory/file.py set_master_in_file), else ``parallel``."""
+    if config.inventory.source == "file" and parallel > 1:
+        log.info("one move at a time: the file inventory takes one switch at a time")
+        return 1
+    return parallel
+
+
+def approve_lanes(
+    guard: Guard,
+    pending: list[Done],
+    *,
+    who: str,
+    why: str,
+    parallel: int = 2,
+    on_done: Callable[[Done], None] | None = None,
+) -> tuple[list[Done], str]:
+    """Approve each pending move through the guard's approve path (it checks every rule again
+    and runs the move), one at a time per target host, ``parallel`` hosts at once. A refusal
+    that holds for every move stops the approvals: the rest stay pending. (done, stopped)."""
+    lanes: dict[str, list[Done]] = {}
+    for d in pending:
+        lanes.setdefault(d.move.target_id or "", []).append(d)
+    queue = [lanes[k] for k in sorted(lanes)]
+    lock = threading.Lock()
+    done: list[Done] = []
+    stopped = ""
+
+    def next_lane() -> list[Done] | None:
+        with lock:
+            return queue.pop(0) if queue else None
+
+    def worker() -> None:
+        nonlocal stopped
+        while (lane := next_lane()) is not None:
+            for p in lane:
+                with lock:
+                    if stopped:
+                        return
+                started = time.monotonic()
+                try:
+                    d = guard.approve(p.entry_id, who, why=why)
+                    status, message, entry = d.status, d.message, d.entry_id
+                except WatchdogError as exc:
+                    status, message, entry = "failed", str(exc), p.entry_id
+                result = Done(p.move, status, message, entry, time.monotonic() - started)
+                with lock:
+                    done.append(result)
+                    code = message.split(":", 1)[0] if status == "refused" else ""
+                    if code in STOPPING and not stopped:
+                        stopped = (
+                            f"the guard refused for a reason that holds for every move: "
+                            f"{message}; the moves not approved stay pending"
+                        )
+                if on_done is not None:
+                    on_done(result)
+
+    workers = max(1, min(parallel, MAX_PARALLEL, len(queue) or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuate") as pool:
+        futures = [pool.submit(worker) for _ in range(workers)]
+        try:
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:  # the running moves finish (the guard journals them)
+            with lock:
+                stopped = "interrupted (Ctrl-C); the running moves were let finish"
+            for f in futures:
+                f.result()
+    return done, stopped
+
+
+# ---------------------------------------------------------------- printing
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as data (``--format json``)."""
+
+    def one(m: Move) -> dict[str, Any]:
+        return {
+            "project_id": m.project_id,
+            "from": m.source_id,
+            "to": m.target_id,
+            "bytes": m.nbytes,
+            "bytes_to_copy": m.bytes_to_copy,
+            "why": m.why,
+        }
+
+    return {
+        "host": plan.host.label,
+        "server_id": plan.host.server_id,
+        "moves": [one(m) for m in plan.moves],
+        "unplaced": [one(m) for m in plan.unplaced],
+        "excluded": dict(plan.excluded),
+        "bytes_to_copy": plan.bytes_to_copy,
+    }
+
+
+def print_plan(plan: Plan, inventory: Inventory, out: TextIO) -> None:
+    """The full list for people: one line per move (project, from, to, size, why)."""
+
+    def label(sid: str | None) -> str:
+        server = inventory.servers.get(sid or "")
+        return server.label if server else str(sid)
+
+    print(
+        f"evacuation of {plan.host.label} (dc {plan.host.dc}): {len(plan.moves)} projects to "
+        f"move ({_size(plan.bytes_to_copy)} to copy at most), {len(plan.unplaced)} cannot be "
+        "placed",
+        file=out,
+    )
+    for i, m in enumerate(plan.moves, 1):
+        print(
+            f"  {i:>4}. {m.project_id}  {label(m.source_id)} -> {label(m.target_id)}  "
+            f"{_size(m.nbytes):>9}  ({m.why})",
+            file=out,
+        )
+    for m in plan.unplaced:
+        print(f"  cannot place {m.project_id} ({_size(m.nbytes)}): {m.why}", file=out)
+    for name, why in sorted(plan.excluded.items()):
+        print(f"  not a target: {name}: {why}", file=out)
+
+
+class _Progress:
+    """A bar (bytes) on a terminal (stderr), one line per move otherwise (stdout)."""
+
+    def __init__(self, plan: Plan, total: int, json_output: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.json_output = json_output
+        self.total = total
+        self.count = 0
+        self.bar: Any = None
+        if self.console.is_terminal and not json_output and total:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]evacuate[/] {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[moves]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.task = self.bar.add_task(
+                plan.host.label, total=max(1, plan.bytes_to_copy), moves=f"0/{total}"
+            )
+            self.bar.start()
+
+    def done(self, d: Done) -> None:
+        from rich.markup import escape
+
+        self.count += 1
+        line = (
+            f"[{self.count}/{self.total}] {d.move.project_id}: {d.status} in {d.seconds:.1f} s"
+            f" (repair #{d.entry_id}) — {d.message}"
+        )
+        if self.bar is not None:
+            self.bar.console.print(escape(line), highlight=False)
+            self.bar.update(
+                self.task, advance=d.move.bytes_to_copy, moves=f"{self.count}/{self.total}"
+            )
+        elif not self.json_output:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------- the progress book
+
+
+class _Book:
+    """The evacuation in the progress book of batches (watchdog/batches.py): the report and
+    /metrics show it. Its failures are warnings: the book never stops an evacuation."""
+
+    def __init__(self, guard: Guard, batch: str) -> None:
+        self.state, self.batch = guard.state, batch
+
+    def _call(self, what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except WatchdogError as exc:
+            log.warning("the progress book of %s (%s): %s", self.batch, what, exc)
+
+    def start(self, plan: Plan) -> None:
+        from bup_watchdog.batches import BatchItem, start_batch
+
+        items = [BatchItem(m.project_id, m.bytes_to_copy) for m in plan.moves]
+        self._call(
+            "start",
+            lambda: start_batch(
+                self.state,
+                batch_id=self.batch,
+                kind="evacuation",
+                host=plan.host.label,
+                items=items,
+            ),
+        )
+
+    def item(self, d: Done) -> None:
+        from bup_watchdog.batches import item_done
+
+        status = "pending_approval" if d.status == "pending" else d.status
+        if status not in ("succeeded", "failed", "refused", "pending_approval"):
+            status = "failed"  # conflict, dry_run, denied: not moved
+        reason = "" if status == "succeeded" else f"repair #{d.entry_id}: {d.message}"[:500]
+        self._call(
+            f"item {d.move.project_id}",
+            lambda: item_done(
+                self.state, self.batch, d.move.project_id, status=status, reason=reason
+            ),
+        )
+
+    def finish(self, stopped: str) -> None:
+        from bup_watchdog.batches import finish_batch
+
+        self._call("finish", lambda: finish_batch(self.state, self.batch, stopped=stopped))
+
+
+# ---------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True, slots=True)
+class EvacuateOptions:
+    """The command line of ``evacuate``, parsed."""
+
+    execute: bool = False
+    approve: bool = False
+    allow_experimental: bool = False
+    parallel: int = 2
+    fmt: str = "text"
+    why: str = ""
+    who: str = "cli"
+
+
+def resolve_host(inventory: Inventory, host: str) -> str:
+    """The server id of HOST (an id or a name); EvacuateUsageError (exit 2) if none."""
+    by_name = {s.name: s.server_id for s in inventory.servers.values() if s.name}
+    sid = by_name.get(host, host.lower())
+    if sid not in inventory.servers:
+        known = ", ".join(sorted(s.label for s in inventory.servers.values())[:20])
+        raise EvacuateUsageError(
+            f"no server {host!r} in the inventory (give a name or an id; known: {known})"
+        )
+    return sid
+
+
+def _ask(question: str) -> bool:
+    """Yes or no on the terminal; anything but y/yes is no."""
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def run_command(
+    config: Config,
+    host: str,
+    options: EvacuateOptions,
+    guard: Guard,
+    *,
+    ask: Callable[[str], bool] | None = None,
+) -> int:
+    """``bup-watchdog evacuate``: plan, print, and with ``execute`` submit (and with one
+    approval run) the moves; the exit code.
+
+    0 every project placed (and, run, every move succeeded or waits for approval), 1 some cannot
+    be placed, failed or were refused, 3 could not run. ``ask``: the terminal's yes/no (None:
+    ask only when stdin and stdout are terminals)."""
+    inventory = guard.inventory
+    sid = resolve_host(inventory, host)
+    fenced = {s for s, v in guard.journal.overrides().items() if v.get("fenced")}
+    plan = gather_plan(
+        config, inventory, sid, fenced=fenced, allow_experimental=options.allow_experimental
+    )
+    json_out = options.fmt == "json"
+    if not options.execute:
+        if json_out:
+            print(json.dumps(plan_dict(plan)))
+        else:
+            print_plan(plan, inventory, sys.stdout)
+            print("(dry run: nothing submitted; --execute submits the moves for approval)")
+        return 1 if plan.unplaced else 0
+    if not json_out:
+        print_plan(plan, inventory, sys.stdout)
+    batch = batch_id(plan.host, time.time())
+    book = _Book(guard, batch)
+    book.start(plan)
+    submitted = submit_plan(
+        guard,
+        plan,
+        batch=batch,
+        who=options.who,
+        why=options.why,
+        allow_experimental=options.allow_experimental,
+    )
+    for d in submitted:
+        book.item(d)
+    result = RunResult(batch, submitted=submitted)
+    pending = result.pending
+    if len(submitted) < len(plan.moves):
+        result.stopped = "the guard refused for a reason that holds for every move: " + (
+            submitted[-1].message if submitted else "?"
+        )
+    approved = options.approve
+    if pending and not approved and not json_out:
+        if ask is None and sys.stdin.isatty() and sys.stdout.isatty():
+            ask = _ask
+        if ask is not None:
+            approved = ask(f"approve all {len(pending)} moves of {batch}?")
+    if pending and approved:
+        parallel = lanes(config, options.parallel)
+        if not json_out:
+            print(f"{batch}: {len(pending)} moves approved by {options.who}; running")
+        progress = _Progress(plan, len(pending), json_out)
+
+        def on_done(d: Done) -> None:
+            progress.done(d)
+            book.item(d)
+
+        try:
+            result.done, stopped = approve_lanes(
+                guard,
+                pending,
+                who=options.who,
+                why=f"one approval for the {len(pending)} moves of {batch}"
+                + (f": {options.why}" if options.why else ""),
+                parallel=parallel,
+                on_done=on_done,
+            )
+        finally:
+            progress.close()
+        result.stopped = result.stopped or stopped
+    book.finish(result.stopped)
+    return _report(plan, result, approved, json_out)
+
+
+def _report(plan: Plan, result: RunResult, approved: bool, json_out: bool) -> int:
+    """Print the outcome; the exit code."""
+    refused = [d for d in result.submitted if d.status not in ("pending", "succeeded")]
+    failed = [d for d in result.done if d.status != "succeeded"]
+    succeeded = [d for d in result.done if d.status == "succeeded"]
+    waiting = len(result.pending) - len(result.done)
+    if json_out:
+        data = plan_dict(plan)
+
+        def one(d: Done) -> dict[str, Any]:
+            return {
+                "project_id": d.move.project_id,
+                "to": d.move.target_id,
+                "status": d.status,
+                "repair_id": d.entry_id,
+                "seconds": round(d.seconds, 3),
+                "message": d.message,
+            }
+
+        data.update(
+            batch_id=result.batch_id,
+            submitted=[one(d) for d in result.submitted],
+            results=[one(d) for d in result.done],
+            waiting_for_approval=waiting,
+            stopped=result.stopped,
+        )
+        print(json.dumps(data))
+    else:
+        print(
+            f"{result.batch_id}: {len(result.submitted)} moves submitted, {len(succeeded)} moved, "
+            f"{len(failed) + len(refused)} failed or refused, {waiting} waiting for approval, "
+            f"{len(plan.unplaced)} cannot be placed"
+        )
+        for d in [*refused, *failed]:
+            print(f"  {d.move.project_id}: {d.status} (repair #{d.entry_id}) — {d.message}")
+        if waiting:
+            print(
+                f"approve them all with: bup-watchdog repairs approve --batch {result.batch_id}"
+                + ("" if approved else " (or evacuate --execute --approve next time)")
+            )
+        if result.stopped:
+            print(f"stopped: {result.stopped}")
+    return 1 if plan.unplaced or refused or failed else 0
+
+
+def approve_batch(guard: Guard, batch: str, *, who: str, why: str = "", fmt: str = "text") -> int:
+    """``repairs approve --batch ID``: approve every pending row of a batch at once (one at a
+    time per target host, as ``evacuate --approve``); the exit code (0 all ran and succeeded,
+    1 some failed or were refused)."""
+    rows = guard.pending_batch(batch)
+    if not rows:
+        raise EvacuateUsageError(
+            f"no pending repair carries the batch id {batch!r} (bup-watchdog repairs pending "
+            "lists them)"
+        )
+    pending = []
+    for e in rows:
+        target = e.params.get("target")
+        move = Move(e.project_id or "", e.server_id, str(target) if target else None, 0, 0, "")
+        pending.append(Done(move, "pending", "", e.id))
+    json_out = fmt == "json"
+    book = _Book(guard, batch)
+
+    def on_done(d: Done) -> None:
+        book.item(d)
+        if not json_out:
+            print(
+                f"{d.move.project_id}: {d.status} (repair #{d.entry_id}) — {d.message}", flush=True
+            )
+
+    done, stopped = approve_lanes(
+        guard,
+        pending,
+        who=who,
+        why=f"one approval for the {len(rows)} pending moves of {batch}"
+        + (f": {why}" if why else ""),
+        parallel=lanes(guard.config, 2),
+        on_done=on_done,
+    )
+    book.finish(stopped)
+    ok = sum(d.status == "succeeded" for d in done)
+    if json_out:
+        print(
+            json.dumps(
+                {
+                    "batch_id": batch,
+                    "results": [
+                        {
+                            "project_id": d.move.project_id,
+                            "status": d.status,
+                            "repair_id": d.entry_id,
+                            "message": d.message,
+                        }
+                        for d in done
+                    ],
+                    "stopped": stopped,
+                }
+            )
+        )
+    else:
+        print(
+            f"{batch}: {ok} of {len(rows)} succeeded" + (f"; stopped: {stopped}" if stopped else "")
+        )
+    return 0 if ok == len(rows) else 1
