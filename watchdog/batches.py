@@ -36,6 +36,8 @@ SUCCEEDED = "succeeded"
 PENDING = ("pending_approval", "pending")
 #: A batch of another host that recorded nothing for this long is no longer counted as running.
 STALE_SECONDS = 3600.0
+#: /metrics shows batches running or finished within this long.
+METRICS_WINDOW_SECONDS = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,23 @@ def finish_batch(
             (at, at, stopped, batch_id),
         ),
     )
+
+
+def unused_batch_id(state: State, batch_id: str) -> str:
+    """``batch_id``, or with ``-2``, ``-3``… when the book holds it already (two runs of one
+    host within the same second)."""
+    taken = {
+        str(b)
+        for (b,) in state.query(
+            "SELECT batch_id FROM batches WHERE batch_id = ? OR batch_id LIKE ?",
+            (batch_id, f"{batch_id}-%"),
+        )
+    }
+    n, candidate = 1, batch_id
+    while candidate in taken:
+        n += 1
+        candidate = f"{batch_id}-{n}"
+    return candidate
 
 
 def _alive(holder: str, updated: float, now: float) -> bool:

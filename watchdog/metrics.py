@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bup_watchdog import __version__
+from bup_watchdog.batches import METRICS_WINDOW_SECONDS, batch_progress
 from bup_watchdog.checks.save_freshness import AGE_BUCKETS, NEVER_SAVED, age_bucket
 from bup_watchdog.errors import LOCAL_FAULT_KINDS
 from bup_watchdog.guard import breaker
@@ -112,6 +113,7 @@ class StateCollector(Collector):
         yield from self._save_ages(servers)
         yield from self._meta()
         yield from self._repairs()
+        yield from self._batches()
 
     def _labels(self, servers: Mapping[str, Server], sid: str) -> list[str]:
         s = servers.get(sid)
@@ -411,6 +413,49 @@ class StateCollector(Collector):
         )
         g.add_metric([], 1.0 if is_open else 0.0)
         yield g
+
+    def _batches(self) -> Iterator[Metric]:
+        """Rebuilds and evacuations running or finished within the last day (watchdog/batches)."""
+        labels = ["batch", "kind", "host"]
+        copies = _gauge(
+            "rebuild_copies",
+            "Copies (rebuild) or moves (evacuation) of a batch by status: done, failed (failed "
+            "or refused), pending (waits for an operator's approval), left (not submitted yet, "
+            "or left by the budget). For batches running or finished within the last 24 h.",
+            [*labels, "status"],
+        )
+        nbytes = _gauge(
+            "rebuild_bytes",
+            "Bytes of a batch's copies: what total (planned), done (of the copies done).",
+            [*labels, "what"],
+        )
+        eta = _gauge(
+            "rebuild_eta_seconds",
+            "Seconds a running batch needs for the bytes left at its rate so far (absent before "
+            "its first copy is done, and once it stopped).",
+            labels,
+        )
+        running = _gauge(
+            "rebuild_running",
+            "1 while the batch's process runs; 0 once finished or interrupted (killed).",
+            labels,
+        )
+        now = time.time()
+        for b in batch_progress(self.state, since=now - METRICS_WINDOW_SECONDS, now=now):
+            lv = [b.batch_id, b.kind, b.host]
+            for status, n in (
+                ("done", b.done),
+                ("failed", b.failed),
+                ("pending", b.pending),
+                ("left", b.left),
+            ):
+                copies.add_metric([*lv, status], float(n))
+            nbytes.add_metric([*lv, "total"], float(b.bytes_total))
+            nbytes.add_metric([*lv, "done"], float(b.bytes_done))
+            if b.eta_seconds is not None:
+                eta.add_metric(lv, b.eta_seconds)
+            running.add_metric(lv, 1.0 if b.running else 0.0)
+        yield from (copies, nbytes, eta, running)
 
     def _meta(self) -> Iterator[Metric]:
         meta = self.state.meta()

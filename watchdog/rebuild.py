@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -600,14 +601,28 @@ class _Progress:
             self.bar.stop()
 
 
+def _unused_id(state: State, run_id: str) -> str:
+    """The run id, made unique in the progress book (and so in the journal) when a run of the
+    same host started within the same second."""
+    from bup_watchdog.batches import unused_batch_id
+
+    try:
+        return unused_batch_id(state, run_id)
+    except (WatchdogError, sqlite3.Error) as exc:
+        log.warning("cannot read the progress book of batches: %s", exc)
+        return run_id
+
+
 class _Book:
     """The run in the progress book of batches (watchdog/batches.py): the report and /metrics
-    show it; a copy not submitted stays ``left``."""
+    show it; a copy not submitted stays ``left``. A run with nothing to do is not recorded."""
 
     def __init__(self, state: State, run_id: str, plan: Plan) -> None:
         from bup_watchdog.batches import BatchItem, start_batch
 
-        self.state, self.run_id, self.finished = state, run_id, False
+        self.state, self.run_id, self.finished = state, run_id, not plan.todo
+        if self.finished:
+            return
         start_batch(
             state,
             batch_id=run_id,
@@ -656,7 +671,7 @@ def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard
             log.warning("released the lease on %s of %s, a process that is gone", target, holder)
     except WatchdogError as exc:
         log.warning("cannot release the leases of dead processes: %s", exc)
-    run_id = rebuild_id(plan.host, time.time())
+    run_id = _unused_id(guard.state, rebuild_id(plan.host, time.time()))
     progress = _Progress(plan, options.fmt == "json")
     book = _Book(guard.state, run_id, plan)
 

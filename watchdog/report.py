@@ -38,6 +38,7 @@ from bup_watchdog.journal import INTERRUPTED, PENDING, RUNNING
 from bup_watchdog.model import Finding, Server, Severity
 from bup_watchdog.repairs import registry as repair_registry
 from bup_watchdog.repairs.base import Repair, RepairSettings
+from bup_watchdog.report_batches import batches_view
 from bup_watchdog.report_format import _human_age
 from bup_watchdog.report_links import (
     WATCHDOG_ALERTS,
@@ -423,6 +424,13 @@ class _Builder:
             "deep": self.deep(hosts) if self.wants("deep") else None,
             "members": members_view(self.state.meta().get("membership"), self.now, self.label),
             "repairs": self.journal(),
+            "batches": batches_view(
+                self.state,
+                self.since,
+                self.now,
+                iso=iso,
+                hosts=[self.label(s) for s in self.scope.servers],
+            ),
             "history": self.history(),
         }
         report["watchdog"] = self.watchdog()

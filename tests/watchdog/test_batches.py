@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import subprocess
 import sys
@@ -11,9 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bup_watchdog.batches import BatchItem, batch_progress, finish_batch, item_done, start_batch
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.report import build_report, render
 from bup_watchdog.state import State
+from support.scrape import promtool_check_metrics
 
 A, B, C, D = (f"5b7e2a10-000{i}-4c3d-8e9f-00000000000{i}" for i in range(1, 5))
 
@@ -137,3 +142,64 @@ def test_a_write_that_fails_is_a_warning_and_never_an_exception(
         f"cannot record {A} of rebuild-b-1 in the state",
         "cannot record the end of rebuild-b-1 in the state",
     ]
+
+
+def test_metrics_show_batches_running_or_of_the_last_day_and_promtool_has_nothing_to_say(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path / "state.db")
+    now = time.time()
+    started(state, "rebuild-b-now", at=now - 100)
+    item_done(state, "rebuild-b-now", A, status="succeeded", now=now - 90)
+    item_done(state, "rebuild-b-now", B, status="failed", reason="rsync: exit 23", now=now - 80)
+    started(state, "rebuild-b-old", at=now - 3 * 86400)
+    finish_batch(state, "rebuild-b-old", now=now - 2 * 86400)
+    reg = CollectorRegistry()
+    reg.register(StateCollector(state, lambda: {}, []))
+
+    body = generate_latest(reg).decode()
+
+    labels = {"batch": "rebuild-b-now", "kind": "rebuild", "host": "b"}
+    copies = {
+        s: reg.get_sample_value("bupwatch_rebuild_copies", {**labels, "status": s})
+        for s in ("done", "failed", "pending", "left")
+    }
+    assert copies == {"done": 1, "failed": 1, "pending": 0, "left": 2}
+    assert reg.get_sample_value("bupwatch_rebuild_bytes", {**labels, "what": "total"}) == 580
+    assert reg.get_sample_value("bupwatch_rebuild_bytes", {**labels, "what": "done"}) == 100
+    eta = reg.get_sample_value("bupwatch_rebuild_eta_seconds", labels)
+    assert eta == pytest.approx(430 / (100 / 10), rel=0.01)  # C and D left, 100 bytes in 10 s
+    assert reg.get_sample_value("bupwatch_rebuild_running", labels) == 1
+    assert "rebuild-b-old" not in body  # finished two days ago
+    assert promtool_check_metrics(body) == ""
+
+
+def test_the_report_lists_each_batch_with_eta_and_failures_in_html_markdown_and_json(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path / "state.db")
+    now = time.time()
+    started(state, "rebuild-b-now", at=now - 100)
+    item_done(state, "rebuild-b-now", A, status="succeeded", now=now - 90)
+    item_done(state, "rebuild-b-now", B, status="failed", reason="rsync <exit 23>", now=now - 80)
+    report = build_report(state, now=now)
+
+    html, md = render(report, "html"), render(report, "md")
+    data = json.loads(render(report, "json"))
+
+    [b] = data["batches"]["batches"]
+    assert data["batches"]["running"] == 1 and b["running"] and b["eta_seconds"] == 43
+    assert b["copies"] == {"total": 4, "done": 1, "left": 2, "failed": 1, "pending": 0}
+    assert b["failures"] == [{"project_id": B, "reason": "rsync <exit 23>"}]
+    assert '<section id="batches">' in html and 'href="#batches"' in html
+    assert "rsync &lt;exit 23&gt;" in html and "rsync <exit" not in html
+    assert "| `rebuild-b-now` | rebuild | b |" in md and "| 1 / 4 | 2 | 1 | 0 |" in md
+    assert f"- `{B}`: rsync &lt;exit 23&gt;" in md  # escaped as every text of the report
+    assert "| 43 s |" in md  # the ETA while it runs
+
+
+def test_a_report_without_batches_has_no_such_section(tmp_path: Path) -> None:
+    report = build_report(State(tmp_path / "state.db"))
+
+    assert report["batches"] == {"running": 0, "batches": []}
+    assert "Rebuilds and evacuations" not in render(report, "html") + render(report, "md")

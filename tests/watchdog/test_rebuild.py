@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from prometheus_client import CollectorRegistry
 
+from bup_watchdog.batches import batch_progress
 from bup_watchdog.cli import main
 from bup_watchdog.journal import Journal
+from bup_watchdog.metrics import StateCollector
 from bup_watchdog.rebuild import (
     Budget,
     RebuildUsageError,
@@ -25,6 +28,7 @@ from bup_watchdog.rebuild import (
     parse_bwlimit,
     parse_command,
 )
+from bup_watchdog.report import build_report, render
 from bup_watchdog.runner import open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
@@ -152,6 +156,31 @@ def test_an_interrupted_rebuild_resumes_without_redoing_copies_and_ends_with_eve
     assert third.exit_code == 0, third.output
     assert "0 copies to bring in step" in third.output
     assert len(journal(fleet).entries()) == 3
+    # The progress book: both runs finished, with their counts; the third had nothing to do.
+    state = open_state(fleet_config(fleet, EXTRA))
+    one, two = sorted(batch_progress(state), key=lambda b: b.started)
+    assert one.batch_id == row.params["rebuild"] and one.kind == "rebuild" and one.host == "b"
+    assert (one.total, one.done, one.left, one.failed) == (3, 1, 2, 0)
+    assert one.stopped == "--max-copies 1 reached" and not one.running and one.finished
+    assert (two.total, two.done, two.left, two.failed, two.stopped) == (2, 2, 0, 0, "")
+    assert two.bytes_done == two.bytes_total > 0 and not two.running
+    # ... as the audit report and /metrics show it.
+    md = render(build_report(state), "md")
+    section = md[md.index("## Rebuilds and evacuations (2)") : md.index("## Repairs")]
+    assert f"| `{one.batch_id}` | rebuild | b |" in section
+    assert "--max-copies 1 reached | 1 / 3 | 2 | 0 | 0 |" in section
+    assert "| 2 / 2 | 0 | 0 | 0 |" in section
+    reg = CollectorRegistry()
+    reg.register(StateCollector(state, lambda: {}, []))
+    labels = {"batch": one.batch_id, "kind": "rebuild", "host": "b"}
+    for status, n in (("done", 1), ("left", 2), ("failed", 0), ("pending", 0)):
+        assert reg.get_sample_value("bupwatch_rebuild_copies", {**labels, "status": status}) == n
+    assert reg.get_sample_value("bupwatch_rebuild_running", labels) == 0
+    assert reg.get_sample_value("bupwatch_rebuild_eta_seconds", labels) is None
+    assert reg.get_sample_value(
+        "bupwatch_rebuild_bytes",
+        {"batch": two.batch_id, "kind": "rebuild", "host": "b", "what": "done"},
+    ) == float(two.bytes_done)
 
 
 def test_the_plan_is_pure_and_a_budget_shares_the_bandwidth_among_parallel_copies(
@@ -194,6 +223,11 @@ def test_a_refusal_that_holds_for_every_copy_stops_the_rebuild_after_one_journal
     [row] = Journal(open_state(fleet_config(fleet))).entries()
     assert row.status == "refused" and (row.refusal or "").startswith("mode_dry_run:")
     assert heads(fleet, "b")[P_RECENT] is None
+    [batch] = batch_progress(open_state(fleet_config(fleet)))
+    assert (batch.failed, batch.left, batch.done) == (1, 2, 0)
+    assert batch.stopped.startswith("the guard refused for a reason that holds for every copy")
+    [(project, reason)] = batch.failures
+    assert project == P_RECENT and reason.startswith(f"repair #{row.id}: mode_dry_run:")
 
 
 SLOW = ("--execute", "--bwlimit", "1")

@@ -22,6 +22,7 @@ from bupwatch_grafana.common import (
     bargauge_panel,
     datasource_var,
     dc_var,
+    fixed_color,
     heatmap_panel,
     host_var,
     lag_buckets,
@@ -465,6 +466,65 @@ def repairs(b: Board) -> None:
     )
 
 
+# A series of the batches whose process runs (ETA and share of bytes are for those only).
+RUNNING = "* on (batch, kind, host) group_left () (bupwatch_rebuild_running == 1)"
+COPY_COLORS = {"done": "green", "left": "blue", "failed": "red", "pending": "purple"}
+
+
+def batches(b: Board) -> None:
+    b.row("Rebuilds and evacuations")
+    b.add(
+        timeseries_panel(
+            "Copies per batch: done, left, failed, pending",
+            [
+                target(
+                    "sum by (batch, status) (bupwatch_rebuild_copies)",
+                    "{{batch}} {{status}}",
+                )
+            ],
+            description="Each `bup-watchdog rebuild` (copies) or `evacuate` (moves) running or "
+            "finished within the last 24 h: done, left (not submitted yet, or left by the "
+            "budget: run it again), failed (failed or refused; the audit report's section "
+            "*Rebuilds and evacuations* gives each reason), pending (waits for approval).",
+            unit=COUNT,
+            by_regexp=[(f".* {k}$", fixed_color(c)) for k, c in COPY_COLORS.items()],
+            **FLEET,
+        ),
+        12,
+        8,
+    )
+    b.add(
+        bargauge_panel(
+            "ETA of each running batch",
+            [target(f"bupwatch_rebuild_eta_seconds {RUNNING}", "{{kind}} of {{host}}: {{batch}}")],
+            description="The bytes left at the batch's rate so far; none before its first copy "
+            "is done. Only batches whose process runs (bupwatch_rebuild_running = 1).",
+            unit=SECONDS,
+            **FLEET,
+        ),
+        6,
+        8,
+    )
+    b.add(
+        bargauge_panel(
+            "Bytes done of each running batch",
+            [
+                target(
+                    '(bupwatch_rebuild_bytes{what="done"} / ignoring (what) '
+                    f'bupwatch_rebuild_bytes{{what="total"}}) {RUNNING}',
+                    "{{kind}} of {{host}}: {{batch}}",
+                )
+            ],
+            description="Share of the planned bytes the batch's done copies hold.",
+            unit=RATIO,
+            min_max=(0, 1),
+            **FLEET,
+        ),
+        6,
+        8,
+    )
+
+
 def fleet_overview() -> Board:
     b = Board(
         "bupwatch-fleet",
@@ -472,7 +532,7 @@ def fleet_overview() -> Board:
         "The storage fleet as the watchdog sees it: hosts, failing projects, replication lag, "
         "save logs, deep checks and repairs. Click a host (or a panel's link) for its detail.",
     )
-    for section in (fleet_now, hosts, failing_projects, replication, storage, repairs):
+    for section in (fleet_now, hosts, failing_projects, replication, storage, repairs, batches):
         section(b)
     b.variables(datasource_var(), dc_var(), host_var())
     return b
