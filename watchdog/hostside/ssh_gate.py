@@ -46,6 +46,7 @@ MAX_COMMAND = 64 * 1024
 MAX_PROGRAM = 1 << 20
 
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_SERVER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SHA = re.compile(r"[0-9a-f]{40}")
 _INT = re.compile(r"[0-9]{1,12}")
 _NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,6})?")
@@ -56,18 +57,19 @@ _HOST = re.compile(
 _TAG = re.compile(r"refs/tags/conflict-master-[0-9]{8}T[0-9]{6}Z")
 _FSTYPES = re.compile(r"[A-Za-z0-9_.,-]{1,200}")
 _SOURCE = re.compile(r"[A-Za-z0-9_.,*?/:@+=-]{1,200}")
-# An rsync server's short options: those -a, --one-file-system and --update give (never -L, -k
-# or -K: following a symlink a project's user made would send any file of the host), then,
-# after 'e', the protocol's capability letters.
+# An rsync server's short options: those -a, --one-file-system and --update give, and -n, -c of
+# move_project's dry run with checksums (never -L, -k or -K: following a symlink a project's user
+# made would send any file of the host), then, after 'e', the protocol's capability letters.
 # prune_repo: a bup PERIOD (repairs/prune_repo.py _PERIOD), a save's name in ``bup ls master``
 # (_SAVE), the aside copy's time stamp, and the keep options in the order the repair gives them.
 _PERIOD = re.compile(r"forever|[1-9][0-9]{0,5}(s|min|h|d|w|m|y)")
 _SAVE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9]{6}(-[0-9]{1,4})?")
 _STAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 _KEEP = ("--keep-all-for", "--keep-dailies-for", "--keep-monthlies-for", "--keep-yearlies-for")
+REPLICAS_JSON = "/conf/replicas.json"
 WORK_SUFFIX = ".prune-new"
 ASIDE_INFIX = ".pruned-"
-_RSYNC_SHORT = re.compile(r"-[rlptgoDxuvq]{1,20}(e[.A-Za-z]{0,30})?")
+_RSYNC_SHORT = re.compile(r"-[rlptgoDxuvqnc]{1,20}(e[.A-Za-z]{0,30})?")
 ZERO_SHA = "0" * 40
 
 #: repairs/resync_replica.py MOUNTED_GUARD, character for character (a test compares them).
@@ -88,6 +90,9 @@ PROGRAMS = {
     "resync_replica busy scan": "698cfa33b836ac4745804bce95e1e6f61829c8eff8745d0092b81d697f2eae53",
     "rotate_save_log": "ab9463efae7fe08cc57cd3fd37eef8c3dfb0f044a7e70957a9f0812d273ccd7e",
     "prune_repo": "7d99e8acc14eeff4ed303799db88524429b638f2f5c7de6cc4603df337836e4f",
+    "move_project replicas.json": (
+        "ccfa2fd24cbafd688018629037cd7a3463772d589b6dbff8a11649fcea9253e4"
+    ),
 }
 
 # The option sets resync_replica's rsync copies use (after ``-a --numeric-ids --timeout=N``
@@ -105,6 +110,8 @@ _RSYNC_OPTIONS = {
     ("--update", "--exclude=/replicas.json"): "conf",
     ("--ignore-existing",): "replicas.json",
 }
+# move_project's proof that the target's live tree equals the source's: changes nothing.
+_LIVE_PROOF = ("--dry-run", "--checksum", "--itemize-changes")
 # Long options an rsync sender (``rsync --server --sender``) may be started with.
 _SENDER_LONG = re.compile(
     r"--(numeric-ids|ignore-existing|one-file-system|(timeout|bwlimit)=[0-9]{1,9})"
@@ -263,6 +270,11 @@ def _python(gate: Gate, args: Sequence[str]) -> Allowed:
     if len(rest) == 1:
         _repo(gate, rest[0])
         return Allowed("clean_repo busy scan", argv, root=True, program="clean_repo busy scan")
+    if len(rest) == 2 and rest[0].endswith(REPLICAS_JSON):
+        _placement(gate, rest[0], rest[1])
+        return Allowed(
+            "move_project replicas.json", argv, root=True, program="move_project replicas.json"
+        )
     if len(rest) == 2:
         if _repo(gate, rest[0]) != rest[1]:
             raise Refused("busy scan: the project id differs from the repository's")
@@ -276,6 +288,24 @@ def _python(gate: Gate, args: Sequence[str]) -> Allowed:
         _number(rest[2], "rotate_save_log: settle seconds")
         return Allowed("rotate_save_log", argv, root=True, program="rotate_save_log")
     raise Refused("python -S -: arguments match none of the watchdog's programs")
+
+
+def _placement(gate: Gate, path: str, text: str) -> None:
+    """move_project's ``REPO/conf/replicas.json JSON``: a list of distinct server ids (UUIDs)."""
+    _repo(gate, path[: -len(REPLICAS_JSON)])
+    import json  # only here: every other command starts faster without it
+
+    try:
+        ids = json.loads(text)
+    except ValueError:
+        raise Refused("move_project replicas.json: the placement is not JSON") from None
+    if not (
+        isinstance(ids, list)
+        and 0 < len(ids) <= 64
+        and all(isinstance(i, str) and _SERVER_ID.fullmatch(i) for i in ids)
+        and len(set(ids)) == len(ids)
+    ):
+        raise Refused("move_project replicas.json: the placement is not a list of server ids")
 
 
 def _prune_program(gate: Gate, rest: list[str]) -> None:
@@ -493,9 +523,9 @@ def _rsync(gate: Gate, args: Sequence[str], *, live: bool = False) -> Allowed:
     _rsync_ssh(ssh)
     if live:
         sender = f"--rsync-path={shlex.join(_guard_argv('master', gate.projects_root, 'rsync'))}"
-        want = ("--update", "--one-file-system", "--exclude=/.snapshots", sender)
-        if opts != want:
-            raise Refused("rsync (live files): options differ from the only set allowed")
+        tail = ("--one-file-system", "--exclude=/.snapshots", sender)
+        if opts not in (("--update", *tail), (*_LIVE_PROOF, *tail)):
+            raise Refused("rsync (live files): options differ from the two sets allowed")
         kind = "live"
     else:
         kind = _RSYNC_OPTIONS.get(opts, "")
@@ -505,6 +535,8 @@ def _rsync(gate: Gate, args: Sequence[str], *, live: bool = False) -> Allowed:
     dest_kind, dest_id = _copy_path(gate, dest)
     if not (src_kind == dest_kind == kind and src_id == dest_id):
         raise Refused("rsync: source and destination are not the same part of one project")
+    if opts[:1] == _LIVE_PROOF[:1]:
+        return Allowed("move_project live-tree proof (dry run)", tuple(args), root=True)
     return Allowed(f"resync_replica copy ({kind})", tuple(args), root=True)
 
 

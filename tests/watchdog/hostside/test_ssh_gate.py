@@ -35,6 +35,7 @@ LOG = "0c3d6f4e-2b1a-4c5d-8e9f-000000000002"  # 3 MB save log on g1: rotate_save
 GONE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000003"  # g2's copy deleted: resync_replica makes it
 ON_G3 = "0c3d6f4e-2b1a-4c5d-8e9f-000000000004"  # mastered on g3 (unmounted); replica on g1
 PRUNE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000005"  # 4 saves 6 h apart over a 1 MB quota: prune_repo
+MOVE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000006"  # only on g1: move_project to g2 (placement grows)
 # bup_quota at 0.001 x 1 MB finds PRUNE over quota; the policy keeps the last hour's saves and the
 # newest of each day, so of 4 saves 6 h apart at least one goes.
 PRUNE_POLICY = '\n[repairs.prune_repo]\nkeep_all_for = "1h"\n'
@@ -57,6 +58,7 @@ def gated_spec() -> FleetSpec:
             ProjectSpec(GONE, "g1", ("g2",)),
             ProjectSpec(ON_G3, "g3", ("g1",)),
             ProjectSpec(PRUNE, "g1", (), saves=4, disk_mb=1),
+            ProjectSpec(MOVE, "g1", ()),
         ),
     )
 
@@ -219,7 +221,7 @@ def test_a_sweep_with_every_check_deep_checks_and_incremental_walks_passes_the_g
         assert all(f.probed for f in result.facts.values()), [
             f.failure_message for f in result.facts.values()
         ]
-    assert sum(f.deep_checked_now for f in results[0].facts.values()) == 8  # every repository
+    assert sum(f.deep_checked_now for f in results[0].facts.values()) == 9  # every repository
     found = {(f.check, f.code, f.server_id) for f in results[1].findings}
     assert ("mount_sanity", "not_mounted", gated.fleet.server_id("g3")) in found
     assert any(c == "replication_lag" and s == gated.fleet.server_id("g2") for c, _, s in found)
@@ -369,6 +371,7 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
         RepairRequest("resync_replica", sid("g2"), GONE),
         RepairRequest("fence_host", sid("g3")),
         RepairRequest("prune_repo", sid("g1"), PRUNE),
+        RepairRequest("move_project", sid("g1"), MOVE, params={"target": "g2"}),
     ):
         decision = guard.submit(req, execute=True)
         outcomes[(req.repair, req.project_id)] = (decision.status, decision.message)
@@ -381,6 +384,17 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
     assert {"rsync sender (objects)", "mount guard (rsync sender (live))"} <= kinds
     assert {"bup init", "bup ls", "bup ls save", "prune_repo copy", "prune_repo swap"} <= kinds
     assert list(g1.bups_dir.glob(f"{PRUNE}.pruned-*")), "prune_repo kept the old copy aside"
+    assert {
+        "move_project replicas.json",
+        "mount guard (move_project live-tree proof (dry run))",
+    } <= kinds
+    moved = load_inventory(inventory_source(gated.config()), guard.state).projects[MOVE]
+    assert (moved.master, moved.replicas) == (sid("g2"), (sid("g1"),))
+    placement = f'["{sid("g2")}", "{sid("g1")}"]\n'
+    for host in ("g1", "g2"):  # the demoted source copy is kept, and knows the new placement
+        assert (
+            gated.fleet.repo_path(host, MOVE) / "conf" / "replicas.json"
+        ).read_text() == placement
     if gated.user == "bupwatch":  # every repair command went through sudo to the gate as root
         by_bupwatch = [line for line in new if f" uid {BUPWATCH_UID}: " in line]
         as_root = [line for line in new if " uid 0: " in line]
@@ -396,7 +410,7 @@ def test_restart_bup_server_runs_through_the_gate_and_confirms_the_new_port(gate
     g1 = gated.fleet.hosts["g1"]
     g1.stop_bup_server()
     mark = log_sizes(gated)
-    guard = gated.guard()
+    guard = gated.guard("[guard]\nmax_per_hour_per_host = 10\n")  # g1 had 5 repairs above
 
     decision = guard.submit(
         RepairRequest("restart_bup_server", gated.fleet.server_id("g1")), execute=True
@@ -404,7 +418,7 @@ def test_restart_bup_server_runs_through_the_gate_and_confirms_the_new_port(gate
 
     new = logged_since(gated, mark)
     assert refusals(new) == []
-    assert {"restart_bup_server", "read port file"} <= {kind(line) for line in new}
+    assert {"restart_bup_server", "read port file"} <= {kind(line) for line in new}, decision
     port = g1.read_bup_server_port()
     assert decision.status == "succeeded", decision.message
     [facts] = gather_facts(gated, "g1")

@@ -5,6 +5,7 @@ refusals logged, and the shipped sudoers example valid."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -20,7 +21,13 @@ from bup_watchdog.config import SshConfig
 from bup_watchdog.hostside import ssh_gate
 from bup_watchdog.hostside.ssh_gate import Gate, Refused, judge
 from bup_watchdog.model import Server, project_uid
-from bup_watchdog.repairs import clean_repo, prune_repo, resync_replica, rotate_save_log
+from bup_watchdog.repairs import (
+    clean_repo,
+    move_project,
+    prune_repo,
+    resync_replica,
+    rotate_save_log,
+)
 from bup_watchdog.transport.ssh import SshTransport, remote_argv
 
 GATE = Gate()
@@ -214,6 +221,31 @@ def test_rsync_copies_refuse_delete_other_ssh_commands_and_mixed_up_paths() -> N
     assert refused([*good[:-1], "/etc/"])
 
 
+def test_move_projects_live_proof_and_placement_writer_pass_and_nothing_looser_does() -> None:
+    ssh = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=10 -p 22"
+    sender = "--rsync-path=" + shlex.join(
+        ["sh", "-c", ssh_gate.MOUNTED_GUARD, "resync-guard", "master", "/projects", "rsync"]
+    )
+    guard = ["sh", "-c", ssh_gate.MOUNTED_GUARD, "resync-guard", "replica", "/projects"]
+    proof = ["rsync", "-a", "--numeric-ids", "--timeout=300", "--dry-run", "--checksum",
+             "--itemize-changes", "--one-file-system", "--exclude=/.snapshots", sender,
+             "-e", ssh, f"root@10.0.0.1:{PID}/", f"{PID}/"]  # fmt: skip
+    allowed = judge([*guard, *proof], GATE)[0]
+    assert allowed.kind == "mount guard (move_project live-tree proof (dry run))"
+    assert refused([*guard, *proof[:4], "--checksum", *proof[6:]])  # no dry run: it would copy
+    assert refused([*guard, *proof[:4], "--delete", *proof[4:]])
+    peer = ["rsync", "--server", "--sender", "-nlogDtprcxe.iLsfxCIvu", "--numeric-ids", "."]
+    assert judge([*guard[:4], "master", "/projects", *peer, f"{PID}/"], GATE)[0].peer
+
+    write = ["python3", "-S", "-", f"{REPO}/conf/replicas.json"]
+    placement = json.dumps([str(uuid.uuid4()), str(uuid.uuid4())])
+    allowed = judge([*write, placement], GATE)[0]
+    assert allowed.program == "move_project replicas.json" and allowed.root
+    for bad in ("[", '"x"', "[]", '["not-an-id"]', json.dumps([PID, PID]), '[{"a": 1}]'):
+        assert "placement" in refused([*write, bad])
+    assert refused(["python3", "-S", "-", "/etc/conf/replicas.json", placement])
+
+
 def test_an_rsync_sender_never_follows_symlinks_out_of_the_tree() -> None:
     sender = ["rsync", "--server", "--sender", "-logDtpre.iLsfxCIvu", "--numeric-ids", "."]
     assert judge([*sender, f"{REPO}/objects/"], GATE)[0].peer
@@ -247,6 +279,7 @@ def test_the_gates_copies_match_the_watchdogs_originals() -> None:
         "resync_replica busy scan": resync_replica.BUSY_SCAN,
         "rotate_save_log": rotate_save_log.PROGRAM,
         "prune_repo": prune_repo.PROGRAM,
+        "move_project replicas.json": move_project.WRITE_REPLICAS,
     }
     digests = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in programs.items()}
     assert digests == ssh_gate.PROGRAMS, f"update PROGRAMS in ssh_gate.py to {digests}"
