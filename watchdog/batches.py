@@ -203,13 +203,14 @@ _FAILURES = f"""
 
 
 def batch_progress(
-    state: State, *, since: float = 0.0, now: float | None = None
+    state: State, *, since: float = 0.0, now: float | None = None, failures: bool = True
 ) -> list[BatchProgress]:
-    """Batches that recorded something at or after ``since``, or are running; newest first."""
+    """Batches that recorded something at or after ``since``, or are running; newest first.
+    ``failures=False`` leaves the failures out (what /metrics needs is the counts)."""
     at = time.time() if now is None else now
-    failures: dict[str, list[tuple[str, str]]] = {}
-    for bid, pid, status, reason in state.query(_FAILURES, (since,)):
-        failures.setdefault(bid, []).append((pid, reason or status))
+    failed: dict[str, list[tuple[str, str]]] = {}
+    for bid, pid, status, reason in state.query(_FAILURES, (since,)) if failures else ():
+        failed.setdefault(bid, []).append((pid, reason or status))
     out = []
     for row in state.query(_PROGRESS, (since,)):
         (bid, kind, host, started, updated, finished, stopped, holder) = row[:8]
@@ -239,7 +240,7 @@ def batch_progress(
                 bytes_total=b_total,
                 bytes_done=b_done,
                 eta_seconds=eta,
-                failures=tuple(failures.get(bid, ())),
+                failures=tuple(failed.get(bid, ())),
                 running=running,
             )
         )

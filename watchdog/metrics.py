@@ -441,7 +441,8 @@ class StateCollector(Collector):
             labels,
         )
         now = time.time()
-        for b in batch_progress(self.state, since=now - METRICS_WINDOW_SECONDS, now=now):
+        since = now - METRICS_WINDOW_SECONDS
+        for b in batch_progress(self.state, since=since, now=now, failures=False):
             lv = [b.batch_id, b.kind, b.host]
             for status, n in (
                 ("done", b.done),
