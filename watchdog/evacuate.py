@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -321,12 +321,33 @@ def submit_plan(
     allow_experimental: bool = False,
 ) -> list[Done]:
     """One move_project request per placed move, through the guard, without ``execute``: in
-    approve mode each waits as a pending row. A refusal that holds for every move stops it."""
+    approve mode each waits as a pending row. A move already waiting for approval (an earlier
+    evacuation, or ``repair move_project``) is not asked for twice: its row joins this batch's
+    list as it is. A refusal that holds for every move stops it."""
     from bup_watchdog.repairs.base import RepairRequest
 
+    waiting = {
+        (e.server_id, e.project_id): e
+        for e in reversed(guard.journal.entries(status="pending", limit=100_000))
+        if e.repair == REPAIR
+    }
     out: list[Done] = []
     for m in plan.moves:
         assert m.target_id is not None
+        old = waiting.get((m.source_id, m.project_id))
+        if old is not None:
+            target = str(old.params.get("target") or m.target_id)
+            first = old.params.get("batch") or "asked for by hand"
+            out.append(
+                Done(
+                    replace(m, target_id=target),
+                    "pending",
+                    f"already waiting for approval as repair #{old.id} ({first}, to {target}); "
+                    "not asked for twice",
+                    old.id,
+                )
+            )
+            continue
         params: dict[str, Any] = {"target": m.target_id, "batch": batch}
         if allow_experimental:
             params["allow_experimental"] = True
@@ -602,6 +623,22 @@ def resolve_host(inventory: Inventory, host: str) -> str:
     return sid
 
 
+def rate_note(config: Config, moves: int) -> str:
+    """What the operator should know before approving more moves than the guard runs an hour."""
+    per_host = config.guard.max_per_hour_per_host
+    per_repair = int(getattr(config.repair(REPAIR), "max_per_hour", per_host))
+    limit = min(per_host, per_repair)
+    if moves <= limit:
+        return ""
+    return (
+        f"the guard runs at most {limit} moves an hour from one host ([guard] "
+        f"max_per_hour_per_host {per_host}, [repairs.move_project] max_per_hour {per_repair}); "
+        f"after {limit} of these {moves} the approvals stop (raise the limits for the "
+        "evacuation, or run evacuate --execute again an hour later: a move still pending is not "
+        "asked for twice)"
+    )
+
+
 def _ask(question: str) -> bool:
     """Yes or no on the terminal; anything but y/yes is no."""
     try:
@@ -632,15 +669,20 @@ def run_command(
         config, inventory, sid, fenced=fenced, allow_experimental=options.allow_experimental
     )
     json_out = options.fmt == "json"
+    note = rate_note(config, len(plan.moves))
     if not options.execute:
         if json_out:
-            print(json.dumps(plan_dict(plan)))
+            print(json.dumps({**plan_dict(plan), "note": note}))
         else:
             print_plan(plan, inventory, sys.stdout)
+            if note:
+                print(f"note: {note}")
             print("(dry run: nothing submitted; --execute submits the moves for approval)")
         return 1 if plan.unplaced else 0
     if not json_out:
         print_plan(plan, inventory, sys.stdout)
+        if note:
+            print(f"note: {note}")
     batch = batch_id(plan.host, time.time())
     book = _Book(guard, batch)
     book.start(plan)

@@ -122,7 +122,7 @@ def test_an_unknown_host_exits_2_with_a_message_naming_it(fleet: SandboxFleet) -
 def test_a_dry_run_lists_every_project_with_its_target_by_the_rules_and_changes_nothing(
     fleet: SandboxFleet,
 ) -> None:
-    path = config_file(fleet, "dry")
+    path = config_file(fleet, "dry", "[guard]\nmax_per_hour_per_host = 2\n")
     before, placed = source_digests(fleet), fleet.inventory_path.read_bytes()
 
     text = evacuate(path, "src")
@@ -133,6 +133,8 @@ def test_a_dry_run_lists_every_project_with_its_target_by_the_rules_and_changes_
     assert sorted(rows) == sorted((pid, host) for pid, host in WANT.items()), text.output
     assert "3 projects to move" in text.output and "0 cannot be placed" in text.output
     assert "dry run: nothing submitted" in text.output
+    # Three moves from one host, two allowed an hour: said before anything is approved.
+    assert "note: the guard runs at most 2 moves an hour from one host" in text.output
     assert data.exit_code == 0, data.output
     plan = json.loads(data.output)
     by_id = {m["project_id"]: m for m in plan["moves"]}
@@ -225,9 +227,15 @@ def test_without_approval_the_moves_wait_pending_in_one_batch_and_nothing_is_cop
     rows = Journal(open_state(config(path))).entries()
     assert sorted(r.project_id or "" for r in rows) == sorted(MOVED)
     for r in rows:
-        assert (r.repair, r.status, r.requested_by) == ("move_project", "pending", r.requested_by)
-        assert r.requested_by.startswith("cli") and r.params["batch"] == batch in r.reason
+        assert (r.repair, r.status) == ("move_project", "pending")
+        assert r.requested_by.startswith("cli")
+        assert r.params["batch"] == batch and r.reason.startswith(f"{batch}: evacuate src (")
         assert names(fleet)[r.params["target"]] == WANT[r.project_id or ""]
+    # Asked again: the moves already waiting are not asked for twice.
+    again = evacuate(path, "src", "--execute", "--format", "json")
+    assert again.exit_code == 0, again.output
+    assert {d["repair_id"] for d in json.loads(again.output)["submitted"]} == {r.id for r in rows}
+    assert len(Journal(open_state(config(path))).entries()) == 3
     # One approval for the batch, inside a maintenance window: the guard refuses the first
     # move for a reason that holds for every move, and the approvals stop; the rest wait.
     closed = config_file(fleet, "pending", MAINTENANCE, name="pending-closed")
@@ -237,7 +245,7 @@ def test_without_approval_the_moves_wait_pending_in_one_batch_and_nothing_is_cop
     assert "the moves not approved stay pending" in approve.output
     journal = Journal(open_state(config(closed)))
     assert len(journal.entries(status="pending")) == 2
-    [book] = batch_progress(open_state(config(closed)))  # the progress book of batches
+    [book] = [b for b in batch_progress(open_state(config(closed))) if b.batch_id == batch]
     assert (book.batch_id, book.kind, book.host) == (batch, "evacuation", "src")
     assert (book.total, book.pending, book.failed, book.done) == (3, 2, 1, 0)
     [refused] = journal.entries(status="refused")
