@@ -300,12 +300,21 @@ def _who() -> str:
 
 
 def _guard(config: Config) -> Guard:
+    """The guard on the configured state. Leases left by this host's watchdog processes that are
+    gone (a killed ``repair --execute``) are released first, as the daemon does at start: an
+    interrupted repair must not block its retry for ``lease_seconds``."""
     from bup_watchdog.guard import Guard
     from bup_watchdog.runner import inventory_source, load_inventory, open_state
 
     state = open_state(config)
     inventory = load_inventory(inventory_source(config), state)
-    return Guard(config, state, inventory)
+    guard = Guard(config, state, inventory)
+    try:
+        for target, holder in guard.leases.release_dead():
+            log.warning("released the lease on %s of %s, a process that is gone", target, holder)
+    except WatchdogError as exc:
+        log.warning("cannot release the leases of dead processes: %s", exc)
+    return guard
 
 
 def _parse_target(inventory: Inventory, target: str) -> tuple[str, str | None]:
