@@ -10,7 +10,8 @@ A batch is *running* while it is not finished and the process that started it is
 process is known as ``host:pid`` (as lease holders are): on this host its pid is looked up; a
 batch started on another host counts as running while it recorded something within
 ``STALE_SECONDS``. A batch whose process is gone without finishing was interrupted (killed): it
-is not running, and its ``stopped`` says so.
+is not running, and its ``stopped`` says so (a pid reused since by another process keeps it
+counted as running until that one ends: rare, and it errs on the side of "still busy").
 """
 
 from __future__ import annotations
