@@ -37,6 +37,8 @@ SUCCEEDED = "succeeded"
 PENDING = ("pending_approval", "pending")
 #: A batch of another host that recorded nothing for this long is no longer counted as running.
 STALE_SECONDS = 3600.0
+#: A failure's reason is kept to this many characters (a repair's message can hold its output).
+MAX_REASON = 2000
 #: /metrics shows batches running or finished within this long.
 METRICS_WINDOW_SECONDS = 86400.0
 
@@ -125,8 +127,10 @@ def item_done(
     reason: str = "",
     now: float | None = None,
 ) -> None:
-    """Record what became of one item: succeeded, failed, refused or pending_approval."""
+    """Record what became of one item: succeeded, failed, refused or pending_approval (the
+    reason is kept to its first ``MAX_REASON`` characters)."""
     at = time.time() if now is None else now
+    reason = reason[:MAX_REASON]
 
     def write(db: sqlite3.Connection) -> None:
         db.execute(
