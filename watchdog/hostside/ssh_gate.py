@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bupwatch-ssh-gate: the ``authorized_keys`` ``command=`` that lets the watchdog run only its own
-commands on a storage host (probe, deep probe, boot gate, the repairs' argv shapes); the rest is
-refused, logged, and never reaches a shell.
+commands on a storage host (probe, deep probe, boot gate, the repairs' argv shapes, the archive
+audit of a directory given as ``--archive-root``); the rest is refused, logged, and never reaches
+a shell.
 
 Installed by the operator (``bup-watchdog files --dest DIR`` copies it) as
 ``/usr/local/sbin/bupwatch-ssh-gate`` and named in the watchdog key's line::
@@ -129,7 +130,7 @@ DEFAULT_RESTART = (("systemctl", "restart", "bup_server"),)
 class Gate:
     """What this host allows: its roots, its Python, its restart command and port file."""
 
-    __slots__ = ("bup_root", "port_file", "projects_root", "pythons", "restart")
+    __slots__ = ("archive_roots", "bup_root", "port_file", "projects_root", "pythons", "restart")
 
     def __init__(
         self,
@@ -138,7 +139,9 @@ class Gate:
         pythons: tuple[str, ...] = DEFAULT_PYTHONS,
         restart: tuple[tuple[str, ...], ...] = DEFAULT_RESTART,
         port_file: str = "",
+        archive_roots: tuple[str, ...] = (),
     ) -> None:
+        self.archive_roots = archive_roots
         self.bup_root = bup_root
         self.projects_root = projects_root
         self.pythons = pythons
@@ -261,6 +264,9 @@ def _python(gate: Gate, args: Sequence[str]) -> Allowed:
         for i in ids:
             _uuid(i)
         return Allowed("deep probe", argv)
+    if rest[:1] in (["list"], ["check"]):
+        _archive_options(gate, rest)
+        return Allowed(f"archive audit {rest[0]}", argv)
     if rest and rest[0].startswith("--projects="):
         _preflight_options(gate, rest)
         return Allowed("boot gate", argv)
@@ -288,6 +294,26 @@ def _python(gate: Gate, args: Sequence[str]) -> Allowed:
         _number(rest[2], "rotate_save_log: settle seconds")
         return Allowed("rotate_save_log", argv, root=True, program="rotate_save_log")
     raise Refused("python -S -: arguments match none of the watchdog's programs")
+
+
+def _archive_options(gate: Gate, rest: list[str]) -> None:
+    """``archive audit``'s read-only program: ``list ROOT`` or ``check ROOT TIMEOUT ID…``, ROOT
+    one of the gate's ``--archive-root`` directories word for word."""
+    root = rest[1] if len(rest) > 1 else ""
+    if root not in gate.archive_roots:
+        raise Refused(
+            f"archive audit: {root!r} is not an archive this host offers "
+            "(add --archive-root DIR to the gate's command in authorized_keys)"
+        )
+    if rest[0] == "list":
+        if len(rest) != 2:
+            raise Refused("archive audit list: only 'list ROOT'")
+        return
+    _number(rest[2] if len(rest) > 2 else "", "archive audit check: timeout")
+    if len(rest) < 4:
+        raise Refused("archive audit check: no project ids")
+    for pid in rest[3:]:
+        _uuid(pid)
 
 
 def _placement(gate: Gate, path: str, text: str) -> None:
@@ -743,7 +769,7 @@ def _read_program(name: str) -> int:
 USAGE = """\
 usage: bupwatch-ssh-gate [--bup-root DIR] [--projects-root DIR] [--python PATH]...
                          [--restart 'COMMAND ARG...']... [--port-file FILE] [--log FILE]
-                         [--as-root COMMAND...]
+                         [--archive-root DIR]... [--as-root COMMAND...]
 
 authorized_keys command= for bup-watchdog: runs the command in SSH_ORIGINAL_COMMAND only when it
 is one the watchdog sends; refuses (status 126) and logs anything else.
@@ -756,6 +782,8 @@ is one the watchdog sends; refuses (status 126) and logs anything else.
                          string; repeatable (default: 'systemctl restart bup_server')
   --port-file FILE       bup_server's port file (default BUP_ROOT/conf/bup_server.port)
   --log FILE             append decisions to FILE instead of syslog (env BUPWATCH_GATE_LOG)
+  --archive-root DIR     an offline archive 'bup-watchdog archive audit HOST:DIR' may read
+                         (as the login user, read-only); repeatable (default: none)
   --as-root COMMAND...   for sudo only (deploy/sudoers.bupwatch): judge COMMAND again, as root
 """
 
@@ -776,18 +804,23 @@ def parse_options(argv: Sequence[str]) -> tuple[Gate, str | None, list[str], lis
     given: set[str] = set()
     pythons: list[str] = []
     restarts: list[tuple[str, ...]] = []
+    archives: list[str] = []
     i = 0
     while i < len(argv):
         opt = argv[i]
         if opt in ("-h", "--help"):
             raise UsageError("")
-        if opt not in single and opt not in ("--python", "--restart"):
+        if opt not in single and opt not in ("--python", "--restart", "--archive-root"):
             raise UsageError(f"unknown option {opt!r}")
         if i + 1 >= len(argv):
             raise UsageError(f"{opt} needs a value")
         value = argv[i + 1]
         if opt == "--python":
             pythons.append(value)
+        elif opt == "--archive-root":
+            if not value.startswith("/") or "/../" in value + "/" or value.rstrip("/") == "":
+                raise UsageError(f"--archive-root {value!r}: give an absolute directory")
+            archives.append(value)
         elif opt == "--restart":
             try:
                 restarts.append(tuple(shlex.split(value)))
@@ -805,6 +838,7 @@ def parse_options(argv: Sequence[str]) -> tuple[Gate, str | None, list[str], lis
         pythons=tuple(pythons) or DEFAULT_PYTHONS,
         restart=tuple(restarts) or DEFAULT_RESTART,
         port_file=single["--port-file"],
+        archive_roots=tuple(archives),
     )
     return gate, single["--log"] or None, argv, as_root
 

@@ -336,7 +336,7 @@ class SandboxHost:
         gate.chmod(0o755)
         argv = [str(gate), "--bup-root", self.bup_root, "--projects-root", self.projects_root]
         argv += ["--restart", shlex.join(self.bup_server_argv(daemon=True))]
-        argv += ["--log", str(self.gate_log)]
+        argv += ["--log", str(self.gate_log), "--archive-root", f"{self.bup_root}/archive"]
         command = shlex.join(argv).replace("\\", "\\\\").replace('"', '\\"')
         return f'restrict,command="{command}" {pub}'
 

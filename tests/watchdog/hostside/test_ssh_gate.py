@@ -3,9 +3,12 @@ every check and every repair goes through it, anything else is refused and logge
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from bup_watchdog.repairs import prune_repo
 from bup_watchdog.repairs.base import RepairRequest
 from bup_watchdog.runner import inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.repos import copy_repo
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
 from bup_watchdog.state import State
 from bup_watchdog.sweep import sweep
@@ -113,7 +117,7 @@ def as_bupwatch(fleet: SandboxFleet) -> dict[str, Path]:
         command = ["/usr/local/sbin/bupwatch-ssh-gate", "--bup-root", h.bup_root]
         command += ["--projects-root", h.projects_root]
         command += ["--restart", shlex.join(h.bup_server_argv(daemon=True))]
-        command += ["--log", "/usr/local/sbin/ssh-gate.log"]
+        command += ["--log", "/usr/local/sbin/ssh-gate.log", "--archive-root", "/bup/archive"]
         u = BUPWATCH_UID
         files = {
             "passwd": f"bupwatch:x:{u}:{u}:bup-watchdog:/:/bin/sh\n",
@@ -348,6 +352,32 @@ def test_cat_etc_shadow_sh_c_and_a_probe_with_extra_arguments_are_refused_and_lo
     assert "cat /etc/shadow" in logged[0]
     assert "sh -c id" in logged[1] and "--known-state /etc/shadow" in logged[2]
     assert logged[3].endswith("command: sh -c 'id'")
+
+
+def test_an_archive_audit_over_ssh_reads_the_gates_archive_root_and_nothing_else(
+    gated: Gated, tmp_path: Path
+) -> None:
+    g1 = gated.fleet.hosts["g1"]
+    archive = g1.bup_dir / "archive"
+    copy_repo(gated.fleet.repo_path("g1", STALE), archive / STALE)
+    mark = log_sizes(gated)
+
+    def audit(path: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "bup_watchdog.cli", "archive", "audit"]
+        argv += ["-c", str(gated.config_path), f"g1:{path}", "-o", "-", "--format", "json"]
+        argv += ["--state", str(tmp_path / f"{len(path)}.jsonl")]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    offered, other = audit(f"{g1.bup_root}/archive"), audit(f"{g1.bup_root}/bups")
+
+    assert offered.returncode == 0, offered.stderr
+    assert json.loads(offered.stdout)["summary"]["ok"] == 1
+    assert other.returncode == 3 and "not an archive this host offers" in other.stderr
+    new = logged_since(gated, mark)
+    assert {kind(line) for line in new if " allowed " in line} == {
+        "archive audit list", "archive audit check"
+    }  # fmt: skip
+    assert len(refusals(new)) == 1
 
 
 def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:

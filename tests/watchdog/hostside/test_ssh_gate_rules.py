@@ -19,7 +19,7 @@ import pytest
 from bup_watchdog import deploy
 from bup_watchdog.config import SshConfig
 from bup_watchdog.hostside import ssh_gate
-from bup_watchdog.hostside.ssh_gate import Gate, Refused, judge
+from bup_watchdog.hostside.ssh_gate import Gate, Refused, UsageError, judge, parse_options
 from bup_watchdog.model import Server, project_uid
 from bup_watchdog.repairs import (
     clean_repo,
@@ -406,3 +406,21 @@ def test_the_watchdog_logs_in_as_bupwatch_and_sends_repairs_through_sudo_unless_
     assert (sudo("bupwatch"), sudo("root")) == (True, False)
     assert (sudo("bupwatch", False), sudo("root", True)) == (False, True)
     assert remote_argv(["cat", "--", "x"], 5.0, sudo=True)[:3] == ["sudo", "-n", "timeout"]
+
+
+def test_an_archive_audit_reads_only_an_archive_root_the_gate_was_given() -> None:
+    archive = Gate(archive_roots=("/srv/archive",))
+    listing = ["python3", "-S", "-", "list", "/srv/archive"]
+    check = ["python3", "-S", "-", "check", "/srv/archive", "600", PID, PID]
+    for argv in (listing, check):
+        allowed = judge(argv, archive)[0]
+        assert allowed.kind.startswith("archive audit") and not allowed.root
+        assert "--archive-root" in refused(argv)  # the default gate offers no archive
+    assert refused([*listing[:4], "/srv/archive/../../etc"], archive)
+    assert refused([*listing, "extra"], archive)
+    assert "version-4 UUID" in refused([*check[:-1], "../x"], archive)
+    assert "no project ids" in refused(check[:-2], archive)
+    assert parse_options(["--archive-root", "/srv/archive"])[0].archive_roots == ("/srv/archive",)
+    for bad in ("relative/dir", "/srv/../etc", "/"):
+        with pytest.raises(UsageError, match="--archive-root"):
+            parse_options(["--archive-root", bad])
