@@ -6,6 +6,7 @@ named, before it can ever reach a path or a command.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -355,7 +356,17 @@ def set_master_in_file(path: Path, project_id: str, old: str, new: str) -> bool:
     it only if the file is still the one read (same inode, size, mtime): a compare-and-swap on
     the file. False when the master is no longer ``old`` or the file changed meanwhile. TOML
     comments are not kept (the file is written again from its data); JSON is written indented.
+    Watchdog processes take turns (a lock file beside it), so two moves of different projects
+    both land instead of the second failing, or undoing the first, after its whole copy.
     """
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _swap_master(path, project_id, old, new)
+
+
+def _swap_master(path: Path, project_id: str, old: str, new: str) -> bool:
+    """set_master_in_file's compare-and-swap, under its lock."""
     st = path.stat()
     raw = path.read_bytes()
     is_json = path.suffix == ".json"
