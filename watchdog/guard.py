@@ -360,7 +360,27 @@ class Guard:
             refusal=f"approved by {by}{f' ({why.splitlines()[0][:200]})' if why else ''}; ran as "
             f"repair #{decision.entry_id} ({decision.status})",
         )
+        self._book(entry, decision.status, f"repair #{decision.entry_id}: {decision.message}")
         return decision
+
+    def _book(self, entry: Entry, status: str, reason: str) -> None:
+        """A batch's row (rebuild, evacuation) follows its approval or denial, from any face."""
+        batch = entry.params.get("batch")
+        if not isinstance(batch, str) or not entry.project_id:
+            return
+        from bup_watchdog.batches import item_done
+
+        status = status if status in ("succeeded", "failed", "refused") else "failed"
+        try:
+            item_done(
+                self.state,
+                batch,
+                entry.project_id,
+                status=status,
+                reason="" if status == "succeeded" else reason,
+            )
+        except WatchdogError as exc:  # the book is a view: the repair's outcome is journaled
+            log.warning("cannot record %s in %s: %s", status, batch, exc)
 
     def pending_batch(self, batch: str) -> list[Entry]:
         """The pending rows of a batch (``params["batch"]``, e.g. an evacuation), oldest first."""
@@ -378,6 +398,7 @@ class Guard:
             entry.repair, entry.server_id, entry.project_id, requested_by=entry.requested_by
         )
         log_decision(logging.INFO, entry_id, req, DENIED, f"denied by {by}: {why or 'no reason'}")
+        self._book(entry, "refused", f"repair #{entry_id} denied by {by}: {why or 'no reason'}")
         return Decision(entry_id, DENIED, f"denied by {by}")
 
     def breaker(self) -> tuple[bool, str]:

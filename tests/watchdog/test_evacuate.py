@@ -250,6 +250,15 @@ def test_without_approval_the_moves_wait_pending_in_one_batch_and_nothing_is_cop
     assert (book.total, book.pending, book.failed, book.done) == (3, 2, 1, 0)
     [refused] = journal.entries(status="refused")
     assert (refused.refusal or "").startswith("maintenance:")
+    # One move denied on its own (not through evacuate): the batch's book follows it.
+    denied = journal.entries(status="pending")[0]
+    deny = CliRunner().invoke(
+        main, ["repairs", "deny", "-c", str(closed), str(denied.id), "--why", "stays put"]
+    )
+    assert deny.exit_code == 0, deny.output
+    [book] = [b for b in batch_progress(open_state(config(closed))) if b.batch_id == batch]
+    assert (book.total, book.pending, book.failed, book.done) == (3, 1, 2, 0)
+    assert any("stays put" in why for pid, why in book.failures if pid == denied.project_id)
     assert fleet.inventory_path.read_bytes() == placed and source_digests(fleet) == before
     assert sorted(p.name for p in fleet.hosts["b"].bups_dir.iterdir()) == b_repos
 
