@@ -365,16 +365,6 @@ def submit_plan(
     return out
 
 
-def lanes(config: Config, parallel: int) -> int:
-    """How many target hosts may receive at once: one with a file inventory (two switches at
-    once in one file: the second's compare-and-swap sees the file changed and fails its move,
-    inventory/file.py set_master_in_file), else ``parallel``."""
-    if config.inventory.source == "file" and parallel > 1:
-        log.info("one move at a time: the file inventory takes one switch at a time")
-        return 1
-    return parallel
-
-
 def approve_lanes(
     guard: Guard,
     pending: list[Done],
@@ -399,31 +389,41 @@ def approve_lanes(
         with lock:
             return queue.pop(0) if queue else None
 
-    def worker() -> None:
+    def approve(p: Done) -> None:
         nonlocal stopped
+        started = time.monotonic()
+        try:
+            d = guard.approve(p.entry_id, who, why=why)
+            status, message, entry = d.status, d.message, d.entry_id
+        except WatchdogError as exc:
+            status, message, entry = "failed", str(exc), p.entry_id
+        result = Done(p.move, status, message, entry, time.monotonic() - started)
+        with lock:
+            done.append(result)
+            code = message.split(":", 1)[0] if status == "refused" else ""
+            if code in STOPPING and not stopped:
+                stopped = (
+                    f"the guard refused for a reason that holds for every move: "
+                    f"{message}; the moves not approved stay pending"
+                )
+        if on_done is not None:
+            on_done(result)
+
+    def worker() -> None:
         while (lane := next_lane()) is not None:
             for p in lane:
                 with lock:
                     if stopped:
                         return
-                started = time.monotonic()
-                try:
-                    d = guard.approve(p.entry_id, who, why=why)
-                    status, message, entry = d.status, d.message, d.entry_id
-                except WatchdogError as exc:
-                    status, message, entry = "failed", str(exc), p.entry_id
-                result = Done(p.move, status, message, entry, time.monotonic() - started)
-                with lock:
-                    done.append(result)
-                    code = message.split(":", 1)[0] if status == "refused" else ""
-                    if code in STOPPING and not stopped:
-                        stopped = (
-                            f"the guard refused for a reason that holds for every move: "
-                            f"{message}; the moves not approved stay pending"
-                        )
-                if on_done is not None:
-                    on_done(result)
+                approve(p)
 
+    # The first move alone: a refusal that holds for every move (maintenance, breaker) then
+    # costs one approval, not one per lane.
+    if queue:
+        approve(queue[0].pop(0))
+        queue = [lane for lane in queue if lane]
+        if stopped:
+            return done, stopped
     workers = max(1, min(parallel, MAX_PARALLEL, len(queue) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evacuate") as pool:
         futures = [pool.submit(worker) for _ in range(workers)]
@@ -709,7 +709,7 @@ def run_command(
         if ask is not None:
             approved = ask(f"approve all {len(pending)} moves of {batch}?")
     if pending and approved:
-        parallel = lanes(config, options.parallel)
+        parallel = options.parallel
         if not json_out:
             print(f"{batch}: {len(pending)} moves approved by {options.who}; running")
         progress = _Progress(plan, len(pending), json_out)
@@ -811,7 +811,7 @@ def approve_batch(guard: Guard, batch: str, *, who: str, why: str = "", fmt: str
         who=who,
         why=f"one approval for the {len(rows)} pending moves of {batch}"
         + (f": {why}" if why else ""),
-        parallel=lanes(guard.config, 2),
+        parallel=2,
         on_done=on_done,
     )
     book.finish(stopped)
