@@ -22,7 +22,8 @@ from bup_watchdog.batches import batch_progress
 from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
 from bup_watchdog.config import Config, load_config
-from bup_watchdog.evacuate import EvacuateOptions, compute_plan, run_command
+from bup_watchdog.evacuate import EvacuateOptions, run_command
+from bup_watchdog.evacuate_plan import compute_plan
 from bup_watchdog.guard import Guard
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.journal import Journal
