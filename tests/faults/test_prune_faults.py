@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -80,6 +81,24 @@ def on_copy(pid: str) -> Callable[[list[bytes]], bool]:
         return not argv[0].endswith(b"timeout") and any(work in a for a in argv)
 
     return match
+
+
+def gate_lines(fleet: SandboxFleet) -> list[str]:
+    """The lines q1's gate has logged so far (none before its first command)."""
+    log = fleet.hosts["q1"].gate_log
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def previous_key_line(fleet: SandboxFleet) -> str:
+    """q1's authorized_keys line for the previous gate: only the options that release takes
+    (the sandbox's line gained --archive-root since)."""
+    q1 = fleet.hosts["q1"]
+    argv = [str(q1.dir / "bin" / "bupwatch-ssh-gate"), "--bup-root", q1.bup_root]
+    argv += ["--projects-root", q1.projects_root, "--log", str(q1.gate_log)]
+    argv += ["--restart", shlex.join(q1.bup_server_argv(daemon=True))]
+    command = shlex.join(argv).replace("\\", "\\\\").replace('"', '\\"')
+    pub = fleet.client_key.with_suffix(".pub").read_text().strip()
+    return f'restrict,command="{command}" {pub}\n'
 
 
 def aside(fleet: SandboxFleet, pid: str) -> Path:
@@ -229,19 +248,22 @@ def test_a_hosts_gate_of_the_previous_release_refuses_the_prune_and_nothing_chan
     roots = {"bups": q1.bups_dir}
     before = Snapshot.of(roots)
     names = saves(fleet, inside(fleet, pid))
-    log_mark = len(q1.gate_log.read_text().splitlines())
+    log_mark = len(gate_lines(fleet))
+    keys = q1.home / ".ssh" / "authorized_keys"
+    line = keys.read_text()
     guard = make_guard(fleet, CONF)
-    installed.write_bytes(PREVIOUS_GATE.read_bytes())  # nobody upgraded this host's gate
+    # Nobody upgraded this host: the gate and its authorized_keys line are the previous release's.
+    installed.write_bytes(PREVIOUS_GATE.read_bytes())
+    keys.write_text(previous_key_line(fleet))
     try:
         decision = guard.submit(request(fleet, pid))
     finally:
         installed.write_bytes(current)
+        keys.write_text(line)
     row = guard.journal.get(decision.entry_id)
     assert row is not None
     guard.state.close()
-    refusals = [
-        line for line in q1.gate_log.read_text().splitlines()[log_mark:] if " refused " in line
-    ]
+    refusals = [line for line in gate_lines(fleet)[log_mark:] if " refused " in line]
 
     assert decision.status in ("failed", "refused"), decision.message
     assert "bupwatch-ssh-gate: refused" in decision.message, decision.message
