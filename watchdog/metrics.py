@@ -13,12 +13,16 @@ bucket). Families labelled by ``server_id`` only join ``server_info`` for the ho
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -54,6 +58,42 @@ def _bound(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else repr(seconds)
 
 
+def _inventory_age(loaded: float | None) -> Iterator[Metric]:
+    age = _gauge("inventory_age_seconds", "Seconds since the inventory source last answered.")
+    if loaded is not None:
+        age.add_metric([], max(0.0, time.time() - float(loaded)))
+    yield age
+
+
+#: A family as built, or what builds it again at every scrape (it moves with the clock).
+_Part = Metric | Callable[[], Iterable[Metric]]
+
+
+class _Families:
+    """Families in the form generate_latest renders."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def exposition(registry: Collector) -> bytes:
+    """What ``generate_latest(registry)`` renders, byte for byte, with each family's text kept
+    on the family: StateCollector yields the same family objects until the state changes, so a
+    scrape between sweeps renders only the few families built anew (at 100,000 projects the
+    text of the rest was 20 ms a scrape)."""
+    out = []
+    for family in registry.collect():
+        text = getattr(family, "_bupwatch_text", None)
+        if text is None:
+            text = generate_latest(_Families([family]))
+            setattr(family, "_bupwatch_text", text)  # noqa: B010 - not an attribute of Metric
+        out.append(text)
+    return b"".join(out)
+
+
 class StateCollector(Collector):
     """Renders the watchdog's state as metric families."""
 
@@ -77,6 +117,11 @@ class StateCollector(Collector):
         self.top_projects = top_projects
         self.deep_window_seconds = deep_window_seconds
         self.lag_buckets = lag_buckets
+        #: The state's families as of the key they were built at (see _from_state), with the
+        #: servers they were labelled from and the time they hold until; a lock per build.
+        self._kept: tuple[tuple[Any, ...], Mapping[str, Server], float, list[_Part]] | None = None
+        self._build_lock = threading.Lock()
+        self._holds_until = math.inf
 
     def collect(self) -> Iterator[Metric]:
         info = _gauge("build_info", "Version of the running watchdog.", ["version"])
@@ -104,16 +149,39 @@ class StateCollector(Collector):
         yield from families
 
     def _from_state(self) -> Iterator[Metric]:
+        """The state's families, built again only when the state or the servers changed: a
+        scrape between two sweeps (at 100,000 projects, a 25 ms read of the findings and deep
+        checks) reuses them, and ``exposition`` their text. Families that move with the clock
+        (the inventory's age, the batches) are built at every scrape."""
         servers = self.servers()
-        yield from self._server_info(servers)
-        yield from self._sweep()
-        yield from self._hosts(servers)
-        yield from self._checks()
-        yield from self._findings(servers)
-        yield from self._save_ages(servers)
-        yield from self._meta()
-        yield from self._repairs()
-        yield from self._batches()
+        # Any write through this connection (total_changes) or another process's commit
+        # (data_version) changes the key: https://sqlite.org/pragma.html#pragma_data_version
+        key = (
+            *self.state.query("SELECT total_changes()")[0],
+            *self.state.query("PRAGMA data_version")[0],
+            self.state.kept_writes,
+        )
+        kept = self._kept
+        if kept is None or kept[0] != key or kept[1] is not servers or time.time() >= kept[2]:
+            with self._build_lock:
+                self._holds_until = math.inf
+                parts: list[_Part] = [
+                    *self._server_info(servers),
+                    *self._sweep(),
+                    *self._hosts(servers),
+                    *self._checks(),
+                    *self._findings(servers),
+                    *self._save_ages(servers),
+                    *self._meta(),
+                    *self._repairs(),
+                    self._batches,
+                ]
+                self._kept = kept = (key, servers, self._holds_until, parts)
+        for part in kept[3]:
+            if isinstance(part, Metric):
+                yield part
+            else:
+                yield from part()
 
     def _labels(self, servers: Mapping[str, Server], sid: str) -> list[str]:
         s = servers.get(sid)
@@ -225,7 +293,7 @@ class StateCollector(Collector):
         )
         for sid, rec in sorted(self.state.host_records().items()):
             suspicion_g.add_metric(self._labels(servers, sid), suspicion(rec, self.max_patience))
-        covered = self.state.deep_coverage(self.deep_window_seconds)
+        covered = self._deep_coverage()
         rows = self.state.query(
             "SELECT server_id, gathered_at, seconds, probed, repos, repo_bytes, "
             "save_log_max_bytes, bup_server_up, lag_seconds FROM hosts ORDER BY server_id"
@@ -252,6 +320,20 @@ class StateCollector(Collector):
         yield lag
         yield coverage
         yield suspicion_g
+
+    def _deep_coverage(self) -> dict[str, int]:
+        """state.deep_coverage's counts; the families hold until the oldest check counted
+        leaves the window (then a count drops with no write to the state)."""
+        since = time.time() - self.deep_window_seconds
+        covered = {}
+        for sid, n, oldest in self.state.query(
+            "SELECT server_id, COUNT(*), MIN(checked_at) FROM deep_checks WHERE checked_at >= ? "
+            "GROUP BY server_id",
+            (since,),
+        ):
+            covered[str(sid)] = int(n)
+            self._holds_until = min(self._holds_until, oldest + self.deep_window_seconds)
+        return covered
 
     def _checks(self) -> Iterator[Metric]:
         labels = ["check"]
@@ -458,7 +540,7 @@ class StateCollector(Collector):
             running.add_metric(lv, 1.0 if b.running else 0.0)
         yield from (copies, nbytes, eta, running)
 
-    def _meta(self) -> Iterator[Metric]:
+    def _meta(self) -> Iterator[_Part]:
         meta = self.state.meta()
         problems = meta.get("watchdog_problems") or {}
         fault = _gauge(
@@ -483,10 +565,7 @@ class StateCollector(Collector):
         if loaded is not None:
             g.add_metric([], float(loaded))
         yield g
-        age = _gauge("inventory_age_seconds", "Seconds since the inventory source last answered.")
-        if loaded is not None:
-            age.add_metric([], max(0.0, time.time() - float(loaded)))
-        yield age
+        yield functools.partial(_inventory_age, loaded)
         view = meta.get("membership") or {}
         owned = _gauge(
             "host_owned",

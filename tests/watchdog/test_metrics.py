@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.journal import INTERRUPTED, PENDING, REFUSED, SUCCEEDED, Journal
-from bup_watchdog.metrics import StateCollector
+from bup_watchdog.metrics import StateCollector, exposition
 from bup_watchdog.model import (
+    DeepResult,
     Finding,
     GatherFailure,
     HostFacts,
@@ -564,3 +567,64 @@ def test_promtool_check_metrics_does_catch_a_family_emitted_twice_and_a_counter_
     assert "second HELP line" in promtool_check_metrics(twice)
     counter = body + "# HELP bupwatch_x A count.\n# TYPE bupwatch_x counter\nbupwatch_x 1\n"
     assert '"_total" suffix' in promtool_check_metrics(counter)
+
+
+# ------------------------------------------------------------------ what /metrics serves
+
+
+def _without_age(body: bytes) -> bytes:
+    """A scrape without the inventory's age, the one sample that moves with the clock alone."""
+    return b"".join(
+        line
+        for line in body.splitlines(keepends=True)
+        if not line.startswith(b"bupwatch_inventory_age")
+    )
+
+
+def _family(reg: CollectorRegistry, name: str) -> Metric:
+    return next(m for m in reg.collect() if m.name == name)
+
+
+def test_metrics_serves_generate_latest_s_text_and_reads_the_state_again_only_after_a_write(
+    recorded: CollectorRegistry, state: State
+) -> None:
+    state.set_meta(inventory_loaded_at=T0)
+    first = exposition(recorded)
+    assert _without_age(first) == _without_age(generate_latest(recorded))
+    assert b"bupwatch_inventory_age_seconds " in first
+    kept = _family(recorded, "bupwatch_findings")
+    assert _family(recorded, "bupwatch_findings") is kept
+    assert _without_age(exposition(recorded)) == _without_age(first)
+    assert promtool_check_metrics(first.decode()) == ""
+    journal_row(state, "restart_bup_server", SUCCEEDED)  # a write: the families are built again
+    again = exposition(recorded)
+    assert b'bupwatch_repairs_total{outcome="succeeded",repair="restart_bup_server"} 1.0' in again
+    assert _family(recorded, "bupwatch_findings") is not kept
+    assert _without_age(again) == _without_age(generate_latest(recorded))
+
+
+def test_a_write_by_another_process_is_seen_at_the_next_scrape(
+    recorded: CollectorRegistry, state: State
+) -> None:
+    exposition(recorded)
+    other = State(state.path)  # its own connection, as the CLI's `repairs approve` has
+    journal_row(other, "clean_repo", PENDING)
+    other.close()
+    assert b'bupwatch_repairs_open{repair="clean_repo",status="pending"} 1.0' in exposition(
+        recorded
+    )
+
+
+def test_deep_coverage_falls_when_a_check_leaves_the_window_with_no_write(state: State) -> None:
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS))
+    pid = next(iter(facts[S1].repos))
+    state.record_deep(S1, [DeepResult(pid, time.time(), True, SHA_A)])
+    reg = CollectorRegistry()
+    reg.register(StateCollector(state, lambda: SERVERS, CHECKS, deep_window_seconds=1.0))
+    coverage = "bupwatch_deep_check_coverage_ratio"
+    assert [v for lv, v in samples(reg, coverage) if lv["server_id"] == S1] == [
+        1 / len(facts[S1].repos)
+    ]
+    time.sleep(1.1)
+    assert [v for lv, v in samples(reg, coverage) if lv["server_id"] == S1] == [0.0]

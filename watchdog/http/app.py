@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 from starlette import types as asgi
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,6 +25,7 @@ from bup_watchdog.http.alertmanager import handle as handle_alerts
 from bup_watchdog.http.auth import AuthFirstRoute, TokenAuth
 from bup_watchdog.http.limits import HttpLimits, RequestLimit, bounded_protocol
 from bup_watchdog.journal import Journal
+from bup_watchdog.metrics import exposition
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
 from bup_watchdog.repairs import registry as repair_registry
 from bup_watchdog.repairs.base import RepairRequest
@@ -143,7 +144,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
