@@ -35,6 +35,7 @@ from bup_watchdog.evacuate_plan import (
     print_plan,
 )
 from bup_watchdog.model import Inventory, Server
+from bup_watchdog.progress_bar import ItemProgress
 from bup_watchdog.rebuild import STOPPING
 
 if TYPE_CHECKING:
@@ -211,61 +212,6 @@ def approve_lanes(
 # ---------------------------------------------------------------- printing
 
 
-class _Progress:
-    """A bar (bytes) on a terminal (stderr), one line per move otherwise (stdout)."""
-
-    def __init__(self, plan: Plan, total: int, json_output: bool) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.json_output = json_output
-        self.total = total
-        self.count = 0
-        self.bar: Any = None
-        if self.console.is_terminal and not json_output and total:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]evacuate[/] {task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[moves]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.task = self.bar.add_task(
-                plan.host.label, total=max(1, plan.bytes_to_copy), moves=f"0/{total}"
-            )
-            self.bar.start()
-
-    def done(self, d: Done) -> None:
-        from rich.markup import escape
-
-        self.count += 1
-        line = (
-            f"[{self.count}/{self.total}] {d.move.project_id}: {d.status} in {d.seconds:.1f} s"
-            f" (repair #{d.entry_id}) — {d.message}"
-        )
-        if self.bar is not None:
-            self.bar.console.print(escape(line), highlight=False)
-            self.bar.update(
-                self.task, advance=d.move.bytes_to_copy, moves=f"{self.count}/{self.total}"
-            )
-        elif not self.json_output:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 # ---------------------------------------------------------------- the progress book
 
 
@@ -434,10 +380,14 @@ def run_command(
         parallel = options.parallel
         if not json_out:
             print(f"{batch}: {len(pending)} moves approved by {options.who}; running")
-        progress = _Progress(plan, len(pending), json_out)
+        progress = ItemProgress(
+            "evacuate", plan.host.label, len(pending), plan.bytes_to_copy, json_out
+        )
 
         def on_done(d: Done) -> None:
-            progress.done(d)
+            progress.done(
+                d.move.project_id, d.status, d.seconds, d.entry_id, d.message, d.move.bytes_to_copy
+            )
             book.item(d)
 
         try:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from bup_watchdog.errors import WatchdogError
 from bup_watchdog.model import HostFacts, Inventory, RepoFacts, Server
+from bup_watchdog.progress_bar import ItemProgress
 
 if TYPE_CHECKING:
     from bup_watchdog.config import Config
@@ -546,61 +547,6 @@ def print_plan(plan: Plan, budget: Budget, out: TextIO) -> None:
         print("estimate: none without --bwlimit (copies run at the network's speed)", file=out)
 
 
-class _Progress:
-    """A bar with an ETA (bytes) on a terminal (stderr), one line per copy otherwise (stdout)."""
-
-    def __init__(self, plan: Plan, json_output: bool) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.json_output = json_output
-        self.total = len(plan.todo)
-        self.count = 0
-        self.bar: Any = None
-        if self.console.is_terminal and not json_output:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("[bold]rebuild[/] {task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[copies]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.task = self.bar.add_task(
-                plan.host.label, total=max(1, plan.bytes_to_copy), copies=f"0/{self.total}"
-            )
-            self.bar.start()
-
-    def done(self, d: Done) -> None:
-        from rich.markup import escape
-
-        self.count += 1
-        line = (
-            f"[{self.count}/{self.total}] {d.copy.project_id}: {d.status} in {d.seconds:.1f} s"
-            f" (repair #{d.entry_id}) — {d.message}"
-        )
-        if self.bar is not None:
-            self.bar.console.print(escape(line), highlight=False)
-            self.bar.update(
-                self.task, advance=d.copy.bytes_to_copy, copies=f"{self.count}/{self.total}"
-            )
-        elif not self.json_output:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _unused_id(state: State, run_id: str) -> str:
     """The run id, made unique in the progress book (and so in the journal) when a run of the
     same host started within the same second."""
@@ -672,12 +618,25 @@ def run_command(config: Config, host: str, options: RebuildOptions, guard: Guard
     except WatchdogError as exc:
         log.warning("cannot release the leases of dead processes: %s", exc)
     run_id = _unused_id(guard.state, rebuild_id(plan.host, time.time()))
-    progress = _Progress(plan, options.fmt == "json")
+    progress = ItemProgress(
+        "rebuild",
+        plan.host.label,
+        len(plan.todo),
+        plan.bytes_to_copy,
+        options.fmt == "json",
+    )
     book = _Book(guard.state, run_id, plan)
 
     def on_done(done: Done) -> None:
         book.done(done)
-        progress.done(done)
+        progress.done(
+            done.copy.project_id,
+            done.status,
+            done.seconds,
+            done.entry_id,
+            done.message,
+            done.copy.bytes_to_copy,
+        )
 
     try:
         result = run_plan(
