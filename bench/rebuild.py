@@ -46,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import bup_watchdog  # noqa: E402
 from bench.hostcpu import hosts_cpu  # noqa: E402
 from bup_watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec  # noqa: E402
@@ -467,6 +468,9 @@ def main() -> int:
     if not args.no_netns and not args.in_netns:
         return in_own_netns(sys.argv[1:])
     started = time.monotonic()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="bupwatch-rebuild-", dir=args.workdir))
     try:
         fleet_spec = spec(args.projects, args.saves, args.seed, args.bystanders)
@@ -476,6 +480,8 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["elapsed_seconds"] = time.monotonic() - started
+    result["commit"] = commit
+    result["package"] = str(Path(bup_watchdog.__file__).parent)
     report(result, args)
     ok = all(
         r["heads_equal"] == r["copies"] and r["masters_untouched"] and not r["not_succeeded"]
@@ -530,10 +536,10 @@ def measure(fleet: SandboxFleet, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    print(f"rebuild of one host vs the per-project rsync loop, {result['date']} at {commit}")
+    print(
+        f"rebuild of one host vs the per-project rsync loop, {result['date']}; checkout at "
+        f"{result['commit']} when it started, package from {result['package']}"
+    )
     print(f"machine: {result['machine']}; load average at the end {os.getloadavg()[0]:.1f}")
     print(
         f"fleet: 3 hosts, {result['projects']} projects with {result['saves']} bup saves each "
