@@ -1,15 +1,16 @@
-"""Preconditions shared by the repairs that rewrite a bup repository (clean_repo, prune_repo).
+"""Preconditions shared by the repairs that rewrite or copy a bup repository.
 
-Not a repair (the registry skips modules whose name starts with ``_``): the checks both make
-before touching a repository: it is there and no symlink, it is sound (cheap and deep tier), and
-no process works on it.
+Not a repair (the registry skips modules whose name starts with ``_``): the checks clean_repo and
+prune_repo make before touching a repository (it is there and no symlink, it is sound, cheap and
+deep tier, no process works on it), and the free space resync_replica and move_project need on
+the host a copy goes to.
 """
 
 from __future__ import annotations
 
 import json
 
-from bup_watchdog.model import HostFacts, RepoFacts
+from bup_watchdog.model import HostFacts, RepoFacts, Server
 from bup_watchdog.repairs.base import RepairContext, RepairRequest
 from bup_watchdog.transport.base import CommandResult
 
@@ -75,3 +76,21 @@ def busy_blockers(scan: CommandResult, path: str) -> list[str]:
             f"(status {scan.returncode}: {err[-1][-200:] if err else 'no output'})"
         ]
     return []
+
+
+def space_blocker(
+    server: Server, facts: HostFacts, repo_bytes: int, margin: float, whose: str
+) -> str | None:
+    """Why ``server``'s bups_root cannot take a copy of ``repo_bytes`` (``margin`` times it must
+    fit in its free bytes), or None; ``whose`` names the repository copied ("the master")."""
+    mounts = facts.mounts.get(server.bups_root)
+    free = mounts.bytes_free if mounts else None
+    need = margin * repo_bytes
+    if free is None:
+        return f"space: free space on {server.label}:{server.bups_root} is unknown"
+    if free <= need:
+        return (
+            f"space: {server.label}:{server.bups_root} has {free} bytes free, needs more "
+            f"than {need:.0f} ({margin:g} x {whose} repository's {repo_bytes} bytes)"
+        )
+    return None

@@ -39,6 +39,7 @@ from bup_watchdog.config import Config
 from bup_watchdog.inventory.base import InventoryWriter
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import HostFacts, Project, Server
+from bup_watchdog.repairs._repo_checks import space_blocker
 from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
@@ -240,17 +241,9 @@ class MoveProject(Repair[MoveProjectSettings]):
             code, _, why = ahead.partition(": ")
             return [f"target_copy: {why.replace('replica', 'target')} ({code})"]
         reasons += _RESYNC._live_dirs(pid, (source, s_facts), (target, t_facts))
-        mounts = t_facts.mounts.get(target.bups_root)
-        free = mounts.bytes_free if mounts else None
-        need = settings.space_margin * s_repo.repo_bytes
-        if free is None:
-            reasons.append(f"space: free space on {target.label}:{target.bups_root} is unknown")
-        elif free <= need:
-            reasons.append(
-                f"space: {target.label}:{target.bups_root} has {free} bytes free, needs more "
-                f"than {need:.0f} ({settings.space_margin:g} x the repository's "
-                f"{s_repo.repo_bytes} bytes)"
-            )
+        space = space_blocker(target, t_facts, s_repo.repo_bytes, settings.space_margin, "the")
+        if space:
+            reasons.append(space)
         for server in (source, target):
             busy = _RESYNC._busy(ctx, server, pid)
             if busy:

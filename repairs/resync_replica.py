@@ -67,6 +67,7 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from bup_watchdog.model import HostFacts, Project, RepoFacts, Server, is_v4_uuid
+from bup_watchdog.repairs._repo_checks import space_blocker
 from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
@@ -434,17 +435,11 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
             return [newer]
 
         reasons += self._live_dirs(pid, (master, m_facts), (replica, r_facts))
-        mounts = r_facts.mounts.get(replica.bups_root)
-        free = mounts.bytes_free if mounts else None
-        need = settings.space_margin * m_repo.repo_bytes
-        if free is None:
-            reasons.append(f"space: free space on {replica.label}:{replica.bups_root} is unknown")
-        elif free <= need:
-            reasons.append(
-                f"space: {replica.label}:{replica.bups_root} has {free} bytes free, needs more "
-                f"than {need:.0f} ({settings.space_margin:g} x the master repository's "
-                f"{m_repo.repo_bytes} bytes)"
-            )
+        space = space_blocker(
+            replica, r_facts, m_repo.repo_bytes, settings.space_margin, "the master"
+        )
+        if space:
+            reasons.append(space)
         for server in (master, replica):
             busy = self._busy(ctx, server, pid)
             if busy:
