@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The child: one load, timed in parts; prints one JSON line.
 CHILD = r"""
-import gc, json, resource, sys, time, tomllib
+import gc, json, sys, time, tomllib
 from pathlib import Path
 from bup_watchdog.inventory import file
 from bup_watchdog.inventory.file import FileInventory, parse_inventory
@@ -37,7 +37,10 @@ path = Path(sys.argv[1])
 t0, c0 = time.perf_counter(), time.process_time()
 inv = FileInventory(path).load()
 total, cpu = time.perf_counter() - t0, time.process_time() - c0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, the high-water mark of this process's own memory: ru_maxrss would start at the
+# parent's size, which a forked child inherits (the parent holds the synthetic data).
+status = Path("/proc/self/status").read_text().split("\n")
+rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 n = len(inv.projects)
 del inv
 gc.collect()

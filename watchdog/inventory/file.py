@@ -7,13 +7,14 @@ named, before it can ever reach a path or a command.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import re
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
@@ -176,25 +177,36 @@ def loads_toml(text: str) -> dict[str, Any]:
     valid TOML (toml_rs, held to TOML 1.0, does the work; tomllib reads only text it rejects)."""
     if _rust_loads is not None:
         try:
-            return _loads_in_pieces(text, _rust_loads)
-        except Exception:  # noqa: S110 - tomllib judges such text: its error (naming the line
-            pass  # and column the way operators know it), or its data
+            data, rest = toml_pieces(text, _rust_loads)
+            for projects in rest:
+                data["projects"] += projects
+            return data
+        except Exception:  # noqa: S110 - not in pieces: whole, then tomllib judges such text
+            pass  # (its error names the line and column the way operators know it)
+        try:
+            return _rust_loads(text, toml_version="1.0.0")
+        except Exception:  # noqa: S110
+            pass
     return tomllib.loads(text)
 
 
-#: Projects per piece of an inventory parsed at once (see _loads_in_pieces).
+#: Projects per piece of an inventory parsed at once (see toml_pieces).
 PIECE_PROJECTS = 2000
 _PROJECTS_HEADER = "\n[[projects]]\n"
 
 
-def _loads_in_pieces(text: str, loads: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Parse an inventory a few thousand ``[[projects]]`` tables at a time and join the arrays.
+def toml_pieces(
+    text: str, loads: Callable[..., dict[str, Any]]
+) -> tuple[dict[str, Any], Iterator[list[Any]]]:
+    """An inventory's TOML a few thousand ``[[projects]]`` tables at a time: the data of the
+    first piece, and the further pieces' projects, each parsed when it is asked for.
 
     The Rust parser holds its own tree of the whole text until it is done, so 100,000 projects
-    parsed at once peaked at 160 MB above the data itself. A header line can be a place to cut
-    only outside multi-line strings (text with none has none), and every piece after the first
-    must hold nothing but ``[[projects]]`` tables; otherwise the text is parsed whole, so the
-    data and every error stay those of parsing it whole.
+    parsed at once peaked at 160 MB above the data itself; and a whole parsed tree freed after
+    the projects were built left its memory fragmented under them. A header line can be a place
+    to cut only outside multi-line strings (text with none has none), and every piece after the
+    first must hold nothing but ``[[projects]]`` tables: otherwise ValueError (then the caller
+    parses the text whole), so the data and every error stay those of parsing it whole.
     """
     cuts = []
     at, n = text.find(_PROJECTS_HEADER), 0
@@ -204,17 +216,19 @@ def _loads_in_pieces(text: str, loads: Callable[..., dict[str, Any]]) -> dict[st
         n += 1
         at = text.find(_PROJECTS_HEADER, at + 1)
     if not cuts or '"""' in text or "'''" in text:
-        return loads(text, toml_version="1.0.0")
+        return loads(text, toml_version="1.0.0"), iter(())
     data = loads(text[: cuts[0]], toml_version="1.0.0")
-    projects = data.get("projects")
-    if type(projects) is not list:
+    if type(data.get("projects")) is not list:
         raise ValueError("the first piece holds no array of [[projects]] tables")
-    for start, end in zip(cuts, [*cuts[1:], len(text)], strict=True):
-        piece = loads(text[start:end], toml_version="1.0.0")
-        if piece.keys() != {"projects"}:
-            raise ValueError("a piece holds more than [[projects]] tables")
-        projects += piece["projects"]
-    return data
+
+    def rest() -> Iterator[list[Any]]:
+        for start, end in zip(cuts, [*cuts[1:], len(text)], strict=True):
+            piece = loads(text[start:end], toml_version="1.0.0")
+            if piece.keys() != {"projects"}:
+                raise ValueError("a piece holds more than [[projects]] tables")
+            yield piece["projects"]
+
+    return data, rest()
 
 
 _PROJECT_KEYS = frozenset(ProjectEntry.model_fields)
@@ -289,7 +303,13 @@ def _fast_project(raw: object, ids: Mapping[str, str]) -> Project | None:
     )
 
 
-def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> Inventory:
+def parse_inventory(
+    data: Any,
+    *,
+    source: str,
+    default_user: str = "root",
+    more_projects: Iterable[list[Any]] = (),
+) -> Inventory:
     """Validate inventory data and build the Inventory; every bad entry is reported at once.
 
     Entries are validated one at a time and each entry of ``data`` is dropped (set to None) once
@@ -297,6 +317,8 @@ def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> In
     models, inventory objects): 50,000 projects peak at about half the memory of validating the
     whole tree at once. Server ids are shared by every project that names them. An entry in
     the usual form is checked by ``_fast_project``; only the others go through ProjectEntry.
+    ``more_projects``: further lists of project entries, read after ``data``'s (the pieces of
+    ``toml_pieces``), numbered on from them.
     """
     if not isinstance(data, dict):
         raise ConfigError(source, ["the inventory must be a table with 'servers' and 'projects'"])
@@ -324,36 +346,39 @@ def parse_inventory(data: Any, *, source: str, default_user: str = "root") -> In
     ids = {sid: sid for sid in servers}  # one string per server id, however many projects
     projects: dict[str, Project] = {}
     raw_projects = _entries(data, "projects", problems)
-    for i, raw in enumerate(raw_projects):
-        raw_projects[i] = None  # freed as we go (the caller's tree is consumed)
-        fast = _fast_project(raw, ids)
-        if fast is not None:
-            if fast.project_id in projects:
-                problems.append(
-                    f"At 'projects[{i}] ({fast.project_id!r})': project_id appears twice"
-                )
-            projects[fast.project_id] = fast
-            continue
-        try:
-            p = ProjectEntry.model_validate(raw)
-        except ValidationError as exc:
-            problems += _messages("projects", i, raw, exc)
-            continue
-        label = f"projects[{i}] ({p.project_id!r})"
-        if p.project_id in projects:
-            problems.append(f"At '{label}': project_id appears twice")
-        for sid in (p.master, *p.replicas):
-            if sid not in servers:
-                problems.append(f"At '{label}': server {sid} is not in the servers list")
-        projects[p.project_id] = Project(
-            project_id=p.project_id,
-            master=ids.get(p.master, p.master),
-            replicas=tuple(ids.get(r, r) for r in p.replicas),
-            disk_mb=p.disk_mb,
-            last_edited=p.last_edited,
-            bup_last_save={ids.get(k, k): t for k, t in p.bup_last_save.items()},
-            deleted=p.deleted,
-        )
+    i = -1  # numbered through every list of entries, as in the file
+    for chunk in itertools.chain((raw_projects,), more_projects):
+        for at, raw in enumerate(chunk):
+            i += 1
+            chunk[at] = None  # freed as we go (the caller's tree is consumed)
+            fast = _fast_project(raw, ids)
+            if fast is not None:
+                if fast.project_id in projects:
+                    problems.append(
+                        f"At 'projects[{i}] ({fast.project_id!r})': project_id appears twice"
+                    )
+                projects[fast.project_id] = fast
+                continue
+            try:
+                p = ProjectEntry.model_validate(raw)
+            except ValidationError as exc:
+                problems += _messages("projects", i, raw, exc)
+                continue
+            label = f"projects[{i}] ({p.project_id!r})"
+            if p.project_id in projects:
+                problems.append(f"At '{label}': project_id appears twice")
+            for sid in (p.master, *p.replicas):
+                if sid not in servers:
+                    problems.append(f"At '{label}': server {sid} is not in the servers list")
+            projects[p.project_id] = Project(
+                project_id=p.project_id,
+                master=ids.get(p.master, p.master),
+                replicas=tuple(ids.get(r, r) for r in p.replicas),
+                disk_mb=p.disk_mb,
+                last_edited=p.last_edited,
+                bup_last_save={ids.get(k, k): t for k, t in p.bup_last_save.items()},
+                deleted=p.deleted,
+            )
     if problems:
         raise ConfigError(source, problems)
     return Inventory(servers=servers, projects=projects, source="file", loaded_at=time.time())
@@ -390,19 +415,43 @@ class FileInventory:
         signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._cached is not None and self._cached[0] == signature:
             return self._cached[1]
+        if self.path.suffix == ".json":
+            inventory = self._whole(raw)
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(str(self.path), [f"not valid TOML: {exc}"]) from None
+            del raw  # 36 MB at 100,000 projects, not needed once decoded
+            inventory = self._pieces(text) or self._whole(text)
+        settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_SECONDS * 1e9
+        self._cached = (signature, inventory) if settled else None
+        return inventory
+
+    def _pieces(self, text: str) -> Inventory | None:
+        """The inventory of a TOML file read in pieces (toml_pieces), each validated before the
+        next is parsed; None when the text is not in plain pieces or not valid TOML."""
+        if _rust_loads is None:
+            return None
         try:
-            if self.path.suffix == ".json":
-                data = json.loads(raw)
-            else:
-                data = loads_toml(raw.decode("utf-8"))
+            data, rest = toml_pieces(text, _rust_loads)
+            return parse_inventory(
+                data, source=str(self.path), default_user=self.default_user, more_projects=rest
+            )
+        except ConfigError:
+            raise
+        except Exception:  # read whole (and tomllib words the error)
+            return None
+
+    def _whole(self, raw: bytes | str) -> Inventory:
+        """The inventory of the file's JSON (bytes) or TOML (text), parsed whole."""
+        try:
+            data = json.loads(raw) if isinstance(raw, bytes) else loads_toml(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             kind = "JSON" if self.path.suffix == ".json" else "TOML"
             raise ConfigError(str(self.path), [f"not valid {kind}: {exc}"]) from None
         del raw  # the text is not needed once parsed
-        inventory = parse_inventory(data, source=str(self.path), default_user=self.default_user)
-        settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_SECONDS * 1e9
-        self._cached = (signature, inventory) if settled else None
-        return inventory
+        return parse_inventory(data, source=str(self.path), default_user=self.default_user)
 
     def set_master(self, project_id: str, old: str, new: str) -> bool:
         """Switch a project's master in the file, only while it is ``old`` (set_master_in_file)."""

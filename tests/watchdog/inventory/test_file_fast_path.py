@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import toml_rs
 
 from bup_watchdog.errors import ConfigError
 from bup_watchdog.inventory import file
-from bup_watchdog.inventory.file import loads_toml, parse_inventory
+from bup_watchdog.inventory.file import FileInventory, loads_toml, parse_inventory
 from bup_watchdog.model import Inventory
 from support.facts import P1, P2, S1, S2
 
@@ -133,6 +135,12 @@ def _toml(projects: int, extra: str = "") -> str:
     return "\n".join(lines) + extra
 
 
+def _joined(data: dict[str, Any], rest: Iterator[list[Any]]) -> dict[str, Any]:
+    for projects in rest:
+        data["projects"] += projects
+    return data
+
+
 def test_toml_read_in_pieces_is_the_data_tomllib_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(file, "PIECE_PROJECTS", 2)
     calls = []
@@ -142,7 +150,7 @@ def test_toml_read_in_pieces_is_the_data_tomllib_reads(monkeypatch: pytest.Monke
         return toml_rs.loads(text, **kw)
 
     text = _toml(7)
-    assert file._loads_in_pieces(text, counted) == tomllib.loads(text)
+    assert _joined(*file.toml_pieces(text, counted)) == tomllib.loads(text)
     assert len(calls) == 4
     assert loads_toml(text) == tomllib.loads(text)
     # a table other than [[projects]] after them, or a multi-line string: the text is read whole
@@ -175,3 +183,24 @@ def test_text_that_is_not_toml_1_0_gets_tomllib_s_error(text: str) -> None:
     with pytest.raises(tomllib.TOMLDecodeError) as theirs:
         tomllib.loads(text)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_a_file_read_in_pieces_is_the_inventory_of_the_whole_with_entries_numbered_as_in_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(file, "PIECE_PROJECTS", 2)
+    path = tmp_path / "inventory.toml"
+    path.write_text(_toml(7))
+    whole = parse_inventory(tomllib.loads(_toml(7)), source="whole")
+    assert FileInventory(path).load().projects == whole.projects
+    bad = _toml(7).replace("last_edited = 2026-11-28T01:00:00Z", "disk_mb = -1", 6)
+    path.write_text(bad)
+    with pytest.raises(ConfigError) as err:
+        FileInventory(path).load()
+    assert err.value.problems == _problems(lambda: parse_inventory(tomllib.loads(bad), source="w"))
+    assert [p.split(" (")[0] for p in err.value.problems] == [
+        f"At 'projects[{n}].disk_mb" for n in range(6)
+    ]
+    # not plain pieces (a [[servers]] table after the projects): read whole, same inventory
+    path.write_text(_toml(7, f'\n[[servers]]\nserver_id = "{S2}"\nhost = "h2"\nport = 1\n'))
+    assert len(FileInventory(path).load().servers) == 2
