@@ -1,8 +1,9 @@
 """Gather: one probe run per host (one SSH session, however many projects), bounded parallelism.
 
 Turns the probe's JSON lines into HostFacts as they stream in (the host's output is never held
-whole). Anything a host answers that is not the probe's facts (garbage, a truncated stream, a
-flood) becomes a GatherFailure with one sentence, never a traceback, and the other hosts go on.
+whole); a repository's or live directory's compact record is decoded by ``watchdog.wire``.
+Anything a host answers that is not the probe's facts (garbage, a truncated stream, a flood)
+becomes a GatherFailure with one sentence, never a traceback, and the other hosts go on.
 
 Incremental sweeps (optional, a ``RepoCache``): the gather sends each host's probe the fingerprints
 of the repositories it already knows (see ``probe.fingerprint``); the probe walks only those whose
@@ -52,10 +53,11 @@ from bup_watchdog.model import (
     TcpProbe,
     is_v4_uuid,
 )
-from bup_watchdog.probe import known_order
+from bup_watchdog.probe import PROBE_VERSION, known_order
 from bup_watchdog.transport.base import Transport
 from bup_watchdog.transport.local import LocalTransport
 from bup_watchdog.transport.ssh import SshTransport, out_of_descriptors
+from bup_watchdog.wire import DirWire, RepoWire, WireReader
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +432,41 @@ def _reuse_unchanged(
     return reused
 
 
+def _hello_bups(rec: dict[str, Any]) -> str:
+    """The repositories' directory from the hello record, once its probe version is checked."""
+    version = rec.get("probe_version")
+    if version != PROBE_VERSION:
+        raise ProbeError(
+            f"the host ran probe version {str(version)[:20]}, but this watchdog reads version "
+            f"{PROBE_VERSION} (the watchdog sends its own probe: something on the host answered "
+            "in its place)"
+        )
+    bups = rec.get("bups")
+    if not isinstance(bups, str) or not bups:
+        raise ProbeError("the probe's hello record does not name its repositories' directory")
+    return bups
+
+
+def _take_dir(
+    d: ProjectDirFacts,
+    digest: str | None,
+    before: HostCache,
+    facts: HostFacts,
+    fresh: HostCache | None,
+    walked_at: float,
+    keep_samples: float,
+) -> None:
+    """Record a live directory's facts (a kept sample when this one was skipped)."""
+    skipped = d.sample_skipped
+    sampled_at = 0.0 if skipped else walked_at
+    if skipped:
+        kept = before.dirs.get(d.project_id)
+        d, sampled_at = _last_sample(d, kept, walked_at - keep_samples)
+    facts.project_dirs[d.project_id] = d
+    if fresh is not None and digest is not None and _DIGEST.fullmatch(digest):
+        fresh.dirs[d.project_id] = CachedDir(digest, d, skipped, sampled_at)
+
+
 def parse_probe_lines(
     server_id: str,
     lines: Iterable[bytes],
@@ -451,7 +488,31 @@ def parse_probe_lines(
     walked_at = time.time()
     before = previous or HostCache()
     shared: dict[object, dict[str, Any]] = {}
+    reader: WireReader | None = None
     for n, raw in enumerate(lines, start=1):
+        if raw[:1] == b"[":  # a repository or a live directory (see probe.WireEncoder)
+            if reader is None:
+                raise ProbeError("the probe's output does not start with its hello record")
+            wire = reader.decode(raw, n)
+            if type(wire) is RepoWire:
+                r = reader.repo(wire, n)
+                facts.repos[r.project_id] = r
+                walked += 1
+                fp = wire.fingerprint
+                if fresh is not None and fp is not None and _DIGEST.fullmatch(fp):
+                    fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
+            else:
+                assert isinstance(wire, DirWire)
+                _take_dir(
+                    reader.project_dir(wire),
+                    wire.digest,
+                    before,
+                    facts,
+                    fresh,
+                    walked_at,
+                    keep_samples,
+                )
+            continue
         if not raw.strip():
             continue
         try:
@@ -466,6 +527,7 @@ def parse_probe_lines(
             raise ProbeError("the probe's output does not start with its hello record")
         if kind == "hello":
             facts.hello = rec
+            reader = WireReader(_hello_bups(rec))
         elif kind == "mount":
             m = MountFacts.from_record(rec)
             facts.mounts[m.path] = m
@@ -481,15 +543,9 @@ def parse_probe_lines(
                 fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
         elif kind == "project_dir":
             d = ProjectDirFacts.from_record(rec)
-            skipped = d.sample_skipped
-            sampled_at = 0.0 if skipped else walked_at
-            if skipped:
-                kept = before.dirs.get(d.project_id)
-                d, sampled_at = _last_sample(d, kept, walked_at - keep_samples)
-            facts.project_dirs[d.project_id] = d
             digest = rec.get("digest")
-            if fresh is not None and isinstance(digest, str) and _DIGEST.fullmatch(digest):
-                fresh.dirs[d.project_id] = CachedDir(digest, d, skipped, sampled_at)
+            digest = digest if isinstance(digest, str) else None
+            _take_dir(d, digest, before, facts, fresh, walked_at, keep_samples)
         elif kind == "unchanged":
             reused += _reuse_unchanged(rec, n, before, facts, fresh)
         elif kind == "stray":

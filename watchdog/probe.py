@@ -1,11 +1,12 @@
 """Walk one storage host once and print its facts (mounts, bup_server, repos) as JSON lines.
 Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH session per host.
 """
-# Output, one ``json.dumps(record, sort_keys=True)`` per line, in this order: ``hello``, two
-# ``mount`` records (PROJECTS_ROOT, BUP_ROOT/bups), ``process``, one ``repo`` or ``stray`` per
-# entry of BUP_ROOT/bups (sorted by name), one ``project_dir`` or ``stray`` per entry of
-# PROJECTS_ROOT (none with ``--no-project-dirs``), and ``done`` last (a stream without ``done`` is
-# truncated).
+# Output, one JSON record per line, in this order: ``hello``, two ``mount`` records
+# (PROJECTS_ROOT, BUP_ROOT/bups), ``process``, one ``repo`` or ``stray`` per entry of
+# BUP_ROOT/bups (sorted by name), one ``project_dir`` or ``stray`` per entry of PROJECTS_ROOT
+# (none with ``--no-project-dirs``), and ``done`` last (a stream without ``done`` is truncated).
+# ``repo`` and ``project_dir`` records, one per repository, are compact arrays (see WireEncoder);
+# the others are ``json.dumps(record, sort_keys=True)``, as are all with ``--readable``.
 #
 # Incremental walks: with ``--fingerprint`` every ``repo`` record also carries ``fingerprint``, a
 # digest of the lstat of the paths that the cheap facts depend on (see ``fingerprint()``), or null
@@ -59,8 +60,15 @@ try:  # the C module itself: ``hashlib`` would load OpenSSL too (3 ms on every h
     from _blake2 import blake2b as _blake2b
 except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import blake2b as _blake2b
+try:  # the same for sha512 (project uids): _sha2 from Python 3.12 on, _sha512 before
+    from _sha2 import sha512 as _sha512  # type: ignore[import-not-found,unused-ignore]
+except ImportError:
+    try:
+        from _sha512 import sha512 as _sha512  # type: ignore[import-not-found,no-redef,unused-ignore]
+    except ImportError:  # pragma: no cover
+        from hashlib import sha512 as _sha512
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: repositories and live directories as compact arrays
 # bup_server writes the port it listens on to BUP_ROOT/conf/PORT_FILE (as restart_bup_server's
 # default port_file); the probe reads it only when the daemon's own sockets are hidden from it.
 PORT_FILE = "bup_server.port"
@@ -1378,6 +1386,7 @@ def iter_records(
         "server_id": _read_server_id(bup_root),
         "bup_root": bup_root,
         "projects_root": projects_root,
+        "bups": os.path.join(bup_root, "bups"),
         "python": sys.version.split()[0],
     }
     bups = os.path.join(bup_root, "bups")
@@ -1645,6 +1654,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="known state for an incremental walk (the KNOWN_STATE format); implies --fingerprint",
     )
     parser.add_argument(
+        "--readable",
+        action="store_true",
+        help="print every record as a dict with every field (for reading) instead of the compact "
+        "form the watchdog reads",
+    )
+    parser.add_argument(
         "--racy-seconds",
         type=float,
         default=RACY_SECONDS,
@@ -1653,10 +1668,130 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def write_records(records: Iterator[dict[str, Any]], out: IO[str]) -> None:
-    """One sorted-keys JSON line per record, flushed every FLUSH_EVERY lines and at the end."""
+# --------------------------------------------------------------------------------------------
+# The compact wire form (PROBE_VERSION 2)
+# --------------------------------------------------------------------------------------------
+
+# A repository or live directory is one JSON array per line instead of a dict (a sweep's output
+# per repository was 1.5 KB of repeated key names; a host sends one line per repository): the
+# fields the watchdog reads, in this fixed order, with the trailing ones that hold their default
+# left out. ``head``, ``replicas`` and ``settings`` repeat across a host's repositories: a value
+# seen before is sent as the number of its place in that field's table (the distinct values sent
+# inline so far, in order, the first SHARED_MAX of them). ``--readable`` prints the dicts instead.
+WIRE_REPO = 0
+WIRE_DIR = 1
+SHARED_MAX = 4096
+# (field, default on the wire); after the tag and the repository's directory name.
+REPO_WIRE_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("fingerprint", None),
+    ("head", None),  # shared
+    ("master_sha", None),
+    ("master_in_pack", None),
+    ("pack_count", 0),
+    ("repo_bytes", 0),
+    ("reflog_last_time", None),
+    ("save_log_bytes", None),
+    ("touch_mtime", None),
+    ("replicas", None),  # shared
+    ("settings", None),  # shared
+    ("bupindex_bytes", None),
+    ("idx_without_pack", 0),
+    ("midx_count", 0),
+    ("tmp_count", 0),
+    ("is_symlink", False),
+    ("master_error", None),
+    ("save_log_is_symlink", False),
+    ("save_log_kind", None),
+    ("replicas_error", None),
+    ("errors", []),
+    ("bad_idx", []),  # "name: reason"
+    ("symlinks_outside", []),
+    ("symlinks_outside_count", 0),
+)
+# After the tag and the directory name; ``examples`` leaves out the project's own uid.
+DIR_WIRE_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("uid", None),
+    ("gid", None),
+    ("owners", {}),
+    ("sampled", 0),
+    ("digest", None),
+    ("sample_truncated", False),
+    ("sample_skipped", False),
+    ("is_symlink", False),
+    ("examples", {}),
+)
+_SHARED_FIELDS = frozenset(("head", "replicas", "settings"))
+_DUMPS = json.JSONEncoder(sort_keys=True).encode
+
+
+def project_uid(project_id: str) -> int:
+    """A project's uid from its (lowercase) id, as the fleet's tooling derives it."""
+    n = int(_sha512(project_id.encode()).hexdigest()[:8], 16) // 2
+    return n + 65537 if n <= 65537 else n
+
+
+class WireEncoder:
+    """Turns records into output lines: the compact form of repo and project_dir records (see
+    above) with the shared values' tables of this stream, every other record as a dict."""
+
+    def __init__(self, readable: bool = False) -> None:
+        self.readable = readable
+        self.compact = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+        self.tables: dict[str, dict[str, int]] = {name: {} for name in _SHARED_FIELDS}
+
+    def _shared(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        table = self.tables[name]
+        key = value if isinstance(value, str) else _DUMPS(value)
+        n = table.get(key)
+        if n is not None:
+            return n
+        if len(table) < SHARED_MAX:
+            table[key] = len(table)
+        return value
+
+    def _fields(self, rec: Mapping[str, Any], fields: tuple[tuple[str, Any], ...]) -> list[Any]:
+        out: list[Any] = []
+        last = 0
+        for name, default in fields:
+            value = rec.get(name, default)
+            if value is None:  # the watchdog reads null as the default (a count unknown: 0)
+                value = default
+            if name in _SHARED_FIELDS:
+                value = self._shared(name, value)
+            out.append(value)
+            if value != default or type(value) is not type(default):
+                last = len(out)
+        return out[:last]
+
+    def line(self, rec: dict[str, Any]) -> str:
+        """One output line (newline included) for a record."""
+        kind = rec.get("type")
+        if self.readable or kind not in ("repo", "project_dir"):
+            return json.dumps(rec, sort_keys=True) + "\n"
+        name = os.path.basename(rec.get("path") or "")  # the entry's name, in its own case
+        if name.lower() != rec["project_id"]:
+            name = rec["project_id"]
+        if kind == "repo":
+            wire = dict(rec)
+            wire["bad_idx"] = [
+                f"{b.get('name', '?')}: {b.get('reason', '?')}" if isinstance(b, dict) else str(b)
+                for b in rec.get("bad_idx") or ()
+            ]
+            return self.compact([WIRE_REPO, name, *self._fields(wire, REPO_WIRE_FIELDS)]) + "\n"
+        own = str(project_uid(rec["project_id"]))
+        wire = dict(rec)
+        wire["examples"] = {u: p for u, p in (rec.get("examples") or {}).items() if u != own}
+        return self.compact([WIRE_DIR, name, *self._fields(wire, DIR_WIRE_FIELDS)]) + "\n"
+
+
+def write_records(records: Iterator[dict[str, Any]], out: IO[str], readable: bool = False) -> None:
+    """One JSON line per record (see WireEncoder), flushed every FLUSH_EVERY lines and at the
+    end."""
+    encode = WireEncoder(readable).line
     for n, rec in enumerate(records, 1):
-        out.write(json.dumps(rec, sort_keys=True) + "\n")
+        out.write(encode(rec))
         if n % FLUSH_EVERY == 0:
             out.flush()
     out.flush()
@@ -1692,7 +1827,7 @@ def main(argv: list[str] | None = None) -> int:
         racy_seconds=max(0.0, args.racy_seconds),
     )
     try:
-        write_records(records, sys.stdout)
+        write_records(records, sys.stdout, args.readable)
     except BrokenPipeError:
         # The reader went away: point stdout at /dev/null so the exit-time flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from bup_watchdog.gather import parse_probe_lines
 from bup_watchdog.model import HostFacts, Inventory, Project, Server, project_uid
+from bup_watchdog.probe import PROBE_VERSION, WireEncoder
 
 S1 = "11111111-1111-4111-8111-111111111111"
 S2 = "22222222-2222-4222-8222-222222222222"
@@ -88,7 +88,7 @@ def host_records(
         "listen": [] if listen_port is None else [["127.0.0.1", listen_port]],
     }
     return [
-        {"type": "hello", "probe_version": 1, "server_id": None},
+        {"type": "hello", "probe_version": PROBE_VERSION, "server_id": None, "bups": "/bup/bups"},
         *(mounts if mounts is not None else [mount("/projects"), mount("/bup/bups")]),
         proc,
         *repos,
@@ -102,7 +102,8 @@ def host_facts(server_id: str, records: list[dict[str, Any]], *, tcp_ok: bool = 
 
     facts = HostFacts(server_id=server_id, gathered_at=0.0)
     facts.bup_server_tcp = TcpProbe("127.0.0.1", 6000, tcp_ok, 0.001, None if tcp_ok else "refused")
-    parse_probe_lines(server_id, (json.dumps(r).encode() for r in records), facts)
+    encode = WireEncoder().line  # repositories in the compact form, as the probe sends them
+    parse_probe_lines(server_id, (encode(r).encode() for r in records), facts)
     return facts
 
 

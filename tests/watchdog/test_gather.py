@@ -51,7 +51,7 @@ def test_a_host_answering_garbage_is_a_finding_and_the_others_are_probed(
 
 
 def test_a_probe_stream_cut_short_is_reported_as_truncated(scratch_fleet: SandboxFleet) -> None:
-    hello = '{"type": "hello", "probe_version": 1}'
+    hello = '{"type": "hello", "probe_version": 2, "bups": "/bup/bups"}'
     plant_fake_python(scratch_fleet, "s1", f"cat >/dev/null; echo '{hello}'")
     config, inventory = load(scratch_fleet)
     result = sweep(config, inventory, servers=["s1"])

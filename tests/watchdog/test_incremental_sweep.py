@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import SCRATCH_P1
@@ -48,7 +49,7 @@ from bup_watchdog.model import (
     Server,
     Severity,
 )
-from bup_watchdog.probe import bitmap, fingerprint
+from bup_watchdog.probe import PROBE_VERSION, WireEncoder, bitmap, fingerprint
 from bup_watchdog.sandbox import repos as sandbox_repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sweep import sweep
@@ -157,7 +158,16 @@ def test_a_probe_given_an_unreadable_known_state_walks_everything(
     bad = tmp_path / "known"
     bad.write_text("this is not base64 zlib!")
     proc = subprocess.run(
-        [sys.executable, "-S", "-", "--bup-root", str(host.bup_root), "--known-state", str(bad)],
+        [
+            sys.executable,
+            "-S",
+            "-",
+            "--bup-root",
+            str(host.bup_root),
+            "--known-state",
+            str(bad),
+            "--readable",
+        ],
         input=probe_source(),
         capture_output=True,
         check=True,
@@ -405,8 +415,13 @@ def test_a_removed_repository_leaves_the_cache_and_a_new_one_is_walked(host: Loc
 # ------------------------------------------------------------------------------------------
 
 
-def lines(*records: dict[str, object]) -> list[bytes]:
-    return [json.dumps(r).encode() for r in records]
+HELLO = {"type": "hello", "probe_version": PROBE_VERSION, "bups": "/bup/bups"}
+
+
+def lines(*records: dict[str, Any]) -> list[bytes]:
+    """The lines the probe prints for these records (a bare hello gets its version)."""
+    encode = WireEncoder().line
+    return [encode(HELLO if r == {"type": "hello"} else r).encode() for r in records]
 
 
 def unchanged(known: int, repos: list[int], dirs: list[int] = []) -> dict[str, object]:  # noqa: B006

@@ -72,6 +72,7 @@ def run_probe(
             str(bup_root),
             "--projects-root",
             str(projects_root),
+            "--readable",  # every field, as dicts (the compact form: test_probe_wire.py)
             *extra,
         ],
         input=PROBE_SOURCE,
@@ -174,7 +175,8 @@ def test_the_stream_starts_with_hello_mounts_and_process_and_ends_with_done(host
     kinds = [r["type"] for r in records]
     assert kinds == ["hello", "mount", "mount", "process", "repo", "repo", "project_dir", "done"]
     hello = records[0]
-    assert hello["probe_version"] == 1
+    assert hello["probe_version"] == probe.PROBE_VERSION == 2
+    assert hello["bups"] == str(host.bups)
     assert hello["server_id"] == "server-7"
     assert hello["bup_root"] == str(host.bup_root)
     assert hello["projects_root"] == str(host.projects)
@@ -189,16 +191,32 @@ def test_the_stream_starts_with_hello_mounts_and_process_and_ends_with_done(host
     assert done["elapsed_seconds"] >= 0
 
 
-def test_every_line_is_sorted_key_json(host: Host) -> None:
+def test_every_line_is_json_sorted_and_repositories_are_compact_arrays(host: Host) -> None:
     host.add_repo()
+    (host.projects / PID_A).mkdir()
     proc = subprocess.run(
-        [sys.executable, "-S", "-", "--bup-root", str(host.bup_root)],
+        [
+            sys.executable,
+            "-S",
+            "-",
+            "--bup-root",
+            str(host.bup_root),
+            "--projects-root",
+            str(host.projects),
+        ],
         input=PROBE_SOURCE,
         capture_output=True,
         check=True,
     )
+    arrays = 0
     for line in proc.stdout.decode("ascii").splitlines():
-        assert line == json.dumps(json.loads(line), sort_keys=True)
+        value = json.loads(line)
+        if isinstance(value, list):
+            arrays += 1
+            assert line == json.dumps(value, separators=(",", ":"), sort_keys=True)
+        else:
+            assert line == json.dumps(value, sort_keys=True)
+    assert arrays == 2  # the repository and the live directory
 
 
 def test_a_missing_server_id_and_missing_roots_give_nulls_and_no_entries(tmp_path: Path) -> None:

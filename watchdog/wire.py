@@ -1,0 +1,211 @@
+"""The probe's compact records (PROBE_VERSION 2) decoded into facts, typed and fast (msgspec).
+
+One JSON array per repository or live directory (see ``probe.WireEncoder``): decoding them with
+``json`` and a dict per record was half the watchdog's CPU in a sweep. Anything that is not such
+a record, in shape or in types, becomes a ProbeError naming the line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+import msgspec
+
+from bup_watchdog.errors import ProbeError
+from bup_watchdog.model import ProjectDirFacts, RepoFacts, is_v4_uuid, project_uid
+from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
+
+
+class RepoWire(msgspec.Struct, array_like=True, gc=False, tag=WIRE_REPO):
+    """A repository's record on the wire, in ``probe.REPO_WIRE_FIELDS`` order."""
+
+    name: str
+    fingerprint: str | None = None
+    head: str | int | None = None
+    master_sha: str | None = None
+    master_in_pack: bool | None = None
+    pack_count: int = 0
+    repo_bytes: int = 0
+    reflog_last_time: int | None = None
+    save_log_bytes: int | None = None
+    touch_mtime: float | None = None
+    replicas: list[str] | int | None = None
+    settings: dict[str, Any] | int | None = None
+    bupindex_bytes: int | None = None
+    idx_without_pack: int = 0
+    midx_count: int = 0
+    tmp_count: int = 0
+    is_symlink: bool = False
+    master_error: str | None = None
+    save_log_is_symlink: bool = False
+    save_log_kind: str | None = None
+    replicas_error: str | None = None
+    errors: list[str] = []
+    bad_idx: list[str] = []
+    symlinks_outside: list[str] = []
+    symlinks_outside_count: int = 0
+
+
+class DirWire(msgspec.Struct, array_like=True, gc=False, tag=WIRE_DIR):
+    """A live directory's record on the wire, in ``probe.DIR_WIRE_FIELDS`` order."""
+
+    name: str
+    uid: int | None = None
+    gid: int | None = None
+    owners: dict[int, int] = {}
+    sampled: int = 0
+    digest: str | None = None
+    sample_truncated: bool = False
+    sample_skipped: bool = False
+    is_symlink: bool = False
+    examples: dict[int, list[str]] = {}
+
+
+_decode = msgspec.json.Decoder(RepoWire | DirWire).decode
+
+
+class WireReader:
+    """Decodes one host's compact records; holds that stream's tables of shared values."""
+
+    def __init__(self, bups: str) -> None:
+        self.bups = bups
+        self.heads: list[str] = []
+        self.replicas: list[tuple[str, ...]] = []
+        self.settings: list[dict[str, Any]] = []
+
+    def decode(self, raw: bytes, line: int) -> RepoWire | DirWire:
+        """One compact record; ProbeError when the line is not one."""
+        try:
+            return _decode(raw)
+        except msgspec.DecodeError as exc:
+            if "surrogate" not in str(exc):
+                raise ProbeError(f"line {line}: {_what_is_wrong(raw, exc)}") from None
+            error = exc
+        # A file name that is not UTF-8 comes as \udcXX escapes (os.fsdecode's surrogateescape),
+        # which msgspec refuses in JSON text: such a rare line is read with json, then checked.
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ProbeError(f"line {line}: {_what_is_wrong(raw, error)}") from None
+        try:
+            wire: RepoWire | DirWire = msgspec.convert(
+                value, RepoWire | DirWire, strict=True, str_keys=True
+            )
+        except msgspec.ValidationError as exc:
+            raise ProbeError(f"line {line}: {_what_is_wrong(raw, exc)}") from None
+        except UnicodeEncodeError:  # msgspec wording its complaint about such a text
+            raise ProbeError(f"line {line}: {_what_is_wrong(raw, None)}") from None
+        return wire
+
+    @staticmethod
+    def _ref(table: list[Any], n: int, what: str, line: int) -> Any:
+        if not 0 <= n < len(table):
+            raise ProbeError(
+                f"line {line}: the probe's record names shared {what} {n}, "
+                f"but only {len(table)} were sent"
+            )
+        return table[n]
+
+    def repo(self, w: RepoWire, line: int) -> RepoFacts:
+        """The facts of one repository record."""
+        if not is_v4_uuid(w.name):
+            raise ProbeError(f"probe reported a repository with a bad project id {w.name[:80]!r}")
+        head = w.head
+        if isinstance(head, int):
+            head = self._ref(self.heads, head, "HEAD", line)
+        elif head is not None and len(self.heads) < SHARED_MAX:
+            head = sys.intern(head) if len(head) < 200 else head
+            self.heads.append(head)
+        reps = w.replicas
+        replicas: tuple[str, ...] | None
+        if isinstance(reps, int):
+            replicas = self._ref(self.replicas, reps, "replica list", line)
+        elif reps is None:
+            replicas = None
+        else:
+            replicas = tuple(sys.intern(x) if len(x) <= 64 else x for x in reps)
+            if len(self.replicas) < SHARED_MAX:
+                self.replicas.append(replicas)
+        settings = w.settings
+        if isinstance(settings, int):
+            settings = self._ref(self.settings, settings, "settings", line)
+        elif settings is not None and len(self.settings) < SHARED_MAX:
+            self.settings.append(settings)
+        sha = w.master_sha
+        return RepoFacts(
+            project_id=sys.intern(w.name.lower()),
+            path=f"{self.bups}/{w.name}",
+            is_symlink=w.is_symlink,
+            head=head,
+            master_sha=sys.intern(sha) if sha is not None and len(sha) == 40 else sha,
+            master_error=w.master_error,
+            master_in_pack=w.master_in_pack,
+            pack_count=w.pack_count,
+            idx_without_pack=w.idx_without_pack,
+            bad_idx=tuple(w.bad_idx),
+            midx_count=w.midx_count,
+            tmp_count=w.tmp_count,
+            bupindex_bytes=w.bupindex_bytes,
+            repo_bytes=w.repo_bytes,
+            reflog_last_time=w.reflog_last_time,
+            save_log_bytes=w.save_log_bytes,
+            save_log_is_symlink=w.save_log_is_symlink,
+            save_log_kind=w.save_log_kind,
+            touch_mtime=w.touch_mtime,
+            replicas=replicas,
+            replicas_error=w.replicas_error,
+            settings=settings,
+            symlinks_outside=tuple(w.symlinks_outside),
+            errors=tuple(w.errors),
+            symlinks_outside_count=w.symlinks_outside_count,
+        )
+
+    @staticmethod
+    def project_dir(w: DirWire) -> ProjectDirFacts:
+        """The facts of one live directory record."""
+        if not is_v4_uuid(w.name):
+            raise ProbeError(f"probe reported a project directory with a bad id {w.name[:80]!r}")
+        if w.sampled < 0:
+            raise ProbeError("probe record 'project_dir': sampled is negative")
+        for uid, count in w.owners.items():
+            if uid < 0 or count < 0:
+                raise ProbeError("probe record 'project_dir': owners has a uid or count below 0")
+        pid = sys.intern(w.name.lower())
+        examples: dict[int, tuple[str, ...]] = {}
+        if w.examples:  # the probe leaves the project's own uid out; so is it here
+            own = project_uid(pid)
+            examples = {u: tuple(p) for u, p in w.examples.items() if u != own}
+            if min(examples, default=0) < 0:
+                raise ProbeError("probe record 'project_dir': examples has a uid below 0")
+        return ProjectDirFacts(
+            project_id=pid,
+            is_symlink=w.is_symlink,
+            uid=w.uid,
+            gid=w.gid,
+            owners=w.owners,
+            sampled=w.sampled,
+            sample_truncated=w.sample_truncated,
+            sample_skipped=w.sample_skipped,
+            examples=examples,
+        )
+
+
+def _what_is_wrong(raw: bytes, exc: msgspec.DecodeError | None) -> str:
+    """The decoder's complaint, naming the record's kind and the field at fault."""
+    kind, fields = "probe's", ()  # type: tuple[str, tuple[str, ...]]
+    tag = raw[1:3]
+    if tag in (b"%d," % WIRE_REPO, b"%d]" % WIRE_REPO):
+        kind, fields = "probe's repo", RepoWire.__struct_fields__
+    elif tag in (b"%d," % WIRE_DIR, b"%d]" % WIRE_DIR):
+        kind, fields = "probe's project_dir", DirWire.__struct_fields__
+    text = "a text where another type belongs" if exc is None else str(exc)[:300]
+    at = _POSITION.search(text)
+    if at and 1 <= int(at[1]) <= len(fields):
+        text += f" (field {fields[int(at[1]) - 1]})"
+    return f"the {kind} record is malformed: {text}"
+
+
+_POSITION = re.compile(r"\$\[(\d+)\]")
