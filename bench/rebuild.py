@@ -558,11 +558,12 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         "What rebuild does that the loop does not: it plans from fresh facts (only missing or "
         "behind copies, most recently used first, with sizes) and submits each copy through the "
-        "guard (modes, breaker, rate limits, a lease per target, a journal row each), copies "
-        "behind the mount guard with packs before indexes and the ref moved last, fast-forward "
-        "only and never --delete, within a budget (--parallel, --bwlimit, --until), and a second "
-        "run does nothing; the loop re-sends every project every time and would write over a "
-        "replica that is ahead or a host whose /projects is not mounted."
+        "guard (modes, breaker, rate limits, a lease per target, a journal row each), refuses "
+        "while a host's mounts are wrong, copies packs before indexes and moves the ref last "
+        "(fast-forward only, never --delete), brings the live tree up behind the mount guard, "
+        "keeps to a budget (--parallel, --bwlimit, --until), and a second run does nothing; the "
+        "loop re-sends every project every time, leaves the live tree alone, and moves a replica "
+        "that is ahead back to its master's ref."
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
