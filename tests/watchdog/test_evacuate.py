@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner, Result
 
@@ -166,7 +167,7 @@ def test_the_plan_is_pure_and_skips_a_copy_ahead_an_experimental_host_and_a_full
     assert plan == compute_plan(src, inv, facts)
     assert {m.project_id: names(fleet)[m.target_id or ""] for m in plan.moves} == WANT
     # c's copy of P1 saved after the source's: never a target for P1.
-    ahead = dataclasses.replace(
+    ahead = msgspec.structs.replace(
         facts[c].repos[P1],
         master_sha="0" * 40,
         reflog_last_time=(facts[src].repos[P1].reflog_last_time or 0) + 60,
