@@ -78,8 +78,8 @@ def _never_saved(repo: RepoFacts) -> bool:
 def _live_files(host: HostFacts, inventory: Inventory, project_id: str) -> bool | None:
     """Whether the master's live directory holds entries; None when this sweep did not list it."""
     server = inventory.servers.get(host.server_id)
-    if server is None or not host.project_dirs:
-        return None
+    if server is None or (not host.project_dirs and host.scope is None):
+        return None  # (a scoped probe always lists its projects' live directories)
     mount = host.mounts.get(server.projects_root)
     if mount is None or not mount.is_mount_point:
         return None  # the root disk under an unmounted /projects says nothing

@@ -120,13 +120,15 @@ def probe_argv(
     racy_seconds: float | None = None,
     owner_sample: OwnerSample | None = None,
     live_dirs: bool = True,
+    only: Collection[str] | None = None,
 ) -> list[str]:
     """The probe's command line on a host; every value comes from the validated inventory.
 
     ``fingerprint`` asks for fingerprints and digests (incremental sweeps), with the probe's
     default racy window unless ``racy_seconds`` is given; ``owner_sample`` sets the owner sample's
     sizes and start (a project id: validated here, it is a command-line argument); without
-    ``live_dirs`` the probe leaves the live directories out.
+    ``live_dirs`` the probe leaves the live directories out; ``only`` (project ids, validated
+    here) restricts the walk to those projects.
     """
     argv = [
         python,
@@ -150,6 +152,10 @@ def probe_argv(
             if not is_v4_uuid(owner_sample.start):
                 raise ValueError(f"{owner_sample.start!r} is not a project id")
             argv += ["--owner-sample-from", owner_sample.start]
+    for pid in sorted(set(only or ())):
+        if not is_v4_uuid(pid) or pid != pid.lower():
+            raise ValueError(f"{pid!r} is not a project id")
+        argv += ["--only", pid]
     return argv
 
 
@@ -447,6 +453,19 @@ def _hello_bups(rec: dict[str, Any]) -> str:
     return bups
 
 
+def _hello_scope(rec: dict[str, Any], for_cache: bool) -> frozenset[str] | None:
+    """The projects a scoped probe walked (``--only``), None for a whole host's walk; a scoped
+    walk never feeds the incremental cache (it would lose every other repository)."""
+    only = rec.get("only")
+    if only is None:
+        return None
+    if not isinstance(only, list) or not all(isinstance(p, str) for p in only):
+        raise ProbeError("the probe's hello record names its scope in an unknown form")
+    if for_cache:
+        raise ProbeError("the probe walked only some projects, but a whole host was asked for")
+    return frozenset(only)
+
+
 def _take_dir(
     d: ProjectDirFacts,
     digest: str | None,
@@ -528,6 +547,7 @@ def parse_probe_lines(
         if kind == "hello":
             facts.hello = rec
             reader = WireReader(_hello_bups(rec))
+            facts.scope = _hello_scope(rec, fresh is not None)
         elif kind == "mount":
             m = MountFacts.from_record(rec)
             facts.mounts[m.path] = m
@@ -618,6 +638,7 @@ def gather_host(
     repo_cache: RepoCache | None = None,
     owner_sample: OwnerSample | None = None,
     live_dirs: bool = True,
+    only: Collection[str] | None = None,
 ) -> HostFacts:
     """Probe one host over one connection (and deep-check some repos over the same one).
 
@@ -626,8 +647,13 @@ def gather_host(
     host's last one ran out (unless ``owner_sample`` names a start), and the cache is updated
     when the host's facts came back complete. Without ``live_dirs`` the live directories are
     left out (``project_dirs`` stays empty; the cache keeps their entries for the next gather
-    that looks at them).
+    that looks at them). ``only`` (project ids) walks just those projects (a repair's probe):
+    the facts' ``scope`` says so, and such a gather never uses or updates a ``repo_cache``.
     """
+    if only is not None and (repo_cache is not None or not live_dirs):
+        # a scoped walk would make the cache lose every other repository; and checks take a
+        # scoped host's empty project_dirs for "listed, none there" (save_freshness)
+        raise ValueError("a scoped gather (only=...) walks live directories and has no cache")
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
     transport = transport_factory(server, ssh)
@@ -656,6 +682,7 @@ def gather_host(
                 racy_seconds=repo_cache.racy_seconds if repo_cache is not None else None,
                 owner_sample=owner_sample,
                 live_dirs=live_dirs,
+                only=only,
             ),
             stdin=program,
             timeout=ssh.command_timeout,
@@ -668,6 +695,8 @@ def gather_host(
             fresh=fresh,
             keep_samples=repo_cache.max_age if repo_cache is not None else DEFAULT_MAX_AGE,
         )
+        if only is not None and facts.scope != frozenset(only):
+            raise ProbeError("the probe did not keep to the projects it was asked to walk (--only)")
         if repo_cache is not None and fresh is not None:
             repo_cache.replace(server.server_id, fresh, walked, reused)
         if deep_select is not None and deep is not None:
@@ -724,12 +753,14 @@ def gather(
     repo_cache: RepoCache | None = None,
     owner_sample: OwnerSample | None = None,
     live_dirs: bool = True,
+    only: Collection[str] | None = None,
 ) -> Iterator[HostFacts]:
     """Gather every server, at most ``ssh.parallel_hosts`` at once; yield facts as hosts finish.
 
     ``timeouts`` overrides the connect timeout (SSH and bup_server) per server id;
     ``repo_cache`` makes the walks incremental; ``owner_sample`` sets the owner sample;
-    ``live_dirs=False`` leaves the live directories out (see ``gather_host``).
+    ``live_dirs=False`` leaves the live directories out; ``only`` scopes the walks to some
+    projects (see ``gather_host``).
     """
     timeouts = timeouts or {}
 
@@ -752,6 +783,7 @@ def gather(
                 repo_cache=repo_cache,
                 owner_sample=owner_sample,
                 live_dirs=live_dirs,
+                only=only,
             ): s
             for s in servers
         }

@@ -299,7 +299,7 @@ class Guard:
         if dry:
             return self._dry_run(req, repair, settings, mode)
         if mode == "approve" and not execute:
-            ctx = self._context(req.requested_by)
+            ctx = self._context(req.requested_by, req.project_id)
             try:
                 plan = self._plan(repair, req, ctx, settings)
             except WatchdogError as exc:
@@ -456,8 +456,9 @@ class Guard:
         log_decision(logging.WARNING, entry, req, REFUSED, f"{code}: {why}")
         return Decision(entry, REFUSED, f"{code}: {why}")
 
-    def _context(self, who: str) -> _RecordingContext:
-        return _RecordingContext(self.config, self.inventory, self.journal, who)
+    def _context(self, who: str, project_id: str | None) -> _RecordingContext:
+        """A repair's context; a project's repair probes only that project (see Context)."""
+        return _RecordingContext(self.config, self.inventory, self.journal, who, project_id)
 
     def _plan(
         self, repair: Repair[RepairSettings], req: RepairRequest, ctx: Context, settings: Any
@@ -468,7 +469,7 @@ class Guard:
     def _dry_run(
         self, req: RepairRequest, repair: Repair[RepairSettings], settings: Any, mode: str
     ) -> Decision:
-        ctx = self._context(req.requested_by)
+        ctx = self._context(req.requested_by, req.project_id)
         try:
             plan = self._plan(repair, req, ctx, settings)
             blockers = repair.preconditions(req, ctx, settings)
@@ -553,7 +554,7 @@ class Guard:
             return self._refuse(
                 req, "lease", f"{req.target} is being repaired by {holder}; one at a time", mode
             )
-        ctx = self._context(decided_by or req.requested_by)
+        ctx = self._context(decided_by or req.requested_by, req.project_id)
         executed = False
         try:
             try:

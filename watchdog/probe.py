@@ -5,6 +5,9 @@ Stdlib-only and read-only, sent to ``python3 -S -`` so a sweep costs one SSH ses
 # (PROJECTS_ROOT, BUP_ROOT/bups), ``process``, one ``repo`` or ``stray`` per entry of
 # BUP_ROOT/bups (sorted by name), one ``project_dir`` or ``stray`` per entry of PROJECTS_ROOT
 # (none with ``--no-project-dirs``), and ``done`` last (a stream without ``done`` is truncated).
+# With ``--only PROJECT_ID`` (repeatable) only those projects' repositories and live directories
+# are walked (strays are still reported: listing a directory is cheap), and ``hello`` carries
+# ``"only": [ids]`` so that nobody takes the output for the whole host (a repair's probe).
 # ``repo`` and ``project_dir`` records, one per repository, are compact arrays (see WireEncoder);
 # the others are ``json.dumps(record, sort_keys=True)``, as are all with ``--readable``.
 #
@@ -50,7 +53,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 TYPE_CHECKING = False  # typing costs 2.5 ms to import on every host; annotations are strings here
 if TYPE_CHECKING:
@@ -1345,6 +1348,7 @@ def iter_records(
     known_dirs: Mapping[str, str] | None = None,
     owner_sample_from: str = "",
     project_dirs: bool = True,
+    only: Collection[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield every record of one walk of this host, ``done`` last. Never raises.
 
@@ -1358,6 +1362,8 @@ def iter_records(
     host's budget) from the first name at or after it, wrapping around. Without ``project_dirs``
     the live directories are not looked at (PROJECTS_ROOT's mount is still reported): a sweep
     whose checks judge no live directory (the ownership check not due) does not pay for them.
+    ``only`` (lower-case project ids): walk only these projects' entries, for a repair that
+    needs one project's facts on a host of thousands; ``hello`` names them.
     """
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -1377,8 +1383,9 @@ def iter_records(
     same_repos: list[int] = []
     same_dirs: list[int] = []
     budget = SampleBudget(owner_sample_total)
+    scope = None if only is None else frozenset(os.fsencode(pid.lower()) for pid in only)
 
-    yield {
+    hello: dict[str, Any] = {
         "type": "hello",
         "probe_version": PROBE_VERSION,
         "hostname": socket.gethostname(),
@@ -1389,6 +1396,9 @@ def iter_records(
         "bups": os.path.join(bup_root, "bups"),
         "python": sys.version.split()[0],
     }
+    if scope is not None:
+        hello["only"] = sorted(os.fsdecode(pid) for pid in scope)
+    yield hello
     bups = os.path.join(bup_root, "bups")
     mounts = read_mounts()
     for path in (projects_root, bups):
@@ -1434,6 +1444,8 @@ def iter_records(
                             "reason": "name is not a version-4 UUID",
                         }
                     continue
+                if scope is not None and name.lower() not in scope:
+                    continue  # outside the scope: not walked, not counted
                 project_id = name.decode("ascii").lower()
                 if label == "bups":
                     counts["repos"] += 1
@@ -1610,6 +1622,13 @@ def project_dir_facts(
     return rec
 
 
+def _project_id(value: str) -> str:
+    """A ``--only`` value: a lower-case version-4 UUID, or argparse says it is not."""
+    if value != value.lower() or not UUID4_RE.fullmatch(os.fsencode(value)):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a lower-case version-4 UUID")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="probe", description="Walk one bup storage host and print its facts as JSON lines."
@@ -1637,6 +1656,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PROJECT_ID",
         help="take the live directories from this name on (wrapping around), so that the "
         "sample budget reaches other projects first",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        type=_project_id,
+        metavar="PROJECT_ID",
+        help="walk only this project's repository and live directory (repeatable); the hello "
+        "record names the scope",
     )
     parser.add_argument(
         "--no-project-dirs",
@@ -1821,6 +1848,7 @@ def main(argv: list[str] | None = None) -> int:
         owner_sample_total=max(0, args.owner_sample_total),
         owner_sample_from=args.owner_sample_from,
         project_dirs=not args.no_project_dirs,
+        only=args.only,
         known=known,
         known_dirs=known_dirs,
         with_fingerprint=args.fingerprint or bool(args.known_state) or bool(KNOWN_STATE),

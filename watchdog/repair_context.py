@@ -2,6 +2,8 @@
 
 Fresh facts matter: preconditions are checked against a probe taken at the last moment (a host's
 /projects can be unmounted between the sweep and the repair), and verify() re-runs the check.
+A project's repair probes only its project (``--only``): a copy on a host of 5,000 repositories
+must not walk all of them eight times; host-level facts (mounts, bup_server, strays) stay whole.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from bup_watchdog.transport.base import CommandResult, Transport
 class Context:
     """Implements ``repairs.base.RepairContext`` for one repair run; ``close()`` afterwards."""
 
-    def __init__(self, config: Config, inventory: Inventory, journal: Journal, who: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        inventory: Inventory,
+        journal: Journal,
+        who: str,
+        project_id: str | None = None,
+    ) -> None:
         self.config = config
         self.journal = journal
         self._base_inventory = inventory
@@ -29,6 +38,9 @@ class Context:
         #: The Python interpreter on the storage hosts (for stdlib programs sent on stdin).
         self.python = config.ssh.python
         self._transports: dict[str, Transport] = {}
+        #: The projects whose repositories and live directories the probes walk (the request's
+        #: project); None for a host-level repair (fence_host, restart_bup_server): whole hosts.
+        self.scope: frozenset[str] | None = frozenset((project_id,)) if project_id else None
 
     def server(self, server_id: str) -> Server:
         try:
@@ -67,12 +79,19 @@ class Context:
             deep_select=(lambda _facts: ids) if ids else None,
             deep=self.config.deep,
             owner_sample=owner_sample(self.config, focus or ""),
+            only=self.scope,
         )
 
     def evaluate(
         self, check: str, server_ids: tuple[str, ...], *, focus: str | None = None
     ) -> list[Finding]:
-        """Gather the servers now and run one check on them (``focus``: see ``facts``)."""
+        """Gather the servers now and run one check on them (``focus``: see ``facts``).
+
+        Scoped: the findings about the scope's projects and the host-level ones, exactly as a
+        whole host's probe gives them (the checks' findings about other projects, e.g. "master
+        missing" for repositories not walked, are dropped: no host-level finding is judged from
+        the walk of the projects).
+        """
         servers = [self.server(s) for s in server_ids]
         facts = {
             f.server_id: f
@@ -81,9 +100,13 @@ class Context:
                 self.config.ssh,
                 tcp_timeout=self.config.check("reachability").connect_timeout,
                 owner_sample=owner_sample(self.config, focus or ""),
+                only=self.scope,
             )
         }
         found = check_registry()[check].evaluate(facts, self.inventory, self.config.check(check))
+        scope = self.scope
+        if scope is not None:
+            found = (f for f in found if f.project_id is None or f.project_id in scope)
         return sorted(found, key=Finding.order)
 
     def fenced(self, server_id: str) -> bool:

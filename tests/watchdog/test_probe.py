@@ -1043,3 +1043,39 @@ def test_listening_sockets_from_netlink_equal_those_from_proc_net() -> None:
         assert probe._listening_netlink(mine) == probe._listening_proc(mine, "/proc")
         assert probe._listening_netlink(mine) == [["127.0.0.1", port]]
         assert probe._listening_netlink(others) == probe._listening_proc(others, "/proc") == []
+
+
+def test_only_walks_just_the_named_projects_and_says_so_while_strays_and_mounts_stay_whole(
+    host: Host,
+) -> None:
+    for pid in (PID_A, PID_B, PID_C):
+        host.add_repo(pid)
+        make_tree(host.projects / pid, 4)
+    (host.bups / "notes.txt").write_text("x")
+    (host.projects / "lost+found").mkdir()
+
+    full = host.probe()
+    scoped = host.probe("--only", PID_B)
+
+    assert scoped[0]["only"] == [PID_B] and "only" not in full[0]
+    assert [r["project_id"] for r in of_type(scoped, "repo")] == [PID_B]
+    assert list(project_dirs(scoped)) == [PID_B]
+    assert repo_record(scoped, PID_B) == repo_record(full, PID_B)
+    assert project_dirs(scoped)[PID_B] == project_dirs(full)[PID_B]
+    assert of_type(scoped, "stray") == of_type(full, "stray") != []
+    mounts = [(m["path"], m["mount_point"], m["exists"]) for m in of_type(full, "mount")]
+    assert [(m["path"], m["mount_point"], m["exists"]) for m in of_type(scoped, "mount")] == mounts
+    assert (scoped[-1]["repos"], scoped[-1]["project_dirs"]) == (1, 1)
+    assert (full[-1]["repos"], full[-1]["project_dirs"]) == (3, 3)
+
+
+def test_only_refuses_anything_but_a_lower_case_version_4_uuid(host: Host) -> None:
+    for bad in (PID_B.upper(), "../../etc", "12345678-1234-1234-1234-123456789012"):
+        proc = subprocess.run(
+            [sys.executable, "-S", "-", "--bup-root", str(host.bup_root), "--only", bad],
+            input=PROBE_SOURCE,
+            capture_output=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and b"not a lower-case version-4 UUID" in proc.stderr
+        assert proc.stdout == b""

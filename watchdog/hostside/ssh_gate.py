@@ -372,6 +372,10 @@ def _probe_options(gate: Gate, rest: list[str]) -> None:
         opt = rest[i]
         if opt in seen:
             raise Refused(f"probe: {opt} given twice")
+        if opt == "--only" and i + 1 < len(rest):  # a repair's probe: its projects, repeatable
+            _uuid(rest[i + 1])
+            i += 2
+            continue
         seen.add(opt)
         if opt in flags:
             i += 1

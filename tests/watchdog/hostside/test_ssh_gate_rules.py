@@ -68,6 +68,17 @@ def test_a_probe_with_extra_arguments_is_refused() -> None:
     assert refused([*PROBE, "--owner-sample-from", "../../etc"])
 
 
+def test_a_repairs_probe_scoped_with_only_passes_and_only_takes_project_ids() -> None:
+    other = "b4a71774-64be-477b-8e6d-cd80755840cb"
+    scoped = [*PROBE, "--owner-sample-from", PID, "--only", PID, "--only", other]
+    allowed, _wrapper, _sudo = judge(wrapped(scoped), GATE)
+    assert (allowed.kind, allowed.argv) == ("probe", tuple(scoped))
+    assert "version-4 UUID" in refused([*PROBE, "--only", "../../etc"])
+    assert "version-4 UUID" in refused([*PROBE, "--only", PID.upper()])
+    assert "version-4 UUID" in refused([*PROBE, "--only", "--fingerprint"])
+    assert "not one the watchdog sends" in refused([*PROBE, "--only"])
+
+
 def test_shell_metacharacters_never_reach_a_shell_they_only_make_words_that_do_not_match() -> None:
     for command in (
         "python3 -S - --bup-root /bup --projects-root /projects; cat /etc/shadow",
