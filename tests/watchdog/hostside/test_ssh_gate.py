@@ -409,6 +409,13 @@ def test_every_repair_runs_through_the_gate_and_succeeds(gated: Gated) -> None:
     assert all(status == "succeeded" for status, _ in outcomes.values()), outcomes
     new = logged_since(gated, mark)
     assert refusals(new) == []
+    # a project's repair probes only its project (--only); fence_host probes g3 whole
+    probes = {
+        n: [line for line in lines[mark[n] :] if kind(line) == "probe"]
+        for n, lines in gate_logs(gated).items()
+    }
+    assert probes["g1"] and all(" --only " in line for line in probes["g1"] + probes["g2"])
+    assert probes["g3"] and not any(" --only " in line for line in probes["g3"])
     kinds = {kind(line) for line in new}
     assert {"rotate_save_log", "clean_repo busy scan", "resync_replica busy scan"} <= kinds
     assert {"rsync sender (objects)", "mount guard (rsync sender (live))"} <= kinds
