@@ -24,9 +24,21 @@ T = TypeVar("T")
 
 def free_port(address: str = "127.0.0.1") -> int:
     """A TCP port that was free on ``address`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, address)[0]
+
+
+def free_ports(count: int, address: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free on ``address`` a moment ago: bound all at once, since
+    one port asked for twice in a row can come back twice (a Cassandra node once got the same
+    port for CQL and storage and failed to start)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((address, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def poll(

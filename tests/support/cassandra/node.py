@@ -37,7 +37,7 @@ from pathlib import Path
 if not __package__:  # run as a script: ``support`` is in tests/, two levels up
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
-from support.process import ManagedProcess, NotReady
+from support.process import ManagedProcess, NotReady, free_ports
 from support.process import free_port as free_port  # the tests import it from here too
 
 CASSANDRA_VERSION = "5.0.9"
@@ -316,9 +316,7 @@ class CassandraNode(ManagedProcess):
         self.fetch_seconds = time.monotonic() - fetching
         java = _java()
         if not self.native_port:
-            self.native_port = free_port()
-            self.storage_port = free_port()
-            self.jmx_port = free_port()
+            self.native_port, self.storage_port, self.jmx_port = free_ports(3)
         (self.workdir / "conf").mkdir(parents=True, exist_ok=True)
         (self.workdir / "triggers").mkdir(exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
