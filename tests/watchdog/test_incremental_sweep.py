@@ -53,6 +53,7 @@ from bup_watchdog.probe import PROBE_VERSION, WireEncoder, bitmap, fingerprint
 from bup_watchdog.sandbox import repos as sandbox_repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sweep import sweep
+from support.template_repo import two_save_repo
 
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
 PID_A = "0b6f5e2c-1b7f-4c3e-9a6e-1f2e3d4c5b6a"
@@ -67,26 +68,8 @@ def settle() -> None:
 @pytest.fixture(scope="module")
 def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bup repository with two saves, conf/ files and a bupindex, as on a storage host."""
-    if shutil.which("bup") is None:
-        pytest.fail("bup is not installed (apt-get install bup)")
     base = tmp_path_factory.mktemp("incremental-template")
-    repo, data = base / "repo", base / "data"
-    data.mkdir()
-    env = {**os.environ, "BUP_DIR": str(repo)}
-    subprocess.run(["bup", "init"], env=env, check=True, capture_output=True)
-    for n in range(2):
-        (data / f"file-{n}.txt").write_text(f"save {n}\n" * 50)
-        subprocess.run(["bup", "index", str(data)], env=env, check=True, capture_output=True)
-        subprocess.run(
-            ["bup", "save", "-n", "master", str(data)], env=env, check=True, capture_output=True
-        )
-    conf = repo / "conf"
-    conf.mkdir()
-    (conf / "settings.json").write_text('{"disk": 3000}\n')
-    (conf / "replicas.json").write_text('["a", "b"]\n')
-    (conf / "save_log.json").write_text('{"timestamp": 1}\n')
-    (conf / "touch").write_bytes(b"")
-    return repo
+    return two_save_repo(base, settings='{"disk": 3000}', replicas='["a", "b"]')
 
 
 class LocalHost:

@@ -26,6 +26,7 @@ from bup_watchdog.probe import (
     WireEncoder,
 )
 from bup_watchdog.wire import DirWire, RepoWire
+from support.template_repo import two_save_repo
 
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
 PIDS = [
@@ -43,26 +44,8 @@ PID = PIDS[0]
 @pytest.fixture(scope="module")
 def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real bup repository with two saves and its conf/ files."""
-    if shutil.which("bup") is None:
-        pytest.fail("bup is not installed (apt-get install bup)")
     base = tmp_path_factory.mktemp("wire-template")
-    repo, data = base / "repo", base / "data"
-    data.mkdir()
-    env = {**os.environ, "BUP_DIR": str(repo)}
-    subprocess.run(["bup", "init"], env=env, check=True, capture_output=True)
-    for n in range(2):
-        (data / f"file-{n}.txt").write_text(f"save {n}\n" * 50)
-        subprocess.run(["bup", "index", str(data)], env=env, check=True, capture_output=True)
-        subprocess.run(
-            ["bup", "save", "-n", "master", str(data)], env=env, check=True, capture_output=True
-        )
-    conf = repo / "conf"
-    conf.mkdir()
-    (conf / "settings.json").write_text('{"disk": 3000, "cores": 1}\n')
-    (conf / "replicas.json").write_text(f'["{SID}", "b"]\n')
-    (conf / "save_log.json").write_text('{"timestamp": 1}\n')
-    (conf / "touch").write_bytes(b"")
-    return repo
+    return two_save_repo(base, settings='{"disk": 3000, "cores": 1}', replicas=f'["{SID}", "b"]')
 
 
 def varied_host(base: Path, template: Path) -> tuple[Path, Path]:
