@@ -57,9 +57,10 @@ from bup_watchdog.repairs.resync_replica import (
     Snapshot,
     _address_problems,
     _guarded,
-    _mount_problems,
     _repo,
     _tail,
+    mount_blockers,
+    probe_pair,
 )
 from bup_watchdog.transport.base import CommandResult
 
@@ -210,17 +211,10 @@ class MoveProject(Repair[MoveProjectSettings]):
                 "allow_experimental"
             ]
 
-        t_facts = ctx.facts(target.server_id)
-        s_facts = ctx.facts(source.server_id, deep_ids=(pid,))
-        down = [
-            f"{s.label} ({f.failure_message or 'incomplete probe'})"
-            for s, f in ((source, s_facts), (target, t_facts))
-            if not f.probed
-        ]
-        if down:
-            return [f"unreachable: cannot probe {', '.join(down)} now"]
-        reasons = [f"mount_sanity: {p}" for p in _mount_problems(source, s_facts)]
-        reasons += [f"mount_sanity: {p}" for p in _mount_problems(target, t_facts)]
+        s_facts, t_facts, unreachable = probe_pair(ctx, source, target, pid)
+        if unreachable:
+            return [unreachable]
+        reasons = mount_blockers((source, s_facts), (target, t_facts))
         if reasons:
             return reasons
 

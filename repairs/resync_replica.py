@@ -315,6 +315,27 @@ def _mount_problems(server: Server, facts: HostFacts) -> list[str]:
     return out
 
 
+def probe_pair(
+    ctx: RepairContext, source: Server, dest: Server, project_id: str
+) -> tuple[HostFacts, HostFacts, str | None]:
+    """Fresh facts of the host a copy comes from (with a deep check of ``project_id``) and of the
+    one it goes to, and the refusal when either did not answer: (source's, dest's, refusal)."""
+    dest_facts = ctx.facts(dest.server_id)
+    source_facts = ctx.facts(source.server_id, deep_ids=(project_id,))
+    down = [
+        f"{s.label} ({f.failure_message or 'incomplete probe'})"
+        for s, f in ((source, source_facts), (dest, dest_facts))
+        if not f.probed
+    ]
+    refusal = f"unreachable: cannot probe {', '.join(down)} now" if down else None
+    return source_facts, dest_facts, refusal
+
+
+def mount_blockers(*hosts: tuple[Server, HostFacts]) -> list[str]:
+    """The boot race on each host of a copy, as precondition reasons."""
+    return [f"mount_sanity: {p}" for server, facts in hosts for p in _mount_problems(server, facts)]
+
+
 def _bwlimited(req: RepairRequest, settings: ResyncReplicaSettings) -> ResyncReplicaSettings:
     """The settings with the request's ``params["bwlimit_kib"]`` (a rebuild's share of its
     bandwidth budget), which may only lower the configured ``bwlimit_kib``, never raise it."""
@@ -400,18 +421,11 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         if fenced:
             return [f"fenced: {', '.join(fenced)} is fenced; no replication to or from it"]
 
-        r_facts = ctx.facts(replica.server_id)
-        m_facts = ctx.facts(master.server_id, deep_ids=(pid,))
-        down = [
-            f"{s.label} ({f.failure_message or 'incomplete probe'})"
-            for s, f in ((master, m_facts), (replica, r_facts))
-            if not f.probed
-        ]
-        if down:
-            return [f"unreachable: cannot probe {', '.join(down)} now"]
+        m_facts, r_facts, unreachable = probe_pair(ctx, master, replica, pid)
+        if unreachable:
+            return [unreachable]
 
-        reasons = [f"mount_sanity: {p}" for p in _mount_problems(master, m_facts)]
-        reasons += [f"mount_sanity: {p}" for p in _mount_problems(replica, r_facts)]
+        reasons = mount_blockers((master, m_facts), (replica, r_facts))
         labels = {master.server_id: master.label, replica.server_id: replica.label}
         for f in ctx.evaluate("mount_sanity", (master.server_id, replica.server_id)):
             if f.server_id in labels:
