@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from bup_watchdog.sandbox.repos import (
     master_sha,
 )
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
+from support.terminal import drain
 
 CLI = [sys.executable, "-m", "bup_watchdog.cli"]
 
@@ -288,20 +288,7 @@ def test_bad_targets_are_usage_errors_and_an_unreachable_host_could_not_run(
 
 def test_on_a_terminal_the_progress_is_a_bar_that_still_names_each_broken_repository() -> None:
     master, slave = pty.openpty()
-    chunks: list[bytes] = []
-
-    def drain() -> None:  # read as it is written: a full pty buffer would block the bar
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal side closed
-                return
-            if not chunk:
-                return
-            chunks.append(chunk)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
+    reader, chunks = drain(master)
     with open(slave, "w", encoding="utf-8", closefd=True) as tty:
         progress = Progress(2, "s1:/bup/archive", tty)
         progress.repo_done(RepoAudit(HEALTHY, True, time.time(), seconds=0.1), HEALTHY)

@@ -7,7 +7,8 @@ import os
 import pty
 import subprocess
 import sys
-import threading
+
+from support.terminal import drain
 
 RUN = """
 from bup_watchdog.progress_bar import ItemProgress
@@ -24,20 +25,7 @@ def run(on_terminal: bool) -> tuple[str, str]:
         proc = subprocess.run([sys.executable, "-c", RUN], capture_output=True, text=True)
         return proc.stdout, proc.stderr
     master, slave = pty.openpty()
-    chunks: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal side closed
-                return
-            if not chunk:
-                return
-            chunks.append(chunk)
-
-    reader = threading.Thread(target=drain)
-    reader.start()
+    reader, chunks = drain(master)
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "160"}
     proc = subprocess.run(
         [sys.executable, "-c", RUN], stdout=subprocess.PIPE, stderr=slave, env=env, text=True
