@@ -9,6 +9,7 @@ argument lists built from validated values.
 from __future__ import annotations
 
 import shlex
+import signal
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -28,6 +29,25 @@ def mode_field(default: Mode) -> Any:
         description="off: never; dry-run: plan shown and journaled, nothing run; approve: "
         "queued until an operator approves; auto: run when asked.",
     )
+
+
+def exit_status(returncode: int) -> str:
+    """An exit status as an operator reads it: a signal named, SSH's "none came" said so."""
+    if returncode == -1:  # SSH: the channel closed without an exit status (OpenSSH sends a
+        # signal's name instead, which paramiko drops): killed, or the connection ended
+        return "-1 (no exit status: killed by a signal, or its connection closed)"
+    if returncode < 0:  # a local subprocess: minus the signal's number
+        try:
+            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
+        except ValueError:
+            return f"{returncode} (killed by signal {-returncode})"
+    return str(returncode)
+
+
+def step_failed(step: Step, result: CommandResult, why: str) -> str:
+    """The sentence a failed step leaves in the journal: which step, its status, the last word."""
+    status = exit_status(result.returncode)
+    return f"step '{step.description[:200]}' failed with status {status}: {why}"
 
 
 class RepairSettings(BaseModel):
@@ -161,8 +181,7 @@ class Repair(Generic[S]):
                 out.output.append(text[-2000:])
             if not result.ok:
                 raise RepairError(
-                    f"step '{step.description}' failed with status {result.returncode}: "
-                    f"{text.splitlines()[-1] if text else 'no output'}"
+                    step_failed(step, result, text.splitlines()[-1] if text else "no output")
                 )
         return out
 

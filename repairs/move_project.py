@@ -49,6 +49,7 @@ from bup_watchdog.repairs.base import (
     RepairRequest,
     Step,
     mode_field,
+    step_failed,
 )
 from bup_watchdog.repairs.resync_replica import (
     ResyncReplica,
@@ -327,10 +328,7 @@ class MoveProject(Repair[MoveProjectSettings]):
                 why = _tail(result)
                 if kind == "ancestry" and result.returncode == 1:
                     why = "the target's commit is no ancestor of the master's (a conflict)"
-                raise RepairError(
-                    f"step '{step.description}' failed with status {result.returncode}: {why}; "
-                    "nothing was switched"
-                )
+                raise RepairError(f"{step_failed(step, result, why)}; nothing was switched")
             return result
 
         for kind in _COPY:

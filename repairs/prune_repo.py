@@ -54,6 +54,7 @@ from bup_watchdog.repairs.base import (
     RepairSettings,
     Step,
     mode_field,
+    step_failed,
 )
 from bup_watchdog.repairs.clean_repo import BUSY_SCAN
 
@@ -496,9 +497,7 @@ class PruneRepo(Repair[PruneRepoSettings]):
                 out.output.append(text[-2000:])
             problem = ""
             if not result.ok:
-                last = text.splitlines()[-1] if text else "no output"
-                problem = f"step '{step.description[:200]}' failed with status "
-                problem += f"{result.returncode}: {last}"
+                problem = step_failed(step, result, text.splitlines()[-1] if text else "no output")
             elif kind == "list":
                 listed = sorted(n for n in _text(result.stdout).split() if n != "latest")
                 if listed != list(p.kept):

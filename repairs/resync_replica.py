@@ -78,6 +78,7 @@ from bup_watchdog.repairs.base import (
     RepairSettings,
     Step,
     mode_field,
+    step_failed,
 )
 from bup_watchdog.transport.base import CommandResult
 
@@ -903,10 +904,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
             if text:
                 out.output.append(text[-2000:])
             if result.returncode not in ok:
-                raise RepairError(
-                    f"step '{step.description}' failed with status {result.returncode}: "
-                    f"{_tail(result)}"
-                )
+                raise RepairError(step_failed(step, result, _tail(result)))
             return result.returncode
 
         for kind in ("init", "packs", "objects", "complete"):
