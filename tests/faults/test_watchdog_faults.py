@@ -260,7 +260,9 @@ def test_a_full_state_filesystem_during_a_resync_keeps_its_outcome_and_sweeps_an
     and its lease's release cannot reach the file, sweeps go on and a fault planted meanwhile is
     served; once the filler is removed everything kept reaches the file."""
     fleet = scratch_fleet
-    bup_save_on(fleet, "s1", P, int(time.time()), {"big.txt": os.urandom(1_500_000).hex()})
+    # A 1 MB save at --bwlimit 100 KiB/s: the resync runs ~17 s, the disk is full ~3 s after
+    # its rsync starts. (3 MB ran 50 s, all of it waiting for the resync to end.)
+    bup_save_on(fleet, "s1", P, int(time.time()), {"big.txt": os.urandom(500_000).hex()})
     old = git_out(fleet, "s2", P, "rev-parse", "refs/heads/master")
     stake = AtStake(fleet)
     resync = {"resync_replica": {"mode": "auto", "bwlimit_kib": 100}}
