@@ -17,7 +17,6 @@ from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_ho
 from bup_watchdog.model import (
     Finding,
     Inventory,
-    Project,
     ProjectDirFacts,
     Severity,
     project_uid,
@@ -69,6 +68,32 @@ def _owner_counts(d: ProjectDirFacts) -> tuple[dict[int, int], int]:
     return {}, 0
 
 
+# A project's uid (a SHA-512 of its id) is the same in every sweep: kept here, it is computed once
+# per project per process instead of once per copy per sweep (~1 µs of the check's ~2 µs per copy).
+# Bounded: cleared when full (about 7 MB at 100,000 projects).
+_UIDS: dict[str, int] = {}
+_UIDS_MAX = 1 << 18
+
+
+def _uid(project_id: str) -> int:
+    """``project_uid``, remembered."""
+    uid = _UIDS.get(project_id)
+    if uid is None:
+        if len(_UIDS) >= _UIDS_MAX:
+            _UIDS.clear()
+        uid = _UIDS[project_id] = project_uid(project_id)
+    return uid
+
+
+def _owned(d: ProjectDirFacts, uid: int) -> bool:
+    """Whether a live directory's sample (or its top, without one) has no entry of another owner:
+    almost every project, so the check decides it without building anything."""
+    owners = d.owners
+    if d.sampled > 0 and owners:
+        return len(owners) == 1 and uid in owners
+    return d.uid is None or d.uid == uid
+
+
 class Ownership(Check[OwnershipSettings]):
     name = "ownership"
     Settings = OwnershipSettings
@@ -76,11 +101,11 @@ class Ownership(Check[OwnershipSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: OwnershipSettings
     ) -> Iterator[Finding]:
-        placed: dict[str, list[Project]] = {}
+        placed: dict[str, list[str]] = {}
         for p in inventory.projects.values():
             if not p.deleted:
-                for sid in set(p.locations):
-                    placed.setdefault(sid, []).append(p)
+                for sid in {p.master, *p.replicas}:
+                    placed.setdefault(sid, []).append(p.project_id)
         for host in probed_hosts(facts):
             server = inventory.servers.get(host.server_id)
             if server is None:
@@ -88,60 +113,74 @@ class Ownership(Check[OwnershipSettings]):
             mount = host.mounts.get(server.projects_root)
             if mount is None or not mount.is_mount_point:
                 continue  # mount_sanity's finding; live files on the root disk mean nothing
-            for project in placed.get(host.server_id, []):
-                pid = project.project_id
-                live = f"{server.projects_root.rstrip('/')}/{pid}"
+            dirs = host.project_dirs
+            for pid in placed.get(host.server_id, ()):
+                d = dirs.get(pid)
+                if d is not None and not d.is_symlink and _owned(d, _uid(pid)):
+                    continue
+                found = self._judge(host.server_id, server.projects_root, pid, d, settings)
+                if found is not None:
+                    yield found
 
-                def finding(
-                    severity: Severity, code: str, message: str, value: float | None = None
-                ) -> Finding:
-                    return Finding(
-                        check=self.name,
-                        server_id=host.server_id,  # noqa: B023 - used at once, inside the loop
-                        project_id=pid,  # noqa: B023
-                        severity=severity,
-                        code=code,
-                        message=message,
-                        value=value,
-                    )
+    def _judge(
+        self,
+        server_id: str,
+        projects_root: str,
+        pid: str,
+        d: ProjectDirFacts | None,
+        settings: OwnershipSettings,
+    ) -> Finding | None:
+        """The finding on one project's live directory on one host, if any."""
+        live = f"{projects_root.rstrip('/')}/{pid}"
 
-                d = host.project_dirs.get(pid)
-                if d is None:
-                    if settings.report_missing:
-                        yield finding(
-                            Severity.WARNING,
-                            "missing_live_dir",
-                            f"{live} is missing on a host that holds the project",
-                        )
-                    continue
-                if d.is_symlink:
-                    yield finding(
-                        Severity.CRITICAL,
-                        "symlink",
-                        f"{live} is a symlink; not followed (a chown or rsync through it would "
-                        "act elsewhere)",
-                    )
-                    continue
-                uid = project_uid(pid)
-                owners, sampled = _owner_counts(d)
-                wrong = {u: n for u, n in owners.items() if u != uid}
-                count = sum(wrong.values())
-                if not count:
-                    continue
-                examples = [p for u in sorted(wrong) for p in d.examples.get(u, ())][:3]
-                if not examples and d.uid is not None and d.uid != uid:
-                    examples = ["."]
-                shown = ", ".join(examples) or "none recorded"
-                owners_text = ", ".join(f"uid {u}: {n}" for u, n in sorted(wrong.items()))
-                of = f"the first {sampled}" if d.sample_truncated else f"{sampled}"
-                critical = count > settings.critical_fraction * sampled
-                yield finding(
-                    Severity.CRITICAL if critical else Severity.WARNING,
-                    "wrong_owner",
-                    f"{count} of {of} sampled entries under {live} are not owned by the "
-                    f"project's uid {uid} ({owners_text}); e.g. {shown}",
-                    float(count),
-                )
+        def finding(
+            severity: Severity, code: str, message: str, value: float | None = None
+        ) -> Finding:
+            return Finding(
+                check=self.name,
+                server_id=server_id,
+                project_id=pid,
+                severity=severity,
+                code=code,
+                message=message,
+                value=value,
+            )
+
+        if d is None:
+            if not settings.report_missing:
+                return None
+            return finding(
+                Severity.WARNING,
+                "missing_live_dir",
+                f"{live} is missing on a host that holds the project",
+            )
+        if d.is_symlink:
+            return finding(
+                Severity.CRITICAL,
+                "symlink",
+                f"{live} is a symlink; not followed (a chown or rsync through it would "
+                "act elsewhere)",
+            )
+        uid = _uid(pid)
+        owners, sampled = _owner_counts(d)
+        wrong = {u: n for u, n in owners.items() if u != uid}
+        count = sum(wrong.values())
+        if not count:
+            return None
+        examples = [p for u in sorted(wrong) for p in d.examples.get(u, ())][:3]
+        if not examples and d.uid is not None and d.uid != uid:
+            examples = ["."]
+        shown = ", ".join(examples) or "none recorded"
+        owners_text = ", ".join(f"uid {u}: {n}" for u, n in sorted(wrong.items()))
+        of = f"the first {sampled}" if d.sample_truncated else f"{sampled}"
+        critical = count > settings.critical_fraction * sampled
+        return finding(
+            Severity.CRITICAL if critical else Severity.WARNING,
+            "wrong_owner",
+            f"{count} of {of} sampled entries under {live} are not owned by the "
+            f"project's uid {uid} ({owners_text}); e.g. {shown}",
+            float(count),
+        )
 
 
 check = Ownership()

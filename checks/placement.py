@@ -110,16 +110,28 @@ class Placement(Check[PlacementSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: PlacementSettings
     ) -> Iterator[Finding]:
+        servers = inventory.servers
+        # Masters whose server alone is a finding; with none of these, no other dc to look for and
+        # a count of copies in range (almost every project) the inventory says nothing.
+        flagged = {sid for sid, s in servers.items() if s.disabled or s.experimental}
+        fewest, most = settings.replication_factor, settings.max_copies
+        plain = not settings.require_other_dc
         for project in inventory.projects.values():
-            if project.deleted or project.master not in facts:
+            master = project.master
+            if project.deleted or master not in facts:
                 continue
-            locations = project.locations
-            problems = self._inventory_problems(project, locations, inventory, settings)
-            host = facts[project.master]
+            copies = {master, *project.replicas}
+            problems = (
+                []
+                if plain and master not in flagged and fewest <= len(copies) <= most
+                else self._inventory_problems(project, project.locations, inventory, settings)
+            )
+            host = facts[master]
             repo = host.repos.get(project.project_id) if host.probed else None
-            if repo is not None and repo.replicas is not None:
-                on_disk = {r.lower() for r in repo.replicas}
-                wanted = {loc.lower() for loc in locations}
+            reps = repo.replicas if repo is not None else None
+            if reps is not None and set(reps) != copies:
+                on_disk = {r.lower() for r in reps}
+                wanted = {loc.lower() for loc in copies}
                 if on_disk != wanted:
                     missing = ", ".join(sorted(wanted - on_disk)) or "none"
                     extra = ", ".join(sorted(on_disk - wanted)) or "none"

@@ -98,9 +98,11 @@ class ReplicationLag(Check[ReplicationLagSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: ReplicationLagSettings
     ) -> Iterator[Finding]:
+        probed = {sid: h for sid, h in facts.items() if h.probed}
+        swept = {sid: h for sid in facts if (h := _swept(facts, sid)) is not None}
         for project in inventory.projects.values():
-            master_host = facts.get(project.master)
-            if project.deleted or master_host is None or not master_host.probed:
+            master_host = probed.get(project.master)
+            if project.deleted or master_host is None:
                 continue
             master = master_host.repos.get(project.project_id)
             if master is None or master.master_sha is None:
@@ -108,7 +110,7 @@ class ReplicationLag(Check[ReplicationLagSettings]):
             for replica_id in project.replicas:
                 if replica_id == project.master:
                     continue
-                host = _swept(facts, replica_id)
+                host = swept.get(replica_id)
                 if host is None:
                     continue
                 replica = host.repos.get(project.project_id)

@@ -96,10 +96,21 @@ class RepoGarbage(Check[RepoGarbageSettings]):
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: RepoGarbageSettings
     ) -> Iterator[Finding]:
+        tmp, midx, packs = settings.max_tmp_objects, settings.max_midx, settings.max_packs
+        bupindex = settings.max_bupindex_bytes
         for host in probed_hosts(facts):
             for pid, repo in host.repos.items():
                 if repo.is_symlink:
                     continue  # not walked; repo_integrity reports it
+                if (  # nothing for _garbage to say (most repositories): decided without it
+                    not repo.symlinks_outside
+                    and repo.tmp_count <= tmp
+                    and repo.midx_count <= midx
+                    and repo.pack_count <= packs
+                    and repo.idx_without_pack <= 0
+                    and (repo.bupindex_bytes is None or repo.bupindex_bytes <= bupindex)
+                ):
+                    continue
                 for severity, code, message, value in _garbage(repo, settings):
                     yield Finding(
                         check=self.name,

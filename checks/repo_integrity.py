@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
 from bup_watchdog.model import Finding, Inventory, RepoFacts, Severity
@@ -35,6 +36,9 @@ def _healthy(repo: RepoFacts) -> bool:
 _SHA = re.compile(r"[0-9a-f]{40}")
 
 
+# Remembered: a fleet's HEADs are a handful of texts (``ref: refs/heads/master`` in almost every
+# repository), and scanning one for whitespace cost ~2 µs per repository per sweep.
+@lru_cache(maxsize=1024)
 def _head_usable(head: str | None) -> bool:
     """Whether git takes HEAD as a repository's (a symbolic ref under refs/, or a commit id).
 

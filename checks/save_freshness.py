@@ -63,9 +63,10 @@ def _age(seconds: float) -> str:
 
 def _masters(facts: FleetFacts, inventory: Inventory) -> Iterator[tuple[HostFacts, RepoFacts]]:
     """The master copy of every live project whose master host this sweep probed."""
+    probed = {sid: h for sid, h in facts.items() if h.probed}
     for project in inventory.projects.values():
-        host = facts.get(project.master)
-        if not project.deleted and host is not None and host.probed:
+        host = probed.get(project.master)
+        if host is not None and not project.deleted:
             repo = host.repos.get(project.project_id)
             if repo is not None:
                 yield host, repo
