@@ -32,6 +32,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from bup_watchdog.config import Config, DeepConfig, SshConfig
 from bup_watchdog.deep import run_deep
 from bup_watchdog.errors import (
@@ -159,21 +161,24 @@ def probe_argv(
     return argv
 
 
-@dataclass(frozen=True, slots=True)
-class CachedRepo:
-    """A repository's facts from its last full walk, and the fingerprint that vouches for them."""
+class CachedRepo(msgspec.Struct, frozen=True, gc=False):
+    """A repository's facts from its last full walk, and the fingerprint that vouches for them.
+
+    An untracked msgspec Struct (as the facts it holds): the cache keeps one per repository for
+    as long as the daemon runs, and a slotted dataclass was 16 bytes more and one more object
+    for every collection of the oldest generation to walk.
+    """
 
     fingerprint: str
     facts: RepoFacts
     walked_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class CachedDir:
+class CachedDir(msgspec.Struct, frozen=True, gc=False):
     """A project directory's last facts and the digest of the record they were read from.
 
     ``skipped``: that record had no owner sample (the host's budget ran out before it); the facts
-    are then the directory's last sampled ones, if its top was the same.
+    are then the directory's last sampled ones, if its top was the same. Untracked, as CachedRepo.
     """
 
     digest: str

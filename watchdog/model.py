@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import msgspec
@@ -77,6 +78,11 @@ class Severity(enum.IntEnum):
         return self.name.lower()
 
 
+#: An empty read-only mapping, shared by every object that has nothing to map (a live directory
+#: with no example paths, a project with no recorded save): 64 bytes fewer each than its own {}.
+NOTHING: Mapping[Any, Any] = MappingProxyType({})
+
+
 # ---------------------------------------------------------------- inventory
 
 
@@ -117,7 +123,7 @@ class Project:
     replicas: tuple[str, ...] = ()
     disk_mb: int | None = None
     last_edited: datetime | None = None
-    bup_last_save: Mapping[str, datetime] = field(default_factory=dict)
+    bup_last_save: Mapping[str, datetime] = field(default_factory=lambda: NOTHING)
     deleted: bool = False
 
     @property

@@ -81,7 +81,7 @@ def _parse(projects: list[Any]) -> Inventory:
 
 def _parse_with_the_model_only(projects: list[Any], monkeypatch: pytest.MonkeyPatch) -> Inventory:
     with monkeypatch.context() as m:
-        m.setattr(file, "_fast_project", lambda raw, ids: None)
+        m.setattr(file, "_fast_project", lambda raw, ids, tuples: None)
         return _parse(projects)
 
 
@@ -93,8 +93,8 @@ def _problems(parse: Any) -> list[str]:
 
 def test_the_usual_entries_are_taken_by_the_fast_path() -> None:
     ids = {S1: S1, S2: S2}
-    assert file._fast_project(copy.deepcopy(EVERY_FORM[0]), ids) is not None
-    assert file._fast_project(copy.deepcopy(EVERY_FORM[1]), ids) is not None
+    assert file._fast_project(copy.deepcopy(EVERY_FORM[0]), ids, {}) is not None
+    assert file._fast_project(copy.deepcopy(EVERY_FORM[1]), ids, {}) is not None
 
 
 def test_entries_in_every_form_give_the_projects_the_model_gives(
@@ -108,6 +108,30 @@ def test_entries_in_every_form_give_the_projects_the_model_gives(
         times = [project.last_edited, *project.bup_last_save.values()]
         assert all(t is None or t.tzinfo is not None for t in times)
     assert fast.projects[P2].bup_last_save[S2] == datetime.fromisoformat("2026-11-28T01:00Z")
+
+
+def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_as_written() -> None:
+    edited = "2026-11-28T01:00:00Z"
+    entries = [
+        {
+            "project_id": pid,
+            "master": S1,
+            "replicas": [S2],
+            "last_edited": edited,
+            "bup_last_save": {S1: edited, S2: "2026-11-28T02:00:00+01:00"},
+        }
+        for pid in (P1, P2)
+    ]
+    entries.append({"project_id": P3, "master": S1})
+    projects = _parse(entries).projects
+    one, two, bare = projects[P1], projects[P2], projects[P3]
+    assert one.replicas == (S2,) and one.replicas is two.replicas
+    assert one.bup_last_save[S1] is one.last_edited
+    # the same instant in another zone is its own time, as the file wrote it
+    same_instant = one.bup_last_save[S2]
+    assert same_instant == one.last_edited and same_instant is not one.last_edited
+    assert same_instant.isoformat() == "2026-11-28T02:00:00+01:00"
+    assert bare.bup_last_save == {} and bare.bup_last_save is two.__class__(P4, S1).bup_last_save
 
 
 def test_bad_entries_get_the_errors_the_model_gives_each_naming_the_entry(
