@@ -39,6 +39,14 @@ from bup_watchdog.config import Config
 from bup_watchdog.inventory.base import InventoryWriter
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import HostFacts, Project, Server
+from bup_watchdog.repairs._copy import (
+    address_problems,
+    guarded,
+    mount_blockers,
+    probe_pair,
+    repo_path,
+    tail,
+)
 from bup_watchdog.repairs._repo_checks import space_blocker
 from bup_watchdog.repairs.base import (
     Mode,
@@ -56,12 +64,6 @@ from bup_watchdog.repairs.resync_replica import (
     ResyncReplicaSettings,
     ResyncStep,
     Snapshot,
-    _address_problems,
-    _guarded,
-    _repo,
-    _tail,
-    mount_blockers,
-    probe_pair,
 )
 from bup_watchdog.transport.base import CommandResult
 
@@ -198,7 +200,7 @@ class MoveProject(Repair[MoveProjectSettings]):
                 f"{req.server_id}, so after the switch the old master would not be listed as a "
                 "replica; refusing to hide a copy"
             ]
-        bad = [f"{s.label}: {p}" for s in (source, target) for p in _address_problems(s)]
+        bad = [f"{s.label}: {p}" for s in (source, target) for p in address_problems(s)]
         if bad:
             return [f"bad_address: {'; '.join(bad)}"]
         fenced = [s.label for s in (source, target) if ctx.fenced(s.server_id)]
@@ -251,7 +253,7 @@ class MoveProject(Repair[MoveProjectSettings]):
         self, req: RepairRequest, ctx: RepairContext, settings: MoveProjectSettings
     ) -> list[Step]:
         project, source, target = self._parties(req, ctx)
-        bad = _address_problems(source) + _address_problems(target)
+        bad = address_problems(source) + address_problems(target)
         if bad:
             raise RepairError("; ".join(bad))
         s_facts, t_facts = ctx.facts(source.server_id), ctx.facts(target.server_id)
@@ -272,8 +274,8 @@ class MoveProject(Repair[MoveProjectSettings]):
         if not s.master_live_exists:
             return []
         pid, m, r = s.project.project_id, s.master, s.replica
-        sender = shlex.join(_guarded("master", m.projects_root, "rsync"))
-        argv = _guarded(
+        sender = shlex.join(guarded("master", m.projects_root, "rsync"))
+        argv = guarded(
             "replica",
             r.projects_root,
             *_RESYNC._copy(
@@ -325,7 +327,7 @@ class MoveProject(Repair[MoveProjectSettings]):
             if text:
                 out.output.append(text[-2000:])
             if not result.ok:
-                why = _tail(result)
+                why = tail(result)
                 if kind == "ancestry" and result.returncode == 1:
                     why = "the target's commit is no ancestor of the master's (a conflict)"
                 raise RepairError(f"{step_failed(step, result, why)}; nothing was switched")
@@ -396,7 +398,7 @@ class MoveProject(Repair[MoveProjectSettings]):
         text = json.dumps([target.server_id, *replicas])
         for sid in (target.server_id, *replicas):
             server = ctx.server(sid)
-            path = f"{_repo(server, project.project_id)}/conf/replicas.json"
+            path = f"{repo_path(server, project.project_id)}/conf/replicas.json"
             result = ctx.run(
                 Step(
                     sid,
@@ -408,7 +410,7 @@ class MoveProject(Repair[MoveProjectSettings]):
             )
             out.output.append(f"replicas.json on {server.label}: rc={result.returncode}")
             if not result.ok:
-                out.output.append(f"  could not write it: {_tail(result)} (fix by hand)")
+                out.output.append(f"  could not write it: {tail(result)} (fix by hand)")
 
     # -- verify ------------------------------------------------------------------------------
 

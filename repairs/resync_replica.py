@@ -56,7 +56,6 @@ Design (DESIGN §4, and why):
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import shlex
@@ -66,7 +65,20 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
-from bup_watchdog.model import HostFacts, Project, RepoFacts, Server, is_v4_uuid
+from bup_watchdog.model import HostFacts, Project, RepoFacts, Server
+from bup_watchdog.repairs._copy import (
+    OBJECT_EXCLUDES,
+    PACKS_ONLY,
+    address_problems,
+    git_argv,
+    guarded,
+    live_path,
+    mount_blockers,
+    probe_pair,
+    remote,
+    repo_path,
+    tail,
+)
 from bup_watchdog.repairs._repo_checks import space_blocker
 from bup_watchdog.repairs.base import (
     Mode,
@@ -80,44 +92,11 @@ from bup_watchdog.repairs.base import (
     mode_field,
     step_failed,
 )
-from bup_watchdog.transport.base import CommandResult
 
 ZERO_SHA = "0" * 40
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-_HOSTNAME = re.compile(
-    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$"
-)
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# Paths that travel inside an rsync remote spec reach the remote shell: keep them boring.
-_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
-# Not copied from objects/: bup's caches (rebuilt locally), unfinished writes, git's info/.
-_OBJECT_EXCLUDES = (
-    "--exclude=*tmp*",
-    "--exclude=*.midx",
-    "--exclude=bup.bloom",
-    "--exclude=/info/",
-)
-# The first pass over objects/: the packs alone (the .idx files come in the second pass).
-_PACKS_ONLY = ("--include=/pack/", "--include=/pack/*.pack", "--exclude=*")
 # The probe's master_error for a repository without the ref (watchdog/probe.py, _master_ref).
 _MISSING_REF = "refs/heads/master is missing"
-# How MOUNTED_GUARD starts the line that says why it refused (picked out of rsync's output).
-_REFUSED = "resync_replica refused: "
-
-# Run as ``sh -c MOUNTED_GUARD resync-guard SIDE ROOT COMMAND...``: fixed text, the values are
-# positional arguments (SIDE is "master" or "replica", ROOT a validated path). It enters ROOT
-# before it checks it: from then on this shell and the command it execs keep the filesystem
-# busy (umount: EBUSY), so the check and the copy cannot be separated by an unmount. If ROOT was
-# unmounted before the cd, the shell stands on the root disk: ROOT is then no mount point, or
-# (remounted since) not the directory the shell stands in (device:inode differ).
-MOUNTED_GUARD = (
-    "side=$1 root=$2; shift 2; "
-    'if ! cd -- "$root" || ! mountpoint -q "$root" || '
-    '[ "$(stat -c %d:%i .)" != "$(stat -c %d:%i "$root")" ]; '
-    f'then echo "{_REFUSED}$root on the $side is not mounted, or is no longer the filesystem '
-    'this copy stands in; nothing copied" >&2; exit 97; fi; '
-    'exec "$@"'
-)
 
 
 class ResyncReplicaSettings(RepairSettings):
@@ -236,107 +215,6 @@ print(json.dumps(hits))
 """
 
 
-def _address_problems(server: Server) -> list[str]:
-    """Why a server's SSH address or roots cannot be put into an rsync command, if they cannot."""
-    problems = []
-    host = server.ssh_host or server.host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.fullmatch(host) or len(host) > 253:
-            problems.append(f"ssh host {host!r} is neither an IP address nor a host name")
-    if not _USER.fullmatch(server.ssh_user):
-        problems.append(f"ssh user {server.ssh_user!r} is not a plain user name")
-    if not 0 < server.ssh_port < 65536:
-        problems.append(f"ssh port {server.ssh_port} is out of range")
-    for root in (server.bups_root, server.projects_root):
-        if not _PATH.fullmatch(root) or ".." in root.split("/"):
-            problems.append(f"path {root!r} has characters a remote path may not carry")
-    return problems
-
-
-def _remote(server: Server, path: str) -> str:
-    """``user@host:path`` for rsync, from validated values (IPv6 in brackets)."""
-    host = server.ssh_host or server.host
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{server.ssh_user}@{host}:{path}"
-
-
-def _repo(server: Server, project_id: str) -> str:
-    if not is_v4_uuid(project_id) or project_id != project_id.lower():
-        raise RepairError(f"{project_id!r} is not a version-4 UUID, so it is not a project")
-    return f"{server.bups_root}/{project_id}"
-
-
-def _live(server: Server, project_id: str) -> str:
-    _repo(server, project_id)  # validates the id
-    return f"{server.projects_root.rstrip('/')}/{project_id}"
-
-
-def _guarded(side: str, root: str, *argv: str) -> tuple[str, ...]:
-    """``argv`` run in ``root`` only while ``root`` is mounted there (MOUNTED_GUARD)."""
-    return ("sh", "-c", MOUNTED_GUARD, "resync-guard", side, root, *argv)
-
-
-def _git(repo: str, *args: str) -> tuple[str, ...]:
-    return ("git", f"--git-dir={repo}", *args)
-
-
-def _tail(result: CommandResult) -> str:
-    text = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
-    if not text:
-        return "no output"
-    lines = text.splitlines()
-    refused = next((line for line in lines if line.startswith(_REFUSED)), None)
-    if refused is not None:  # MOUNTED_GUARD said why; rsync's own lines only say it ended
-        return refused[-300:]
-    # rsync prints the cause first ("rsync: [receiver] write failed on …: No space left on
-    # device (28)") and a summary last ("rsync error: … (code 11)"), which alone hides it.
-    cause = next((line for line in lines if line.startswith("rsync: ")), None)
-    if cause is not None and cause != lines[-1]:
-        return f"{cause[-300:]} … {lines[-1][-200:]}"
-    return lines[-1][-300:]
-
-
-def _mount_problems(server: Server, facts: HostFacts) -> list[str]:
-    """The boot race, from fresh facts: both roots must be writable mount points of their own."""
-    out = []
-    for path in (server.projects_root, server.bups_root):
-        m = facts.mounts.get(path)
-        if m is None:
-            out.append(f"the probe of {server.label} said nothing about {path}")
-        elif not m.exists or not m.is_mount_point:
-            out.append(
-                f"{path} on {server.label} is not a mount point (it lies on "
-                f"{m.mount_point or '?'}): nothing may be copied to or from it"
-            )
-        elif m.read_only:
-            out.append(f"{path} on {server.label} is mounted read-only")
-    return out
-
-
-def probe_pair(
-    ctx: RepairContext, source: Server, dest: Server, project_id: str
-) -> tuple[HostFacts, HostFacts, str | None]:
-    """Fresh facts of the host a copy comes from (with a deep check of ``project_id``) and of the
-    one it goes to, and the refusal when either did not answer: (source's, dest's, refusal)."""
-    dest_facts = ctx.facts(dest.server_id)
-    source_facts = ctx.facts(source.server_id, deep_ids=(project_id,))
-    down = [
-        f"{s.label} ({f.failure_message or 'incomplete probe'})"
-        for s, f in ((source, source_facts), (dest, dest_facts))
-        if not f.probed
-    ]
-    refusal = f"unreachable: cannot probe {', '.join(down)} now" if down else None
-    return source_facts, dest_facts, refusal
-
-
-def mount_blockers(*hosts: tuple[Server, HostFacts]) -> list[str]:
-    """The boot race on each host of a copy, as precondition reasons."""
-    return [f"mount_sanity: {p}" for server, facts in hosts for p in _mount_problems(server, facts)]
-
-
 def _bwlimited(req: RepairRequest, settings: ResyncReplicaSettings) -> ResyncReplicaSettings:
     """The settings with the request's ``params["bwlimit_kib"]`` (a rebuild's share of its
     bandwidth budget), which may only lower the configured ``bwlimit_kib``, never raise it."""
@@ -415,7 +293,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         if req.server_id not in project.replicas:
             return [f"replicas: {req.server_id} is not in the inventory's replica list of {pid}"]
         master, replica = ctx.server(project.master), ctx.server(req.server_id)
-        bad = [f"{s.label}: {p}" for s in (master, replica) for p in _address_problems(s)]
+        bad = [f"{s.label}: {p}" for s in (master, replica) for p in address_problems(s)]
         if bad:
             return [f"bad_address: {'; '.join(bad)}"]
         fenced = [s.label for s in (replica, master) if ctx.fenced(s.server_id)]
@@ -569,12 +447,12 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         for server, facts in sides:
             d = facts.project_dirs.get(pid)
             if d is not None and d.is_symlink:
-                out.append(f"symlink: {_live(server, pid)} on {server.label} is a symlink")
+                out.append(f"symlink: {live_path(server, pid)} on {server.label} is a symlink")
         return out
 
     def _busy(self, ctx: RepairContext, server: Server, pid: str) -> str | None:
         """A process working on the repository on ``server`` (bup save, git, rsync), if any."""
-        repo = _repo(server, pid)
+        repo = repo_path(server, pid)
         step = Step(
             server.server_id,
             ("python3", "-S", "-", repo, pid),
@@ -588,7 +466,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         except ValueError:
             hits = None
         if not isinstance(hits, list):
-            return f"cannot tell whether bup works on {repo} on {server.label}: {_tail(result)}"
+            return f"cannot tell whether bup works on {repo} on {server.label}: {tail(result)}"
         if not hits:
             return None
         shown = "; ".join(
@@ -611,11 +489,11 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         old = r_repo.master_sha if r_repo else None
         if old is None:
             return None
-        repo = _repo(replica, pid)
+        repo = repo_path(replica, pid)
         result = ctx.run(
             Step(
                 replica.server_id,
-                _git(
+                git_argv(
                     repo,
                     "for-each-ref",
                     f"--points-at={old}",
@@ -629,7 +507,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         if not result.ok:
             return (
                 f"replica_unreadable: cannot read the replica's commit {old[:12]} on "
-                f"{replica.label}: {_tail(result)}"
+                f"{replica.label}: {tail(result)}"
             )
         tags = result.stdout.decode("utf-8", "replace").split()
         if not tags:
@@ -637,7 +515,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         merged = ctx.run(
             Step(
                 master.server_id,
-                _git(_repo(master, pid), "merge-base", "--is-ancestor", old, new),
+                git_argv(repo_path(master, pid), "merge-base", "--is-ancestor", old, new),
                 "has the master absorbed the conflicting commit?",
                 timeout=60.0,
             )
@@ -658,7 +536,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         snap = _approved.get(ctx, {}).pop(req.target, None)
         if snap is None:  # dry run or approval queue: fresh facts, no preconditions yet
             project, master, replica = self._parties(req, ctx)
-            bad = _address_problems(master) + _address_problems(replica)
+            bad = address_problems(master) + address_problems(replica)
             if bad:
                 raise RepairError("; ".join(bad))
             r_facts, m_facts = ctx.facts(replica.server_id), ctx.facts(master.server_id)
@@ -679,12 +557,12 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         argv = ["rsync", "-a", "--numeric-ids", f"--timeout={settings.rsync_io_timeout}"]
         if settings.bwlimit_kib:
             argv.append(f"--bwlimit={settings.bwlimit_kib}")
-        return [*argv, *opts, "-e", ssh, _remote(source, src), dest]
+        return [*argv, *opts, "-e", ssh, remote(source, src), dest]
 
     def _steps(self, s: Snapshot, settings: ResyncReplicaSettings) -> list[ResyncStep]:
         pid = s.project.project_id
         m, r = s.master, s.replica
-        m_repo, r_repo = _repo(m, pid), _repo(r, pid)
+        m_repo, r_repo = repo_path(m, pid), repo_path(r, pid)
         rid, mid = r.server_id, m.server_id
         t = settings.rsync_timeout
         tag = "refs/tags/conflict-master-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -710,8 +588,8 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 f"{m_repo}/objects/",
                 f"{r_repo}/objects/",
                 "--ignore-existing",
-                *_OBJECT_EXCLUDES,
-                *_PACKS_ONLY,
+                *OBJECT_EXCLUDES,
+                *PACKS_ONLY,
             ),
             f"copy the master's .pack files that {r.label} lacks first, so an .idx never "
             "arrives without its .pack (immutable: no overwrite, no --delete)",
@@ -725,7 +603,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 f"{m_repo}/objects/",
                 f"{r_repo}/objects/",
                 "--ignore-existing",
-                *_OBJECT_EXCLUDES,
+                *OBJECT_EXCLUDES,
             ),
             f"copy the master's git objects that {r.label} lacks (immutable: no overwrite, "
             "no --delete)",
@@ -733,14 +611,14 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         add(
             "complete",
             rid,
-            _git(r_repo, "fsck", "--connectivity-only", "--no-dangling", s.new),
+            git_argv(r_repo, "fsck", "--connectivity-only", "--no-dangling", s.new),
             f"prove the master's commit {s.new[:12]} is complete on {r.label}",
         )
         if s.old is not None:
             add(
                 "ancestry",
                 rid,
-                _git(r_repo, "merge-base", "--is-ancestor", s.old, s.new),
+                git_argv(r_repo, "merge-base", "--is-ancestor", s.old, s.new),
                 f"is the replica's {s.old[:12]} an ancestor of the master's {s.new[:12]}? "
                 "(0: fast-forward; 1: conflict, the steps marked 'conflict' run and the repair "
                 "stops)",
@@ -749,7 +627,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
             add(
                 "conflict_tag_replica",
                 rid,
-                _git(r_repo, "update-ref", "-m", msg, tag, s.old, ZERO_SHA),
+                git_argv(r_repo, "update-ref", "-m", msg, tag, s.old, ZERO_SHA),
                 f"conflict: tag the replica's commit as {tag} on {r.label}",
             )
             add(
@@ -761,8 +639,8 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                     f"{r_repo}/objects/",
                     f"{m_repo}/objects/",
                     "--ignore-existing",
-                    *_OBJECT_EXCLUDES,
-                    *_PACKS_ONLY,
+                    *OBJECT_EXCLUDES,
+                    *PACKS_ONLY,
                 ),
                 f"conflict: copy the replica's .pack files that {m.label} lacks first",
             )
@@ -775,20 +653,20 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                     f"{r_repo}/objects/",
                     f"{m_repo}/objects/",
                     "--ignore-existing",
-                    *_OBJECT_EXCLUDES,
+                    *OBJECT_EXCLUDES,
                 ),
                 f"conflict: copy the replica's git objects that {m.label} lacks",
             )
             add(
                 "conflict_complete",
                 mid,
-                _git(m_repo, "fsck", "--connectivity-only", "--no-dangling", s.old),
+                git_argv(m_repo, "fsck", "--connectivity-only", "--no-dangling", s.old),
                 f"conflict: prove the replica's commit {s.old[:12]} is complete on {m.label}",
             )
             add(
                 "conflict_tag_master",
                 mid,
-                _git(m_repo, "update-ref", "-m", msg, tag, s.old, ZERO_SHA),
+                git_argv(m_repo, "update-ref", "-m", msg, tag, s.old, ZERO_SHA),
                 f"conflict: tag the replica's commit as {tag} on {m.label}",
             )
         add(
@@ -832,11 +710,11 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
             # Both ends stand in their host's /projects, checked mounted in the same command
             # (the sender through --rsync-path, which the master's login shell runs); the paths
             # are relative to it, so neither end can reach the root disk's directory under it.
-            sender = shlex.join(_guarded("master", m.projects_root, "rsync"))
+            sender = shlex.join(guarded("master", m.projects_root, "rsync"))
             add(
                 "live",
                 rid,
-                _guarded(
+                guarded(
                     "replica",
                     r.projects_root,
                     *self._copy(
@@ -866,7 +744,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
             rid,
             env
             + list(
-                _git(
+                git_argv(
                     r_repo,
                     "update-ref",
                     "--create-reflog",
@@ -904,7 +782,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
             if text:
                 out.output.append(text[-2000:])
             if result.returncode not in ok:
-                raise RepairError(step_failed(step, result, _tail(result)))
+                raise RepairError(step_failed(step, result, tail(result)))
             return result.returncode
 
         for kind in ("init", "packs", "objects", "complete"):
@@ -963,13 +841,13 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         ls = ctx.run(
             Step(
                 replica.server_id,
-                ("bup", "-d", _repo(replica, pid), "ls", "master"),
+                ("bup", "-d", repo_path(replica, pid), "ls", "master"),
                 "bup can read the replica's saves",
                 timeout=settings.rsync_timeout,
             )
         )
         if not ls.ok:
-            return False, f"bup ls master fails on {replica.label}: {_tail(ls)}"
+            return False, f"bup ls master fails on {replica.label}: {tail(ls)}"
         saves = [x for x in ls.stdout.decode("utf-8", "replace").split() if x != "latest"]
         return True, (
             f"{self.check} passes on {req.target} (replica at {r_repo.master_sha[:12]}, master at "

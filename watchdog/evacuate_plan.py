@@ -66,7 +66,7 @@ def _excluded(
     server: Server, source: Server, fenced: Iterable[str], allow_experimental: bool
 ) -> str | None:
     """Why no project may go to ``server`` (before any probe), or None."""
-    from bup_watchdog.repairs.resync_replica import _address_problems
+    from bup_watchdog.repairs._copy import address_problems
 
     if server.server_id == source.server_id:
         return "the host being evacuated"
@@ -76,7 +76,7 @@ def _excluded(
         return "disabled in the inventory"
     if server.experimental and not allow_experimental:
         return "experimental (--allow-experimental lets it take projects)"
-    bad = _address_problems(server)
+    bad = address_problems(server)
     return f"bad address: {'; '.join(bad)}" if bad else None
 
 
@@ -90,7 +90,8 @@ def compute_plan(
     space_margin: float = 1.2,
 ) -> Plan:
     """Where each project mastered on ``source_id`` goes, from fresh facts (pure: no I/O)."""
-    from bup_watchdog.repairs.resync_replica import ResyncReplica, _mount_problems
+    from bup_watchdog.repairs._copy import mount_problems
+    from bup_watchdog.repairs.resync_replica import ResyncReplica
 
     resync = ResyncReplica()
     fenced = set(fenced)
@@ -113,7 +114,7 @@ def compute_plan(
         if reason is None and (f is None or not f.probed):
             reason = f"unreachable: {(f.failure_message if f else None) or 'not probed'}"
         if reason is None and f is not None:
-            problems = _mount_problems(server, f)
+            problems = mount_problems(server, f)
             reason = f"mount_sanity: {problems[0]}" if problems else None
         if reason is not None or f is None:
             if server.server_id != source_id:

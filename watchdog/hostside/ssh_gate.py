@@ -73,7 +73,7 @@ ASIDE_INFIX = ".pruned-"
 _RSYNC_SHORT = re.compile(r"-[rlptgoDxuvqnc]{1,20}(e[.A-Za-z]{0,30})?")
 ZERO_SHA = "0" * 40
 
-#: repairs/resync_replica.py MOUNTED_GUARD, character for character (a test compares them).
+#: repairs/_copy.py MOUNTED_GUARD, character for character (a test compares them).
 MOUNTED_GUARD = (
     "side=$1 root=$2; shift 2; "
     'if ! cd -- "$root" || ! mountpoint -q "$root" || '

@@ -21,6 +21,7 @@ from bup_watchdog.config import SshConfig
 from bup_watchdog.hostside import ssh_gate
 from bup_watchdog.hostside.ssh_gate import Gate, Refused, UsageError, judge, parse_options
 from bup_watchdog.model import Server, project_uid
+from bup_watchdog.repairs import _copy as copy_lines
 from bup_watchdog.repairs import (
     clean_repo,
     move_project,
@@ -284,7 +285,7 @@ def test_sudo_in_front_of_a_read_only_program_is_dropped_not_obeyed() -> None:
 
 
 def test_the_gates_copies_match_the_watchdogs_originals() -> None:
-    assert ssh_gate.MOUNTED_GUARD == resync_replica.MOUNTED_GUARD
+    assert ssh_gate.MOUNTED_GUARD == copy_lines.MOUNTED_GUARD
     programs = {
         "clean_repo busy scan": clean_repo.BUSY_SCAN,
         "resync_replica busy scan": resync_replica.BUSY_SCAN,
@@ -297,8 +298,8 @@ def test_the_gates_copies_match_the_watchdogs_originals() -> None:
     for _ in range(200):
         pid = str(uuid.uuid4())
         assert ssh_gate.project_uid(pid) == project_uid(pid)
-    assert ssh_gate._OBJECT_EXCLUDES == resync_replica._OBJECT_EXCLUDES
-    assert ssh_gate._PACKS_ONLY == resync_replica._PACKS_ONLY
+    assert ssh_gate._OBJECT_EXCLUDES == copy_lines.OBJECT_EXCLUDES
+    assert ssh_gate._PACKS_ONLY == copy_lines.PACKS_ONLY
     assert (ssh_gate.WORK_SUFFIX, ssh_gate.ASIDE_INFIX) == (
         prune_repo.WORK_SUFFIX,
         prune_repo.ASIDE_INFIX,
