@@ -13,7 +13,10 @@ Given a built sandbox fleet's config, it runs, in order:
    default all but ownership, which is hourly, so the live directories are left out), then as
    many rounds with every check (the daemon's sweep when ownership is due too); and finally a
    full sweep without cache whose facts must equal the last incremental sweep's, repository by
-   repository.
+   repository;
+4. with ``--wire``, one more probe per host: the bytes of its output per repository.
+
+``--metrics-runs 0`` leaves step 2 out (the sweep-only rounds of ``bench/rounds.py``).
 
 Prints one JSON object. Run by ``bench/compare.py``; usable alone:
     .venv/bin/python bench/watchdog_run.py --config FLEET/config.toml --bups '{"s01": "…"}'
@@ -181,6 +184,28 @@ def metrics_figures(result: SweepResult, runs: int) -> dict[str, Any]:
     return m
 
 
+def probe_output(config: Any, inventory: Any) -> dict[str, Any]:
+    """Bytes of the probe's output per repository: one full probe per host, as a sweep runs it
+    (``bench/probe_wire.py`` has the breakdown by record kind and the decode time)."""
+    from bup_watchdog.gather import make_transport, parse_probe_lines, probe_argv, probe_source
+    from bup_watchdog.model import HostFacts
+
+    total = repos = 0
+    for server in inventory.servers.values():
+        transport = make_transport(server, config.ssh)
+        try:
+            lines = list(
+                transport.stream_lines(probe_argv(server, config.ssh.python), stdin=probe_source())
+            )
+        finally:
+            transport.close()
+        total += sum(len(x) for x in lines)
+        facts = HostFacts(server_id=server.server_id, gathered_at=0.0)
+        parse_probe_lines(server.server_id, lines, facts)
+        repos += len(facts.repos)
+    return {"bytes": total, "repos": repos, "bytes_per_repo": total / max(1, repos)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", type=Path, required=True, help="the fleet's config.toml")
@@ -189,7 +214,8 @@ def main() -> int:
     ap.add_argument("--sweeps", type=int, default=3, help="full sweeps (default 3)")
     ap.add_argument("--incremental", type=int, default=3, help="incremental rounds (default 3)")
     ap.add_argument("--changed", type=float, default=0.01, help="share changed per round")
-    ap.add_argument("--metrics-runs", type=int, default=20)
+    ap.add_argument("--metrics-runs", type=int, default=20, help="/metrics renders (0: none)")
+    ap.add_argument("--wire", action="store_true", help="also measure the probe's output bytes")
     ap.add_argument("--racy-wait", type=float, default=2.5, help="seconds between change and sweep")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
@@ -222,7 +248,8 @@ def main() -> int:
         [f.check, f.code, names.get(f.server_id, f.server_id), f.project_id or ""]
         for f in result.findings
     )
-    out["metrics"] = metrics_figures(result, args.metrics_runs)
+    if args.metrics_runs:
+        out["metrics"] = metrics_figures(result, args.metrics_runs)
     out["peak_rss_after_metrics_mb"] = max(out["rss_after_inventory_mb"], window_peak_mb())
 
     if RepoCache is not None and args.incremental > 0:
@@ -275,6 +302,8 @@ def main() -> int:
             "mismatched_examples": mismatched[:5],
             "compared": sum(len(f.repos) for f in check.facts.values()),
         }
+    if args.wire:
+        out["probe_output"] = probe_output(config, inventory)
     json.dump(out, sys.stdout)
     print()
     return 0
