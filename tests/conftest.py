@@ -14,6 +14,7 @@ from bup_watchdog.model import Inventory
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec, demo_spec
 from support.cassandra_fixture import cassandra  # noqa: F401 - the session fixture: a real Cassandra
+from support.fleet_template import CopiedReposFleet, RepoTemplates
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +49,15 @@ def scratch_spec() -> FleetSpec:
     )
 
 
+@pytest.fixture(scope="session")
+def repo_templates(tmp_path_factory: pytest.TempPathFactory) -> RepoTemplates:
+    """Real-bup repositories that per-test fleets copy instead of saving them again each time."""
+    return RepoTemplates(tmp_path_factory.mktemp("repo-templates"))
+
+
 @pytest.fixture()
-def scratch_fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
-    """A fresh small fleet per test, torn down after it whatever the test did to it."""
-    with SandboxFleet(tmp_path / "fleet", scratch_spec()) as fleet:
+def scratch_fleet(tmp_path: Path, repo_templates: RepoTemplates) -> Iterator[SandboxFleet]:
+    """A fresh small fleet per test, torn down after it whatever the test did to it (its
+    repositories copies of real-bup ones built at most a few minutes earlier)."""
+    with CopiedReposFleet(tmp_path / "fleet", scratch_spec(), repo_templates) as fleet:
         yield fleet
