@@ -108,6 +108,8 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
         s["metrics"] = d["metrics"]
     if r.get("daemon"):
         s["daemon"] = r["daemon"]
+    if r.get("daemon_error"):
+        s["daemon_error"] = r["daemon_error"]
     return s
 
 
@@ -153,13 +155,14 @@ def table(sums: list[dict[str, Any]]) -> str:
     )
     for peer, label in PEERS:
         contender(peer, label, "every host, 1 connection per host", "output correct")
-    for peer, label in PEERS:
-        row(
-            f"**end to end vs {label}** (wall; sweep only)",
-            lambda s, p=peer: (
-                f"**{s[f'watchdog_e2e_vs_{p}']:.1f}×** ({s[f'watchdog_sweep_vs_{p}']:.1f}×)"
-            ),
+
+    def ratio(peer: str) -> Callable[[dict[str, Any]], str]:
+        return lambda s: (
+            f"**{s[f'watchdog_e2e_vs_{peer}']:.1f}×** ({s[f'watchdog_sweep_vs_{peer}']:.1f}×)"
         )
+
+    for peer, label in PEERS:
+        row(f"**end to end vs {label}** (wall; sweep only)", ratio(peer))
     row(
         "watchdog CPU / host CPU per repository (full sweep)",
         lambda s: f"{s['cpu_us_per_repo']:.0f} µs / {s['host_us_per_repo']:.0f} µs",
@@ -311,12 +314,13 @@ def targets(sums: list[dict[str, Any]], synthetic: dict[str, Any] | None) -> lis
             d["flat"] if g is not None else None,
         )
     else:
+        failed = next((s.get("daemon_error") for s in sums if s.get("daemon_error")), None)
         add(
             "daemon RSS (`bup-watchdog run`), no growth",
             "not measured",
-            "–",
+            f"failed: {failed.splitlines()[0]}" if failed else "–",
             "flat within 5 %",
-            None,
+            False if failed else None,
         )
     return out
 

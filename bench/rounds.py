@@ -83,7 +83,9 @@ def run_watchdog_child(fleet: SandboxFleet, pids: list[int], *extra: str) -> dic
 
 def watchdog_sweep(fleet: SandboxFleet, pids: list[int]) -> dict[str, Any]:
     """One full cheap sweep in a fresh process, timed around the sweep alone."""
-    out = run_watchdog_child(fleet, pids, "--sweeps", "1", "--incremental", "0")
+    out = run_watchdog_child(
+        fleet, pids, "--sweeps", "1", "--incremental", "0", "--metrics-runs", "0"
+    )
     row = out["full"][0]
     return {
         "wall": row["wall"],

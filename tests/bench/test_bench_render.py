@@ -164,3 +164,14 @@ def test_the_daemon_runs_on_a_copy_of_the_config_with_a_short_interval_and_its_o
 def test_growth_is_measured_from_the_tenth_sweep_on() -> None:
     assert growth({1: 50.0, 10: 100.0, 100: 104.0}) == pytest.approx(4.0)
     assert growth({1: 50.0}) is None
+
+
+def test_a_daemon_that_failed_is_a_missed_target_with_its_reason_not_a_blank() -> None:
+    failed = size(100_000, 10.0, 8.0, 90.0)
+    failed["daemon_error"] = "bup-watchdog run recorded no sweep for 900 s"
+    text = render({**DATA, "results": [failed], "complete": False})
+    assert "**A partial run**" in text
+    assert (
+        "| daemon RSS (`bup-watchdog run`), no growth | not measured | failed: bup-watchdog run "
+        "recorded no sweep for 900 s | flat within 5 % | no |"
+    ) in text
