@@ -14,12 +14,15 @@ when it raises the command is gone.
 from __future__ import annotations
 
 import errno
+import os
 import selectors
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from paramiko.common import OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
@@ -39,6 +42,9 @@ from bup_watchdog.transport.base import CommandResult
 from bup_watchdog.transport.ssh_config import Hop, resolve
 
 _STDERR_KEEP = 64 * 1024
+# stdout is taken from the channel's buffer in pieces of up to this much: a sweep's probe prints
+# megabytes, and every piece costs a wake-up, a select and a recv.
+_CHUNK = 1 << 20
 # The command is stopped on the host this long after the watchdog stopped waiting (SIGTERM), and
 # killed KILL_AFTER seconds later if it is still there.
 REMOTE_GRACE = 1.0
@@ -105,6 +111,50 @@ def _unloadable_key(path: Path) -> LocalFault | None:
     else:
         return None
     return LocalFault(f"the watchdog's SSH key file {path} {why} (ssh.key_file)", kind="key_file")
+
+
+#: Ciphers offered first: AES-GCM is an AEAD cipher whose tag the cryptography library checks in
+#: C, where paramiko compares a CTR cipher's HMAC byte by byte in Python; receiving a probe's
+#: stream from OpenSSH 9.2 costs ~40 % less CPU (4.9 vs 7.6 ns per byte, bench: a 2.4 MB stream,
+#: 5 runs). Every other algorithm paramiko offers stays offered, after them.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport(sock: Any, /, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's Transport with AES-GCM offered first (SSHClient.connect's transport_factory;
+    ``kwargs`` as paramiko passes them: disabled_algorithms, and gss_* in some versions)."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    first = tuple(c for c in PREFERRED_CIPHERS if c in offered)
+    options.ciphers = (*first, *(c for c in offered if c not in first))
+    return transport
+
+
+_KNOWN_RACY_SECONDS = 2.0
+_known_lock = threading.Lock()
+_known: dict[str, tuple[tuple[int, int, int], paramiko.HostKeys]] = {}
+
+
+def known_host_keys(path: Path) -> paramiko.HostKeys:
+    """The known_hosts file, parsed once per change of it (inode, size, mtime) rather than once
+    per host per sweep: parsing it whole for every connection made a sweep's cost grow with the
+    square of the fleet's hosts. A file changed in the last few seconds is parsed afresh every
+    time (an edit in the same clock tick could keep its mtime). Raises OSError or
+    paramiko.SSHException as loading it does."""
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _known_lock:
+        hit = _known.get(str(path))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    keys = paramiko.HostKeys(str(path))
+    if time.time() - st.st_mtime > _KNOWN_RACY_SECONDS:
+        with _known_lock:
+            if len(_known) >= 8:
+                _known.clear()
+            _known[str(path)] = (stamp, keys)
+    return keys
 
 
 def _socket_error(exc: OSError, where: str) -> HostUnreachable:
@@ -185,15 +235,21 @@ class SshTransport:
                 raise fault
         return [str(k) for k in present]
 
-    def _client_for(self, known_hosts: Path) -> paramiko.SSHClient:
+    def _client_for(self, known_hosts: Path, hop: Hop) -> paramiko.SSHClient:
+        """A client that knows ``hop``'s keys from known_hosts (under the name paramiko looks
+        up, ``[host]:port`` off port 22) and refuses any host it does not know."""
         client = paramiko.SSHClient()
         try:
-            client.load_host_keys(str(known_hosts))
+            known = known_host_keys(known_hosts)
         except (OSError, paramiko.SSHException) as exc:
             raise out_of_descriptors(exc) or LocalFault(
                 f"the watchdog's known_hosts file {known_hosts} cannot be read: {exc}",
                 kind="known_hosts",
             ) from None
+        name = hop.hostname if hop.port == 22 else f"[{hop.hostname}]:{hop.port}"
+        own = client.get_host_keys()
+        for keytype, key in (known.lookup(name) or {}).items():
+            own.add(name, keytype, key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         return client
 
@@ -229,12 +285,12 @@ class SshTransport:
         jumps: list[paramiko.SSHClient] = []
         try:
             for i, hop in enumerate(route.jumps):
-                jump = self._client_for(known_hosts)
+                jump = self._client_for(known_hosts, hop)
                 jumps.append(jump)
                 self._handshake(jump, hop, channel, keys[i], f"{self.label}: jump host {hop}")
                 following = route.jumps[i + 1] if i + 1 < len(route.jumps) else route.target
                 channel = self._forward(jump, hop, following)
-            client = self._client_for(known_hosts)
+            client = self._client_for(known_hosts, route.target)
             self._handshake(client, route.target, channel, keys[-1], self.label)
         except BaseException:
             for jump in reversed(jumps):
@@ -299,6 +355,7 @@ class SshTransport:
                 banner_timeout=cfg.banner_timeout,
                 auth_timeout=cfg.auth_timeout,
                 channel_timeout=cfg.banner_timeout,
+                transport_factory=_transport,
             )
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
@@ -409,9 +466,9 @@ class SshTransport:
                     stderr += chan.recv_stderr(65536)
                     del stderr[:-_STDERR_KEEP]
                 if chan.recv_ready():
-                    data = chan.recv(65536)
+                    data = chan.recv(_CHUNK)
                 elif chan.exit_status_ready() or chan.closed or chan.eof_received:
-                    data = chan.recv(65536) if chan.recv_ready() else b""
+                    data = chan.recv(_CHUNK) if chan.recv_ready() else b""
                     if not data:
                         break
                 else:
@@ -419,12 +476,15 @@ class SshTransport:
                 total += len(data)
                 if total > cap:
                     raise ProbeError(f"{self.label}: {name} printed more than {cap} bytes; cut off")
-                buf += data
-                start = 0
-                while (nl := buf.find(b"\n", start)) >= 0:
-                    yield bytes(buf[start:nl])
-                    start = nl + 1
-                del buf[:start]
+                if b"\n" not in data:
+                    buf += data
+                    continue
+                lines = data.split(b"\n")  # one C call, not a find and a copy per line
+                if buf:
+                    lines[0] = bytes(buf) + lines[0]
+                    buf.clear()
+                buf += lines.pop()
+                yield from lines
             if buf:
                 yield bytes(buf)
             rc = chan.recv_exit_status()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from bup_watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, P
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server
 from bup_watchdog.sandbox.fleet import SandboxFleet
-from bup_watchdog.transport.ssh import SshTransport
+from bup_watchdog.transport.ssh import PREFERRED_CIPHERS, SshTransport
 
 
 def setup(fleet: SandboxFleet, name: str = "s1", **ssh: object) -> tuple[Config, Server]:
@@ -26,7 +27,9 @@ def setup(fleet: SandboxFleet, name: str = "s1", **ssh: object) -> tuple[Config,
     return config, inventory.servers[fleet.server_id(name)]
 
 
-def test_commands_run_over_one_reused_connection_with_nodelay(scratch_fleet: SandboxFleet) -> None:
+def test_commands_run_over_one_reused_aes_gcm_connection_with_nodelay(
+    scratch_fleet: SandboxFleet,
+) -> None:
     config, server = setup(scratch_fleet)
     t = SshTransport(server, config.ssh)
     try:
@@ -37,10 +40,45 @@ def test_commands_run_over_one_reused_connection_with_nodelay(scratch_fleet: San
         assert second.stdout == b"a b; $(id)\n", "arguments reach the host quoted, not interpreted"
         assert t._client is client and t.sessions_opened == 2
         assert client is not None
-        sock = client.get_transport().sock  # type: ignore[union-attr]
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        transport = client.get_transport()
+        assert transport is not None
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # type: ignore[union-attr]
+        assert (transport.local_cipher, transport.remote_cipher) == (PREFERRED_CIPHERS[0],) * 2, (
+            "OpenSSH takes the cipher offered first"
+        )
     finally:
         t.close()
+
+
+def test_streamed_lines_are_whole_however_the_output_arrives(scratch_fleet: SandboxFleet) -> None:
+    config, server = setup(scratch_fleet)
+    t = SshTransport(server, config.ssh)
+    script = "printf 'a\\nb'; sleep 0.3; printf 'c\\n\\nd'; sleep 0.3; printf 'e\\nf\\n'"
+    try:
+        assert list(t.stream_lines(["sh", "-c", script])) == [b"a", b"bc", b"", b"de", b"f"]
+        assert list(t.stream_lines(["printf", "x\\ny"])) == [b"x", b"y"], "a last unended line"
+    finally:
+        t.close()
+
+
+def test_a_key_changed_in_known_hosts_between_connections_is_believed(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_bytes(scratch_fleet.known_hosts.read_bytes())
+    old = time.time() - 60  # past the window in which a file is always read afresh
+    os.utime(known, (old, old))
+    config, server = setup(scratch_fleet, known_hosts=known)
+    SshTransport(server, config.ssh).run(["true"])  # the file is parsed and kept
+    other = setup(scratch_fleet, "s2")[1]
+    lines = known.read_text().splitlines()
+    key_of = {line.split()[0]: line.split(maxsplit=1)[1] for line in lines}
+    host = next(h for h in key_of if server.ssh_host in h)
+    theirs = next(k for h, k in key_of.items() if other.ssh_host in h)
+    known.write_text("".join(f"{h} {theirs if h == host else k}\n" for h, k in key_of.items()))
+    os.utime(known, (old, old + 1))  # same size; only the mtime tells
+    with pytest.raises(HostKeyError, match="HOST KEY CHANGED"):
+        SshTransport(server, config.ssh).run(["true"])
 
 
 def test_a_changed_host_key_is_refused_as_a_security_error(scratch_fleet: SandboxFleet) -> None:
