@@ -539,12 +539,24 @@ def process_facts(name: str, proc: str = "/proc", port_file: str | None = None) 
 class _Walk:
     """What one non-following walk of a repository saw, by repo-relative path."""
 
-    __slots__ = ("dirs", "errors", "files", "links", "listed", "others", "unlisted")
+    __slots__ = (
+        "bytes",
+        "dirs",
+        "dstats",
+        "errors",
+        "files",
+        "links",
+        "listed",
+        "others",
+        "unlisted",
+    )
 
     def __init__(self) -> None:
         self.files: dict[str, os.stat_result] = {}  # regular files, lstat
+        self.bytes = 0  # their sizes, summed
         self.links: dict[str, str] = {}  # symlinks: rel -> absolute path of the link
         self.dirs: set[str] = {""}
+        self.dstats: dict[str, os.stat_result] = {}  # lstat of the real directories asked for
         self.others: set[str] = set()  # fifos, sockets, devices
         self.unlisted: set[str] = set()  # real directories that could not be listed
         self.listed: dict[str, list[str]] = {}  # names in "", objects, objects/pack
@@ -554,8 +566,12 @@ class _Walk:
 _LISTED_DIRS = frozenset(("", "objects", "objects/pack"))
 
 
-def _walk(root: str) -> _Walk:
+def _walk(root: str, stat_dirs: Collection[str] = ()) -> _Walk:
+    """Every entry below root, without following a symlink: one ``lstat`` per regular file (its
+    size and times) and per directory in ``stat_dirs``; the other kinds come from the listing."""
     w = _Walk()
+    files, dirs, links, others = w.files, w.dirs, w.links, w.others
+    total = 0
     stack = [("", root)]
     while stack:
         rel, path = stack.pop()
@@ -574,19 +590,26 @@ def _walk(root: str) -> _Walk:
                 if names is not None:
                     names.append(name)
                 try:
-                    if entry.is_symlink():
-                        w.links[r] = entry.path
+                    if entry.is_file(follow_symlinks=False):
+                        st = files[r] = entry.stat(follow_symlinks=False)
+                        total += st.st_size
                     elif entry.is_dir(follow_symlinks=False):
-                        w.dirs.add(r)
+                        dirs.add(r)
                         stack.append((r, entry.path))
-                    elif entry.is_file(follow_symlinks=False):
-                        w.files[r] = entry.stat(follow_symlinks=False)
+                        if r in stat_dirs:
+                            try:  # noqa: SIM105 - no contextlib import on every host
+                                w.dstats[r] = entry.stat(follow_symlinks=False)
+                            except OSError:  # the fingerprint looks at it again
+                                pass
+                    elif entry.is_symlink():
+                        links[r] = entry.path
                     else:
-                        w.others.add(r)
+                        others.add(r)
                 except OSError as e:  # vanished while walking
                     w.errors.append(f"cannot stat {r}: {e.strerror}")
         if names is not None:
             w.listed[rel] = names
+    w.bytes = total
     return w
 
 
@@ -913,13 +936,15 @@ def _file_kind(path: str) -> str:
     return next((name for test, name in kinds if test(mode)), "special file")
 
 
-def _fill_repo(root: str, rec: dict[str, Any], max_symlinks: int, max_bad_idx: int) -> None:
-    w = _walk(root)
+def _fill_repo(
+    root: str, rec: dict[str, Any], max_symlinks: int, max_bad_idx: int, stat_dirs: Collection[str]
+) -> _Walk:
+    w = _walk(root, stat_dirs)
     rec["errors"].extend(w.errors)
     if "" in w.unlisted:
-        return
+        return w
     rec["file_count"] = len(w.files)
-    rec["repo_bytes"] = sum(st.st_size for st in w.files.values())
+    rec["repo_bytes"] = w.bytes
     sizes = [w.files[n].st_size for n in BUPINDEX_FILES if n in w.files]
     rec["bupindex_bytes"] = sum(sizes) if sizes else None
 
@@ -953,6 +978,7 @@ def _fill_repo(root: str, rec: dict[str, Any], max_symlinks: int, max_bad_idx: i
     rec["replicas"], rec["replicas_error"] = _read_json(root, w, "conf/replicas.json", list)
     rec["settings"], rec["settings_error"] = _read_json(root, w, "conf/settings.json", dict)
     _symlinks(root, w, rec, max_symlinks)
+    return w
 
 
 def repo_facts(
@@ -966,8 +992,9 @@ def repo_facts(
 ) -> dict[str, Any]:
     """The repo record for the bup repository at repo_path; never raises.
 
-    With ``with_fingerprint`` the record has a ``fingerprint`` (see ``trusted_fingerprint``),
-    taken after the walk and vouching for it; null for a repository that could not be walked.
+    With ``with_fingerprint`` the record has a ``fingerprint`` (see ``trusted_fingerprint``)
+    vouching for the walk, made from the walk's own lstats (``_walk_fingerprint``); null for a
+    repository that could not be walked.
     """
     rec = empty_repo_record(project_id, repo_path)
     started_ns = time.time_ns()
@@ -984,11 +1011,15 @@ def repo_facts(
         if not stat.S_ISDIR(st.st_mode):
             rec["errors"].append("not a directory")
             return rec
-        _fill_repo(repo_path, rec, max_symlinks, max_bad_idx)
+        w = _fill_repo(
+            repo_path, rec, max_symlinks, max_bad_idx, _FP_WALK_DIRS if with_fingerprint else ()
+        )
         if with_fingerprint:
             rec["fingerprint"] = None
             if rec["file_count"] is not None:
-                rec["fingerprint"] = trusted_fingerprint(repo_path, started_ns, racy_seconds)
+                digest, newest = _walk_fingerprint(repo_path, st, w)
+                if newest < started_ns - int(racy_seconds * 1e9):  # see trusted_fingerprint
+                    rec["fingerprint"] = digest
     except Exception as e:  # one bad repo must not stop the walk
         rec["errors"].append(f"unexpected error: {type(e).__name__}: {e}")
     if with_fingerprint:
@@ -1165,6 +1196,66 @@ def _fingerprint_text(top: list[int], parts: list[int], missing: int) -> str:
     sign, 4x cheaper than ``struct``) and the mask, as fixed-width lowercase hex."""
     digest = _blake2b(marshal.dumps(parts, 2), digest_size=FP_DIGEST_HEX // 2).hexdigest()
     return f"{_top_text(top)}{digest}{missing:0{FP_MASK_HEX}x}"
+
+
+# The directories a walk lstat's for the fingerprint (the others come from its listing).
+_FP_WALK_DIRS = frozenset((*FP_GUARDS, *FP_DIRS[1:]))
+_FP_WALK_ENTRIES = tuple(
+    (rel.decode(), rel.decode().rpartition("/")[0], bit, parent, is_dir, guard)
+    for rel, bit, parent, is_dir, guard, _skippable in _FP_ENTRIES
+)
+
+
+def _walk_fingerprint(root: str, top_st: os.stat_result, w: _Walk) -> tuple[str, int]:
+    """``fingerprint(root)`` from what a walk saw: the repository's own lstat ``top_st``, the
+    lstat of its regular files and of the directories in ``_FP_WALK_DIRS``, and its listings,
+    which say what is missing; only a path the walk did not stat (a symlink, a special file) is
+    looked up again. Every lstat was taken after the walk began, which is all that
+    ``trusted_fingerprint`` needs. A walk that met an error gives way to ``fingerprint``."""
+    if w.errors or w.unlisted:
+        return fingerprint(root)
+    top = [top_st.st_mode, top_st.st_ino, top_st.st_size, top_st.st_mtime_ns, top_st.st_ctime_ns]
+    newest = max(top_st.st_mtime_ns, top_st.st_ctime_ns)
+    parts = list(top)
+    add = parts.extend
+    files, dstats, dirs, links, others = w.files, w.dstats, w.dirs, w.links, w.others
+    missing = 0
+    blocked = 0
+    for rel, up, bit, parent, is_dir, guard in _FP_WALK_ENTRIES:
+        if blocked & parent:
+            blocked |= bit
+            add((-3, 0))
+            continue
+        st = files.get(rel) or dstats.get(rel)
+        if st is None:
+            if up not in dirs or rel in links or rel in others or rel in dirs:
+                try:  # not stat'ed by the walk: as fingerprint() does
+                    st = os.lstat(os.path.join(root, rel))
+                except OSError as e:
+                    err = e.errno or 0
+                else:
+                    err = 0
+            else:  # not in its parent's listing (a real directory, listed in full)
+                err = errno.ENOENT
+            if st is None:
+                blocked |= bit
+                if guard or err == errno.ENOENT:
+                    missing |= bit
+                if not guard:
+                    add((-1, err))
+                continue
+        mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+        if is_dir and not stat.S_ISDIR(st.st_mode):
+            blocked |= bit
+            if guard:
+                missing |= bit
+        if not guard:
+            add((st.st_mode, st.st_ino, st.st_size, mtime, ctime))
+        if mtime > newest:
+            newest = mtime
+        if ctime > newest:
+            newest = ctime
+    return _fingerprint_text(top, parts, missing), newest
 
 
 _Plan = tuple[tuple[bytes | None, tuple[int, int] | None, bool], ...]

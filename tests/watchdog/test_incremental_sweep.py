@@ -854,3 +854,35 @@ def test_the_quick_unchanged_check_answers_as_the_full_fingerprint_does(
             continue  # a change this shape cannot take (no logs/ to append to, no pack, …)
         full = fingerprint(str(repo), known)[0] == known
         assert _unchanged(str(repo), known) == full, f"{shape}, then {name}"
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_fingerprint_a_walk_takes_from_its_own_lstats_is_the_fingerprint_of_the_repository(
+    host: LocalHost, shape: str
+) -> None:
+    """A walk builds its fingerprint from the lstats and listings it already has instead of
+    looking every path up again; on every shape, after every change the tests know (symlinks,
+    paths gone, a FIFO where a file was), it must be exactly ``fingerprint``'s."""
+    from bup_watchdog.probe import repo_facts
+
+    changes = {**{k: v[0] for k, v in CHANGES.items()}, **{k: v[0] for k, v in UNSEEN.items()}}
+    changes["conf/touch a FIFO"] = lambda repo: (
+        (repo / "conf" / "touch").unlink(),
+        os.mkfifo(repo / "conf" / "touch"),
+    )
+    changes["HEAD a directory"] = lambda repo: ((repo / "HEAD").unlink(), (repo / "HEAD").mkdir())
+    checked = 0
+    for n, (name, change) in enumerate(sorted(changes.items())):
+        pid = f"{n:08x}-0000-4000-8000-000000000000"
+        repo = host.add_repo(pid)
+        SHAPES[shape](repo)
+        try:
+            change(repo)
+        except (OSError, IndexError, subprocess.CalledProcessError, sandbox_repos.BuildError):
+            continue
+        rec = repo_facts(str(repo), pid, with_fingerprint=True, racy_seconds=0.0)
+        if rec["file_count"] is None:
+            continue  # not walked (a symlink): no fingerprint to compare
+        assert rec["fingerprint"] == fingerprint(str(repo))[0], f"{shape}, then {name}"
+        checked += 1
+    assert checked >= len(changes) // 2
