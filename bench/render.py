@@ -56,6 +56,8 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
     s: dict[str, Any] = {k: r[k] for k in ("repos", "projects", "hosts")}
     s["build_s"] = r.get("build_seconds")
     for name, rows in rounds.items():
+        if name == "warmup":
+            continue
         done = ok_rows(rows)
         s[f"{name}_rows"] = rows
         if not done:
