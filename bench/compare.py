@@ -55,7 +55,7 @@ from bup_watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
 
 # Seconds per repository of each piece on this 2-core machine (the 10k and 100k runs of
 # 2026-11-28 and 2026-12-05), for the time estimate only: build, one round of the four
-# contenders, the warm-up and details run; the daemon's sweep at its size; and fixed seconds per fleet.
+# contenders, the warm-up and details run; the daemon's sweep at its size; fixed s per fleet.
 EST_BUILD, EST_ROUND, EST_DETAIL, EST_DAEMON_SWEEP, EST_FIXED = 1.3e-3, 3.9e-3, 2e-3, 4e-5, 40
 
 
@@ -275,6 +275,8 @@ def main() -> int:
     deadline = started + est
     load_start = load1()
     log(f"sizes {sizes}, {args.hosts} hosts, {args.rounds} rounds; about {est / 60:.0f} min")
+    if args.daemon_size and args.daemon_sweeps and args.daemon_size not in sizes:
+        log(f"no daemon run: --daemon-size {args.daemon_size} is not one of --sizes")
     results: list[dict[str, Any]] = []
     data: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
