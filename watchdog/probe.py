@@ -100,6 +100,7 @@ MAX_OWNER_EXAMPLES = 5  # paths shown per uid
 RACY_SECONDS = 2.0  # a fingerprint is not given for paths changed this shortly before a walk
 
 IDX_MAGIC = b"\377tOc"
+IDX_VERSION_2 = b"\0\0\0\2"
 IDX_HEADER_BYTES = 8 + 256 * 4
 IDX_TRAILER_BYTES = 40  # pack checksum + index checksum
 IDX_BYTES_PER_OBJECT = 20 + 4 + 4  # sha, crc32, 32-bit offset
@@ -125,11 +126,11 @@ def _idx_fanout(fd: int, size: int) -> tuple[int, ...]:
         raise ValueError("truncated while reading the header")
     if head[:4] != IDX_MAGIC:
         raise ValueError("bad magic: not a version 2 pack index")
-    version = struct.unpack(">I", head[4:8])[0]
-    if version != 2:
+    if head[4:8] != IDX_VERSION_2:
+        version = struct.unpack(">I", head[4:8])[0]
         raise ValueError(f"unsupported pack index version {version}")
     fanout: tuple[int, ...] = struct.unpack(">256I", head[8:])
-    if list(fanout) != sorted(fanout):
+    if fanout != tuple(sorted(fanout)):  # sorted() of a sorted list is one linear pass
         raise ValueError("fanout table is not monotonic")
     count = fanout[255]
     need = IDX_HEADER_BYTES + count * IDX_BYTES_PER_OBJECT + IDX_TRAILER_BYTES
@@ -167,9 +168,17 @@ def _idx_contains(fd: int, fanout: tuple[int, ...], sha: bytes) -> bool:
     return False
 
 
-def _open_regular(path: str | bytes) -> tuple[int, int]:
-    """Open a regular file without following a final symlink; return (fd, size)."""
+def _open_regular(path: str | bytes, walked: os.stat_result | None = None) -> tuple[int, int]:
+    """Open a regular file without following a final symlink; return (fd, size).
+
+    ``walked``: the file's lstat from the walk that just saw it as a regular file; then its size
+    is taken from there and no ``fstat`` is made (a system call per file read). Whatever replaces
+    it in between, the open still follows no symlink and cannot hang (``O_NONBLOCK``): a FIFO
+    reads as empty, a directory as an error, as a file rewritten by its owner would read anyway.
+    """
     fd = os.open(path, _OPEN_FLAGS)
+    if walked is not None:
+        return fd, walked.st_size
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -635,7 +644,7 @@ def _read_in_repo(root: str, w: _Walk, rel: str, cap: int) -> bytes | None:
     if rel not in w.files and parent not in w.unlisted:
         return None
     try:
-        fd, size = _open_regular(os.path.join(root, rel))
+        fd, size = _open_regular(os.path.join(root, rel), w.files.get(rel))
     except FileNotFoundError:
         return None
     except ValueError:
@@ -655,6 +664,8 @@ def _read_in_repo(root: str, w: _Walk, rel: str, cap: int) -> bytes | None:
                 break
             chunks.append(chunk)
             got += len(chunk)
+            if got == size:  # all fstat saw: no second read just to meet the end
+                break
         if got > cap:
             raise _FileProblem(f"{rel} is larger than {cap} bytes")
         return b"".join(chunks)
@@ -672,6 +683,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+_JSON_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _read_json(root: str, w: _Walk, rel: str, kind: type) -> tuple[Any, str | None]:
     """(value, error) for a capped JSON file that must hold a value of the given kind."""
     try:
@@ -680,8 +694,8 @@ def _read_json(root: str, w: _Walk, rel: str, kind: type) -> tuple[Any, str | No
         return None, str(e)
     if data is None:
         return None, f"{rel} is missing"
-    try:
-        value = json.loads(data, parse_constant=_reject_constant)
+    try:  # json.loads(data, parse_constant=...), without building a decoder per call
+        value = _JSON_DECODE(data.decode(json.detect_encoding(data), "surrogatepass"))
     except (ValueError, RecursionError) as e:
         return None, f"{rel} is not valid JSON: {e}"
     if kind is list:
@@ -765,10 +779,12 @@ def _packs(root: str, w: _Walk, rec: dict[str, Any], max_bad: int) -> None:
     found = False
     bad: list[dict[str, str]] = []
     bad_count = 0
+    pack_dir = os.path.join(root, "objects", "pack", "")
+    pack_dir_rel = "objects/pack/"
+    files = w.files
     for name in usable:
-        path = os.path.join(root, "objects", "pack", name)
         try:
-            fd, size = _open_regular(path)
+            fd, size = _open_regular(pack_dir + name, files[pack_dir_rel + name])
         except (OSError, ValueError) as e:
             reason = e.strerror if isinstance(e, OSError) else str(e)
             bad_count += 1
@@ -811,7 +827,7 @@ def _reflog(root: str, w: _Walk, rec: dict[str, Any]) -> None:
     if rel not in w.files and parent not in w.unlisted:
         return  # missing (or below something that is not a real directory)
     try:
-        fd, size = _open_regular(os.path.join(root, rel))
+        fd, size = _open_regular(os.path.join(root, rel), w.files.get(rel))
     except FileNotFoundError:
         return
     except (OSError, ValueError) as e:
