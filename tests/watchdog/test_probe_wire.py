@@ -17,7 +17,7 @@ import pytest
 from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.gather import HostCache, gather_host, parse_probe_lines, probe_source
-from bup_watchdog.model import GatherFailure, HostFacts, Server, project_uid
+from bup_watchdog.model import GatherFailure, HostFacts, OwnerCounts, Server, project_uid
 from bup_watchdog.probe import (
     DIR_WIRE_FIELDS,
     PROBE_VERSION,
@@ -141,6 +141,17 @@ def test_the_compact_records_give_the_same_facts_as_the_readable_ones(
     # repositories with equal values share one object, as they did when decoded from dicts
     assert new.repos[PIDS[0]].settings is new.repos[PIDS[4]].settings
     assert new.repos[PIDS[0]].replicas is new.repos[PIDS[4]].replicas
+
+
+def test_a_live_directorys_owner_counts_read_and_compare_as_the_dict_they_were_made_from() -> None:
+    counts = {1000: 18, 0: 2}
+    owners = OwnerCounts(counts)
+    assert owners == counts and counts == owners and owners != {1000: 18}
+    assert dict(owners) == counts and list(owners.items()) == [(1000, 18), (0, 2)]
+    assert owners[0] == 2 and 4242 not in owners and owners.get(4242) is None
+    assert len(owners) == 2 and not OwnerCounts({}) and repr(owners) == repr(counts)
+    with pytest.raises(KeyError):
+        owners[4242]
 
 
 def test_the_probe_and_the_decoder_agree_on_the_fields_and_their_defaults() -> None:
