@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
 import logging
+import operator
 import re
 import socket
 import sys
@@ -231,8 +233,13 @@ class RepoCache:
         now = time.time() if now is None else now
         with self._lock:
             entry = self._hosts.get(server_id) or HostCache()
+        # Entries come from few gathers (one walked_at each): when none is older than the
+        # shortest limit, nothing is due and the stored dict is lent as it is, not copied.
+        oldest = min({c.walked_at for c in entry.repos.values()}, default=now)
+        if now - oldest < 0.5 * self.max_age:
+            return HostCache(entry.repos, entry.dirs)  # read only: a gather builds its own
         repos = {pid: c for pid, c in entry.repos.items() if now - c.walked_at < self._limit(pid)}
-        return HostCache(repos, entry.dirs)  # read only: a gather builds a new HostCache
+        return HostCache(repos, entry.dirs)
 
     def replace(self, server_id: str, entry: HostCache, walked: int, reused: int) -> None:
         """A host's new entries after a complete gather (repositories gone are dropped).
@@ -357,8 +364,14 @@ def _last_sample(
     return last, kept.sampled_at
 
 
-def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> Iterator[int]:
-    """The bit numbers set in one of the ``unchanged`` record's bitmaps; ProbeError if malformed."""
+# The 8 bits of each byte value, least significant first (the bitmaps' order, see probe.bitmap).
+_BYTE_BITS = [tuple(bool(b >> i & 1) for i in range(8)) for b in range(256)]
+
+
+def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> list[bool]:
+    """One of the ``unchanged`` record's bitmaps, a flag per known project (``size`` of them, in
+    the known order); ProbeError if malformed. Unpacked by table lookups, not bit by bit: this
+    runs for every repository of every incremental sweep."""
     try:
         data = base64.b64decode(str(rec.get(key, "")), validate=True)
     except ValueError:
@@ -368,14 +381,10 @@ def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> Iterator[int]:
             f"line {line}: the probe's {key} bitmap has {len(data)} bytes for {size} known "
             "projects (it was not given this host's known state)"
         )
-    for i, byte in enumerate(data):
-        while byte:
-            low = byte & -byte
-            n = i * 8 + low.bit_length() - 1
-            if n >= size:
-                raise ProbeError(f"line {line}: the probe's {key} bitmap names no known project")
-            yield n
-            byte ^= low
+    flags = list(itertools.chain.from_iterable(map(_BYTE_BITS.__getitem__, data)))
+    if any(flags[size:]):
+        raise ProbeError(f"line {line}: the probe's {key} bitmap names no known project")
+    return flags
 
 
 Kept = TypeVar("Kept", CachedRepo, CachedDir)
@@ -390,20 +399,23 @@ def _reuse(
     vouched_by: str,
     line: int,
 ) -> int:
-    """Put the kept facts of ``ids`` into ``into`` (and their entries into ``fresh``)."""
-    count = 0
-    for pid in ids:
-        entry = kept.get(pid)
-        if entry is None:
-            raise ProbeError(
-                f"line {line}: the probe reported {noun} {pid} unchanged, "
-                f"but it was not given that {noun}'s {vouched_by}"
-            )
-        into[entry.facts.project_id] = entry.facts
-        if fresh is not None:
-            fresh[entry.facts.project_id] = entry
-        count += 1
-    return count
+    """Put the kept facts of ``ids`` into ``into`` (and their entries into ``fresh``), keyed by
+    their project ids (the keys of ``kept``); in bulk, as this runs for every unchanged one."""
+    ids = list(ids)
+    entries = list(map(kept.get, ids))
+    if None in entries:
+        pid = ids[entries.index(None)]
+        raise ProbeError(
+            f"line {line}: the probe reported {noun} {pid} unchanged, "
+            f"but it was not given that {noun}'s {vouched_by}"
+        )
+    into.update(zip(ids, map(_FACTS, entries), strict=True))
+    if fresh is not None:
+        fresh.update(zip(ids, entries, strict=True))  # type: ignore[arg-type]  # None: refused above
+    return len(ids)
+
+
+_FACTS = operator.attrgetter("facts")
 
 
 def _reuse_unchanged(
@@ -420,8 +432,8 @@ def _reuse_unchanged(
             f"line {line}: the probe knew {str(rec.get('known'))[:40]!r} projects, "
             f"it was given {len(order)}"
         )
-    repos = (order[n] for n in _bits(rec, "repos", len(order), line))
-    dirs = (order[n] for n in _bits(rec, "project_dirs", len(order), line))
+    repos = itertools.compress(order, _bits(rec, "repos", len(order), line))
+    dirs = itertools.compress(order, _bits(rec, "project_dirs", len(order), line))
     reused = _reuse(
         repos,
         before.repos,
