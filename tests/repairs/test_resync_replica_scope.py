@@ -16,6 +16,7 @@ from bup_watchdog.repairs.base import RepairRequest
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
 from support.fleet import git_out, make_guard
+from support.fleet_template import CopiedReposFleet, RepoTemplates
 
 P = "5c7a2f1e-2222-4c1d-9a0b-000000000001"
 CORRUPT = "5c7a2f1e-2222-4c1d-9a0b-0000000000b1"  # master pack lost on s1
@@ -31,7 +32,7 @@ warn_seconds = 60
 
 
 @pytest.fixture()
-def fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
+def fleet(tmp_path: Path, repo_templates: RepoTemplates) -> Iterator[SandboxFleet]:
     """s1 masters P and three bystanders, s2 holds their replicas; P's replica is behind."""
     spec = FleetSpec(
         hosts=(HostSpec("s1", dc=0), HostSpec("s2", dc=1)),
@@ -42,7 +43,7 @@ def fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
             ProjectSpec(HEALTHY, master="s1", replicas=("s2",)),
         ),
     )
-    with SandboxFleet(tmp_path / "fleet", spec) as built:
+    with CopiedReposFleet(tmp_path / "fleet", spec, repo_templates) as built:
         yield built
 
 

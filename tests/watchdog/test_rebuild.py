@@ -33,6 +33,7 @@ from bup_watchdog.runner import open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
 from support.fleet import fleet_config, git_digest, git_out
+from support.fleet_template import CopiedReposFleet, RepoTemplates
 
 P_RECENT = "7a1b2c3d-0001-4e5f-8a9b-000000000001"  # missing on b, used an hour ago
 P_OLDER = "7a1b2c3d-0002-4e5f-8a9b-000000000002"  # missing on b, used two days ago
@@ -56,9 +57,9 @@ def spec() -> FleetSpec:
 
 
 @pytest.fixture()
-def fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
+def fleet(tmp_path: Path, repo_templates: RepoTemplates) -> Iterator[SandboxFleet]:
     """b after a disk replacement: two replica repositories gone, one behind."""
-    with SandboxFleet(tmp_path / "fleet", spec()) as fleet:
+    with CopiedReposFleet(tmp_path / "fleet", spec(), repo_templates) as fleet:
         for pid in (P_RECENT, P_OLDER):
             subprocess.run(["rm", "-rf", str(fleet.repo_path("b", pid))], check=True)
         now = time.time()
