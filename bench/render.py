@@ -42,7 +42,11 @@ def fmt_s(x: float | None) -> str:
 
 def runs(rows: list[dict[str, Any]], key: str = "wall") -> str:
     """Every run's figure with the 1-minute load average before it: ``2.31 ‹4.1›``."""
-    return ", ".join(f"{r[key]:.2f} ‹{r['load_before']:.1f}›" for r in rows if key in r)
+    return ", ".join(
+        f"{r[key]:.2f} ‹{r['load_before']:.1f}›" if key in r else f"failed ‹{r['load_before']:.1f}›"
+        for r in rows
+        if key in r or "error" in r
+    )
 
 
 def ok_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,6 +73,7 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
         local = "cpu" if "cpu" in done[0] else "local_cpu"
         s[f"{name}_cpu"] = median([x[local] for x in done])
         s[f"{name}_host_cpu"] = median([x["host_cpu"] for x in done])
+        s[f"{name}_failed"] = len(rows) - len(done)
         s[f"{name}_ok"] = all(
             x.get("exact", True)
             and not x.get("failed_hosts")
@@ -134,6 +139,8 @@ def table(sums: list[dict[str, Any]]) -> str:
             if f"{name}_wall" not in s:
                 return str(s[f"{name}_note"])
             bad = "" if s[f"{name}_ok"] else " **WRONG**"
+            if s[f"{name}_failed"]:
+                bad += f" **{s[f'{name}_failed']} failed**"
             return f"**{fmt_s(s[f'{name}_wall'])}**{bad} ({runs(s[f'{name}_rows'])})"
 
         row(f"**{label}** ({note}): wall, median (every run ‹load before›)", wall)
@@ -141,7 +148,10 @@ def table(sums: list[dict[str, Any]]) -> str:
             "… CPU: here / on the hosts (medians)",
             lambda s: f"{fmt_s(s[f'{name}_cpu'])} / {fmt_s(s[f'{name}_host_cpu'])}",
         )
-        row(f"… {correct}", lambda s: "yes" if s[f"{name}_ok"] else "**NO**")
+        row(
+            f"… {correct}",
+            lambda s: "yes" if s[f"{name}_ok"] and not s[f"{name}_failed"] else "**NO**",
+        )
 
     contender(
         "watchdog_e2e",

@@ -163,7 +163,10 @@ def run_rounds(
     for i, order in enumerate(rotation(names, rounds)):
         for pos, name in enumerate(order):
             before = load1()
-            row = contender(name, fleet, pids, work)()
+            try:
+                row = contender(name, fleet, pids, work)()
+            except (RuntimeError, ValueError, KeyError) as exc:  # the other contenders still run
+                row = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             row.update(round=i + 1, position=pos + 1, load_before=before, load_after=load1())
             out[name].append(row)
             wall = f"{row['wall']:.2f} s" if "wall" in row else row.get("skipped", row.get("error"))

@@ -175,3 +175,11 @@ def test_a_daemon_that_failed_is_a_missed_target_with_its_reason_not_a_blank() -
         "| daemon RSS (`bup-watchdog run`), no growth | not measured | failed: bup-watchdog run "
         "recorded no sweep for 900 s | flat within 5 % | no |"
     ) in text
+
+
+def test_a_failed_run_among_good_ones_is_shown_and_the_contender_is_not_called_correct() -> None:
+    one = size(10_000, 2.0, 1.0, 30.0)
+    one["rounds"]["ansible"][1] = {"error": "RuntimeError: boom", "load_before": 4.0}
+    text = render({**DATA, "results": [one]})
+    assert "**30.00 s** **1 failed** (30.00 ‹3.3›, failed ‹4.0›)" in text
+    assert "| … output correct | yes |\n| **parallel-ssh**" not in text
