@@ -131,11 +131,12 @@ class RepoIntegrity(Check[RepoIntegritySettings]):
                         message=deep.message or "deep check failed",
                         details={"checked_at": deep.checked_at},
                     )
+        repos = {sid: host.repos for sid, host in facts.items() if host.probed}
         for project in inventory.projects.values():
-            master = facts.get(project.master)
-            if project.deleted or master is None or not master.probed:
+            held = repos.get(project.master)
+            if held is None or project.deleted:
                 continue
-            if project.project_id not in master.repos:
+            if project.project_id not in held:
                 yield Finding(
                     check=self.name,
                     server_id=project.master,

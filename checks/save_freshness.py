@@ -139,8 +139,9 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
         """Never-saved masters without conf/touch in a sweep that did not list live directories:
         whether they hold files is unknown, so an open finding stays open."""
         for host, repo in _masters(facts, inventory):
-            if (
-                _never_saved(repo)
+            if (  # _never_saved, inline: this runs for every master
+                repo.master_sha is None
+                and repo.reflog_last_time is None
                 and repo.touch_mtime is None
                 and _live_files(host, inventory, repo.project_id) is None
             ):
