@@ -603,6 +603,26 @@ def test_an_unexpected_exception_in_one_repo_becomes_an_error_entry(
     assert set(rec) == set(probe.empty_repo_record(PID_A, str(repo)))
 
 
+def test_a_file_swapped_for_a_fifo_or_a_directory_after_the_walk_is_read_without_hanging(
+    tmp_path: Path, template_repo: Path
+) -> None:
+    """Files the walk saw as regular are opened without an fstat (its lstat gives the size): one
+    replaced in between by a FIFO (no writer) reads as empty at once, never blocks, and one
+    replaced by a directory is an error in words, as any unreadable file is."""
+    repo = tmp_path / PID_A
+    shutil.copytree(template_repo, repo, symlinks=True)
+    w = probe._walk(str(repo))
+    (repo / "HEAD").unlink()
+    os.mkfifo(repo / "HEAD")
+    (repo / "refs" / "heads" / "master").unlink()
+    (repo / "refs" / "heads" / "master").mkdir()
+    started = time.monotonic()
+    assert probe._read_in_repo(str(repo), w, "HEAD", 1000) == b""
+    with pytest.raises(probe._FileProblem, match=r"^refs/heads/master is unreadable: Is a direc"):
+        probe._read_in_repo(str(repo), w, "refs/heads/master", 1000)
+    assert time.monotonic() - started < 5
+
+
 # ------------------------------------------------------------------------------------------
 # project directories
 # ------------------------------------------------------------------------------------------
