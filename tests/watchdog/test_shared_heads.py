@@ -54,7 +54,10 @@ SETTINGS = check.Settings()
 T = 1_700_000_000
 INTERVAL = 5.0  # sweep interval, s (the least the config allows)
 HEADS_MAX_AGE = 11.0  # a published head is believed this long (rows live twice as long)
-MEMBER_TTL = 30.0  # long enough to see wd-b's heads age out before its hosts move
+# Long enough to see wd-b's heads age out before its hosts move: wd-a's first sweep to end after
+# they aged out (killed + 11 s) read the heads by killed + 16 s at worst; wd-c owns s1 and
+# publishes its head no sooner than killed - heartbeat + ttl + a sweep, about killed + 23 s.
+MEMBER_TTL = 24.0
 
 
 def daemon_config(
