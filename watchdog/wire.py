@@ -189,12 +189,12 @@ class WireReader:
             if min(examples, default=0) < 0:
                 raise ProbeError("probe record 'project_dir': examples has a uid below 0")
         # One int object for the top's uid, its gid and its owner count's key (they are nearly
-        # always the project's uid), the counts one flat tuple: about 190 bytes fewer per live
+        # always the project's uid), the counts one small struct: about 250 bytes fewer per live
         # directory, which the incremental cache keeps.
         top = w.uid
         owners: Mapping[int, int] = NOTHING
         if w.owners:
-            owners = OwnerCounts({top if u == top else u: n for u, n in w.owners.items()})
+            owners = OwnerCounts.of({top if u == top else u: n for u, n in w.owners.items()})
         return ProjectDirFacts(
             project_id=pid,
             is_symlink=w.is_symlink,

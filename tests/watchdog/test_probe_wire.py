@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -145,11 +146,12 @@ def test_the_compact_records_give_the_same_facts_as_the_readable_ones(
 
 def test_a_live_directorys_owner_counts_read_and_compare_as_the_dict_they_were_made_from() -> None:
     counts = {1000: 18, 0: 2}
-    owners = OwnerCounts(counts)
-    assert owners == counts and counts == owners and owners != {1000: 18}
+    owners = OwnerCounts.of(counts)
+    assert owners == counts and counts == owners and owners != {1000: 18} and owners != {}
     assert dict(owners) == counts and list(owners.items()) == [(1000, 18), (0, 2)]
-    assert owners[0] == 2 and 4242 not in owners and owners.get(4242) is None
-    assert len(owners) == 2 and not OwnerCounts({}) and repr(owners) == repr(counts)
+    assert owners[0] == 2 and 0 in owners and 4242 not in owners and owners.get(4242) is None
+    assert len(owners) == 2 and list(owners) == [1000, 0] and repr(owners) == repr(counts)
+    assert isinstance(owners, Mapping) and OwnerCounts.of({7: 1}) == {7: 1}
     with pytest.raises(KeyError):
         owners[4242]
 

@@ -132,6 +132,14 @@ def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_a
     assert same_instant == one.last_edited and same_instant is not one.last_edited
     assert same_instant.isoformat() == "2026-11-28T02:00:00+01:00"
     assert bare.bup_last_save == {} and bare.bup_last_save is two.__class__(P4, S1).bup_last_save
+    # the save times read as the dict they came from, the servers' tuple shared
+    saves = dict(one.bup_last_save)
+    assert one.bup_last_save == saves and saves == two.bup_last_save and list(saves) == [S1, S2]
+    assert one.bup_last_save.get(S2) is same_instant and S1 in one.bup_last_save
+    assert one.bup_last_save.get(UNKNOWN) is None and UNKNOWN not in two.bup_last_save
+    assert len(one.bup_last_save) == 2 and one.bup_last_save.keys() is two.bup_last_save.keys()
+    with pytest.raises(KeyError):
+        one.bup_last_save[UNKNOWN]
 
 
 def test_bad_entries_get_the_errors_the_model_gives_each_naming_the_entry(
