@@ -41,23 +41,45 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pydantic import ValidationError
 
 from bup_watchdog.config import CassandraConfig, Config
 from bup_watchdog.errors import InventoryError
 from bup_watchdog.inventory.cassandra_schema import checked_keyspace, migrate
 from bup_watchdog.inventory.file import ServerEntry
-from bup_watchdog.model import Inventory, Project, Server, is_v4_uuid
+from bup_watchdog.model import NOTHING, Inventory, Project, Server
+
+#: A version-4 UUID as Cassandra writes one as text (lower case).
+_V4_LOWER = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+class ProjectRow(msgspec.Struct, gc=False):
+    """One row of SELECT_PROJECTS_FAST, as Cassandra writes it in JSON."""
+
+    project_id: str
+    bup_location: str | None = None
+    bup_last_save: dict[str, datetime] | None = None
+    disk: str | None = None
+    last_edited: datetime | None = None
+    deleted: bool | None = None
+
+
+#: A project row as ``_project_rows`` hands it on: id, master, bup_last_save (None: a time past
+#: the year 9999), settings['disk'], last_edited, deleted.
+_NO_SAVES: dict[str, datetime] = {}  # never changed: a row without saves
+_Row = tuple[str, str | None, dict[str, datetime] | None, str | None, datetime | None, Any]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +97,15 @@ SELECT_TOPOLOGY = "SELECT data_center, host, disabled FROM {ks}.storage_topology
 SELECT_SSH = (
     "SELECT server_id, name, ssh_host, ssh_port, ssh_user, bup_root, projects_root, transport "
     "FROM {ks}.bupwatch_servers"
+)
+# The projects as the reader wants them (Cassandra 4.0 or later): each row one JSON text that
+# msgspec decodes into a ProjectRow (times aware), not the driver's objects (a UUID per id, and
+# a map object for bup_last_save that looks each key up by serialising it again); of settings,
+# only 'disk'. At 100,000 projects the driver's decoding drops from ~1.6 s of CPU to ~0.2 s, for
+# ~0.3 s more on the node. A node that refuses it (older than 4.0) is read with SELECT_PROJECTS.
+SELECT_PROJECTS_FAST = (
+    "SELECT JSON project_id, bup_location, bup_last_save, settings['disk'] AS disk, "
+    "last_edited, deleted FROM {ks}.projects"
 )
 SELECT_PROJECTS = (
     "SELECT project_id, bup_location, bup_last_save, settings, last_edited, deleted "
@@ -338,9 +369,8 @@ def _aware(t: datetime | None) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _disk_mb(settings: dict[str, str] | None) -> tuple[int | None, bool]:
+def _disk_mb(raw: str | None) -> tuple[int | None, bool]:
     """settings['disk'] in MB; (value, True) when there is a value that is no size."""
-    raw = (settings or {}).get("disk")
     if raw is None or raw.strip() == "":
         return None, False
     try:
@@ -515,21 +545,58 @@ class CassandraInventory:
 
     # -- projects
 
+    def _project_rows(self, stats: LoadStats) -> Iterator[_Row]:
+        """The projects table's rows as ``_Row``s (ids as text, times aware), read with
+        SELECT_PROJECTS_FAST where the node takes it, SELECT_PROJECTS where not."""
+        session = self.db.session()
+        try:
+            stmt = self.db.prepare(SELECT_PROJECTS_FAST)
+        except _driver_errors():
+            # Refused (a node older than 4.0) or Cassandra failing: the plain statement then
+            # either works or fails with the error to report.
+            stmt = None
+        if stmt is None:
+            for page in _pages(session, self.db.prepare(SELECT_PROJECTS), stats):
+                for project_id, location, last_save, settings, last_edited, deleted in page:
+                    yield (
+                        str(project_id),
+                        None if location is None else str(location),
+                        {str(k): v.replace(tzinfo=UTC) for k, v in (last_save or {}).items()},
+                        (settings or {}).get("disk"),
+                        last_edited,
+                        deleted,
+                    )
+            return
+        decode = msgspec.json.Decoder(ProjectRow).decode
+        for page in _pages(session, stmt, stats):
+            for (text,) in page:
+                try:
+                    r = decode(text)
+                except msgspec.ValidationError:  # a time past the year 9999: "+10000-…"
+                    raw = msgspec.json.decode(text)
+                    yield raw["project_id"], raw["bup_location"], None, None, None, None
+                    continue
+                yield (
+                    r.project_id,
+                    r.bup_location,
+                    r.bup_last_save or _NO_SAVES,
+                    r.disk,
+                    r.last_edited,
+                    r.deleted,
+                )
+
     def _projects(
         self, servers: dict[str, Server], stats: LoadStats
     ) -> Iterator[tuple[str, Project]]:
         skipped = stats.skipped
-        # A server's uuid -> its id text in ``servers``: one string shared by every project that
-        # names the server (300,000 fewer strings at 100,000 projects), and no str(UUID) each.
-        known = {uuid.UUID(s.server_id): s.server_id for s in servers.values()}
-        rows = (
-            row
-            for page in _pages(self.db.session(), self.db.prepare(SELECT_PROJECTS), stats)
-            for row in page
-        )
-        for project_id, location, last_save, settings, last_edited, deleted in rows:
-            pid = str(project_id)
-            if not is_v4_uuid(pid):
+        # Server ids as the inventory holds them: one string shared by every project that names
+        # the server (300,000 fewer strings at 100,000 projects); so is one replicas tuple per
+        # set of replicas, and NOTHING for a project without a recorded save.
+        known = {s.server_id.lower(): s.server_id for s in servers.values()}
+        tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
+        v4 = _V4_LOWER.fullmatch
+        for pid, location, last_save, disk_raw, last_edited, deleted in self._project_rows(stats):
+            if not v4(pid):
                 skipped["projects whose id is not a version-4 UUID"] += 1
                 continue
             if location is None:
@@ -539,9 +606,12 @@ class CassandraInventory:
             if master is None:
                 skipped["projects mastered on an unknown server"] += 1
                 continue
-            saves = {
-                known.get(k) or str(k): v.replace(tzinfo=UTC) for k, v in (last_save or {}).items()
-            }
+            if last_save is None:
+                skipped["projects with a save time past the year 9999"] += 1
+                continue
+            saves: Mapping[str, datetime] = (
+                {known.get(k) or k: when for k, when in last_save.items()} if last_save else NOTHING
+            )
             replicas = []
             for sid in sorted(saves):
                 if sid == master:
@@ -550,7 +620,9 @@ class CassandraInventory:
                     replicas.append(sid)
                 else:
                     skipped["replicas on an unknown server (dropped)"] += 1
-            disk, bad_disk = _disk_mb(settings)
+            shared = tuple(replicas)
+            shared = tuples.setdefault(shared, shared)
+            disk, bad_disk = _disk_mb(disk_raw)
             if bad_disk:
                 skipped["disk quotas that are no size (ignored)"] += 1
             yield (
@@ -558,7 +630,7 @@ class CassandraInventory:
                 Project(
                     project_id=pid,
                     master=master,
-                    replicas=tuple(replicas),
+                    replicas=shared,
                     disk_mb=disk,
                     last_edited=_aware(last_edited),
                     bup_last_save=saves,
@@ -617,15 +689,23 @@ def write_inventory(
     inventory: Inventory,
     *,
     replication_factor: int | None = None,
-    concurrency: int = 256,
+    concurrency: int = 16,
+    batch: int = 10,
 ) -> WriteStats:
     """Upsert ``inventory`` into the keyspace (schema migrated first); nothing is deleted.
 
     Servers go to storage_servers (dummy = true), storage_topology (data centre = dc as text) and
     bupwatch_servers; projects to projects, where only bup_location, bup_last_save,
     settings['disk'], last_edited and deleted are written (other settings keys stay).
+
+    Projects go ``batch`` to an UNLOGGED batch, ``concurrency`` batches in flight: at 20,000
+    projects a tenth of the client's CPU (0.65 s, not 5.1 s) and a third of the node's (1.5 s,
+    not 4.5 s) of one statement each. Ten rows (~2.7 KiB) stay under the node's warnings about
+    batches (more than 10 partitions, more than 5 KiB), so nothing is logged on the cluster;
+    160 rows in flight (256 single statements before) keep a loaded node within its write timeout.
     """
-    from cassandra.concurrent import execute_concurrent_with_args
+    from cassandra.concurrent import execute_concurrent
+    from cassandra.query import BatchStatement, BatchType
 
     problems = unrepresentable(inventory)
     if problems:
@@ -676,10 +756,20 @@ def write_inventory(
                     head += (str(p.disk_mb),)
                 yield (*head, p.last_edited, p.deleted, uuid.UUID(p.project_id))
 
+        def batches(stmt: Any, chunk: list[tuple[Any, ...]]) -> Iterator[tuple[Any, None]]:
+            for i in range(0, len(chunk), batch):
+                b = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for values in chunk[i : i + batch]:
+                    b.add(stmt, values)
+                yield b, None
+
         for stmt, disk in ((with_disk, True), (without_disk, False)):
             for chunk in _chunks(rows(disk), 10_000):
-                for ok, result in execute_concurrent_with_args(
-                    session, stmt, chunk, concurrency=concurrency, raise_on_first_error=True
+                for ok, result in execute_concurrent(
+                    session,
+                    batches(stmt, chunk),
+                    concurrency=concurrency,
+                    raise_on_first_error=True,
                 ):
                     if not ok:  # pragma: no cover - raise_on_first_error raises instead
                         raise result

@@ -27,6 +27,7 @@ from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
 from bup_watchdog.config import CassandraConfig, Config, load_config
 from bup_watchdog.errors import InventoryError
+from bup_watchdog.inventory import cassandra as cassandra_inventory
 from bup_watchdog.inventory.cassandra import CassandraInventory, CassandraSession, write_inventory
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.metrics import StateCollector
@@ -159,6 +160,7 @@ def test_rows_that_are_not_projects_are_skipped_and_counted_never_passed_on(
     demo_fleet: SandboxFleet,
     demo_inventory: Inventory,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = cassandra_config(demo_fleet, cassandra, "bad_rows")
     db = CassandraSession(config.inventory.cassandra)
@@ -198,6 +200,25 @@ def test_rows_that_are_not_projects_are_skipped_and_counted_never_passed_on(
     }
     assert "skipped 1 disk quotas that are no size" in caplog.text
     assert "3 projects whose id is not a version-4 UUID" in caplog.text
+
+    # A node older than 4.0 refuses the one-JSON-text-per-row select: the plain columns are read
+    # instead, with the same projects and the same rows skipped.
+    monkeypatch.setattr(cassandra_inventory, "SELECT_PROJECTS_FAST", "SELECT JSON no_such_column")
+    plain = CassandraInventory.from_config(config)
+    assert plain.load().projects == got.projects
+    assert plain.skipped == source.skipped
+    monkeypatch.undo()
+
+    # A save time the driver cannot hold (past the year 9999) skips that project alone.
+    far = uuid.uuid4()
+    with cql(cassandra, "bad_rows") as session:
+        session.execute(
+            "INSERT INTO projects (project_id, bup_location, bup_last_save) "
+            f"VALUES ({far}, {master}, {{{master}: 253402300800000}})"
+        )
+    again = CassandraInventory.from_config(config)
+    assert again.load().projects == got.projects
+    assert again.skipped["projects with a save time past the year 9999"] == 1
 
 
 def test_inventory_load_sets_the_disk_quota_and_keeps_a_projects_other_settings(
