@@ -7,7 +7,15 @@ parse cache and the previous run's garbage play no part) and prints the median o
 run, its CPU time, the parse and validation parts, and the child's peak RSS after the load. The
 load average (1 min) is printed beside the figures: the machine is shared.
 
+``--cassandra`` adds the Cassandra inventory: a test node is started from the cached jars
+(``tests/support/cassandra/node.py``), the same inventory is written into it with
+``write_inventory`` (what ``bup-watchdog inventory load`` does; timed, with the node's CPU) and
+``CassandraInventory.load()`` is timed in a fresh child per run, with the CPU time of the child
+and of the node (a shared machine stretches the wall time; the CPU times are what the load
+costs). Its "parse s" column is the node's CPU time.
+
 Run from the repository:  .venv/bin/python bench/inventory_load.py [--projects 100000] [--runs 3]
+                          [--formats toml json cassandra]
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +63,82 @@ validate = time.perf_counter() - t0
 out = {"total": total, "cpu": cpu, "parse": parse, "validate": validate, "rss_mb": rss, "n": n}
 print(json.dumps(out))
 """
+
+# The Cassandra child: one CassandraInventory.load(); prints one JSON line.
+CASSANDRA_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from bup_watchdog.config import CassandraConfig
+from bup_watchdog.inventory.cassandra import CassandraInventory
+config = CassandraConfig(hosts=["127.0.0.1"], port=int(sys.argv[1]), keyspace=sys.argv[2],
+                         protocol_version=5, request_timeout=60)
+t0, c0 = time.perf_counter(), time.process_time()
+inv = CassandraInventory(config).load()
+total, cpu = time.perf_counter() - t0, time.process_time() - c0
+status = Path("/proc/self/status").read_text().split("\n")
+rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+print(json.dumps({"total": total, "cpu": cpu, "rss_mb": rss, "n": len(inv.projects)}))
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cassandra_runs(
+    node: object, data: dict[str, list[dict[str, object]]], n: int, runs: int, env: dict[str, str]
+) -> None:
+    """Write ``data`` into a keyspace of ``node``, then time ``runs`` loads; prints two lines."""
+    import time
+
+    from bup_watchdog.config import CassandraConfig
+    from bup_watchdog.inventory.cassandra import CassandraSession, write_inventory
+    from bup_watchdog.inventory.file import FileInventory
+
+    pid, port = node.pid, node.native_port  # type: ignore[attr-defined]
+    keyspace = f"bench{n}"
+    config = CassandraConfig.model_validate(
+        {"hosts": ["127.0.0.1"], "port": port, "keyspace": keyspace, "protocol_version": 5}
+    )
+    with tempfile.TemporaryDirectory(prefix="bupwatch-bench-cassandra-") as tmp:
+        path = Path(tmp) / "inventory.json"
+        write(data, path)
+        inventory = FileInventory(path).load()
+    load = os.getloadavg()[0]
+    t0, c0, j0 = time.perf_counter(), time.process_time(), _cpu_seconds(pid)
+    with CassandraSession(config) as db:
+        write_inventory(db, inventory, replication_factor=1)
+    wall, cpu, node_cpu = time.perf_counter() - t0, time.process_time() - c0, _cpu_seconds(pid) - j0
+    print(
+        f"{n:>9} {'write':>6} {'':>6} {f'{wall:.2f}':>30} {cpu:>6.2f} {node_cpu:>8.2f} "
+        f"{'':>10} {'':>11} {load:>8.2f}",
+        flush=True,
+    )
+    results, loads = [], []
+    for _ in range(runs):
+        loads.append(os.getloadavg()[0])
+        j0 = _cpu_seconds(pid)
+        out = subprocess.run(
+            [sys.executable, "-c", CASSANDRA_CHILD, str(port), keyspace],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        results.append({**json.loads(out.stdout.splitlines()[-1]), "node": _cpu_seconds(pid) - j0})
+        assert results[-1]["n"] == n, results[-1]
+    med = statistics.median(r["total"] for r in results)
+    every = ", ".join(f"{r['total']:.2f}" for r in results)
+    print(
+        f"{n:>9} {'cass.':>6} {'':>6} {f'{med:.2f} ({every})':>30} "
+        f"{statistics.median(r['cpu'] for r in results):>6.2f} "
+        f"{statistics.median(r['node'] for r in results):>8.2f} {'':>10} "
+        f"{statistics.median(r['rss_mb'] for r in results):>11.0f} "
+        f"{statistics.median(loads):>8.2f}",
+        flush=True,
+    )
 
 
 def _toml(value: object) -> str:
@@ -133,7 +218,9 @@ def main() -> int:
     ap.add_argument("--projects", type=int, nargs="+", default=[100_000])
     ap.add_argument("--servers", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3, help="loads per size and format (default: 3)")
-    ap.add_argument("--formats", nargs="+", default=["toml", "json"], choices=["toml", "json"])
+    ap.add_argument(
+        "--formats", nargs="+", default=["toml", "json"], choices=["toml", "json", "cassandra"]
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
         "--code",
@@ -150,10 +237,30 @@ def main() -> int:
         f"{'projects':>9} {'format':>6} {'MB':>6} {'load s (median; runs)':>30} {'CPU s':>6} "
         f"{'parse s':>8} {'validate s':>10} {'peak RSS MB':>11} {'load avg':>8}"
     )
+    node = None
+    if "cassandra" in args.formats:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from support.cassandra.node import CassandraNode  # type: ignore[import-not-found]
+
+        node = CassandraNode(Path(tempfile.mkdtemp(prefix="bupwatch-bench-cassandra-node-")))
+        node.start()
+    try:
+        run_all(args, python, env, node)
+    finally:
+        if node is not None:
+            node.stop()
+            shutil.rmtree(node.workdir, ignore_errors=True)
+    return 0
+
+
+def run_all(args: argparse.Namespace, python: str, env: dict[str, str], node: object) -> None:
     with tempfile.TemporaryDirectory(prefix="bupwatch-bench-inventory-") as tmp:
         for n in args.projects:
             data = synthetic(n, args.servers, args.seed)
             for fmt in args.formats:
+                if fmt == "cassandra":
+                    cassandra_runs(node, data, n, args.runs, env)
+                    continue
                 path = Path(tmp) / f"inventory-{n}.{fmt}"
                 write(data, path)
                 runs = []
@@ -181,7 +288,6 @@ def main() -> int:
                     f"{statistics.median(loads):>8.2f}",
                     flush=True,
                 )
-    return 0
 
 
 if __name__ == "__main__":
