@@ -33,6 +33,7 @@ from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
 from bup_watchdog.state import State
 from bup_watchdog.sweep import sweep
 from bup_watchdog.transport.ssh import SshTransport, remote_argv
+from support.fleet_template import CopiedReposFleet, RepoTemplates
 
 STALE = "0c3d6f4e-2b1a-4c5d-8e9f-000000000001"  # g2's copy one save behind: resync_replica
 LOG = "0c3d6f4e-2b1a-4c5d-8e9f-000000000002"  # 3 MB save log on g1: rotate_save_log; chown
@@ -145,12 +146,15 @@ def as_bupwatch(fleet: SandboxFleet) -> dict[str, Path]:
 
 @pytest.fixture(scope="module", params=["root", "bupwatch"])
 def gated(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    repo_templates: RepoTemplates,
 ) -> Iterator[Gated]:
     """Three hosts whose watchdog key runs only the gate (the hosts' own rsync uses it too), the
     watchdog logging in as root, or as bupwatch with the repairs through sudo."""
     user = request.param
-    with SandboxFleet(tmp_path_factory.mktemp(f"gated-{user}"), gated_spec()) as fleet:
+    root = tmp_path_factory.mktemp(f"gated-{user}")
+    with CopiedReposFleet(root, gated_spec(), repo_templates) as fleet:  # built once, copied
         gone = fleet.repo_path("g2", GONE)
         for p in sorted(gone.rglob("*"), reverse=True):
             p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -30,6 +30,7 @@ from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.hosts import SSH_PORT, SSHD, SandboxHost
 from bup_watchdog.transport.ssh import SshTransport
 from bup_watchdog.transport.ssh_config import Hop, Route, resolve
+from support.fleet_template import CopiedReposFleet, RepoTemplates
 
 # ------------------------------------------------------------------ which value wins (no hosts)
 
@@ -254,10 +255,13 @@ class Bastion:
 
 
 @pytest.fixture(scope="module")
-def bastion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bastion]:
+def bastion(
+    tmp_path_factory: pytest.TempPathFactory, repo_templates: RepoTemplates
+) -> Iterator[Bastion]:
     from conftest import scratch_spec  # tests/conftest.py
 
-    with SandboxFleet(tmp_path_factory.mktemp("bastion") / "fleet", scratch_spec()) as fleet:
+    root = tmp_path_factory.mktemp("bastion") / "fleet"
+    with CopiedReposFleet(root, scratch_spec(), repo_templates) as fleet:
         b = Bastion(fleet)
         try:
             yield b
