@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bup_watchdog.sandbox import repos
-from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.sandbox.fleet import REAL_BUP_LIMIT, SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec
 
 #: A template older than this is built again, so the newest save of a copied fleet is at most
@@ -64,13 +64,17 @@ class RepoTemplates:
 class CopiedReposFleet(SandboxFleet):
     """A ``SandboxFleet`` whose repositories are copied (``cp -a``, as its replicas are) from a
     template built with real bup; conf/ files and planted faults are written per fleet as ever.
-    Only for fleets small enough to be built with real bup (``REAL_BUP_LIMIT`` projects)."""
+    A fleet too big to be built with real bup (``REAL_BUP_LIMIT``) is built as ``SandboxFleet``
+    builds it."""
 
     def __init__(self, root: Path, spec: FleetSpec, templates: RepoTemplates) -> None:
         super().__init__(root, spec)
         self._templates = templates
 
     def _build_repos(self) -> None:
+        if len(self.spec.projects) > REAL_BUP_LIMIT:  # built from hard-linked templates anyway
+            super()._build_repos()
+            return
         built = self._templates.for_spec(self.spec)
         for p in self.spec.projects:
             self.save_times[p.project_id] = list(built.save_times[p.project_id])
