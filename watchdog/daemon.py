@@ -236,6 +236,7 @@ class Daemon:
         self._log_sweep(result, time.monotonic() - started)
         if self.config.schedule.auto_repair and not self.stopping.is_set():
             self._repair(result)
+        del result  # its facts are not kept while /metrics' families are built (the peak)
         self.warm_metrics()
 
     def warm_metrics(self) -> None:
