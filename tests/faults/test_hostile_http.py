@@ -37,6 +37,7 @@ from bup_watchdog.state import State
 from faults.harness import AtStake, Daemon, get, write_config
 from faults.recorder import Reliability, short
 from support import alerts
+from support.fleet_template import CopiedReposFleet, RepoTemplates
 
 # Examples schemathesis generates per operation, valid and invalid each (about 1,000 requests).
 EXAMPLES = 70
@@ -68,10 +69,12 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, repo_templates: RepoTemplates
+) -> Iterator[Served]:
     """One fleet and one daemon for the module: hostile input must not need a fresh one."""
     tmp = tmp_path_factory.mktemp("hostile-http")
-    with SandboxFleet(tmp / "fleet", scratch_spec()) as fleet:
+    with CopiedReposFleet(tmp / "fleet", scratch_spec(), repo_templates) as fleet:
         config, url, token = write_config(fleet, tmp / "watchdog")
         assert token is not None
         with Daemon(config, url) as daemon:
