@@ -949,14 +949,13 @@ def archive_audit(config_path: Path, path: str, **opts: object) -> None:
 
 
 def show(result: SweepResult, fmt: str) -> None:
-    """The findings of a sweep on stdout: a table, or JSON."""
-    from bup_watchdog.output import make_console, print_json, print_table
+    """The findings of a sweep on stdout: a table, or JSON (written without rich: start-up)."""
+    from bup_watchdog.output import make_console, print_table, write_json
 
-    console = make_console(json_output=fmt == "json")
     if fmt == "json":
-        print_json(result, console)
+        write_json(result)
     else:
-        print_table(result, console)
+        print_table(result, make_console())
 
 
 @main.group("config")

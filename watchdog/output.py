@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+import sys
+from typing import TYPE_CHECKING, Any
 
 from bup_watchdog.model import Severity
-from bup_watchdog.sweep import SweepResult
+
+# rich is imported where a table is printed: `check --format json` runs without it (issue 20:
+# the end-to-end `check` pays its start-up every time).
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from bup_watchdog.sweep import SweepResult
 
 
 def make_console(*, json_output: bool = False) -> Console:
     """A console for our output: wide tables when piped (rich would fold them at 80 columns)."""
+    from rich.console import Console
+
     probe = Console()
     if json_output:
         return Console(soft_wrap=True)
@@ -59,8 +64,16 @@ def print_json(result: SweepResult, console: Console) -> None:
     console.print_json(json.dumps(result_as_dict(result)), highlight=False)
 
 
+def write_json(result: SweepResult) -> None:
+    """The sweep as JSON on stdout, byte for byte what ``print_json`` prints, without rich."""
+    sys.stdout.write(json.dumps(result_as_dict(result), indent=2, ensure_ascii=False) + "\n")
+
+
 def print_table(result: SweepResult, console: Console) -> None:
     """Findings as a table, then a one-line summary an operator can read at a glance."""
+    from rich.markup import escape
+    from rich.table import Table
+
     servers = result.inventory.servers
     if result.findings:
         table = Table(title="Findings", title_justify="left", expand=False)
