@@ -17,9 +17,9 @@ in ``bupwatch_fences`` and written back by un-fencing. The local override stays 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bup_watchdog.errors import WatchdogError
-from bup_watchdog.fences import FenceRecord, write_through, writes_through
 from bup_watchdog.model import Finding
 from bup_watchdog.repairs.base import (
     Mode,
@@ -33,6 +33,11 @@ from bup_watchdog.repairs.base import (
     mode_field,
 )
 
+# fences.py builds on the Cassandra inventory (and ssl): every config load imports this module
+# (the repairs' settings are validated), a fence is written only when the repair runs.
+if TYPE_CHECKING:
+    from bup_watchdog.fences import FenceRecord
+
 #: The pseudo host of plan steps that only change the watchdog's own records.
 WATCHDOG = "watchdog"
 
@@ -43,6 +48,8 @@ def _unfence(req: RepairRequest) -> bool:
 
 def _recorded(ctx: RepairContext, server_id: str) -> tuple[bool, FenceRecord | None]:
     """(writes through?, the fence recorded in Cassandra)."""
+    from bup_watchdog.fences import write_through
+
     store = write_through(ctx)
     if store is None:
         return False, None
@@ -105,6 +112,8 @@ class FenceHost(Repair[FenceHostSettings]):
     def plan(
         self, req: RepairRequest, ctx: RepairContext, settings: FenceHostSettings
     ) -> list[Step]:
+        from bup_watchdog.fences import writes_through
+
         label = ctx.server(req.server_id).label
         through = writes_through(ctx)
         if _unfence(req):
@@ -148,6 +157,8 @@ class FenceHost(Repair[FenceHostSettings]):
     def execute(
         self, req: RepairRequest, plan: list[Step], ctx: RepairContext, settings: FenceHostSettings
     ) -> Outcome:
+        from bup_watchdog.fences import write_through
+
         label = ctx.server(req.server_id).label
         store = write_through(ctx)
         if _unfence(req):
@@ -191,6 +202,8 @@ class FenceHost(Repair[FenceHostSettings]):
     ) -> tuple[bool, str]:
         """The fence is in place (or gone, for un-fence). The mount_sanity finding itself stays
         until a human fixes the mount: fencing only stops the damage from spreading."""
+        from bup_watchdog.fences import write_through
+
         label = ctx.server(req.server_id).label
         fenced = ctx.fenced(req.server_id)
         store = write_through(ctx)
