@@ -225,6 +225,18 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, AuthenticationFailed | Unauthorized | InvalidRequest)
 
 
+def _refused(exc: BaseException) -> bool:
+    """True when every node refused a statement as invalid (as opposed to failing)."""
+    from cassandra import InvalidRequest
+    from cassandra.cluster import NoHostAvailable
+    from cassandra.protocol import SyntaxException
+
+    if isinstance(exc, NoHostAvailable):
+        errors = list((exc.errors or {}).values())
+        return bool(errors) and all(_refused(e) for e in errors)
+    return isinstance(exc, InvalidRequest | SyntaxException)
+
+
 def _resolve(base: Path | None, p: Path | None) -> Path | None:
     if p is None:
         return None
@@ -551,9 +563,9 @@ class CassandraInventory:
         session = self.db.session()
         try:
             stmt = self.db.prepare(SELECT_PROJECTS_FAST)
-        except _driver_errors():
-            # Refused (a node older than 4.0) or Cassandra failing: the plain statement then
-            # either works or fails with the error to report.
+        except _driver_errors() as exc:
+            if not _refused(exc):  # Cassandra failing, not a node older than 4.0
+                raise
             stmt = None
         if stmt is None:
             for page in _pages(session, self.db.prepare(SELECT_PROJECTS), stats):
