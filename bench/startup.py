@@ -5,8 +5,14 @@ times per command line and prints the median, the fastest and the slowest wall t
 imports that cost most in one run (``python -X importtime``, read from the script's stderr).
 Goal (issue 15): each median at most 0.3 s on the 2-core test machine.
 
+With ``--config`` it also times ``check --config PATH --format json`` end to end, as a scheduler
+runs it (issue 20: start-up, config, inventory, the sweep, the state), on a running fleet (e.g.
+a sandbox fleet's config.toml), and lists that command's costliest imports. CPU is the figure to
+compare on a busy machine; wall time follows the load.
+
     .venv/bin/python bench/startup.py              # 15 runs each
     .venv/bin/python bench/startup.py --runs 31 --top 20
+    .venv/bin/python bench/startup.py --runs 10 --config /tmp/fleet/config.toml
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +31,16 @@ GOAL_SECONDS = 0.3
 COMMANDS = (("--help",), ("check", "--help"))
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one run, which must succeed. CPU (user + system) hardly
-    depends on what else the machine runs; wall time does."""
+def timed(argv: list[str], env: dict[str, str], *, check: bool = True) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run, which must succeed (``check``: a Nagios code
+    below 3). CPU (user + system) hardly depends on what else the machine runs; wall time does."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.run(
+        argv, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    if proc.returncode >= 3:  # check: UNKNOWN, it could not sweep
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -39,7 +50,7 @@ def import_times(argv: list[str], env: dict[str, str]) -> list[tuple[int, int, s
     """(self µs, cumulative µs, module with its nesting indent) for each import of one run."""
     proc = subprocess.run(
         argv,
-        check=True,
+        check=False,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,45 +75,66 @@ def main() -> int:
         default=Path(sys.executable).with_name("bup-watchdog"),
         help="the console script (default: bup-watchdog next to this python)",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="also time `check --config CONFIG --format json` end to end on this fleet",
+    )
     args = parser.parse_args()
     if not args.script.exists():
         parser.error(f"{args.script} does not exist: install the package (pip install -e .)")
     env = dict(os.environ)
-    for command in COMMANDS:
+    if env.get("PYTHONDONTWRITEBYTECODE") and not env.get("PYTHONPYCACHEPREFIX"):
+        # An editable checkout has no .pyc files then: every run compiles the package's modules
+        # from source (about 0.2 s of CPU for `check`), which an installed package never does.
+        cache = Path(tempfile.gettempdir()) / "bup-watchdog-startup-pyc"
+        env.pop("PYTHONDONTWRITEBYTECODE")
+        env["PYTHONPYCACHEPREFIX"] = str(cache)
+        print(f"PYTHONDONTWRITEBYTECODE is set: .pyc files go to {cache} for these runs")
+    commands: list[tuple[str, ...]] = list(COMMANDS)
+    check = ("check", "--config", str(args.config), "--format", "json") if args.config else None
+    if check:
+        commands.append(check)
+    for command in commands:
         # Warm the page cache and write the .pyc files (pip writes them at install time).
-        timed([str(args.script), *command], env)
+        timed([str(args.script), *command], env, check=command is not check)
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"bup-watchdog start-up, {args.runs} runs each, {os.cpu_count()} CPUs, load {load}")
     over = False
     lines = [(f"bup-watchdog {' '.join(c)}", [str(args.script), *c]) for c in COMMANDS]
+    if check:
+        lines.append(("bup-watchdog check (a sweep)", [str(args.script), *check]))
     lines.append(("python -I -c pass (floor)", [sys.executable, "-I", "-c", "pass"]))
     for label, argv in lines:
-        runs = [timed(argv, env) for _ in range(args.runs)]
+        runs = [timed(argv, env, check="sweep" not in label) for _ in range(args.runs)]
         wall = sorted(w for w, _ in runs)
         median = statistics.median(wall)
         cpu = statistics.median(c for _, c in runs)
         verdict = ""
-        if label.startswith("bup-watchdog"):
+        if label.startswith("bup-watchdog") and "sweep" not in label:
             over |= median > GOAL_SECONDS
             verdict = " ok" if median <= GOAL_SECONDS else f" OVER the {GOAL_SECONDS} s goal"
         print(
-            f"  {label:<26} wall median {median:.3f} s (min {wall[0]:.3f}, max {wall[-1]:.3f}), "
+            f"  {label:<28} wall median {median:.3f} s (min {wall[0]:.3f}, max {wall[-1]:.3f}), "
             f"CPU median {cpu:.3f} s{verdict}"
         )
 
-    rows = import_times([str(args.script), "check", "--help"], env)
+    shown = ("check", "--help") if check is None else check
+    rows = import_times([str(args.script), *shown], env)
     total = sum(own for own, _, _ in rows)
     print(
-        f"\nimports of `bup-watchdog check --help`: {len(rows)} modules, {total / 1e6:.3f} s "
-        f"in all; the {args.top} costliest by cumulative time (µs):"
+        f"\nimports of `bup-watchdog {' '.join(shown)}`: {len(rows)} modules, "
+        f"{total / 1e6:.3f} s in all; the {args.top} costliest by cumulative time (µs):"
     )
     print(f"  {'self':>8} {'cumulative':>10}  module")
     for own, cumulative, name in sorted(rows, key=lambda r: -r[1])[: args.top]:
         print(f"  {own:>8} {cumulative:>10}  {name}")
     heavy = sorted(
         {name.strip().split(".")[0] for _, _, name in rows}
-        & {"fastapi", "uvicorn", "paramiko", "cassandra", "jinja2", "rich", "pydantic"}
+        & {"fastapi", "uvicorn", "paramiko", "cassandra", "jinja2", "rich", "pydantic"}.union(
+            {"invoke", "apscheduler", "prometheus_client"}
+        )
     )
     print(f"\nheavy libraries imported: {', '.join(heavy) if heavy else 'none'}")
     return 1 if over else 0
