@@ -95,10 +95,45 @@ def _unusable(path: Path, what: str, hint: str, kind: str) -> LocalFault | None:
     return None
 
 
-def _unloadable_key(path: Path) -> LocalFault | None:
-    """Why paramiko cannot use the key file (None when it can; parsing costs ~1 ms)."""
+#: Parsed private keys by file identity (see ``_key_stamp``): a connect parsed its key file 2-3
+#: times (our check, then SSHClient trying key classes), ~1 ms each; now once per change.
+_PARSED_KEYS: dict[tuple[object, ...], paramiko.PKey] = {}
+_PARSED_KEYS_MAX = 64
+
+
+def _key_stamp(path: Path) -> tuple[object, ...] | None:
+    """The key file's (and its ``-cert.pub``'s) identity and mtime; None: do not cache."""
+    if str(path).endswith("-cert.pub"):  # paramiko then reads the key beside it
+        return None
     try:
-        paramiko.PKey.from_path(path)
+        st = os.stat(path)
+    except OSError:
+        return None
+    try:
+        cert: int | None = os.stat(f"{path}-cert.pub").st_mtime_ns
+    except OSError:
+        cert = None
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, cert)
+
+
+def _load_key(path: Path) -> tuple[paramiko.PKey | None, LocalFault | None]:
+    """The parsed key (with its certificate, as paramiko loads it), or why it cannot be used."""
+    stamp = _key_stamp(path)
+    if stamp is not None and (key := _PARSED_KEYS.get(stamp)) is not None:
+        return key, None
+    fault = _unloadable_key(path, keep=stamp)
+    return _PARSED_KEYS.get(stamp) if stamp is not None else None, fault
+
+
+def _unloadable_key(path: Path, keep: tuple[object, ...] | None = None) -> LocalFault | None:
+    """Why paramiko cannot use the key file (None when it can; parsing costs ~1 ms); the parsed
+    key is kept under ``keep`` when given."""
+    try:
+        key = paramiko.PKey.from_path(path)
+        if keep is not None:
+            if len(_PARSED_KEYS) >= _PARSED_KEYS_MAX:
+                _PARSED_KEYS.clear()
+            _PARSED_KEYS[keep] = key
     except paramiko.PasswordRequiredException:
         why = "is encrypted and the watchdog has no passphrase for it"
     except (paramiko.SSHException, UnknownKeyType, ValueError, TypeError) as exc:
@@ -212,7 +247,7 @@ class SshTransport:
         if fault is None and key is not None:
             fault = _unusable(key, "SSH key file", "it cannot log in (ssh.key_file)", "key_file")
             if fault is None:
-                fault = _unloadable_key(key)
+                fault = _load_key(key)[1]
         if fault is not None:
             raise fault
 
@@ -231,7 +266,7 @@ class SshTransport:
             )
         for key in present:
             fault = _unusable(key, "SSH key file", "it cannot log in (IdentityFile)", "key_file")
-            if fault is not None or (fault := _unloadable_key(key)) is not None:
+            if fault is not None or (fault := _load_key(key)[1]) is not None:
                 raise fault
         return [str(k) for k in present]
 
@@ -342,12 +377,17 @@ class SshTransport:
         # key exchange): given connect_timeout, a frozen sshd ended it before banner_timeout did,
         # as "No existing session". The banner gets banner_timeout, the key exchange auth_timeout.
         handshake = cfg.banner_timeout + cfg.auth_timeout
+        # The first key goes as the key parsed once (``_load_key``, cached), the others by file
+        # name as before: paramiko tries ``pkey`` first, then ``key_filename``, the same order.
+        pkey = _load_key(Path(keys[0]))[0] if keys else None
+        filenames = keys[1:] if keys and pkey is not None else keys
         try:
             client.connect(
                 hostname=hop.hostname,
                 port=hop.port,
                 username=hop.user,
-                key_filename=keys,  # type: ignore[arg-type]  # str or a list of str
+                pkey=pkey,
+                key_filename=filenames,  # type: ignore[arg-type]  # str or a list of str
                 look_for_keys=keys is None,
                 allow_agent=keys is None,
                 sock=sock,

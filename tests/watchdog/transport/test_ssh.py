@@ -7,6 +7,7 @@ import socket
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from bup_watchdog.checks import settings_models
@@ -15,6 +16,7 @@ from bup_watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, P
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server
 from bup_watchdog.sandbox.fleet import SandboxFleet
+from bup_watchdog.transport import ssh
 from bup_watchdog.transport.ssh import PREFERRED_CIPHERS, SshTransport
 
 
@@ -207,3 +209,39 @@ def test_a_streamed_command_given_up_on_is_stopped_on_the_host_soon_after(
     while _running("4244") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _running("4244") == []
+
+
+def test_the_key_file_is_parsed_once_across_connects_and_again_when_it_changes(
+    scratch_fleet: SandboxFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "id_key"
+    key.write_bytes(Path(scratch_fleet.client_key).read_bytes())
+    key.chmod(0o600)
+    config, server = setup(scratch_fleet, key_file=key)
+    parsed: list[str] = []
+    real = paramiko.PKey.from_path
+
+    def spy(path: Path, *args: object) -> paramiko.PKey:
+        parsed.append(str(path))
+        return real(path, *args)
+
+    def by_name(*args: object) -> None:
+        raise AssertionError("paramiko parsed the key file again")
+
+    monkeypatch.setattr(paramiko.PKey, "from_path", spy)
+    monkeypatch.setattr(paramiko.SSHClient, "_key_from_filepath", by_name)
+    for _ in range(3):
+        t = SshTransport(server, config.ssh)
+        try:
+            assert t.run(["echo", "ok"]).stdout == b"ok\n"
+        finally:
+            t.close()
+    assert parsed == [str(key)], "parsed once, for the check and every login after it"
+    os.utime(key, ns=(0, 0))
+    t = SshTransport(server, config.ssh)
+    try:
+        assert t.run(["echo", "ok"]).stdout == b"ok\n"
+    finally:
+        t.close()
+    assert parsed == [str(key)] * 2, "a changed file is parsed again"
+    assert ssh._PARSED_KEYS, "the parsed key is kept"
