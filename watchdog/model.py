@@ -419,6 +419,9 @@ class OwnerCounts(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def of(cls, counts: Mapping[int, int]) -> Mapping[int, int]:
         """The counts of a non-empty mapping, in its order (a Mapping, registered as one)."""
+        if len(counts) == 1:  # nearly always: no list or tuple to build
+            for uid, count in counts.items():
+                return cast(Mapping[int, int], cls(uid, count))
         (uid, count), *rest = counts.items()
         return cast(Mapping[int, int], cls(uid, count, tuple(x for item in rest for x in item)))
 
@@ -442,13 +445,19 @@ class OwnerCounts(msgspec.Struct, frozen=True, gc=False):
         return default
 
     def __getitem__(self, uid: int) -> int:
-        count = self.get(uid)
-        if count is None:
-            raise KeyError(uid)
-        return count
+        if uid == self.uid:
+            return self.count
+        more = self.more
+        for i in range(0, len(more), 2):
+            if more[i] == uid:
+                return more[i + 1]
+        raise KeyError(uid)
 
     def __contains__(self, uid: object) -> bool:
-        return uid == self.uid or uid in self.more[::2]
+        if uid == self.uid:
+            return True
+        more = self.more
+        return bool(more) and uid in more[::2]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.keys())

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -21,10 +21,47 @@ from bup_watchdog.model import (
     OwnerCounts,
     ProjectDirFacts,
     RepoFacts,
-    is_v4_uuid,
     project_uid,
 )
 from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
+
+#: ``model.is_v4_uuid`` in one match, without lower-casing first: the same texts are accepted
+#: (ASCII hex of either case; ``str.lower`` maps no other character onto a hex digit or ``-``).
+_V4_ANY_CASE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+).fullmatch
+
+
+#: RepoFacts' fields in the order ``WireReader.repo`` passes them (positionally, for speed).
+_REPO_FACTS_ORDER = (
+    "project_id",
+    "path",
+    "is_symlink",
+    "head",
+    "master_sha",
+    "master_error",
+    "master_in_pack",
+    "pack_count",
+    "idx_without_pack",
+    "bad_idx",
+    "midx_count",
+    "tmp_count",
+    "bupindex_bytes",
+    "repo_bytes",
+    "reflog_last_time",
+    "save_log_bytes",
+    "save_log_is_symlink",
+    "save_log_kind",
+    "touch_mtime",
+    "replicas",
+    "replicas_error",
+    "settings",
+    "symlinks_outside",
+    "errors",
+    "symlinks_outside_count",
+)
+if RepoFacts.__struct_fields__ != _REPO_FACTS_ORDER:  # pragma: no cover - a guard
+    raise ImportError("model.RepoFacts' fields changed: update wire.WireReader.repo")
 
 
 class RepoWire(msgspec.Struct, array_like=True, gc=False, tag=WIRE_REPO):
@@ -119,8 +156,9 @@ class WireReader:
 
     def repo(self, w: RepoWire, line: int) -> RepoFacts:
         """The facts of one repository record."""
-        if not is_v4_uuid(w.name):
-            raise ProbeError(f"probe reported a repository with a bad project id {w.name[:80]!r}")
+        name = w.name
+        if _V4_ANY_CASE(name) is None:
+            raise ProbeError(f"probe reported a repository with a bad project id {name[:80]!r}")
         head = w.head
         if isinstance(head, int):
             head = self._ref(self.heads, head, "HEAD", line)
@@ -143,38 +181,38 @@ class WireReader:
         elif settings is not None and len(self.settings) < SHARED_MAX:
             self.settings.append(settings)
         sha = w.master_sha
-        return RepoFacts(
-            project_id=sys.intern(w.name.lower()),
-            path=f"{self.bups}/{w.name}",
-            is_symlink=w.is_symlink,
-            head=head,
-            master_sha=sys.intern(sha) if sha is not None and len(sha) == 40 else sha,
-            master_error=w.master_error,
-            master_in_pack=w.master_in_pack,
-            pack_count=w.pack_count,
-            idx_without_pack=w.idx_without_pack,
-            bad_idx=tuple(w.bad_idx),
-            midx_count=w.midx_count,
-            tmp_count=w.tmp_count,
-            bupindex_bytes=w.bupindex_bytes,
-            repo_bytes=w.repo_bytes,
-            reflog_last_time=w.reflog_last_time,
-            save_log_bytes=w.save_log_bytes,
-            save_log_is_symlink=w.save_log_is_symlink,
-            save_log_kind=w.save_log_kind,
-            touch_mtime=w.touch_mtime,
-            replicas=replicas,
-            replicas_error=w.replicas_error,
-            settings=settings,
-            symlinks_outside=tuple(w.symlinks_outside),
-            errors=tuple(w.errors),
-            symlinks_outside_count=w.symlinks_outside_count,
+        return RepoFacts(  # positionally, in _REPO_FACTS_ORDER: ~0.6 µs less per repository
+            sys.intern(name.lower()),  # project_id
+            f"{self.bups}/{name}",  # path
+            w.is_symlink,  # is_symlink
+            head,  # head
+            sys.intern(sha) if sha is not None and len(sha) == 40 else sha,  # master_sha
+            w.master_error,  # master_error
+            w.master_in_pack,  # master_in_pack
+            w.pack_count,  # pack_count
+            w.idx_without_pack,  # idx_without_pack
+            tuple(w.bad_idx) if w.bad_idx else (),  # bad_idx
+            w.midx_count,  # midx_count
+            w.tmp_count,  # tmp_count
+            w.bupindex_bytes,  # bupindex_bytes
+            w.repo_bytes,  # repo_bytes
+            w.reflog_last_time,  # reflog_last_time
+            w.save_log_bytes,  # save_log_bytes
+            w.save_log_is_symlink,  # save_log_is_symlink
+            w.save_log_kind,  # save_log_kind
+            w.touch_mtime,  # touch_mtime
+            replicas,  # replicas
+            w.replicas_error,  # replicas_error
+            settings,  # settings
+            tuple(w.symlinks_outside) if w.symlinks_outside else (),  # symlinks_outside
+            tuple(w.errors) if w.errors else (),  # errors
+            w.symlinks_outside_count,  # symlinks_outside_count
         )
 
     @staticmethod
     def project_dir(w: DirWire) -> ProjectDirFacts:
         """The facts of one live directory record."""
-        if not is_v4_uuid(w.name):
+        if _V4_ANY_CASE(w.name) is None:
             raise ProbeError(f"probe reported a project directory with a bad id {w.name[:80]!r}")
         if w.sampled < 0:
             raise ProbeError("probe record 'project_dir': sampled is negative")
@@ -193,7 +231,10 @@ class WireReader:
         # directory, which the incremental cache keeps.
         top = w.uid
         owners: Mapping[int, int] = NOTHING
-        if w.owners:
+        if len(w.owners) == 1:  # nearly always: one owner, no dict to build
+            for u, n in w.owners.items():
+                owners = cast(Mapping[int, int], OwnerCounts(top if u == top else u, n))
+        elif w.owners:
             owners = OwnerCounts.of({top if u == top else u: n for u, n in w.owners.items()})
         return ProjectDirFacts(
             project_id=pid,

@@ -18,7 +18,14 @@ import pytest
 from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.gather import HostCache, gather_host, parse_probe_lines, probe_source
-from bup_watchdog.model import GatherFailure, HostFacts, OwnerCounts, Server, project_uid
+from bup_watchdog.model import (
+    GatherFailure,
+    HostFacts,
+    OwnerCounts,
+    Server,
+    is_v4_uuid,
+    project_uid,
+)
 from bup_watchdog.probe import (
     DIR_WIRE_FIELDS,
     PROBE_VERSION,
@@ -26,7 +33,7 @@ from bup_watchdog.probe import (
     SHARED_MAX,
     WireEncoder,
 )
-from bup_watchdog.wire import DirWire, RepoWire
+from bup_watchdog.wire import _V4_ANY_CASE, DirWire, RepoWire
 from support.template_repo import two_save_repo
 
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
@@ -154,6 +161,20 @@ def test_a_live_directorys_owner_counts_read_and_compare_as_the_dict_they_were_m
     assert isinstance(owners, Mapping) and OwnerCounts.of({7: 1}) == {7: 1}
     with pytest.raises(KeyError):
         owners[4242]
+
+
+def test_the_decoders_project_id_check_accepts_exactly_what_is_v4_uuid_accepts() -> None:
+    good = PIDS[0]
+    texts = [*PIDS, good.upper(), good + "\n", good[:-1], good + "0", good.replace("4c3f", "5c3f")]
+    texts += [
+        good.replace("9e1a", "ce1a"),
+        good.replace("a", "\u212a"),
+        good.replace("a", "\uff41"),
+    ]
+    texts += [good.replace("a", "\u0130"), "", "-" * 36, good.replace("-", "_")]
+    for text in texts:
+        assert (_V4_ANY_CASE(text) is not None) == is_v4_uuid(text), repr(text)
+    assert sum(_V4_ANY_CASE(t) is not None for t in texts) == len(PIDS) + 1
 
 
 def test_the_probe_and_the_decoder_agree_on_the_fields_and_their_defaults() -> None:
