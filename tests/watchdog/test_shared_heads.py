@@ -54,8 +54,8 @@ SETTINGS = check.Settings()
 T = 1_700_000_000
 INTERVAL = 5.0  # sweep interval, s (the least the config allows)
 HEADS_MAX_AGE = 11.0  # a published head is believed this long (rows live twice as long)
-# Long enough to see wd-b's heads age out before its hosts move: wd-a's first sweep to end after
-# they aged out (killed + 11 s) read the heads by killed + 16 s at worst; wd-c owns s1 and
+# Long enough to see wd-b's heads age out before its hosts move: wd-a's first sweep to end a second
+# after they aged out (killed + 12 s) read the heads by killed + 17 s at worst; wd-c owns s1 and
 # publishes its head no sooner than killed - heartbeat + ttl + a sweep, about killed + 23 s.
 MEMBER_TTL = 24.0
 
@@ -285,8 +285,11 @@ def test_a_replica_is_judged_against_its_masters_published_head_and_unjudged_onc
         daemons[b].proc.kill()
         daemons[b].proc.wait()
         killed = time.time()
+        # A sweep judges the heads' age at its checks and ends a little later ("at"): one that
+        # ends a second after they aged out judged them aged out (wd-b's last head is older than
+        # the kill), one that merely ends after it might have judged them a moment before.
         stale = poll(
-            lambda: heads_after(state_a, killed + HEADS_MAX_AGE),
+            lambda: heads_after(state_a, killed + HEADS_MAX_AGE + 1.0),
             timeout=HEADS_MAX_AGE + 4 * INTERVAL + 30,
             what=f"{a} sweeping after {b}'s heads aged out",
             alive=survivors_dead,
