@@ -200,6 +200,9 @@ class Inventory:
     source: str = "file"
     stale: bool = False
     loaded_at: float = 0.0
+    # What names this content exactly (a file's path and stat), when the source can tell: the
+    # state's cached copy is rewritten only when it changes (None: always rewritten).
+    version: str | None = None
 
     def projects_on(self, server_id: str) -> list[Project]:
         return [p for p in self.projects.values() if server_id in p.locations]

@@ -82,7 +82,13 @@ def _load_inventory(source: InventorySource, state: State | None) -> Inventory:
         return inventory
     if state is not None:
         if _CACHED.get(state) is not inventory:
-            state.save_inventory(source.name, dump_inventory(inventory))
+            if (
+                inventory.version is not None
+                and state.cached_inventory_version() == inventory.version
+            ):
+                state.touch_inventory()  # ~2 s of CPU at 100,000 projects spared per `check`
+            else:
+                state.save_inventory(source.name, dump_inventory(inventory), inventory.version)
             _CACHED[state] = inventory
         state.set_meta(inventory_stale=False, inventory_error=None, inventory_loaded_at=time.time())
     return dataclasses.replace(inventory, source=source.name)

@@ -813,12 +813,30 @@ class State:
 
     # -- inventory cache ----------------------------------------------------------------------
 
-    def save_inventory(self, source: str, data: dict[str, Any]) -> None:
+    def save_inventory(self, source: str, data: dict[str, Any], version: str | None = None) -> None:
+        """Cache the inventory (the fallback when its source is down), with its ``version``."""
         row = (source, time.time(), json.dumps(data))
+        meta = ("inventory_version", json.dumps(version))
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO inventory_cache VALUES (1, ?, ?, ?)", row)
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+
+        self.write(save, key="inventory")
+
+    def cached_inventory_version(self) -> str | None:
+        """The ``version`` the cached inventory was saved with (None: unknown or none cached)."""
+        rows = self.query("SELECT value FROM meta WHERE key = 'inventory_version'")
+        if not rows or not self.query("SELECT 1 FROM inventory_cache WHERE id=1"):
+            return None
+        version = json.loads(rows[0][0])
+        return version if isinstance(version, str) else None
+
+    def touch_inventory(self) -> None:
+        """The cached inventory is still its source's content as of now."""
+        now = time.time()
         self.write(
-            lambda db: db.execute(
-                "INSERT OR REPLACE INTO inventory_cache VALUES (1, ?, ?, ?)", row
-            ),
+            lambda db: db.execute("UPDATE inventory_cache SET saved_at = ? WHERE id=1", (now,)),
             key="inventory",
         )
 

@@ -6,6 +6,7 @@ named, before it can ever reach a path or a command.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import itertools
 import json
@@ -446,6 +447,9 @@ class FileInventory:
             del raw  # 36 MB at 100,000 projects, not needed once decoded
             inventory = self._pieces(text) or self._whole(text)
         settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_SECONDS * 1e9
+        if settled:  # a file written within the racy window may change again unseen
+            version = f"file {self.path} {self.default_user} {' '.join(map(str, signature))}"
+            inventory = dataclasses.replace(inventory, version=version)
         self._cached = (signature, inventory) if settled else None
         return inventory
 
