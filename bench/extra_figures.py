@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.hostcpu import hosts_cpu
+from bench.real_repo import build_real_repo
 from bup_watchdog.checks import settings_models
 from bup_watchdog.config import load_config
 from bup_watchdog.deep import run_deep
@@ -80,24 +81,12 @@ def probe_unit_costs(work: Path, saves: int, copies: int = 200) -> dict[str, Any
     with ``saves`` saves.
     """
     from bup_watchdog import probe
-    from bup_watchdog.sandbox import repos as sandbox_repos
 
     out: dict[str, Any] = {}
     for n in sorted({2, saves}):
         base = work / f"real-{n}"
-        tpl, data = base / "template", base / "data"
-        data.mkdir(parents=True)
-        sandbox_repos.bup_init(tpl)
-        now = int(time.time()) - 3600
-        for i in range(n):
-            (data / f"file-{i}.txt").write_text(f"save {i}\n" * 20)
-            sandbox_repos.bup_save(tpl, data, now - (n - i) * 60)
-        conf = tpl / "conf"
-        conf.mkdir()
-        for name, text in (("settings.json", '{"disk": 3000}'), ("replicas.json", "[]")):
-            (conf / name).write_text(text + "\n")
-        (conf / "save_log.json").write_text('{"timestamp": 1}\n' * 50)
-        (conf / "touch").write_bytes(b"")
+        tpl = base / "template"
+        build_real_repo(tpl, base / "data", n)
         bups = base / "bups"
         bups.mkdir()
         rng = random.Random(n)

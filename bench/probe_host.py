@@ -50,25 +50,14 @@ MODES = ("sweep", "walk", "walk_fp", "fingerprint", "unchanged", "incremental")
 
 def build(base: Path, saves: int, copies: int) -> Path:
     """``base/bups`` with ``copies`` copies of a real repository with ``saves`` saves (kept)."""
-    from bup_watchdog.sandbox import repos as sandbox_repos
+    from bench.real_repo import build_real_repo
 
     bups = base / "bups"
     if bups.is_dir() and len(os.listdir(bups)) == copies:
         return bups
     shutil.rmtree(base, ignore_errors=True)
-    tpl, data = base / "template", base / "data"
-    data.mkdir(parents=True)
-    sandbox_repos.bup_init(tpl)
-    now = int(time.time()) - 3600
-    for i in range(saves):
-        (data / f"file-{i}.txt").write_text(f"save {i}\n" * 20)
-        sandbox_repos.bup_save(tpl, data, now - (saves - i) * 60)
-    conf = tpl / "conf"
-    conf.mkdir()
-    for name, text in (("settings.json", '{"disk": 3000}'), ("replicas.json", "[]")):
-        (conf / name).write_text(text + "\n")
-    (conf / "save_log.json").write_text('{"timestamp": 1}\n' * 50)
-    (conf / "touch").write_bytes(b"")
+    tpl = base / "template"
+    build_real_repo(tpl, base / "data", saves)
     tmp = base / "bups.tmp"
     tmp.mkdir()
     rng = random.Random(saves)
