@@ -92,6 +92,7 @@ MAX_SMALL_BYTES = 64 << 10  # HEAD, refs, bup_server_id
 MAX_PACKED_REFS_BYTES = 16 << 20
 MAX_REFLOG_COUNT_BYTES = 16 << 20  # newlines are counted up to this size, only the tail beyond
 REFLOG_TAIL_BYTES = 64 << 10
+READ_CHUNK = 64 << 10  # a read past what fstat saw (below malloc's mmap threshold)
 MAX_BAD_IDX = 20
 FLUSH_EVERY = 500
 OWNER_SAMPLE = 200  # entries per project whose owner is sampled
@@ -659,7 +660,10 @@ def _read_in_repo(root: str, w: _Walk, rel: str, cap: int) -> bytes | None:
         chunks: list[bytes] = []
         got = 0
         while got <= cap:
-            chunk = os.read(fd, cap + 1 - got)
+            # Ask for what fstat/the walk saw (a file that grew: a page at a time), not for the
+            # cap: a 1 MiB buffer costs mmap, mremap and munmap on every read of a small file.
+            want = size - got if got < size else READ_CHUNK
+            chunk = os.read(fd, min(want, cap + 1 - got))
             if not chunk:
                 break
             chunks.append(chunk)
