@@ -72,7 +72,7 @@ from pathlib import Path
 from bup_watchdog.config import CassandraConfig
 from bup_watchdog.inventory.cassandra import CassandraInventory
 config = CassandraConfig(hosts=["127.0.0.1"], port=int(sys.argv[1]), keyspace=sys.argv[2],
-                         protocol_version=5, request_timeout=60)
+                         protocol_version=5, request_timeout=60, read_ranges=int(sys.argv[3]))
 t0, c0 = time.perf_counter(), time.process_time()
 inv = CassandraInventory(config).load()
 total, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -89,9 +89,16 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def cassandra_runs(
-    node: object, data: dict[str, list[dict[str, object]]], n: int, runs: int, env: dict[str, str]
+    node: object,
+    data: dict[str, list[dict[str, object]]],
+    n: int,
+    runs: int,
+    env: dict[str, str],
+    read_ranges: list[int],
 ) -> None:
-    """Write ``data`` into a keyspace of ``node``, then time ``runs`` loads; prints two lines."""
+    """Write ``data`` into a keyspace of ``node``, then time ``runs`` loads per ``read_ranges``
+    setting, the settings interleaved run by run; prints a line for the write and one per
+    setting."""
     import time
 
     from bup_watchdog.config import CassandraConfig
@@ -117,23 +124,33 @@ def cassandra_runs(
         f"{'':>10} {'':>11} {load:>8.2f}",
         flush=True,
     )
-    results, loads = [], []
+    by: dict[int, list[dict[str, float]]] = {k: [] for k in read_ranges}
+    loads: dict[int, list[float]] = {k: [] for k in read_ranges}
     for _ in range(runs):
-        loads.append(os.getloadavg()[0])
-        j0 = _cpu_seconds(pid)
-        out = subprocess.run(
-            [sys.executable, "-c", CASSANDRA_CHILD, str(port), keyspace],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        )
-        results.append({**json.loads(out.stdout.splitlines()[-1]), "node": _cpu_seconds(pid) - j0})
-        assert results[-1]["n"] == n, results[-1]
+        for k in read_ranges:
+            loads[k].append(os.getloadavg()[0])
+            j0 = _cpu_seconds(pid)
+            out = subprocess.run(
+                [sys.executable, "-c", CASSANDRA_CHILD, str(port), keyspace, str(k)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            got = json.loads(out.stdout.splitlines()[-1])
+            by[k].append({**got, "node": _cpu_seconds(pid) - j0})
+            assert got["n"] == n, got
+    for k in read_ranges:
+        _cassandra_line(n, f"cass.{k}", by[k], loads[k])
+
+
+def _cassandra_line(
+    n: int, label: str, results: list[dict[str, float]], loads: list[float]
+) -> None:
     med = statistics.median(r["total"] for r in results)
     every = ", ".join(f"{r['total']:.2f}" for r in results)
     print(
-        f"{n:>9} {'cass.':>6} {'':>6} {f'{med:.2f} ({every})':>30} "
+        f"{n:>9} {label:>6} {'':>6} {f'{med:.2f} ({every})':>30} "
         f"{statistics.median(r['cpu'] for r in results):>6.2f} "
         f"{statistics.median(r['node'] for r in results):>8.2f} {'':>10} "
         f"{statistics.median(r['rss_mb'] for r in results):>11.0f} "
@@ -224,6 +241,14 @@ def main() -> int:
     )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
+        "--read-ranges",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="Cassandra: [inventory.cassandra] read_ranges settings to time, interleaved run by "
+        "run (default: 4, the default; `1 4` for one scan beside it); rows labelled cass.N",
+    )
+    ap.add_argument(
         "--code",
         type=Path,
         help="a folder holding a bup_watchdog package to load instead of this checkout's, for "
@@ -260,7 +285,7 @@ def run_all(args: argparse.Namespace, python: str, env: dict[str, str], node: ob
             data = synthetic(n, args.servers, args.seed)
             for fmt in args.formats:
                 if fmt == "cassandra":
-                    cassandra_runs(node, data, n, args.runs, env)
+                    cassandra_runs(node, data, n, args.runs, env, args.read_ranges)
                     continue
                 path = Path(tmp) / f"inventory-{n}.{fmt}"
                 write(data, path)

@@ -106,6 +106,14 @@ class CassandraConfig(Section):
         description="Rows per page when reading projects: the whole table is streamed page by "
         "page, never asked for at once.",
     )
+    read_ranges: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Token ranges of the projects table read at once, each page by page, the rows "
+        "handed on in the table's own order (Murmur3Partitioner only: other partitioners are read "
+        "in one scan). 1 = one scan. At most read_ranges × 3 pages are held at a time.",
+    )
 
     @model_validator(mode="after")
     def _pairs(self) -> CassandraConfig:

@@ -14,7 +14,9 @@ What is read, and how it maps onto ``Server`` and ``Project``:
   row, or a keyspace without the table, gets the defaults: SSH to ``host`` port 22 as the
   configured user, ``/bup`` and ``/projects``. Every value goes through the same validation as the
   file inventory's, because these values end up in SSH connections and paths.
-- ``projects``, streamed page by page (``fetch_size`` rows a page) with a prepared statement:
+- ``projects``, streamed page by page (``fetch_size`` rows a page) with a prepared statement,
+  as ``read_ranges`` token ranges read at once and handed on in the table's order
+  (``cassandra_ranges``; one scan unless the partitioner is Murmur3):
   ``project_id``; master = ``bup_location``; **replicas = the keys of ``bup_last_save`` other than
   the master**, sorted. The schema has no replica list: ``bup_last_save`` is where the fleet's
   tooling recorded a save on each server, so it is the database's own account of where copies
@@ -49,6 +51,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ from pydantic import ValidationError
 
 from bup_watchdog.config import CassandraConfig, Config
 from bup_watchdog.errors import InventoryError
+from bup_watchdog.inventory.cassandra_ranges import MURMUR3, pages_in_order, token_ranges
 from bup_watchdog.inventory.cassandra_schema import checked_keyspace, migrate
 from bup_watchdog.inventory.file import ServerEntry
 from bup_watchdog.model import NOTHING, Inventory, Project, Server
@@ -111,6 +115,8 @@ SELECT_PROJECTS = (
     "SELECT project_id, bup_location, bup_last_save, settings, last_edited, deleted "
     "FROM {ks}.projects"
 )
+# Either, limited to one token range (see cassandra_ranges).
+IN_RANGE = " WHERE token(project_id) > ? AND token(project_id) <= ?"
 INSERT_SERVER = (
     "INSERT INTO {ks}.storage_servers (dummy, server_id, host, port, dc, experimental) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -399,18 +405,18 @@ class LoadStats:
     servers: int = 0
     projects: int = 0
     pages: int = 0
+    ranges: int = 0  # token ranges read at once (1: one scan)
     seconds: float = 0.0
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def _pages(session: Any, stmt: Any, stats: LoadStats) -> Iterator[list[Any]]:
+def _pages(session: Any, stmt: Any) -> Iterator[list[Any]]:
     """The rows of ``stmt``, a page (fetch_size rows) at a time, so a table of any size streams
     through; the next page is requested before this one is handed out, so Cassandra reads it
     while the caller works on this one."""
     future = session.execute_async(stmt)
     while True:
         page = future.result().current_rows
-        stats.pages += 1
         more = future.has_more_pages
         if more:
             future.start_fetching_next_page()
@@ -557,18 +563,33 @@ class CassandraInventory:
 
     # -- projects
 
+    def _scan(self, template: str, stats: LoadStats) -> Iterator[list[Any]]:
+        """The projects table's pages in token order: ``read_ranges`` token ranges read at once
+        when the cluster's partitioner is Murmur3, else one scan."""
+        session = self.db.session()
+        n = self.config.read_ranges
+        if n > 1 and session.cluster.metadata.partitioner == MURMUR3:
+            stmt = self.db.prepare(template + IN_RANGE)
+            scans = [stmt.bind(bounds) for bounds in token_ranges(n)]
+        else:
+            scans = [self.db.prepare(template)]
+        stats.ranges = len(scans)
+        for page in pages_in_order(partial(_pages, session), scans):
+            stats.pages += 1
+            yield page
+
     def _project_rows(self, stats: LoadStats) -> Iterator[_Row]:
         """The projects table's rows as ``_Row``s (ids as text, times aware), read with
         SELECT_PROJECTS_FAST where the node takes it, SELECT_PROJECTS where not."""
-        session = self.db.session()
         try:
-            stmt = self.db.prepare(SELECT_PROJECTS_FAST)
+            self.db.prepare(SELECT_PROJECTS_FAST)
+            fast = True
         except _driver_errors() as exc:
             if not _refused(exc):  # Cassandra failing, not a node older than 4.0
                 raise
-            stmt = None
-        if stmt is None:
-            for page in _pages(session, self.db.prepare(SELECT_PROJECTS), stats):
+            fast = False
+        if not fast:
+            for page in self._scan(SELECT_PROJECTS, stats):
                 for project_id, location, last_save, settings, last_edited, deleted in page:
                     yield (
                         str(project_id),
@@ -580,7 +601,7 @@ class CassandraInventory:
                     )
             return
         decode = msgspec.json.Decoder(ProjectRow).decode
-        for page in _pages(session, stmt, stats):
+        for page in self._scan(SELECT_PROJECTS_FAST, stats):
             for (text,) in page:
                 try:
                     r = decode(text)

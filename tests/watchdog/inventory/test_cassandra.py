@@ -413,11 +413,25 @@ def test_100000_projects_are_written_and_read_back_page_by_page(
         source.close()
     assert len(got.projects) == n and len(got.servers) == 20
     fetch = config.inventory.cassandra.fetch_size
-    # Streamed in pages, never at once (a last page may come back empty).
-    assert n // fetch <= source.last.pages <= n // fetch + 1
+    ranges = config.inventory.cassandra.read_ranges
+    # The test node is Murmur3 (Cassandra's default): read as token ranges at once, each streamed
+    # in pages, never at once (a range's last page may come back empty).
+    assert ranges > 1 and source.last.ranges == ranges
+    assert n // fetch <= source.last.pages <= n // fetch + 2 * ranges
     expected = FileInventory(path).load()
     some = random.Random(1).sample(sorted(expected.projects), 200)
     assert {p: got.projects[p] for p in some} == {p: expected.projects[p] for p in some}
+
+    # The ranges hand the rows on in the table's own order: one scan gives the same inventory,
+    # in the same order.
+    one_scan = config.inventory.cassandra.model_copy(update={"read_ranges": 1})
+    single = CassandraInventory(one_scan, default_user=config.ssh.user)
+    try:
+        scanned = single.load()
+    finally:
+        single.close()
+    assert single.last.ranges == 1
+    assert list(scanned.projects.items()) == list(got.projects.items())
     with capsys.disabled():
         print(
             f"\n[cassandra] node start {cassandra.start_seconds:.1f} s "
