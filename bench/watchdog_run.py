@@ -42,6 +42,7 @@ from bench.hostcpu import hosts_cpu
 from bup_watchdog.checks import registry, settings_models
 from bup_watchdog.config import load_config
 from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.malloc_arenas import limit_malloc_arenas
 from bup_watchdog.model import DeepResult
 from bup_watchdog.state import State
 from bup_watchdog.sweep import SweepResult, record, sweep
@@ -220,6 +221,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
+    limit_malloc_arenas()  # as every bup-watchdog command does at its start
     pids = [int(p) for p in args.sshd_pids.split(",") if p]
     bups = json.loads(args.bups)
     reset_peak()  # the high-water mark starts here, not at the parent's peak (see rss_mb)
