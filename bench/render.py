@@ -218,7 +218,11 @@ def wrap(paragraph: str) -> str:
 
 
 def write_readme(readme: Path, generated: str) -> None:
-    """Put ``generated`` between the markers of ``readme`` (which must have them)."""
+    """Put ``generated`` between the markers of ``readme`` (which must have them); a file that
+    does not exist yet is written with the generated part alone (a trial's ``--readme /tmp/…``)."""
+    if not readme.exists():
+        readme.write_text(generated + "\n", encoding="utf-8")
+        return
     text = readme.read_text(encoding="utf-8")
     head, sep, rest = text.partition(START)
     _, sep2, tail = rest.partition(END)
