@@ -129,7 +129,6 @@ def build_synthetic_state(
         ):
             repos[sid][pid] = RepoFacts(
                 project_id=pid,
-                path=f"/bup/bups/{pid}",
                 master_sha=sha,
                 reflog_last_time=when,
                 pack_count=rnd.randint(1, 40),

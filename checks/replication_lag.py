@@ -56,7 +56,7 @@ def with_heads(
         if h.published_by not in host.hello[PUBLISHED]:
             host.hello[PUBLISHED].append(h.published_by)
         host.repos[h.project_id] = RepoFacts(
-            h.project_id, path="", master_sha=h.master_sha, reflog_last_time=h.saved_at
+            h.project_id, master_sha=h.master_sha, reflog_last_time=h.saved_at
         )
     out.update(remote)
     return out

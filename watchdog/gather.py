@@ -455,8 +455,8 @@ def _reuse_unchanged(
     return reused
 
 
-def _hello_bups(rec: dict[str, Any]) -> str:
-    """The repositories' directory from the hello record, once its probe version is checked."""
+def _check_hello(rec: dict[str, Any]) -> None:
+    """A hello record of this watchdog's probe version that names its repositories' directory."""
     version = rec.get("probe_version")
     if version != PROBE_VERSION:
         raise ProbeError(
@@ -467,7 +467,6 @@ def _hello_bups(rec: dict[str, Any]) -> str:
     bups = rec.get("bups")
     if not isinstance(bups, str) or not bups:
         raise ProbeError("the probe's hello record does not name its repositories' directory")
-    return bups
 
 
 def _hello_scope(rec: dict[str, Any], for_cache: bool) -> frozenset[str] | None:
@@ -563,7 +562,8 @@ def parse_probe_lines(
             raise ProbeError("the probe's output does not start with its hello record")
         if kind == "hello":
             facts.hello = rec
-            reader = WireReader(_hello_bups(rec))
+            _check_hello(rec)
+            reader = WireReader()
             facts.scope = _hello_scope(rec, fresh is not None)
         elif kind == "mount":
             m = MountFacts.from_record(rec)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -311,7 +312,9 @@ class RepoFacts(msgspec.Struct, frozen=True, gc=False):
     """
 
     project_id: str
-    path: str
+    #: The repository directory's name when it is not the project id itself (an upper-case UUID
+    #: directory), None otherwise: no path string per repository (~90 bytes each at 200,000).
+    dir_name: str | None = None
     is_symlink: bool = False
     head: str | None = None
     master_sha: str | None = None
@@ -344,9 +347,11 @@ class RepoFacts(msgspec.Struct, frozen=True, gc=False):
         if not is_v4_uuid(project_id):
             raise ProbeError(f"probe reported a repository with a bad project id {project_id!r}")
         replicas = _get(rec, "replicas", list)
+        pid = sys.intern(project_id.lower())  # shared with the project_dir's facts
+        name = os.path.basename(_get(rec, "path", str, "")) or pid
         return cls(
-            project_id=sys.intern(project_id.lower()),  # shared with the project_dir's facts
-            path=_get(rec, "path", str, ""),
+            project_id=pid,
+            dir_name=None if name == pid else name,
             is_symlink=_get(rec, "is_symlink", bool, False),
             head=_get(rec, "head", str),
             master_sha=_shared_sha(_get(rec, "master_sha", str)),

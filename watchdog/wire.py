@@ -35,7 +35,7 @@ _V4_ANY_CASE = re.compile(
 #: RepoFacts' fields in the order ``WireReader.repo`` passes them (positionally, for speed).
 _REPO_FACTS_ORDER = (
     "project_id",
-    "path",
+    "dir_name",
     "is_symlink",
     "head",
     "master_sha",
@@ -115,8 +115,7 @@ _decode = msgspec.json.Decoder(RepoWire | DirWire).decode
 class WireReader:
     """Decodes one host's compact records; holds that stream's tables of shared values."""
 
-    def __init__(self, bups: str) -> None:
-        self.bups = bups
+    def __init__(self) -> None:
         self.heads: list[str] = []
         self.replicas: list[tuple[str, ...]] = []
         self.settings: list[dict[str, Any]] = []
@@ -181,9 +180,10 @@ class WireReader:
         elif settings is not None and len(self.settings) < SHARED_MAX:
             self.settings.append(settings)
         sha = w.master_sha
+        pid = sys.intern(name.lower())
         return RepoFacts(  # positionally, in _REPO_FACTS_ORDER: ~0.6 µs less per repository
-            sys.intern(name.lower()),  # project_id
-            f"{self.bups}/{name}",  # path
+            pid,  # project_id
+            None if name == pid else name,  # dir_name
             w.is_symlink,  # is_symlink
             head,  # head
             sys.intern(sha) if sha is not None and len(sha) == 40 else sha,  # master_sha

@@ -443,7 +443,7 @@ def test_an_unchanged_report_for_a_repository_the_probe_was_not_told_about_is_re
 def test_an_unchanged_report_that_does_not_fit_the_known_state_is_refused(
     record: dict[str, object],
 ) -> None:
-    kept = CachedRepo("aa" * 10, RepoFacts(PID_A, "/bup/bups/" + PID_A), time.time())
+    kept = CachedRepo("aa" * 10, RepoFacts(PID_A), time.time())
     facts = HostFacts(SID, time.time())
     with pytest.raises(ProbeError):
         parse_probe_lines(
@@ -456,10 +456,7 @@ def test_an_unchanged_report_that_does_not_fit_the_known_state_is_refused(
 
 
 def test_an_unchanged_report_reuses_exactly_the_named_facts() -> None:
-    kept = {
-        pid: CachedRepo("aa" * 10, RepoFacts(pid, "/bup/bups/" + pid), time.time())
-        for pid in (PID_A, PID_B)
-    }
+    kept = {pid: CachedRepo("aa" * 10, RepoFacts(pid), time.time()) for pid in (PID_A, PID_B)}
     facts, fresh = HostFacts(SID, time.time()), HostCache()
     order = sorted(kept)
     walked, reused = parse_probe_lines(
@@ -487,7 +484,7 @@ def test_full_walks_are_spread_between_half_and_all_of_max_age() -> None:
     cache = RepoCache(max_age=1000.0)
     now = 1_000_000.0
     entries = {
-        pid: CachedRepo("ab", RepoFacts(pid, "x"), now)
+        pid: CachedRepo("ab", RepoFacts(pid), now)
         for pid in ("00000000-0000-4000-8000-000000000000", "ffffffff-0000-4000-8000-000000000000")
     }
     cache.replace(SID, HostCache(repos=entries), 2, 0)
@@ -552,7 +549,7 @@ def test_a_pack_lost_between_two_incremental_sweeps_is_found_at_once(
 
 def test_retain_drops_the_hosts_no_longer_swept_and_keeps_the_others() -> None:
     cache = RepoCache()
-    entry = HostCache(repos={PID_A: CachedRepo("ab", RepoFacts(PID_A, "x"), time.time())})
+    entry = HostCache(repos={PID_A: CachedRepo("ab", RepoFacts(PID_A), time.time())})
     cache.replace(SID, entry, 1, 0)
     cache.replace("other", HostCache(), 0, 0)
     cache.retain([SID])
@@ -731,7 +728,7 @@ def test_fingerprints_and_digests_that_are_not_lowercase_hex_are_not_kept() -> N
 def test_forget_project_drops_one_project_on_one_host() -> None:
     cache = RepoCache()
     entry = HostCache(
-        repos={p: CachedRepo("ab", RepoFacts(p, "x"), time.time()) for p in (PID_A, PID_B)}
+        repos={p: CachedRepo("ab", RepoFacts(p), time.time()) for p in (PID_A, PID_B)}
     )
     cache.replace(SID, entry, 2, 0)
     cache.forget_project(SID, PID_A)
