@@ -660,7 +660,7 @@ def _read_in_repo(root: str, w: _Walk, rel: str, cap: int) -> bytes | None:
         chunks: list[bytes] = []
         got = 0
         while got <= cap:
-            # Ask for what fstat/the walk saw (a file that grew: a page at a time), not for the
+            # Ask for what fstat/the walk saw (a file that grew: 64 KiB at a time), not for the
             # cap: a 1 MiB buffer costs mmap, mremap and munmap on every read of a small file.
             want = size - got if got < size else READ_CHUNK
             chunk = os.read(fd, min(want, cap + 1 - got))
