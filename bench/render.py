@@ -120,8 +120,12 @@ def table(sums: list[dict[str, Any]]) -> str:
         lambda s: f"{s['rss_full']:.0f} MB / **{s['rss_inc']:.0f} MB**",
     )
     row(
-        "/metrics from this sweep's state: median / first scrape after a change",
-        lambda s: f"{s['metrics']['median']:.1f} ms / {s['metrics']['first']:.1f} ms",
+        "/metrics from this sweep's state: median / first scrape after a sweep (after one "
+        "with a deep pass)",
+        lambda s: (
+            f"{s['metrics']['median']:.1f} ms / {s['metrics']['first']:.1f} ms"
+            + (f" ({s['metrics']['first_deep']:.1f} ms)" if "first_deep" in s["metrics"] else "")
+        ),
     )
     row("fleet build (not in any figure)", lambda s: fmt_s(s["build_s"]))
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def targets(sums: list[dict[str, Any]], synthetic: dict[str, Any] | None) -> lis
     first = (synthetic or {}).get("first")
     add(
         f"`/metrics` at {(synthetic or {}).get('projects', 100_000):,} projects (synthetic): first "
-        f"scrape after a change (between sweeps: median)",
+        f"scrape after a sweep (between sweeps: median)",
         "53–61 ms",
         f"{first:.1f} ms ({synthetic['median']:.1f} ms)" if synthetic and first else "–",
         "≤ 25 ms",

@@ -69,6 +69,11 @@ def _inventory_age(loaded: float | None) -> Iterator[Metric]:
 _Part = Metric | Callable[[], Iterable[Metric]]
 
 
+#: Open findings are counted from this index alone (SQLite's planner, without statistics, takes
+#: another one and looks each finding up in the table: 16 ms instead of 7 at 6,000 findings).
+_OPEN_COUNTS = " FROM findings INDEXED BY findings_open_counts "
+
+
 class _Families:
     """Families in the form generate_latest renders."""
 
@@ -122,6 +127,8 @@ class StateCollector(Collector):
         self._kept: tuple[tuple[Any, ...], Mapping[str, Server], float, list[_Part]] | None = None
         self._build_lock = threading.Lock()
         self._holds_until = math.inf
+        #: The deep-check counts, the generation they were counted at and the time they hold until.
+        self._deep_kept: tuple[int, float, dict[str, int]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         info = _gauge("build_info", "Version of the running watchdog.", ["version"])
@@ -322,18 +329,20 @@ class StateCollector(Collector):
         yield suspicion_g
 
     def _deep_coverage(self) -> dict[str, int]:
-        """state.deep_coverage's counts; the families hold until the oldest check counted
-        leaves the window (then a count drops with no write to the state)."""
-        since = time.time() - self.deep_window_seconds
-        covered = {}
-        for sid, n, oldest in self.state.query(
-            "SELECT server_id, COUNT(*), MIN(checked_at) FROM deep_checks WHERE checked_at >= ? "
-            "GROUP BY server_id",
-            (since,),
-        ):
-            covered[str(sid)] = int(n)
-            self._holds_until = min(self._holds_until, oldest + self.deep_window_seconds)
-        return covered
+        """state.deep_coverage's counts, counted again only when deep-check rows were written
+        (a sweep without a deep pass writes none: its first scrape is spared a scan of every
+        row) or the oldest check counted left the window; the families hold until then (a count
+        drops with no write to the state)."""
+        generation = self.state.deep_generation()
+        kept = self._deep_kept
+        if kept is None or kept[0] != generation or time.time() >= kept[1]:
+            counts = self.state.deep_counts(time.time() - self.deep_window_seconds)
+            until = min(
+                (o + self.deep_window_seconds for _, o in counts.values()), default=math.inf
+            )
+            kept = self._deep_kept = (generation, until, {s: n for s, (n, _) in counts.items()})
+        self._holds_until = min(self._holds_until, kept[1])
+        return kept[2]
 
     def _checks(self) -> Iterator[Metric]:
         labels = ["check"]
@@ -364,8 +373,9 @@ class StateCollector(Collector):
         counts = {
             (c, s, int(sev)): n
             for c, s, sev, n in self.state.query(
-                "SELECT check_name, server_id, severity, COUNT(*) FROM findings "
-                "WHERE resolved_at IS NULL GROUP BY check_name, server_id, severity"
+                "SELECT check_name, server_id, severity, COUNT(*)"
+                + _OPEN_COUNTS
+                + "WHERE resolved_at IS NULL GROUP BY check_name, server_id, severity"
             )
         }
         g = _gauge(
@@ -389,8 +399,9 @@ class StateCollector(Collector):
         failing = {
             (c, s): n
             for c, s, n in self.state.query(
-                "SELECT check_name, server_id, COUNT(DISTINCT project_id) FROM findings "
-                "WHERE resolved_at IS NULL AND project_id != '' GROUP BY check_name, server_id"
+                "SELECT check_name, server_id, COUNT(DISTINCT project_id)"
+                + _OPEN_COUNTS
+                + "WHERE resolved_at IS NULL AND project_id != '' GROUP BY check_name, server_id"
             )
         }
         for sid in server_ids:
@@ -419,8 +430,9 @@ class StateCollector(Collector):
         )
         if self.top_projects:
             for pid, crit, total in self.state.query(
-                "SELECT project_id, SUM(severity = 2), COUNT(*) FROM findings "
-                "WHERE resolved_at IS NULL AND project_id != '' GROUP BY project_id "
+                "SELECT project_id, SUM(severity = 2), COUNT(*)"
+                + _OPEN_COUNTS
+                + "WHERE resolved_at IS NULL AND project_id != '' GROUP BY project_id "
                 "ORDER BY SUM(severity = 2) DESC, COUNT(*) DESC, project_id LIMIT ?",
                 (self.top_projects,),
             ):

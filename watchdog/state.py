@@ -213,6 +213,12 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (batch_id, project_id)
     );
     """,
+    # 9: /metrics counts the open findings per check, server and severity (and per project) after
+    # every sweep: from this index alone, not a table lookup per finding (watchdog/metrics.py)
+    """
+    CREATE INDEX findings_open_counts ON findings(check_name, server_id, severity, project_id)
+        WHERE resolved_at IS NULL;
+    """,
 )
 
 
@@ -683,6 +689,8 @@ class State:
                 )
                 for table in tables:
                     db.execute(f"DELETE FROM {table} WHERE server_id=?", (sid,))  # noqa: S608
+            if "deep_checks" in tables:
+                _deep_checks_written(db)
 
         self.write(drop)
         return gone
@@ -759,20 +767,33 @@ class State:
             (server_id, r.project_id, r.checked_at, int(r.ok), r.master_sha, r.message)
             for r in results
         ]
-        self.write(
-            lambda db: db.executemany(
-                "INSERT OR REPLACE INTO deep_checks VALUES (?,?,?,?,?,?)", rows
-            )
-        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO deep_checks VALUES (?,?,?,?,?,?)", rows)
+            _deep_checks_written(db)
+
+        self.write(insert)
 
     def deep_coverage(self, window_seconds: float, now: float | None = None) -> dict[str, int]:
         """Per server, how many repositories were deep-checked within the window."""
         since = (time.time() if now is None else now) - window_seconds
+        return {sid: n for sid, (n, _) in self.deep_counts(since).items()}
+
+    def deep_counts(self, since: float) -> dict[str, tuple[int, float]]:
+        """Per server, the deep checks made since ``since``: how many, and the oldest's time."""
         rows = self.query(
-            "SELECT server_id, COUNT(*) FROM deep_checks WHERE checked_at >= ? GROUP BY server_id",
+            "SELECT server_id, COUNT(*), MIN(checked_at) FROM deep_checks WHERE checked_at >= ? "
+            "GROUP BY server_id",
             (since,),
         )
-        return {str(sid): int(n) for sid, n in rows}
+        return {str(sid): (int(n), float(oldest)) for sid, n, oldest in rows}
+
+    def deep_generation(self) -> int:
+        """A number that changes whenever deep-check rows are written or dropped (by any
+        process): what was counted from them holds while it stays the same (at 200,000 rows
+        the count is a 27 ms scan)."""
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (_DEEP_GENERATION,))
+        return int(rows[0][0]) if rows else 0
 
     # -- reachability records ------------------------------------------------------------------
 
@@ -872,3 +893,16 @@ def _stored(row: tuple[Any, ...]) -> StoredFinding:
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+#: The meta key of ``State.deep_generation``.
+_DEEP_GENERATION = "deep_checks_generation"
+
+
+def _deep_checks_written(db: sqlite3.Connection) -> None:
+    """Move the deep-check generation on, in the transaction that wrote or dropped the rows."""
+    db.execute(
+        "INSERT INTO meta VALUES (?, '1') "
+        "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        (_DEEP_GENERATION,),
+    )

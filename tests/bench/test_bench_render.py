@@ -109,7 +109,7 @@ def test_targets_say_met_or_not_from_the_figures_at_the_largest_size() -> None:
     assert rows["probe output per repository (100k)"] == "yes"
     assert (
         rows[
-            "`/metrics` at 100,000 projects (synthetic): first scrape after a change "
+            "`/metrics` at 100,000 projects (synthetic): first scrape after a sweep "
             "(between sweeps: median)"
         ]
         == "no"

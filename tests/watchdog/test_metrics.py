@@ -627,3 +627,35 @@ def test_deep_coverage_falls_when_a_check_leaves_the_window_with_no_write(state:
     ]
     time.sleep(1.1)
     assert [v for lv, v in samples(reg, coverage) if lv["server_id"] == S1] == [0.0]
+
+
+def test_deep_coverage_is_counted_again_after_deep_checks_written_by_another_process(
+    state: State,
+) -> None:
+    inventory, facts = small_fleet()
+    record(state, sweep_result(inventory, facts, SMALL_FINDINGS))
+    first, second = sorted(facts[S1].repos)[:2]
+    state.record_deep(S1, [DeepResult(first, time.time(), True, SHA_A)])
+    reg = CollectorRegistry()
+    reg.register(StateCollector(state, lambda: SERVERS, CHECKS))
+    coverage = "bupwatch_deep_check_coverage_ratio"
+    repos = len(facts[S1].repos)
+    assert [v for lv, v in samples(reg, coverage) if lv["server_id"] == S1] == [1 / repos]
+
+    state.set_meta(unrelated=1)  # a write with no deep check: the counts still hold
+    assert [v for lv, v in samples(reg, coverage) if lv["server_id"] == S1] == [1 / repos]
+    other = State(state.path)  # its own connection, as a one-shot `check --deep` has
+    other.record_deep(S1, [DeepResult(second, time.time(), True, SHA_A)])
+    other.close()
+    assert [v for lv, v in samples(reg, coverage) if lv["server_id"] == S1] == [2 / repos]
+
+
+def test_dropping_a_servers_deep_checks_moves_the_deep_generation(state: State) -> None:
+    before = state.deep_generation()
+    state.record_deep(S1, [DeepResult(str(uuid.uuid4()), time.time(), True, SHA_A)])
+    written = state.deep_generation()
+    state.drop_servers([S1], tables=("hosts",))  # no deep-check row dropped
+    assert state.deep_generation() == written > before
+    state.drop_servers([S1], tables=("hosts", "deep_checks"))
+    assert state.deep_generation() > written
+    assert state.deep_coverage(86400) == {}
