@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,15 @@ def reset_peak() -> None:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+    if tracemalloc.is_tracing():
+        tracemalloc.reset_peak()
+
+
+def traced_mb() -> list[float]:
+    """With --trace-memory: [Python objects held now, their peak since reset_peak()] in MiB (what
+    RSS holds beyond them is the interpreter, C libraries and memory freed but not returned)."""
+    current, peak = tracemalloc.get_traced_memory()
+    return [round(current / 2**20, 1), round(peak / 2**20, 1)]
 
 
 def window_peak_mb() -> float:
@@ -219,19 +229,30 @@ def main() -> int:
     ap.add_argument("--wire", action="store_true", help="also measure the probe's output bytes")
     ap.add_argument("--racy-wait", type=float, default=2.5, help="seconds between change and sweep")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="also trace Python's allocations (tracemalloc: slower; figures under 'traced')",
+    )
     args = ap.parse_args()
 
     limit_malloc_arenas()  # as every bup-watchdog command does at its start
     pids = [int(p) for p in args.sshd_pids.split(",") if p]
     bups = json.loads(args.bups)
+    if args.trace_memory:
+        tracemalloc.start()
     reset_peak()  # the high-water mark starts here, not at the parent's peak (see rss_mb)
     out: dict[str, Any] = {"rss_start_mb": current_rss_mb()}
+    traced: dict[str, list[float]] = {}
+    if args.trace_memory:
+        out["traced"] = traced
     config = load_config(args.config, settings_models())
     assert config.inventory.file is not None
     t0 = time.perf_counter()
     inventory = FileInventory(config.inventory.file).load()
     out["inventory_load_seconds"] = time.perf_counter() - t0
     out["rss_after_inventory_mb"] = rss_mb()
+    traced["after_inventory"] = traced_mb()
 
     full = []
     result: SweepResult | None = None
@@ -244,6 +265,7 @@ def main() -> int:
     out["full"] = full
     out["peak_rss_full_mb"] = max(out["rss_after_inventory_mb"], window_peak_mb())
     out["peak_rss_sweeps_window_mb"] = window_peak_mb()
+    traced["full_sweeps"] = traced_mb()
     assert result is not None
     names = {s.server_id: s.label for s in inventory.servers.values()}
     out["observed"] = sorted(
@@ -260,8 +282,11 @@ def main() -> int:
         result = None
         out["rss_before_incremental_mb"] = current_rss_mb()
         reset_peak()
+        traced["before_incremental"] = traced_mb()
         prime, result = one_sweep(config, inventory, pids, repo_cache=cache)
         prime["walked"], prime["reused"] = cache.totals()
+        prime["peak_rss_mb"] = window_peak_mb()
+        traced["priming_sweep"] = traced_mb()
         steady = steady_checks(config)
 
         def incremental_round(only: list[str]) -> dict[str, Any]:
@@ -278,6 +303,7 @@ def main() -> int:
         rounds = [incremental_round(steady) for _ in range(args.incremental)]
         every = [incremental_round([]) for _ in range(args.incremental)] if args.incremental else []
         out["peak_rss_incremental_window_mb"] = window_peak_mb()
+        traced["incremental_window"] = traced_mb()
         last = result
         result = None
         check_row, check = one_sweep(config, inventory, pids)

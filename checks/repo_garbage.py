@@ -100,14 +100,15 @@ class RepoGarbage(Check[RepoGarbageSettings]):
         bupindex = settings.max_bupindex_bytes
         for host in probed_hosts(facts):
             for pid, repo in host.repos.items():
-                if repo.is_symlink:
+                odd = repo.odd  # read directly, not through RepoFacts' properties
+                if odd.is_symlink:
                     continue  # not walked; repo_integrity reports it
                 if (  # nothing for _garbage to say (most repositories): decided without it
-                    not repo.symlinks_outside
-                    and repo.tmp_count <= tmp
-                    and repo.midx_count <= midx
+                    not odd.symlinks_outside
+                    and odd.tmp_count <= tmp
+                    and odd.midx_count <= midx
                     and repo.pack_count <= packs
-                    and repo.idx_without_pack <= 0
+                    and odd.idx_without_pack <= 0
                     and (repo.bupindex_bytes is None or repo.bupindex_bytes <= bupindex)
                 ):
                     continue

@@ -23,12 +23,13 @@ class RepoIntegritySettings(CheckSettings):
 
 def _healthy(repo: RepoFacts) -> bool:
     """No cheap-tier problem at all (what ``_problems`` would find nothing in): most repos."""
+    odd = repo.odd  # read directly, not through RepoFacts' properties: once per repository
     return not (
-        repo.is_symlink
-        or repo.master_error
+        odd.is_symlink
+        or odd.master_error
         or repo.master_in_pack is False
-        or repo.bad_idx
-        or repo.errors
+        or odd.bad_idx
+        or odd.errors
         or not _head_usable(repo.head)
     )
 

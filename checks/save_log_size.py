@@ -34,7 +34,8 @@ class SaveLogSize(Check[SaveLogSizeSettings]):
     ) -> Iterator[Finding]:
         for host in probed_hosts(facts):
             for pid, repo in host.repos.items():
-                if repo.save_log_is_symlink:
+                odd = repo.odd  # read directly, not through RepoFacts' properties
+                if odd.save_log_is_symlink:
                     yield Finding(
                         check=self.name,
                         server_id=host.server_id,
@@ -44,7 +45,7 @@ class SaveLogSize(Check[SaveLogSizeSettings]):
                         message="conf/save_log.json is a symlink; not followed, not measured",
                     )
                     continue
-                if repo.save_log_kind is not None:
+                if odd.save_log_kind is not None:
                     yield Finding(
                         check=self.name,
                         server_id=host.server_id,

@@ -17,10 +17,12 @@ import msgspec
 
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.model import (
+    NO_ODDITIES,
     NOTHING,
     OwnerCounts,
     ProjectDirFacts,
     RepoFacts,
+    RepoOddities,
     project_uid,
 )
 from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
@@ -35,32 +37,39 @@ _V4_ANY_CASE = re.compile(
 #: RepoFacts' fields in the order ``WireReader.repo`` passes them (positionally, for speed).
 _REPO_FACTS_ORDER = (
     "project_id",
-    "dir_name",
-    "is_symlink",
     "head",
     "master_sha",
-    "master_error",
     "master_in_pack",
     "pack_count",
-    "idx_without_pack",
-    "bad_idx",
-    "midx_count",
-    "tmp_count",
     "bupindex_bytes",
     "repo_bytes",
     "reflog_last_time",
     "save_log_bytes",
-    "save_log_is_symlink",
-    "save_log_kind",
     "touch_mtime",
     "replicas",
-    "replicas_error",
     "settings",
+    "odd",
+)
+#: RepoOddities' fields, in the order ``WireReader.repo`` passes them.
+_ODDITIES_ORDER = (
+    "dir_name",
+    "is_symlink",
+    "master_error",
+    "idx_without_pack",
+    "bad_idx",
+    "midx_count",
+    "tmp_count",
+    "save_log_is_symlink",
+    "save_log_kind",
+    "replicas_error",
     "symlinks_outside",
     "errors",
     "symlinks_outside_count",
 )
-if RepoFacts.__struct_fields__ != _REPO_FACTS_ORDER:  # pragma: no cover - a guard
+if (  # pragma: no cover - a guard
+    RepoFacts.__struct_fields__ != _REPO_FACTS_ORDER
+    or RepoOddities.__struct_fields__ != _ODDITIES_ORDER
+):
     raise ImportError("model.RepoFacts' fields changed: update wire.WireReader.repo")
 
 
@@ -181,32 +190,51 @@ class WireReader:
             self.settings.append(settings)
         sha = w.master_sha
         pid = sys.intern(name.lower())
+        odd = NO_ODDITIES
+        if (  # nearly never: RepoOddities only for a repository that has one
+            name != pid
+            or w.is_symlink
+            or w.master_error is not None
+            or w.idx_without_pack
+            or w.bad_idx
+            or w.midx_count
+            or w.tmp_count
+            or w.save_log_is_symlink
+            or w.save_log_kind is not None
+            or w.replicas_error is not None
+            or w.symlinks_outside
+            or w.errors
+            or w.symlinks_outside_count
+        ):
+            odd = RepoOddities(
+                None if name == pid else name,  # dir_name
+                w.is_symlink,
+                w.master_error,
+                w.idx_without_pack,
+                tuple(w.bad_idx),
+                w.midx_count,
+                w.tmp_count,
+                w.save_log_is_symlink,
+                w.save_log_kind,
+                w.replicas_error,
+                tuple(w.symlinks_outside),
+                tuple(w.errors),
+                w.symlinks_outside_count,
+            )
         return RepoFacts(  # positionally, in _REPO_FACTS_ORDER: ~0.6 µs less per repository
             pid,  # project_id
-            None if name == pid else name,  # dir_name
-            w.is_symlink,  # is_symlink
             head,  # head
             sys.intern(sha) if sha is not None and len(sha) == 40 else sha,  # master_sha
-            w.master_error,  # master_error
             w.master_in_pack,  # master_in_pack
             w.pack_count,  # pack_count
-            w.idx_without_pack,  # idx_without_pack
-            tuple(w.bad_idx) if w.bad_idx else (),  # bad_idx
-            w.midx_count,  # midx_count
-            w.tmp_count,  # tmp_count
             w.bupindex_bytes,  # bupindex_bytes
             w.repo_bytes,  # repo_bytes
             w.reflog_last_time,  # reflog_last_time
             w.save_log_bytes,  # save_log_bytes
-            w.save_log_is_symlink,  # save_log_is_symlink
-            w.save_log_kind,  # save_log_kind
             w.touch_mtime,  # touch_mtime
             replicas,  # replicas
-            w.replicas_error,  # replicas_error
             settings,  # settings
-            tuple(w.symlinks_outside) if w.symlinks_outside else (),  # symlinks_outside
-            tuple(w.errors) if w.errors else (),  # errors
-            w.symlinks_outside_count,  # symlinks_outside_count
+            odd,  # odd
         )
 
     @staticmethod
