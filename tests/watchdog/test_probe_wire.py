@@ -19,9 +19,11 @@ from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.gather import HostCache, gather_host, parse_probe_lines, probe_source
 from bup_watchdog.model import (
+    NO_ODDITIES,
     GatherFailure,
     HostFacts,
     OwnerCounts,
+    RepoFacts,
     Server,
     is_v4_uuid,
     project_uid,
@@ -140,6 +142,9 @@ def test_the_compact_records_give_the_same_facts_as_the_readable_ones(
     # An upper-case directory keeps its own name; the usual lower-case one stores none.
     assert PIDS[2] != PIDS[2].lower() and new.repos[PIDS[2].lower()].dir_name == PIDS[2]
     assert new.repos[PIDS[0]].dir_name is None
+    # A repository with none of the rare facts points at the one shared empty RepoOddities.
+    assert new.repos[PIDS[0]].odd is NO_ODDITIES and old.repos[PIDS[0]].odd is NO_ODDITIES
+    assert odd.odd is not NO_ODDITIES
     assert {p: c.fingerprint for p, c in new_cache.repos.items()} == {
         p: c.fingerprint for p, c in old_cache.repos.items()
     }
@@ -163,6 +168,17 @@ def test_a_live_directorys_owner_counts_read_and_compare_as_the_dict_they_were_m
     assert isinstance(owners, Mapping) and OwnerCounts.of({7: 1}) == {7: 1}
     with pytest.raises(KeyError):
         owners[4242]
+
+
+def test_repo_facts_built_from_keywords_keep_rare_facts_apart_and_compare_by_value() -> None:
+    plain = RepoFacts.of(PID, master_sha="a" * 40, pack_count=3)
+    assert plain.odd is NO_ODDITIES and plain.pack_count == 3 and plain.errors == ()
+    broken = RepoFacts.of(PID, master_sha="a" * 40, master_error="bad ref", tmp_count=2)
+    assert broken.master_error == "bad ref" and broken.tmp_count == 2 and not broken.is_symlink
+    assert broken != plain
+    assert broken == RepoFacts.of(PID, tmp_count=2, master_error="bad ref", master_sha="a" * 40)
+    # Rare facts given at their empty values are no rare facts at all.
+    assert RepoFacts.of(PID, errors=(), is_symlink=False).odd is NO_ODDITIES
 
 
 def test_the_decoders_project_id_check_accepts_exactly_what_is_v4_uuid_accepts() -> None:
