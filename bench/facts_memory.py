@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.inventory_load import synthetic
 from bup_watchdog.checks import settings_models
 from bup_watchdog.config import parse_config
-from bup_watchdog.gather import RepoCache, gather_host
+from bup_watchdog.gather import gather_host
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import HostFacts, Inventory, Server
 from bup_watchdog.probe import PROBE_VERSION, WireEncoder, bitmap, known_order, parse_known_state
+from bup_watchdog.repo_cache import RepoCache
 from bup_watchdog.sweep import run_checks
 
 BUPS = "/bup/bups"
@@ -60,7 +61,7 @@ def repo_record(pid: str, sha: str, replicas: list[str], rnd: random.Random) -> 
         "type": "repo",
         "project_id": pid,
         "path": f"{BUPS}/{pid}",
-        "fingerprint": os.urandom(10).hex(),
+        "fingerprint": os.urandom(17).hex()[1:],  # FP_HEX wide, as the probe makes them
         "head": "ref: refs/heads/master",
         "master_sha": sha,
         "master_in_pack": True,

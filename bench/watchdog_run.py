@@ -49,7 +49,7 @@ from bup_watchdog.state import State
 from bup_watchdog.sweep import SweepResult, record, sweep
 
 try:  # incremental sweeps exist from this change on; the harness also measures older trees
-    from bup_watchdog.gather import RepoCache
+    from bup_watchdog.repo_cache import RepoCache
 except ImportError:  # pragma: no cover
     RepoCache = None  # type: ignore[assignment,misc]
 

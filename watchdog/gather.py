@@ -20,21 +20,16 @@ import dataclasses
 import itertools
 import json
 import logging
-import operator
-import re
 import socket
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
-
-import msgspec
+from typing import Any
 
 from bup_watchdog.config import Config, DeepConfig, SshConfig
 from bup_watchdog.deep import run_deep
@@ -57,7 +52,14 @@ from bup_watchdog.model import (
     TcpProbe,
     is_v4_uuid,
 )
-from bup_watchdog.probe import PROBE_VERSION, known_order
+from bup_watchdog.probe import PROBE_VERSION
+from bup_watchdog.repo_cache import (
+    DEFAULT_MAX_AGE,
+    CacheBuilder,
+    CachedDir,
+    HostCache,
+    RepoCache,
+)
 from bup_watchdog.transport.base import Transport
 from bup_watchdog.transport.local import LocalTransport
 from bup_watchdog.transport.ssh import SshTransport, out_of_descriptors
@@ -70,8 +72,6 @@ MAX_STRAYS_KEPT = 100
 
 
 KNOWN_STATE_LINE = b'\nKNOWN_STATE = ""\n'
-# Unchanged repositories are walked again after at most this long (spread over the second half).
-DEFAULT_MAX_AGE = 6 * 3600.0
 
 
 @cache
@@ -80,22 +80,15 @@ def probe_source() -> bytes:
     return PROBE_PATH.read_bytes()
 
 
-def probe_program(
-    known: Mapping[str, str] | None = None, known_dirs: Mapping[str, str] | None = None
-) -> bytes:
-    """The probe, with the host's known state filled in if any (see ``probe.KNOWN_STATE``).
-
-    ``known``: project id -> repo fingerprint; ``known_dirs``: project id -> project_dir digest.
-    """
+def probe_program(known: CacheBuilder | None = None) -> bytes:
+    """The probe, with the host's known state filled in if any (see ``probe.KNOWN_STATE``):
+    the fingerprints and digests ``known`` tells it."""
     source = probe_source()
-    if not known and not known_dirs:
+    if known is None or not known.positions:
         return source
     if source.count(KNOWN_STATE_LINE) != 1:  # pragma: no cover - guarded by a test
         raise ProbeError("the probe has no single KNOWN_STATE line to fill in")
-    repos, dirs = known or {}, known_dirs or {}
-    data = "".join(
-        f"{pid} {repos.get(pid, '-')} {dirs.get(pid, '-')}\n" for pid in known_order(repos, dirs)
-    ).encode("ascii")
+    data = "".join(known.known_state()).encode("ascii")
     blob = base64.b64encode(zlib.compress(data, 1))  # level 1: 3x faster, hardly bigger
     return source.replace(KNOWN_STATE_LINE, b'\nKNOWN_STATE = "' + blob + b'"\n', 1)
 
@@ -163,146 +156,6 @@ def probe_argv(
     return argv
 
 
-class CachedRepo(msgspec.Struct, frozen=True, gc=False):
-    """A repository's facts from its last full walk, and the fingerprint that vouches for them.
-
-    An untracked msgspec Struct (as the facts it holds): the cache keeps one per repository for
-    as long as the daemon runs, and a slotted dataclass was 16 bytes more and one more object
-    for every collection of the oldest generation to walk.
-    """
-
-    fingerprint: str
-    facts: RepoFacts
-    walked_at: float
-
-
-class CachedDir(msgspec.Struct, frozen=True, gc=False):
-    """A project directory's last facts and the digest of the record they were read from.
-
-    ``skipped``: that record had no owner sample (the host's budget ran out before it); the facts
-    are then the directory's last sampled ones, if its top was the same. Untracked, as CachedRepo.
-    """
-
-    digest: str
-    facts: ProjectDirFacts
-    skipped: bool = False
-    #: When the owner sample in ``facts`` was taken (a kept sample is not kept past max_age).
-    sampled_at: float = 0.0
-
-
-@dataclass(slots=True)
-class HostCache:
-    """One host's entries: what its probe is told it may skip, and what to reuse then."""
-
-    repos: dict[str, CachedRepo] = field(default_factory=dict)
-    dirs: dict[str, CachedDir] = field(default_factory=dict)
-
-
-class RepoCache:
-    """What incremental sweeps remember per host: each repository's last fully walked facts (and
-    each project directory's last record). A stored HostCache is never changed in place (it is
-    replaced whole), so gathers read its dicts without copying them.
-
-    Kept in memory by whoever runs sweeps repeatedly (the daemon's runner); safe to share between
-    the gather's threads (each host's entry is replaced whole). ``max_age``: a repository is walked
-    in full again after at most this long, even when its fingerprint did not change; each one's
-    own limit lies between half and all of it (from its id), so the full walks spread over time.
-    Project directories have no age: their owners are sampled at every sweep and only an identical
-    record is reused.
-    """
-
-    def __init__(self, max_age: float = DEFAULT_MAX_AGE, racy_seconds: float | None = None) -> None:
-        if max_age <= 0:
-            raise ValueError("max_age must be positive")
-        if racy_seconds is not None and racy_seconds < 0:
-            raise ValueError("racy_seconds must not be negative")
-        self.max_age = max_age
-        #: The probe's racy window (None: the probe's default, 2 s); tests make it short.
-        self.racy_seconds = racy_seconds
-        self._hosts: dict[str, HostCache] = {}
-        self._sample_from: dict[str, str] = {}
-        self._lock = threading.Lock()
-        #: Per host, from its last successful gather: repositories walked, and reused.
-        self.last_counts: dict[str, tuple[int, int]] = {}
-
-    def _limit(self, project_id: str) -> float:
-        return self.max_age * (0.5 + 0.5 * int(project_id[:8], 16) / 0xFFFFFFFF)
-
-    def known(self, server_id: str, now: float | None = None) -> HostCache:
-        """A host's entries that its probe may skip (repositories not due for a full walk)."""
-        now = time.time() if now is None else now
-        with self._lock:
-            entry = self._hosts.get(server_id) or HostCache()
-        # Entries come from few gathers (one walked_at each): when none is older than the
-        # shortest limit, nothing is due and the stored dict is lent as it is, not copied.
-        oldest = min({c.walked_at for c in entry.repos.values()}, default=now)
-        if now - oldest < 0.5 * self.max_age:
-            return HostCache(entry.repos, entry.dirs)  # read only: a gather builds its own
-        repos = {pid: c for pid, c in entry.repos.items() if now - c.walked_at < self._limit(pid)}
-        return HostCache(repos, entry.dirs)
-
-    def replace(self, server_id: str, entry: HostCache, walked: int, reused: int) -> None:
-        """A host's new entries after a complete gather (repositories gone are dropped).
-
-        The host's next owner sample starts at the first project whose sample was skipped, in
-        the order of this one (sorted ids from where it started, wrapping around).
-        """
-        skipped = sorted(pid for pid, c in entry.dirs.items() if c.skipped)
-        with self._lock:
-            start = self._sample_from.get(server_id, "")
-            self._hosts[server_id] = entry
-            self.last_counts[server_id] = (walked, reused)
-            self._sample_from[server_id] = next(
-                (pid for pid in skipped if pid >= start), skipped[0] if skipped else ""
-            )
-
-    def sample_start(self, server_id: str) -> str:
-        """Where the host's next owner sample starts ("" = the first project)."""
-        with self._lock:
-            return self._sample_from.get(server_id, "")
-
-    def forget(self, server_id: str | None = None) -> None:
-        """Drop one host's entries (or all): its next gather walks every repository."""
-        with self._lock:
-            if server_id is None:
-                self._hosts.clear()
-                self.last_counts.clear()
-                self._sample_from.clear()
-            else:
-                self._hosts.pop(server_id, None)
-                self.last_counts.pop(server_id, None)
-                self._sample_from.pop(server_id, None)
-
-    def retain(self, server_ids: Collection[str]) -> None:
-        """Drop the entries of every host not in ``server_ids`` (gone from the inventory, or now
-        swept by another watchdog): they would only take memory, and be old if the host came back
-        (still correct: fingerprints vouch for every reuse, but walked again soon anyway)."""
-        keep = set(server_ids)
-        with self._lock:
-            for sid in [sid for sid in self._hosts if sid not in keep]:
-                del self._hosts[sid]
-                self.last_counts.pop(sid, None)
-                self._sample_from.pop(sid, None)
-
-    def forget_project(self, server_id: str, project_id: str) -> None:
-        """Drop one project's entries on one host (after a repair changed it): its repository is
-        walked and its live directory's record taken afresh at the next sweep, and no sample from
-        before the repair is kept for it."""
-        with self._lock:
-            entry = self._hosts.get(server_id)
-            if entry is not None:  # a new entry: a gather may be reading the stored dicts
-                self._hosts[server_id] = HostCache(
-                    {pid: c for pid, c in entry.repos.items() if pid != project_id},
-                    {pid: c for pid, c in entry.dirs.items() if pid != project_id},
-                )
-
-    def totals(self) -> tuple[int, int]:
-        """(walked, reused) repositories over every host's last gather."""
-        with self._lock:
-            counts = list(self.last_counts.values())
-        return sum(w for w, _ in counts), sum(r for _, r in counts)
-
-
 def tcp_probe(address: str, port: int, timeout: float) -> TcpProbe:
     """Connect to ``bup_server`` the way its clients do; report how it went.
 
@@ -341,11 +194,6 @@ def _share_values(rec: dict[str, Any], shared: dict[object, dict[str, Any]]) -> 
         rec["settings"] = shared.setdefault(key, settings)
     except TypeError:  # a list or dict value: not shared
         pass
-
-
-# A fingerprint or digest the gather keeps and sends back: lowercase hex, as the probe makes them
-# (anything else from a host would corrupt the known state it is sent next time).
-_DIGEST = re.compile(r"[0-9a-f]{1,64}")
 
 
 def _last_sample(
@@ -387,72 +235,37 @@ def _bits(rec: dict[str, Any], key: str, size: int, line: int) -> list[bool]:
     return flags
 
 
-Kept = TypeVar("Kept", CachedRepo, CachedDir)
-
-
-def _reuse(
-    ids: Iterable[str],
-    kept: Mapping[str, Kept],
-    into: dict[str, Any],
-    fresh: dict[str, Kept] | None,
-    noun: str,
-    vouched_by: str,
-    line: int,
-) -> int:
-    """Put the kept facts of ``ids`` into ``into`` (and their entries into ``fresh``), keyed by
-    their project ids (the keys of ``kept``); in bulk, as this runs for every unchanged one."""
-    ids = list(ids)
-    entries = list(map(kept.get, ids))
-    if None in entries:
-        pid = ids[entries.index(None)]
+def _refuse_unknown(ids: list[str], kept: list[Any], noun: str, line: int) -> None:
+    """ProbeError when the probe reported unchanged what it was not told of."""
+    if None in kept:
+        pid = ids[kept.index(None)]
+        vouched_by = "fingerprint" if noun == "repository" else "digest"
         raise ProbeError(
             f"line {line}: the probe reported {noun} {pid} unchanged, "
             f"but it was not given that {noun}'s {vouched_by}"
         )
-    into.update(zip(ids, map(_FACTS, entries), strict=True))
-    if fresh is not None:
-        fresh.update(zip(ids, entries, strict=True))  # type: ignore[arg-type]  # None: refused above
-    return len(ids)
 
 
-_FACTS = operator.attrgetter("facts")
-
-
-def _reuse_unchanged(
-    rec: dict[str, Any], line: int, before: HostCache, facts: HostFacts, fresh: HostCache | None
-) -> int:
+def _reuse_unchanged(rec: dict[str, Any], line: int, known: CacheBuilder, facts: HostFacts) -> int:
     """Reuse the cached facts of what the probe reports unchanged; returns repositories reused.
 
     Refuses (ProbeError) a report naming a repository or directory the probe was not given a
     fingerprint or digest for: facts are only ever reused for what the gather vouched for.
     """
-    order = known_order(before.repos, before.dirs)
-    if rec.get("known") != len(order):
+    size = len(known.positions)
+    if rec.get("known") != size:
         raise ProbeError(
             f"line {line}: the probe knew {str(rec.get('known'))[:40]!r} projects, "
-            f"it was given {len(order)}"
+            f"it was given {size}"
         )
-    repos = itertools.compress(order, _bits(rec, "repos", len(order), line))
-    dirs = itertools.compress(order, _bits(rec, "project_dirs", len(order), line))
-    reused = _reuse(
-        repos,
-        before.repos,
-        facts.repos,
-        None if fresh is None else fresh.repos,
-        "repository",
-        "fingerprint",
-        line,
-    )
-    _reuse(
-        dirs,
-        before.dirs,
-        facts.project_dirs,
-        None if fresh is None else fresh.dirs,
-        "project directory",
-        "digest",
-        line,
-    )
-    return reused
+    repos = _bits(rec, "repos", size, line)[:size]
+    dirs = _bits(rec, "project_dirs", size, line)[:size]
+    repo_ids, kept_repos, dir_ids, kept_dirs = known.unchanged(repos, dirs)
+    _refuse_unknown(repo_ids, kept_repos, "repository", line)
+    _refuse_unknown(dir_ids, kept_dirs, "project directory", line)
+    facts.repos.update(zip(repo_ids, kept_repos, strict=True))  # type: ignore[arg-type]
+    facts.project_dirs.update(zip(dir_ids, kept_dirs, strict=True))  # type: ignore[arg-type]
+    return len(repo_ids)
 
 
 def _check_hello(rec: dict[str, Any]) -> None:
@@ -485,9 +298,9 @@ def _hello_scope(rec: dict[str, Any], for_cache: bool) -> frozenset[str] | None:
 def _take_dir(
     d: ProjectDirFacts,
     digest: str | None,
-    before: HostCache,
+    before: CacheBuilder,
     facts: HostFacts,
-    fresh: HostCache | None,
+    fresh: CacheBuilder | None,
     walked_at: float,
     keep_samples: float,
 ) -> None:
@@ -495,11 +308,11 @@ def _take_dir(
     skipped = d.sample_skipped
     sampled_at = 0.0 if skipped else walked_at
     if skipped:
-        kept = before.dirs.get(d.project_id)
+        kept = before.previous.dir_entry(d.project_id)
         d, sampled_at = _last_sample(d, kept, walked_at - keep_samples)
     facts.project_dirs[d.project_id] = d
-    if fresh is not None and digest is not None and _DIGEST.fullmatch(digest):
-        fresh.dirs[d.project_id] = CachedDir(digest, d, skipped, sampled_at)
+    if fresh is not None:
+        fresh.walked_dir(d.project_id, d, digest, skipped, sampled_at)
 
 
 def parse_probe_lines(
@@ -508,20 +321,23 @@ def parse_probe_lines(
     facts: HostFacts,
     *,
     previous: HostCache | None = None,
-    fresh: HostCache | None = None,
+    fresh: CacheBuilder | None = None,
     keep_samples: float = DEFAULT_MAX_AGE,
 ) -> tuple[int, int]:
     """Fill ``facts`` from the probe's JSON lines; raise ProbeError on anything else.
 
-    Incremental gathers pass ``previous`` (what the probe was told it may skip) and ``fresh``,
-    which receives the entries for the next sweep: a walked repository with a fingerprint, a
-    project_dir record with a digest, and the previous entries of those reported unchanged. A
-    live directory whose owners were not sampled keeps a previous sample at most
-    ``keep_samples`` seconds old. Returns (repositories walked, repositories reused).
+    Incremental gathers pass ``fresh``, a CacheBuilder over the host's entries (it knows what the
+    probe was told it may skip) that receives the entries for the next sweep: a walked repository
+    with a fingerprint, a project_dir record with a digest, and the previous entries of those
+    reported unchanged (``previous`` instead: entries the probe was told of in full, nothing kept
+    for the next sweep). A live directory whose owners were not sampled keeps a previous sample
+    at most ``keep_samples`` seconds old. Returns (repositories walked, repositories reused).
     """
     walked = reused = 0
     walked_at = time.time()
-    before = previous or HostCache()
+    if fresh is not None and previous is not None:
+        raise ValueError("previous is fresh's own (CacheBuilder.previous)")
+    before = fresh if fresh is not None else CacheBuilder(previous)
     shared: dict[object, dict[str, Any]] = {}
     reader: WireReader | None = None
     for n, raw in enumerate(lines, start=1):
@@ -533,9 +349,8 @@ def parse_probe_lines(
                 r = reader.repo(wire, n)
                 facts.repos[r.project_id] = r
                 walked += 1
-                fp = wire.fingerprint
-                if fresh is not None and fp is not None and _DIGEST.fullmatch(fp):
-                    fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
+                if fresh is not None:
+                    fresh.walked_repo(r.project_id, r, wire.fingerprint, walked_at)
             else:
                 assert isinstance(wire, DirWire)
                 _take_dir(
@@ -575,16 +390,15 @@ def parse_probe_lines(
             r = RepoFacts.from_record(rec)
             facts.repos[r.project_id] = r
             walked += 1
-            fp = rec.get("fingerprint")
-            if fresh is not None and isinstance(fp, str) and _DIGEST.fullmatch(fp):
-                fresh.repos[r.project_id] = CachedRepo(fp, r, walked_at)
+            if fresh is not None:
+                fresh.walked_repo(r.project_id, r, rec.get("fingerprint"), walked_at)
         elif kind == "project_dir":
             d = ProjectDirFacts.from_record(rec)
             digest = rec.get("digest")
             digest = digest if isinstance(digest, str) else None
             _take_dir(d, digest, before, facts, fresh, walked_at, keep_samples)
         elif kind == "unchanged":
-            reused += _reuse_unchanged(rec, n, before, facts, fresh)
+            reused += _reuse_unchanged(rec, n, before, facts)
         elif kind == "stray":
             if len(facts.strays) < MAX_STRAYS_KEPT:
                 facts.strays.append(rec)
@@ -674,23 +488,15 @@ def gather_host(
     started = time.monotonic()
     facts = HostFacts(server_id=server.server_id, gathered_at=time.time())
     transport = transport_factory(server, ssh)
-    previous = repo_cache.known(server.server_id) if repo_cache is not None else None
-    fresh = HostCache() if repo_cache is not None else None
-    if previous is not None and fresh is not None and not live_dirs:
-        # The probe is told of no directory and reports none: their entries carry over as kept.
-        fresh.dirs = previous.dirs
-        previous = HostCache(previous.repos, {})
+    # Without the live directories, the probe is told of none and reports none: their entries
+    # carry over as they are.
+    fresh = repo_cache.builder(server.server_id, live_dirs) if repo_cache is not None else None
     if repo_cache is not None and not (owner_sample and owner_sample.start):
         base = owner_sample or OwnerSample()
         owner_sample = dataclasses.replace(base, start=repo_cache.sample_start(server.server_id))
     try:
         facts.bup_server_tcp = tcp_probe(server.host, server.port, tcp_timeout)
-        program = probe_source()
-        if previous is not None:
-            program = probe_program(
-                {pid: c.fingerprint for pid, c in previous.repos.items()},
-                {pid: c.digest for pid, c in previous.dirs.items()},
-            )
+        program = probe_program(fresh)
         lines = transport.stream_lines(
             probe_argv(
                 server,
@@ -708,14 +514,13 @@ def gather_host(
             server.server_id,
             lines,
             facts,
-            previous=previous,
             fresh=fresh,
             keep_samples=repo_cache.max_age if repo_cache is not None else DEFAULT_MAX_AGE,
         )
         if only is not None and facts.scope != frozenset(only):
             raise ProbeError("the probe did not keep to the projects it was asked to walk (--only)")
         if repo_cache is not None and fresh is not None:
-            repo_cache.replace(server.server_id, fresh, walked, reused)
+            repo_cache.replace(server.server_id, fresh.build(), walked, reused)
         if deep_select is not None and deep is not None:
             _deep_pass(transport, server, facts, deep_select, ssh, deep)
     except LocalFault as exc:

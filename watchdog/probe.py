@@ -1365,6 +1365,10 @@ def trusted_fingerprint(repo_path: str | bytes, since_ns: int, racy_seconds: flo
     return digest
 
 
+#: A live directory's record digest, in lowercase hex digits (the watchdog keeps it packed).
+DIGEST_HEX = 20
+
+
 def record_digest(rec: dict[str, Any]) -> str:
     """A digest of a record's content, to say "same as last time" instead of sending it again.
 
@@ -1372,7 +1376,7 @@ def record_digest(rec: dict[str, Any]) -> str:
     they share) is 4x cheaper than JSON here; records built in a different order (a directory
     listed in another order) or by another Python only give another digest, so the record is sent.
     """
-    return _blake2b(marshal.dumps(rec, 2), digest_size=10).hexdigest()
+    return _blake2b(marshal.dumps(rec, 2), digest_size=DIGEST_HEX // 2).hexdigest()
 
 
 def known_order(repos: Iterable[str], dirs: Iterable[str]) -> list[str]:

@@ -18,11 +18,11 @@ from bup_watchdog.checks import registry
 from bup_watchdog.checks.replication_lag import PUBLISHED, Head
 from bup_watchdog.config import Config
 from bup_watchdog.errors import ConfigError, InventoryError, WatchdogError
-from bup_watchdog.gather import RepoCache
 from bup_watchdog.inventory.base import InventorySource
 from bup_watchdog.inventory.file import FileInventory, dump_inventory, parse_inventory
 from bup_watchdog.journal import Journal, apply_overrides
 from bup_watchdog.model import HostFacts, Inventory, Server
+from bup_watchdog.repo_cache import RepoCache
 from bup_watchdog.state import State
 from bup_watchdog.sweep import SweepResult, record, sweep
 

@@ -17,8 +17,9 @@ from bup_watchdog.checks.base import Check, CheckSettings
 from bup_watchdog.checks.replication_lag import Head, replica_lags, with_heads
 from bup_watchdog.config import Config
 from bup_watchdog.deep import select as select_for_deep
-from bup_watchdog.gather import RepoCache, gather, owner_sample
+from bup_watchdog.gather import gather, owner_sample
 from bup_watchdog.model import Finding, HostFacts, Inventory, Server, Severity
+from bup_watchdog.repo_cache import RepoCache
 from bup_watchdog.state import State
 from bup_watchdog.suspicion import HostRecord, connect_timeout, patience
 from bup_watchdog.suspicion import update as update_record

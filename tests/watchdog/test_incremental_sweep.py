@@ -27,11 +27,7 @@ from bup_watchdog.config import Config, SshConfig, load_config
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.gather import (
     KNOWN_STATE_LINE,
-    CachedDir,
-    CachedRepo,
-    HostCache,
     OwnerSample,
-    RepoCache,
     gather_host,
     parse_probe_lines,
     probe_argv,
@@ -49,7 +45,8 @@ from bup_watchdog.model import (
     Server,
     Severity,
 )
-from bup_watchdog.probe import PROBE_VERSION, WireEncoder, bitmap, fingerprint
+from bup_watchdog.probe import DIGEST_HEX, FP_HEX, PROBE_VERSION, WireEncoder, bitmap, fingerprint
+from bup_watchdog.repo_cache import CacheBuilder, CachedDir, CachedRepo, HostCache, RepoCache
 from bup_watchdog.sandbox import repos as sandbox_repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sweep import sweep
@@ -58,6 +55,9 @@ from support.template_repo import two_save_repo
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
 PID_A = "0b6f5e2c-1b7f-4c3e-9a6e-1f2e3d4c5b6a"
 PID_B = "7d3a9f10-55aa-4b2c-8d11-0123456789ab"
+# A fingerprint and a digest of the width the probe makes (the cache keeps no other).
+FP = "a" * FP_HEX
+DIGEST = "c" * DIGEST_HEX
 RACY = 0.05  # the tests' racy window; each waits a little longer before trusting a walk
 
 
@@ -128,10 +128,14 @@ def primed(host: LocalHost, *pids: str) -> RepoCache:
 
 def test_the_probe_has_exactly_one_known_state_line_to_fill_in() -> None:
     assert probe_source().count(KNOWN_STATE_LINE) == 1
-    program = probe_program({PID_A: "ab" * 10}, {PID_B: "cd" * 10})
+    known = HostCache.of(
+        {PID_A: CachedRepo(FP, RepoFacts(PID_A), 0.0)},
+        {PID_B: CachedDir(DIGEST, ProjectDirFacts(PID_B, False, 0, 0))},
+    )
+    program = probe_program(CacheBuilder(known))
     assert program.count(KNOWN_STATE_LINE) == 0
     compile(program, "probe", "exec")
-    assert probe_program({}, {}) == probe_source()
+    assert probe_program(CacheBuilder()) == probe_program() == probe_source()
 
 
 def test_a_probe_given_an_unreadable_known_state_walks_everything(
@@ -391,7 +395,7 @@ def test_a_removed_repository_leaves_the_cache_and_a_new_one_is_walked(host: Loc
     facts = host.gather(cache)
     assert set(facts.repos) == {PID_B}
     assert cache.last_counts[SID] == (1, 0)
-    assert set(cache.known(SID).repos) <= {PID_B}
+    assert set(cache.entry(SID).repos) <= {PID_B}
 
 
 # ------------------------------------------------------------------------------------------
@@ -419,14 +423,13 @@ def unchanged(known: int, repos: list[int], dirs: list[int] = []) -> dict[str, o
 
 def test_an_unchanged_report_for_a_repository_the_probe_was_not_told_about_is_refused() -> None:
     # PID_A was given with a project_dir digest only (no repository fingerprint).
-    kept_dir = CachedDir("cd" * 10, ProjectDirFacts(PID_A, False, 0, 0))
+    kept_dir = CachedDir(DIGEST, ProjectDirFacts(PID_A, False, 0, 0))
     with pytest.raises(ProbeError, match="not given that repository's fingerprint"):
         parse_probe_lines(
             SID,
             lines({"type": "hello"}, unchanged(1, [0]), {"type": "done"}),
             HostFacts(SID, time.time()),
-            previous=HostCache(dirs={PID_A: kept_dir}),
-            fresh=HostCache(),
+            fresh=CacheBuilder(HostCache.of(dirs={PID_A: kept_dir})),
         )
 
 
@@ -443,54 +446,53 @@ def test_an_unchanged_report_for_a_repository_the_probe_was_not_told_about_is_re
 def test_an_unchanged_report_that_does_not_fit_the_known_state_is_refused(
     record: dict[str, object],
 ) -> None:
-    kept = CachedRepo("aa" * 10, RepoFacts(PID_A), time.time())
+    kept = CachedRepo(FP, RepoFacts(PID_A), time.time())
     facts = HostFacts(SID, time.time())
     with pytest.raises(ProbeError):
         parse_probe_lines(
             SID,
             lines({"type": "hello"}, record, {"type": "done"}),
             facts,
-            previous=HostCache(repos={PID_A: kept}),
+            previous=HostCache.of({PID_A: kept}),
         )
     assert facts.repos == {}
 
 
 def test_an_unchanged_report_reuses_exactly_the_named_facts() -> None:
-    kept = {pid: CachedRepo("aa" * 10, RepoFacts(pid), time.time()) for pid in (PID_A, PID_B)}
-    facts, fresh = HostFacts(SID, time.time()), HostCache()
+    kept = {pid: CachedRepo(FP, RepoFacts(pid), time.time()) for pid in (PID_A, PID_B)}
+    facts, fresh = HostFacts(SID, time.time()), CacheBuilder(HostCache.of(kept))
     order = sorted(kept)
     walked, reused = parse_probe_lines(
         SID,
         lines({"type": "hello"}, unchanged(2, [order.index(PID_B)]), {"type": "done"}),
         facts,
-        previous=HostCache(repos=kept),
         fresh=fresh,
     )
     assert (walked, reused) == (0, 1)
-    assert set(facts.repos) == set(fresh.repos) == {PID_B}
+    assert set(facts.repos) == set(fresh.build().repos) == {PID_B}
 
 
 def test_a_failed_gather_keeps_the_cache_as_it_was(host: LocalHost) -> None:
     cache = primed(host, PID_A)
-    kept = cache.known(SID)
+    kept = cache.entry(SID)
     broken = Server(SID, "127.0.0.1", 1, bup_root=str(host.bup_root), transport="local")
     ssh = SshConfig.model_validate({"python": "/nonexistent/python3"})
     facts = gather_host(broken, ssh, tcp_timeout=0.2, repo_cache=cache)
     assert facts.failure is GatherFailure.ERROR
-    assert cache.known(SID) == kept
+    assert cache.entry(SID) == kept
 
 
 def test_full_walks_are_spread_between_half_and_all_of_max_age() -> None:
     cache = RepoCache(max_age=1000.0)
     now = 1_000_000.0
     entries = {
-        pid: CachedRepo("ab", RepoFacts(pid), now)
+        pid: CachedRepo(FP, RepoFacts(pid), now)
         for pid in ("00000000-0000-4000-8000-000000000000", "ffffffff-0000-4000-8000-000000000000")
     }
-    cache.replace(SID, HostCache(repos=entries), 2, 0)
-    assert len(cache.known(SID, now + 499).repos) == 2
-    assert len(cache.known(SID, now + 501).repos) == 1
-    assert len(cache.known(SID, now + 1001).repos) == 0
+    cache.replace(SID, HostCache.of(entries), 2, 0)
+    assert cache.builder(SID, now=now + 499).told_repos == 2
+    assert cache.builder(SID, now=now + 501).told_repos == 1
+    assert cache.builder(SID, now=now + 1001).told_repos == 0
     with pytest.raises(ValueError):
         RepoCache(max_age=0)
 
@@ -549,12 +551,12 @@ def test_a_pack_lost_between_two_incremental_sweeps_is_found_at_once(
 
 def test_retain_drops_the_hosts_no_longer_swept_and_keeps_the_others() -> None:
     cache = RepoCache()
-    entry = HostCache(repos={PID_A: CachedRepo("ab", RepoFacts(PID_A), time.time())})
+    entry = HostCache.of({PID_A: CachedRepo(FP, RepoFacts(PID_A), time.time())})
     cache.replace(SID, entry, 1, 0)
     cache.replace("other", HostCache(), 0, 0)
     cache.retain([SID])
-    assert cache.known(SID).repos == entry.repos
-    assert cache.known("other") == HostCache()
+    assert cache.entry(SID).repos == entry.repos
+    assert cache.entry("other") == HostCache()
     assert set(cache.last_counts) == {SID}
 
 
@@ -624,14 +626,14 @@ def test_a_gather_without_live_dirs_skips_them_and_keeps_their_entries(host: Loc
     settle()
     cache = RepoCache(racy_seconds=RACY)
     host.gather(cache)
-    kept = cache.known(SID).dirs
+    kept = cache.entry(SID).dirs
     assert set(kept) == {PID_A, PID_B}
     os.chown(host.projects / PID_B / "notes.txt", 4242, 4242)
     without = gather_host(host.server, host.ssh, tcp_timeout=0.2, repo_cache=cache, live_dirs=False)
     assert without.probed, without.failure_message
     assert without.project_dirs == {}
     assert cache.totals() == (0, 2), "the repositories are still reused"
-    assert cache.known(SID).dirs == kept, "the directories' entries carry over untouched"
+    assert cache.entry(SID).dirs == kept, "the directories' entries carry over untouched"
     with_dirs = host.gather(cache)
     assert with_dirs.project_dirs == host.gather(None).project_dirs
     assert owners(with_dirs, PID_B)[4242] == 1
@@ -693,13 +695,12 @@ def test_a_kept_owner_sample_is_dropped_once_older_than_keep_samples() -> None:
 
     def parse(sampled_at: float) -> ProjectDirFacts:
         facts = HostFacts(SID, time.time())
-        before = HostCache(dirs={PID_A: CachedDir("ab", sampled, False, sampled_at)})
+        before = HostCache.of(dirs={PID_A: CachedDir(DIGEST, sampled, False, sampled_at)})
         parse_probe_lines(
             SID,
             lines({"type": "hello"}, now_skipped, {"type": "done"}),
             facts,
-            previous=before,
-            fresh=HostCache(),
+            fresh=CacheBuilder(before),
             keep_samples=3600,
         )
         return facts.project_dirs[PID_A]
@@ -709,7 +710,7 @@ def test_a_kept_owner_sample_is_dropped_once_older_than_keep_samples() -> None:
 
 
 def test_fingerprints_and_digests_that_are_not_lowercase_hex_are_not_kept() -> None:
-    fresh = HostCache()
+    fresh = CacheBuilder()
     parse_probe_lines(
         SID,
         lines(
@@ -719,20 +720,17 @@ def test_fingerprints_and_digests_that_are_not_lowercase_hex_are_not_kept() -> N
             {"type": "done"},
         ),
         HostFacts(SID, time.time()),
-        previous=HostCache(),
         fresh=fresh,
     )
-    assert fresh.repos == {} and fresh.dirs == {}  # they would corrupt the next known state
+    assert fresh.build() == HostCache()  # they would corrupt the next known state
 
 
 def test_forget_project_drops_one_project_on_one_host() -> None:
     cache = RepoCache()
-    entry = HostCache(
-        repos={p: CachedRepo("ab", RepoFacts(p), time.time()) for p in (PID_A, PID_B)}
-    )
+    entry = HostCache.of({p: CachedRepo(FP, RepoFacts(p), time.time()) for p in (PID_A, PID_B)})
     cache.replace(SID, entry, 2, 0)
     cache.forget_project(SID, PID_A)
-    assert set(cache.known(SID).repos) == {PID_B}
+    assert set(cache.entry(SID).repos) == {PID_B}
 
 
 def test_fingerprint_numbers_past_a_signed_64_bit_word_still_hash() -> None:

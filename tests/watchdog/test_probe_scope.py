@@ -11,9 +11,10 @@ import pytest
 
 from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import ProbeError
-from bup_watchdog.gather import HostCache, RepoCache, gather_host, parse_probe_lines, probe_source
+from bup_watchdog.gather import gather_host, parse_probe_lines, probe_source
 from bup_watchdog.model import GatherFailure, HostFacts, Server
 from bup_watchdog.probe import PROBE_VERSION
+from bup_watchdog.repo_cache import CacheBuilder, RepoCache
 
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
 PIDS = [
@@ -63,7 +64,7 @@ def test_a_scoped_probe_never_feeds_the_incremental_cache(tmp_path: Path) -> Non
     lines = out.stdout.splitlines(keepends=True)
     parse_probe_lines(SID, lines, HostFacts(SID, 0.0))  # fine without a cache
     with pytest.raises(ProbeError, match="walked only some projects"):
-        parse_probe_lines(SID, lines, HostFacts(SID, 0.0), fresh=HostCache())
+        parse_probe_lines(SID, lines, HostFacts(SID, 0.0), fresh=CacheBuilder())
 
 
 def test_a_host_that_ignores_only_is_not_taken_for_the_scoped_walk(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import ProbeError
-from bup_watchdog.gather import HostCache, gather_host, parse_probe_lines, probe_source
+from bup_watchdog.gather import gather_host, parse_probe_lines, probe_source
 from bup_watchdog.model import (
     NO_ODDITIES,
     GatherFailure,
@@ -35,6 +35,7 @@ from bup_watchdog.probe import (
     SHARED_MAX,
     WireEncoder,
 )
+from bup_watchdog.repo_cache import CacheBuilder, HostCache
 from bup_watchdog.wire import _V4_ANY_CASE, DirWire, RepoWire
 from support.template_repo import two_save_repo
 
@@ -112,9 +113,9 @@ def run_probe(bup_root: Path, projects: Path, *extra: str) -> list[bytes]:
 
 
 def parsed(lines: list[bytes]) -> tuple[HostFacts, HostCache]:
-    facts, fresh = HostFacts(SID, 0.0), HostCache()
+    facts, fresh = HostFacts(SID, 0.0), CacheBuilder()
     parse_probe_lines(SID, lines, facts, fresh=fresh)
-    return facts, fresh
+    return facts, fresh.build()
 
 
 def test_the_compact_records_give_the_same_facts_as_the_readable_ones(
