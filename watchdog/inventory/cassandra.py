@@ -45,6 +45,7 @@ import ipaddress
 import logging
 import re
 import ssl
+import sys
 import time
 import uuid
 from collections import Counter
@@ -658,6 +659,7 @@ class CassandraInventory:
             disk, bad_disk = _disk_mb(disk_raw)
             if bad_disk:
                 skipped["disk quotas that are no size (ignored)"] += 1
+            pid = sys.intern(pid)  # the facts from the hosts name it by this same string
             yield (
                 pid,
                 Project(

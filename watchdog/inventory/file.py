@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 import tomllib
@@ -273,7 +274,9 @@ def _fast_project(
     100,000-project load). Held compactly: projects with the same replicas share one tuple (from
     ``tuples``, the load's table), equal times of one project one datetime, its save times a
     SmallMap (its servers' tuple shared too), and a project with no recorded save the one empty
-    mapping (about 250 bytes fewer per project)."""
+    mapping (about 250 bytes fewer per project). The id is interned: the facts gathered from
+    the hosts name the project by that same string (``watchdog.wire`` interns them too), not a
+    copy of their own (96 bytes per project)."""
     if type(raw) is not dict or not _PROJECT_KEYS.issuperset(raw):
         return None
     pid = raw.get("project_id")
@@ -314,7 +317,7 @@ def _fast_project(
     except (KeyError, TypeError):
         return None
     return Project(
-        project_id=pid,
+        project_id=sys.intern(pid),
         master=master,
         replicas=shared,
         disk_mb=disk,
@@ -393,7 +396,7 @@ def parse_inventory(
                 if sid not in servers:
                     problems.append(f"At '{label}': server {sid} is not in the servers list")
             projects[p.project_id] = Project(
-                project_id=p.project_id,
+                project_id=sys.intern(p.project_id),
                 master=ids.get(p.master, p.master),
                 replicas=tuple(ids.get(r, r) for r in p.replicas),
                 disk_mb=p.disk_mb,
