@@ -17,7 +17,7 @@ from bup_watchdog.errors import ConfigError
 from bup_watchdog.inventory import file
 from bup_watchdog.inventory.file import FileInventory, loads_toml, parse_inventory
 from bup_watchdog.model import Inventory
-from support.facts import P1, P2, S1, S2
+from support.facts import P1, P2, S1, S2, host_facts, host_records, repo
 
 P3 = "6f1c2f5e-8f0e-4b8e-9d6a-2f2a5c1e7b10"
 P4 = "0e5d3c1a-2b4f-4c6d-8e7f-9a0b1c2d3e4f"
@@ -140,6 +140,21 @@ def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_a
     assert len(one.bup_last_save) == 2 and one.bup_last_save.keys() is two.bup_last_save.keys()
     with pytest.raises(KeyError):
         one.bup_last_save[UNKNOWN]
+
+
+@pytest.mark.parametrize("model_only", [False, True], ids=["fast", "model"])
+def test_the_facts_from_the_hosts_name_a_project_by_the_inventory_s_own_id_string(
+    model_only: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ids built at run time (not literals, which Python shares anyway), as a file's parser
+    # makes them: one string per project for the inventory and the facts, not two.
+    entries = [{"project_id": "".join(P1), "master": S1}, {"project_id": P3.upper(), "master": S1}]
+    inv = _parse_with_the_model_only(entries, monkeypatch) if model_only else _parse(entries)
+    records = [repo(pid) for pid in ("".join(P1), P3.upper())]
+    facts = host_facts(S1, host_records(*records))
+    for pid in (P1, P3):
+        assert facts.repos[pid].project_id is inv.projects[pid].project_id
+        assert next(k for k in inv.projects if k == pid) is inv.projects[pid].project_id
 
 
 def test_bad_entries_get_the_errors_the_model_gives_each_naming_the_entry(
