@@ -395,8 +395,9 @@ def parse_inventory(
             for sid in (p.master, *p.replicas):
                 if sid not in servers:
                     problems.append(f"At '{label}': server {sid} is not in the servers list")
-            projects[p.project_id] = Project(
-                project_id=sys.intern(p.project_id),
+            pid = sys.intern(p.project_id)  # one string for the key, the project and the facts
+            projects[pid] = Project(
+                project_id=pid,
                 master=ids.get(p.master, p.master),
                 replicas=tuple(ids.get(r, r) for r in p.replicas),
                 disk_mb=p.disk_mb,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -142,17 +143,21 @@ def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_a
         one.bup_last_save[UNKNOWN]
 
 
+@pytest.mark.parametrize("facts_first", [False, True], ids=["inventory-first", "facts-first"])
 @pytest.mark.parametrize("model_only", [False, True], ids=["fast", "model"])
 def test_the_facts_from_the_hosts_name_a_project_by_the_inventory_s_own_id_string(
-    model_only: bool, monkeypatch: pytest.MonkeyPatch
+    model_only: bool, facts_first: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Ids built at run time (not literals, which Python shares anyway), as a file's parser
-    # makes them: one string per project for the inventory and the facts, not two.
-    entries = [{"project_id": "".join(P1), "master": S1}, {"project_id": P3.upper(), "master": S1}]
+    # Ids built at run time (not literals), as a file's parser makes them: one string per
+    # project for the inventory's key, its Project and the facts, whichever was read first (a
+    # daemon reloads its inventory between sweeps). P3 in upper case takes the model's path.
+    p1, p3 = str(uuid.uuid4()), str(uuid.uuid4())
+    entries = [{"project_id": "".join(p1), "master": S1}, {"project_id": p3.upper(), "master": S1}]
+    records = [repo(pid) for pid in ("".join(p1), p3.upper())]
+    facts = host_facts(S1, host_records(*records)) if facts_first else None
     inv = _parse_with_the_model_only(entries, monkeypatch) if model_only else _parse(entries)
-    records = [repo(pid) for pid in ("".join(P1), P3.upper())]
-    facts = host_facts(S1, host_records(*records))
-    for pid in (P1, P3):
+    facts = facts or host_facts(S1, host_records(*records))
+    for pid in (p1, p3):
         assert facts.repos[pid].project_id is inv.projects[pid].project_id
         assert next(k for k in inv.projects if k == pid) is inv.projects[pid].project_id
 
