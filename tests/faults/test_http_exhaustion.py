@@ -117,7 +117,11 @@ def test_two_thousand_slowloris_connections_under_ulimit_1024_leave_metrics_fast
     assert stats["opened"] >= CONNECTIONS, stats
     assert peak_fds[0] < OPEN_FILES, f"the daemon held {peak_fds[0]} descriptors"
     assert not failures, f"{len(failures)} of {len(latencies)} scrapes failed: {failures[:5]}"
-    assert p99 < 0.100, (
+    # Starved, a scrape waits for a free slot: for the 10 s request timeout, or until the
+    # scraper's own 5 s timeout fails it. One second apart from that tells starvation from a
+    # machine merely busy with other work (p99 up to ~0.4 s on 2 loaded cores, ~20 ms quiet);
+    # the figure itself goes into the reliability record below.
+    assert p99 < 1.0, (
         f"/metrics p99 {p99 * 1000:.0f} ms (p50 {p50 * 1000:.0f} ms; before the attack p50 "
         f"{quiet[20] * 1000:.0f} ms, max {quiet[-1] * 1000:.0f} ms)"
     )
@@ -132,9 +136,9 @@ def test_two_thousand_slowloris_connections_under_ulimit_1024_leave_metrics_fast
         area="load",
         what=f"{CONNECTIONS} slowloris connections (request head without its blank line, held; "
         f"reopened when closed) at the daemon under ulimit -n {OPEN_FILES}, {ATTACK_SECONDS:g} s",
-        expected="/metrics from a new connection within 100 ms p99; sweeps go on with no host "
-        "finding and no watchdog problem; the daemon stays under its open-file limit; log "
-        "under 1 MB",
+        expected="/metrics from a new connection within 1 s p99 (no wait for a slot); sweeps go "
+        "on with no host finding and no watchdog problem; the daemon stays under its open-file "
+        "limit; log under 1 MB",
         observed=f"{stats['opened']} connections opened, {stats['closed_by_server']} closed by "
         f"the daemon ({stats['answered_503']} with 503); daemon peak {peak_fds[0]} descriptors; "
         f"/metrics p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(latencies)} "
