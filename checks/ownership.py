@@ -19,7 +19,7 @@ from bup_watchdog.model import (
     Inventory,
     ProjectDirFacts,
     Severity,
-    project_uid,
+    remembered_uid,
 )
 
 
@@ -68,23 +68,6 @@ def _owner_counts(d: ProjectDirFacts) -> tuple[dict[int, int], int]:
     return {}, 0
 
 
-# A project's uid (a SHA-512 of its id) is the same in every sweep: kept here, it is computed once
-# per project per process instead of once per copy per sweep (~1 µs of the check's ~2 µs per copy).
-# Bounded: cleared when full (about 7 MB at 100,000 projects).
-_UIDS: dict[str, int] = {}
-_UIDS_MAX = 1 << 18
-
-
-def _uid(project_id: str) -> int:
-    """``project_uid``, remembered."""
-    uid = _UIDS.get(project_id)
-    if uid is None:
-        if len(_UIDS) >= _UIDS_MAX:
-            _UIDS.clear()
-        uid = _UIDS[project_id] = project_uid(project_id)
-    return uid
-
-
 def _owned(d: ProjectDirFacts, uid: int) -> bool:
     """Whether a live directory's sample (or its top, without one) has no entry of another owner:
     almost every project, so the check decides it without building anything."""
@@ -116,7 +99,9 @@ class Ownership(Check[OwnershipSettings]):
             dirs = host.project_dirs
             for pid in placed.get(host.server_id, ()):
                 d = dirs.get(pid)
-                if d is not None and not d.is_symlink and _owned(d, _uid(pid)):
+                if d is not None and (
+                    d.usual or (not d.is_symlink and _owned(d, remembered_uid(pid)))
+                ):
                     continue
                 found = self._judge(host.server_id, server.projects_root, pid, d, settings)
                 if found is not None:
@@ -161,7 +146,7 @@ class Ownership(Check[OwnershipSettings]):
                 f"{live} is a symlink; not followed (a chown or rsync through it would "
                 "act elsewhere)",
             )
-        uid = _uid(pid)
+        uid = remembered_uid(pid)
         owners, sampled = _owner_counts(d)
         wrong = {u: n for u, n in owners.items() if u != uid}
         count = sum(wrong.values())

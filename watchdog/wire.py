@@ -11,7 +11,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -19,11 +19,10 @@ from bup_watchdog.errors import ProbeError
 from bup_watchdog.model import (
     NO_ODDITIES,
     NOTHING,
-    OwnerCounts,
     ProjectDirFacts,
     RepoFacts,
     RepoOddities,
-    project_uid,
+    remembered_uid,
 )
 from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
 
@@ -250,26 +249,16 @@ class WireReader:
         pid = sys.intern(w.name.lower())
         examples: Mapping[int, tuple[str, ...]] = NOTHING
         if w.examples:  # the probe leaves the project's own uid out; so is it here
-            own = project_uid(pid)
+            own = remembered_uid(pid)
             examples = {u: tuple(p) for u, p in w.examples.items() if u != own} or NOTHING
             if min(examples, default=0) < 0:
                 raise ProbeError("probe record 'project_dir': examples has a uid below 0")
-        # One int object for the top's uid, its gid and its owner count's key (they are nearly
-        # always the project's uid), the counts one small struct: about 250 bytes fewer per live
-        # directory, which the incremental cache keeps.
-        top = w.uid
-        owners: Mapping[int, int] = NOTHING
-        if len(w.owners) == 1:  # nearly always: one owner, no dict to build
-            for u, n in w.owners.items():
-                owners = cast(Mapping[int, int], OwnerCounts(top if u == top else u, n))
-        elif w.owners:
-            owners = OwnerCounts.of({top if u == top else u: n for u, n in w.owners.items()})
-        return ProjectDirFacts(
-            project_id=pid,
+        return ProjectDirFacts.of(
+            pid,
             is_symlink=w.is_symlink,
-            uid=top,
-            gid=top if w.gid == top else w.gid,
-            owners=owners,
+            uid=w.uid,
+            gid=w.gid,
+            owners=w.owners,
             sampled=w.sampled,
             sample_truncated=w.sample_truncated,
             sample_skipped=w.sample_skipped,

@@ -130,7 +130,7 @@ def test_the_probe_has_exactly_one_known_state_line_to_fill_in() -> None:
     assert probe_source().count(KNOWN_STATE_LINE) == 1
     known = HostCache.of(
         {PID_A: CachedRepo(FP, RepoFacts(PID_A), 0.0)},
-        {PID_B: CachedDir(DIGEST, ProjectDirFacts(PID_B, False, 0, 0))},
+        {PID_B: CachedDir(DIGEST, ProjectDirFacts.of(PID_B, uid=0, gid=0))},
     )
     program = probe_program(CacheBuilder(known))
     assert program.count(KNOWN_STATE_LINE) == 0
@@ -423,7 +423,7 @@ def unchanged(known: int, repos: list[int], dirs: list[int] = []) -> dict[str, o
 
 def test_an_unchanged_report_for_a_repository_the_probe_was_not_told_about_is_refused() -> None:
     # PID_A was given with a project_dir digest only (no repository fingerprint).
-    kept_dir = CachedDir(DIGEST, ProjectDirFacts(PID_A, False, 0, 0))
+    kept_dir = CachedDir(DIGEST, ProjectDirFacts.of(PID_A, uid=0, gid=0))
     with pytest.raises(ProbeError, match="not given that repository's fingerprint"):
         parse_probe_lines(
             SID,
@@ -684,7 +684,7 @@ def test_the_owner_sample_reaches_the_probe_and_its_start_must_be_a_project_id()
 
 
 def test_a_kept_owner_sample_is_dropped_once_older_than_keep_samples() -> None:
-    sampled = ProjectDirFacts(PID_A, False, 1000, 1000, owners={1000: 3, 4242: 1}, sampled=4)
+    sampled = ProjectDirFacts.of(PID_A, uid=1000, gid=1000, owners={1000: 3, 4242: 1}, sampled=4)
     now_skipped = {
         "type": "project_dir",
         "project_id": PID_A,

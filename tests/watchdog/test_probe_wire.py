@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -23,6 +24,7 @@ from bup_watchdog.model import (
     GatherFailure,
     HostFacts,
     OwnerCounts,
+    ProjectDirFacts,
     RepoFacts,
     Server,
     is_v4_uuid,
@@ -36,7 +38,8 @@ from bup_watchdog.probe import (
     WireEncoder,
 )
 from bup_watchdog.repo_cache import CacheBuilder, HostCache
-from bup_watchdog.wire import _V4_ANY_CASE, DirWire, RepoWire
+from bup_watchdog.wire import _V4_ANY_CASE, DirWire, RepoWire, WireReader
+from support.facts import project_dir
 from support.template_repo import two_save_repo
 
 SID = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c"
@@ -169,6 +172,71 @@ def test_a_live_directorys_owner_counts_read_and_compare_as_the_dict_they_were_m
     assert isinstance(owners, Mapping) and OwnerCounts.of({7: 1}) == {7: 1}
     with pytest.raises(KeyError):
         owners[4242]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"gid": 0},
+        {"uid": 4242},
+        {"is_symlink": True},
+        {"sample_truncated": True},
+        {"sample_skipped": True},
+        {"owners": "one other"},
+        {"owners": "none"},
+    ],
+    ids=repr,
+)
+def test_a_usual_live_directory_is_held_as_its_id_and_sample_size_and_reads_as_its_full_facts(
+    change: dict[str, Any],
+) -> None:
+    """Either decoder: the usual directory (not a symlink, owner and group the project's uid, every
+    sampled entry its, the sample whole) is 40 bytes; every other keeps what it was told."""
+    pid = PIDS[1]
+    own = project_uid(pid)
+    facts: dict[str, Any] = {
+        "is_symlink": False,
+        "uid": own,
+        "gid": own,
+        "owners": {own: 20},
+        "sampled": 20,
+        "sample_truncated": False,
+        "sample_skipped": False,
+    }
+    facts.update(change)
+    if change.get("owners") == "one other":
+        facts["owners"] = {own: 19, 0: 1}
+    elif change.get("owners") == "none":
+        facts["owners"] = {}
+    others = {u: [f"f-{u}"] for u in facts["owners"] if u != own}
+    record = project_dir(
+        pid,
+        owners=facts["owners"],
+        examples=others,
+        **{k: v for k, v in facts.items() if k != "owners"},
+    )
+    read = ProjectDirFacts.from_record(record)
+    wire = DirWire(
+        pid,
+        facts["uid"],
+        facts["gid"],
+        facts["owners"],
+        facts["sampled"],
+        None,
+        facts["sample_truncated"],
+        facts["sample_skipped"],
+        facts["is_symlink"],
+        others,
+    )
+    decoded = WireReader.project_dir(wire)
+    assert read == decoded
+    assert decoded.usual is (change == {})
+    if decoded.usual:
+        assert decoded.odd is None and sys.getsizeof(decoded) <= 40
+    for name, value in facts.items():
+        assert getattr(decoded, name) == value, name
+    assert decoded.examples == {u: tuple(p) for u, p in others.items()}
 
 
 def test_repo_facts_built_from_keywords_keep_rare_facts_apart_and_compare_by_value() -> None:

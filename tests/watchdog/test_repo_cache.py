@@ -37,7 +37,7 @@ def entries(
             )
         if kind != "repo":
             skipped = rnd.random() < 0.2
-            facts = ProjectDirFacts(pid, False, rnd.randint(0, 9), 0, sample_skipped=skipped)
+            facts = ProjectDirFacts.of(pid, uid=rnd.randint(0, 9), gid=0, sample_skipped=skipped)
             dirs[pid] = CachedDir(hex_text(rnd, DIGEST_HEX), facts, skipped, 0.0 if skipped else at)
     return repos, dirs
 
@@ -90,7 +90,7 @@ def test_a_fingerprint_or_digest_of_another_width_is_not_kept() -> None:
     b = CacheBuilder()
     b.walked_repo(pid, RepoFacts(pid), "a" * (FP_HEX - 1), 1.0)
     b.walked_repo(pid.upper(), RepoFacts(pid), "A" * FP_HEX, 1.0)
-    b.walked_dir(pid, ProjectDirFacts(pid, False, 0, 0), "c" * (DIGEST_HEX + 2), False, 0.0)
+    b.walked_dir(pid, ProjectDirFacts.of(pid, uid=0, gid=0), "c" * (DIGEST_HEX + 2), False, 0.0)
     assert b.build() == HostCache()
 
 
@@ -100,8 +100,8 @@ def test_the_known_state_names_each_told_entry_once_in_order() -> None:
     entry = HostCache.of(
         {c: CachedRepo(fp, RepoFacts(c), 5.0)},
         {
-            a: CachedDir(digest, ProjectDirFacts(a, False, 0, 0)),
-            c: CachedDir(digest, ProjectDirFacts(c, False, 0, 0)),
+            a: CachedDir(digest, ProjectDirFacts.of(a, uid=0, gid=0)),
+            c: CachedDir(digest, ProjectDirFacts.of(c, uid=0, gid=0)),
         },
     )
     assert list(CacheBuilder(entry).known_state()) == [f"{a} - {digest}\n", f"{c} {fp} {digest}\n"]
