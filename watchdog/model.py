@@ -586,6 +586,16 @@ class OwnerCounts(msgspec.Struct, frozen=True, gc=False):
 Mapping.register(OwnerCounts)
 
 
+def owned_as_usual(
+    own: int, uid: int | None, gid: int | None, owners: Mapping[int, int], sampled: int
+) -> bool:
+    """Whether a live directory's top (owner and group) and every sampled entry are the project's
+    uid ``own``: the usual directory's ownership (see ProjectDirFacts)."""
+    if uid != own or gid != own:
+        return False
+    return len(owners) == 1 and owners.get(own) == sampled if sampled else not owners
+
+
 class DirOddities(msgspec.Struct, frozen=True, gc=False):
     """What a live directory has beyond the usual one (see ProjectDirFacts), in full."""
 
@@ -637,10 +647,8 @@ class ProjectDirFacts(msgspec.Struct, frozen=True, gc=False):
             own = None
         if (
             own is not None
-            and uid == own
-            and gid == own
             and not (is_symlink or sample_truncated or sample_skipped or examples)
-            and (len(owners) == 1 and owners.get(own) == sampled if sampled else not owners)
+            and owned_as_usual(own, uid, gid, owners, sampled)
         ):
             return cls(project_id, sampled)
         if owners and not isinstance(owners, OwnerCounts):

@@ -11,7 +11,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -22,6 +22,7 @@ from bup_watchdog.model import (
     ProjectDirFacts,
     RepoFacts,
     RepoOddities,
+    owned_as_usual,
     remembered_uid,
 )
 from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
@@ -153,40 +154,49 @@ class WireReader:
         return wire
 
     @staticmethod
-    def _ref(table: list[Any], n: int, what: str, line: int) -> Any:
-        if not 0 <= n < len(table):
-            raise ProbeError(
-                f"line {line}: the probe's record names shared {what} {n}, "
-                f"but only {len(table)} were sent"
-            )
-        return table[n]
+    def _bad_ref(table: list[Any], n: int, what: str, line: int) -> NoReturn:
+        raise ProbeError(
+            f"line {line}: the probe's record names shared {what} {n}, "
+            f"but only {len(table)} were sent"
+        )
 
     def repo(self, w: RepoWire, line: int) -> RepoFacts:
         """The facts of one repository record."""
         name = w.name
         if _V4_ANY_CASE(name) is None:
             raise ProbeError(f"probe reported a repository with a bad project id {name[:80]!r}")
-        head = w.head
+        # A shared value by its number is looked up inline (three per repository: no call).
+        head, heads = w.head, self.heads
         if isinstance(head, int):
-            head = self._ref(self.heads, head, "HEAD", line)
-        elif head is not None and len(self.heads) < SHARED_MAX:
+            head = (
+                heads[head] if 0 <= head < len(heads) else self._bad_ref(heads, head, "HEAD", line)
+            )
+        elif head is not None and len(heads) < SHARED_MAX:
             head = sys.intern(head) if len(head) < 200 else head
-            self.heads.append(head)
-        reps = w.replicas
+            heads.append(head)
+        reps, shared = w.replicas, self.replicas
         replicas: tuple[str, ...] | None
         if isinstance(reps, int):
-            replicas = self._ref(self.replicas, reps, "replica list", line)
+            replicas = (
+                shared[reps]
+                if 0 <= reps < len(shared)
+                else self._bad_ref(shared, reps, "replica list", line)
+            )
         elif reps is None:
             replicas = None
         else:
             replicas = tuple(sys.intern(x) if len(x) <= 64 else x for x in reps)
-            if len(self.replicas) < SHARED_MAX:
-                self.replicas.append(replicas)
-        settings = w.settings
+            if len(shared) < SHARED_MAX:
+                shared.append(replicas)
+        settings, known = w.settings, self.settings
         if isinstance(settings, int):
-            settings = self._ref(self.settings, settings, "settings", line)
-        elif settings is not None and len(self.settings) < SHARED_MAX:
-            self.settings.append(settings)
+            settings = (
+                known[settings]
+                if 0 <= settings < len(known)
+                else self._bad_ref(known, settings, "settings", line)
+            )
+        elif settings is not None and len(known) < SHARED_MAX:
+            known.append(settings)
         sha = w.master_sha
         pid = sys.intern(name.lower())
         odd = NO_ODDITIES
@@ -247,6 +257,11 @@ class WireReader:
             if uid < 0 or count < 0:
                 raise ProbeError("probe record 'project_dir': owners has a uid or count below 0")
         pid = sys.intern(w.name.lower())
+        owners, sampled = w.owners, w.sampled
+        if not (
+            w.examples or w.is_symlink or w.sample_truncated or w.sample_skipped
+        ) and owned_as_usual(remembered_uid(pid), w.uid, w.gid, owners, sampled):
+            return ProjectDirFacts(pid, sampled)  # as ProjectDirFacts.of would, sooner
         examples: Mapping[int, tuple[str, ...]] = NOTHING
         if w.examples:  # the probe leaves the project's own uid out; so is it here
             own = remembered_uid(pid)
@@ -258,8 +273,8 @@ class WireReader:
             is_symlink=w.is_symlink,
             uid=w.uid,
             gid=w.gid,
-            owners=w.owners,
-            sampled=w.sampled,
+            owners=owners,
+            sampled=sampled,
             sample_truncated=w.sample_truncated,
             sample_skipped=w.sample_skipped,
             examples=examples,

@@ -302,6 +302,10 @@ P = f'"{PID}"'
         (f"[0,{P},null,null,null,null,true]".encode(), r"Expected `int`.*\(field pack_count\)"),
         (f"[0,{P},null,7]".encode(), "names shared HEAD 7, but only 0 were sent"),
         (f"[0,{P},null,null,null,null,0,0,null,null,null,3]".encode(), "shared replica list 3"),
+        (
+            f"[0,{P},null,null,null,null,0,0,null,null,null,null,-1]".encode(),
+            "names shared settings -1, but only 0 were sent",
+        ),
         (f"[0,{P}".encode(), "truncated"),
         (f"[9,{P}]".encode(), "Invalid value 9"),
         (b"[" + b"x" * 5_000_000 + b"]", "malformed"),
@@ -322,6 +326,7 @@ P = f'"{PID}"'
         "bool-for-count",
         "shared-head-unsent",
         "shared-replicas-unsent",
+        "shared-settings-negative",
         "cut-short",
         "unknown-kind",
         "huge",
