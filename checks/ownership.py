@@ -14,13 +14,8 @@ from collections.abc import Iterator
 from pydantic import Field
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
-from bup_watchdog.model import (
-    Finding,
-    Inventory,
-    ProjectDirFacts,
-    Severity,
-    remembered_uid,
-)
+from bup_watchdog.live_dirs import ProjectDirFacts
+from bup_watchdog.model import Finding, Inventory, Severity, remembered_uid
 
 
 class OwnershipSettings(CheckSettings):

@@ -41,12 +41,12 @@ from bup_watchdog.errors import (
     ProbeError,
     WatchdogError,
 )
+from bup_watchdog.live_dirs import ProjectDirFacts
 from bup_watchdog.model import (
     GatherFailure,
     HostFacts,
     MountFacts,
     ProcessFacts,
-    ProjectDirFacts,
     RepoFacts,
     Server,
     TcpProbe,

@@ -15,11 +15,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
 from bup_watchdog.errors import ProbeError
+
+if TYPE_CHECKING:  # live_dirs imports this module
+    from bup_watchdog.live_dirs import ProjectDirFacts
 
 _V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -232,9 +235,11 @@ class Inventory:
 T = TypeVar("T")
 
 
-def _get(
+def record_value(
     rec: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], default: Any = None
 ) -> Any:
+    """A field of a probe's readable record, of type ``kind`` (``default`` when absent or null);
+    ProbeError naming the record and field when it has another type."""
     value = rec.get(key, default)
     if value is None:
         return default
@@ -274,16 +279,16 @@ class MountFacts:
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> MountFacts:
         return cls(
-            path=_get(rec, "path", str, ""),
-            exists=_get(rec, "exists", bool, False),
-            is_mount_point=_get(rec, "is_mount_point", bool, False),
-            mount_point=_get(rec, "mount_point", str),
-            source=_get(rec, "source", str),
-            fstype=_get(rec, "fstype", str),
-            read_only=_get(rec, "read_only", bool, False),
-            bytes_total=_get(rec, "bytes_total", int),
-            bytes_free=_get(rec, "bytes_free", int),
-            error=_get(rec, "error", str),
+            path=record_value(rec, "path", str, ""),
+            exists=record_value(rec, "exists", bool, False),
+            is_mount_point=record_value(rec, "is_mount_point", bool, False),
+            mount_point=record_value(rec, "mount_point", str),
+            source=record_value(rec, "source", str),
+            fstype=record_value(rec, "fstype", str),
+            read_only=record_value(rec, "read_only", bool, False),
+            bytes_total=record_value(rec, "bytes_total", int),
+            bytes_free=record_value(rec, "bytes_free", int),
+            error=record_value(rec, "error", str),
         )
 
 
@@ -308,14 +313,14 @@ class ProcessFacts:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> ProcessFacts:
-        pids = _get(rec, "pids", list, [])
-        listen = _get(rec, "listen", list, [])
+        pids = record_value(rec, "pids", list, [])
+        listen = record_value(rec, "listen", list, [])
         try:
             return cls(
-                name=_get(rec, "name", str, ""),
+                name=record_value(rec, "name", str, ""),
                 pids=tuple(int(p) for p in pids),
                 listen=tuple((str(a), int(p)) for a, p in listen),
-                port_from=_get(rec, "port_from", str, ""),
+                port_from=record_value(rec, "port_from", str, ""),
             )
         except (TypeError, ValueError) as exc:
             raise ProbeError(f"probe record 'process' is malformed: {exc}") from None
@@ -436,40 +441,40 @@ class RepoFacts(msgspec.Struct, frozen=True, gc=False):
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> RepoFacts:
-        project_id = _get(rec, "project_id", str, "")
+        project_id = record_value(rec, "project_id", str, "")
         if not is_v4_uuid(project_id):
             raise ProbeError(f"probe reported a repository with a bad project id {project_id!r}")
-        replicas = _get(rec, "replicas", list)
+        replicas = record_value(rec, "replicas", list)
         pid = sys.intern(project_id.lower())  # shared with the project_dir's facts
-        name = os.path.basename(_get(rec, "path", str, "")) or pid
+        name = os.path.basename(record_value(rec, "path", str, "")) or pid
         odd = RepoOddities(
             dir_name=None if name == pid else name,
-            is_symlink=_get(rec, "is_symlink", bool, False),
-            master_error=_get(rec, "master_error", str),
-            idx_without_pack=_get(rec, "idx_without_pack", int, 0),
-            bad_idx=tuple(_bad_idx_text(x) for x in _get(rec, "bad_idx", list, [])),
-            midx_count=_get(rec, "midx_count", int, 0),
-            tmp_count=_get(rec, "tmp_count", int, 0),
-            save_log_is_symlink=_get(rec, "save_log_is_symlink", bool, False),
-            save_log_kind=_get(rec, "save_log_kind", str),
-            replicas_error=_get(rec, "replicas_error", str),
-            symlinks_outside=tuple(str(x) for x in _get(rec, "symlinks_outside", list, [])),
-            errors=tuple(str(x) for x in _get(rec, "errors", list, [])),
-            symlinks_outside_count=_get(rec, "symlinks_outside_count", int, 0),
+            is_symlink=record_value(rec, "is_symlink", bool, False),
+            master_error=record_value(rec, "master_error", str),
+            idx_without_pack=record_value(rec, "idx_without_pack", int, 0),
+            bad_idx=tuple(_bad_idx_text(x) for x in record_value(rec, "bad_idx", list, [])),
+            midx_count=record_value(rec, "midx_count", int, 0),
+            tmp_count=record_value(rec, "tmp_count", int, 0),
+            save_log_is_symlink=record_value(rec, "save_log_is_symlink", bool, False),
+            save_log_kind=record_value(rec, "save_log_kind", str),
+            replicas_error=record_value(rec, "replicas_error", str),
+            symlinks_outside=tuple(str(x) for x in record_value(rec, "symlinks_outside", list, [])),
+            errors=tuple(str(x) for x in record_value(rec, "errors", list, [])),
+            symlinks_outside_count=record_value(rec, "symlinks_outside_count", int, 0),
         )
         return cls(
             project_id=pid,
-            head=_get(rec, "head", str),
-            master_sha=_shared_sha(_get(rec, "master_sha", str)),
-            master_in_pack=_get(rec, "master_in_pack", bool),
-            pack_count=_get(rec, "pack_count", int, 0),
-            bupindex_bytes=_get(rec, "bupindex_bytes", int),
-            repo_bytes=_get(rec, "repo_bytes", int, 0),
-            reflog_last_time=_get(rec, "reflog_last_time", int),
-            save_log_bytes=_get(rec, "save_log_bytes", int),
-            touch_mtime=_get(rec, "touch_mtime", float),
+            head=record_value(rec, "head", str),
+            master_sha=_shared_sha(record_value(rec, "master_sha", str)),
+            master_in_pack=record_value(rec, "master_in_pack", bool),
+            pack_count=record_value(rec, "pack_count", int, 0),
+            bupindex_bytes=record_value(rec, "bupindex_bytes", int),
+            repo_bytes=record_value(rec, "repo_bytes", int, 0),
+            reflog_last_time=record_value(rec, "reflog_last_time", int),
+            save_log_bytes=record_value(rec, "save_log_bytes", int),
+            touch_mtime=record_value(rec, "touch_mtime", float),
             replicas=None if replicas is None else tuple(_shared_text(x) for x in replicas),
-            settings=_get(rec, "settings", dict),
+            settings=record_value(rec, "settings", dict),
             odd=_oddities(odd),
         )
 
@@ -489,245 +494,6 @@ def _shared_text(value: object) -> str:
     """A short text (a server id) as one shared object: 100,000 repositories name 20 servers."""
     text = str(value)
     return sys.intern(text) if len(text) <= 64 else text
-
-
-def _uid_key(key: object, field_name: str) -> int:
-    if not isinstance(key, str) or not key.isascii() or not key.isdigit():
-        raise ProbeError(f"probe record 'project_dir': {field_name} has a key that is no uid")
-    return int(key)
-
-
-def _owner_counts(rec: Mapping[str, Any]) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for key, value in _get(rec, "owners", dict, {}).items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ProbeError("probe record 'project_dir': owners has a count that is no count")
-        counts[_uid_key(key, "owners")] = value
-    return counts
-
-
-def _owner_examples(rec: Mapping[str, Any]) -> dict[int, tuple[str, ...]]:
-    examples: dict[int, tuple[str, ...]] = {}
-    for key, paths in _get(rec, "examples", dict, {}).items():
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise ProbeError("probe record 'project_dir': examples must map uids to lists of paths")
-        examples[_uid_key(key, "examples")] = tuple(paths)
-    return examples
-
-
-class OwnerCounts(msgspec.Struct, frozen=True, gc=False):
-    """A live directory's sampled entries by owner uid, as a read-only mapping (equal to the dict
-    of its items): the first owner and its count held inline, any others in ``more`` (uid,
-    count, uid, count…). Nearly every directory has one owner, and a one-entry dict is 224 bytes;
-    this is 40, for every live directory the incremental cache keeps. Made by ``of``."""
-
-    uid: int
-    count: int
-    more: tuple[int, ...] = ()
-
-    @classmethod
-    def of(cls, counts: Mapping[int, int]) -> Mapping[int, int]:
-        """The counts of a non-empty mapping, in its order (a Mapping, registered as one)."""
-        if len(counts) == 1:  # nearly always: no list or tuple to build
-            for uid, count in counts.items():
-                return cast(Mapping[int, int], cls(uid, count))
-        (uid, count), *rest = counts.items()
-        return cast(Mapping[int, int], cls(uid, count, tuple(x for item in rest for x in item)))
-
-    def items(self) -> list[tuple[int, int]]:
-        more = self.more
-        return [(self.uid, self.count), *zip(more[::2], more[1::2], strict=True)]
-
-    def keys(self) -> list[int]:
-        return [self.uid, *self.more[::2]]
-
-    def values(self) -> list[int]:
-        return [self.count, *self.more[1::2]]
-
-    def get(self, uid: int, default: int | None = None) -> int | None:
-        if uid == self.uid:
-            return self.count
-        more = self.more
-        for i in range(0, len(more), 2):
-            if more[i] == uid:
-                return more[i + 1]
-        return default
-
-    def __getitem__(self, uid: int) -> int:
-        if uid == self.uid:
-            return self.count
-        more = self.more
-        for i in range(0, len(more), 2):
-            if more[i] == uid:
-                return more[i + 1]
-        raise KeyError(uid)
-
-    def __contains__(self, uid: object) -> bool:
-        if uid == self.uid:
-            return True
-        more = self.more
-        return bool(more) and uid in more[::2]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return 1 + len(self.more) // 2
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        return dict(self.items()) == dict(other.items())
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
-
-
-Mapping.register(OwnerCounts)
-
-
-def owned_as_usual(
-    own: int, uid: int | None, gid: int | None, owners: Mapping[int, int], sampled: int
-) -> bool:
-    """Whether a live directory's top (owner and group) and every sampled entry are the project's
-    uid ``own``: the usual directory's ownership (see ProjectDirFacts)."""
-    if uid != own or gid != own:
-        return False
-    return len(owners) == 1 and owners.get(own) == sampled if sampled else not owners
-
-
-class DirOddities(msgspec.Struct, frozen=True, gc=False):
-    """What a live directory has beyond the usual one (see ProjectDirFacts), in full."""
-
-    is_symlink: bool
-    uid: int | None
-    gid: int | None
-    owners: Mapping[int, int]
-    sample_truncated: bool
-    sample_skipped: bool
-    examples: Mapping[int, tuple[str, ...]]
-
-
-class ProjectDirFacts(msgspec.Struct, frozen=True, gc=False):
-    """A project's live directory under ``/projects``: lstat of its top and a bounded owner sample.
-
-    ``owners`` counts the sampled entries (the top included) by uid, ``examples`` holds a few
-    project-relative paths per uid other than the project's own (``.`` is the top).
-    ``sample_skipped``: the host's sample budget was spent before this project, so only the top's
-    ``uid`` is known. A frozen, untracked msgspec Struct, as RepoFacts.
-
-    Nearly every directory is the usual one: not a symlink, its top's owner and group the
-    project's uid, every sampled entry that uid's, the sample whole. Such a one is held as its id
-    and sample size alone (40 bytes, its other facts worked out from the id when read); any other
-    keeps them all in ``odd``. Made by ``of``, which chooses.
-    """
-
-    project_id: str
-    sampled: int = 0
-    odd: DirOddities | None = None
-
-    @classmethod
-    def of(
-        cls,
-        project_id: str,
-        *,
-        uid: int | None,
-        gid: int | None,
-        is_symlink: bool = False,
-        owners: Mapping[int, int] = NOTHING,
-        sampled: int = 0,
-        sample_truncated: bool = False,
-        sample_skipped: bool = False,
-        examples: Mapping[int, tuple[str, ...]] = NOTHING,
-    ) -> ProjectDirFacts:
-        """The facts of one live directory, held as the usual one when they are."""
-        try:
-            own: int | None = remembered_uid(project_id)
-        except ValueError:  # not a project id: nothing to work out from it
-            own = None
-        if (
-            own is not None
-            and not (is_symlink or sample_truncated or sample_skipped or examples)
-            and owned_as_usual(own, uid, gid, owners, sampled)
-        ):
-            return cls(project_id, sampled)
-        if owners and not isinstance(owners, OwnerCounts):
-            # One int object for the top's uid, its gid and its owner count's key (nearly always
-            # the same number), the counts one small struct instead of a dict.
-            owners = OwnerCounts.of({uid if u == uid else u: n for u, n in owners.items()})
-        elif not owners:
-            owners = NOTHING
-        gid = uid if gid == uid else gid
-        odd = DirOddities(
-            is_symlink, uid, gid, owners, sample_truncated, sample_skipped, examples or NOTHING
-        )
-        return cls(project_id, sampled, odd)
-
-    @property
-    def usual(self) -> bool:
-        """Not a symlink, owned by the project's uid throughout (as far as sampled), whole."""
-        return self.odd is None
-
-    @property
-    def is_symlink(self) -> bool:
-        return self.odd is not None and self.odd.is_symlink
-
-    @property
-    def uid(self) -> int | None:
-        odd = self.odd
-        return remembered_uid(self.project_id) if odd is None else odd.uid
-
-    @property
-    def gid(self) -> int | None:
-        odd = self.odd
-        return remembered_uid(self.project_id) if odd is None else odd.gid
-
-    @property
-    def owners(self) -> Mapping[int, int]:
-        odd = self.odd
-        if odd is not None:
-            return odd.owners
-        if not self.sampled:
-            return NOTHING
-        return cast(Mapping[int, int], OwnerCounts(remembered_uid(self.project_id), self.sampled))
-
-    @property
-    def sample_truncated(self) -> bool:
-        return self.odd is not None and self.odd.sample_truncated
-
-    @property
-    def sample_skipped(self) -> bool:
-        return self.odd is not None and self.odd.sample_skipped
-
-    @property
-    def examples(self) -> Mapping[int, tuple[str, ...]]:
-        odd = self.odd
-        return NOTHING if odd is None else odd.examples
-
-    @classmethod
-    def from_record(cls, rec: Mapping[str, Any]) -> ProjectDirFacts:
-        project_id = _get(rec, "project_id", str, "")
-        if not is_v4_uuid(project_id):
-            raise ProbeError(f"probe reported a project directory with a bad id {project_id!r}")
-        sampled = _get(rec, "sampled", int, 0)
-        if sampled < 0:
-            raise ProbeError("probe record 'project_dir': sampled is negative")
-        project_id = sys.intern(project_id.lower())
-        own_uid = remembered_uid(project_id)
-        return cls.of(
-            project_id,
-            is_symlink=_get(rec, "is_symlink", bool, False),
-            uid=_get(rec, "uid", int),
-            gid=_get(rec, "gid", int),
-            owners=_owner_counts(rec),
-            sampled=sampled,
-            sample_truncated=_get(rec, "sample_truncated", bool, False),
-            sample_skipped=_get(rec, "sample_skipped", bool, False),
-            # Only other owners' examples are ever shown (the ownership check names wrong owners);
-            # the project's own uid owns nearly every sampled entry, and its example paths were a
-            # quarter of a 100,000-repository sweep's facts in memory.
-            examples={u: paths for u, paths in _owner_examples(rec).items() if u != own_uid},
-        )
 
 
 @dataclass(frozen=True, slots=True)

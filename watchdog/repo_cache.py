@@ -23,7 +23,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from bup_watchdog.model import ProjectDirFacts, RepoFacts
+from bup_watchdog.live_dirs import ProjectDirFacts
+from bup_watchdog.model import RepoFacts
 from bup_watchdog.probe import DIGEST_HEX, FP_HEX
 
 # Unchanged repositories are walked again after at most this long (spread over the second half).

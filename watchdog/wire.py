@@ -16,15 +16,8 @@ from typing import Any, NoReturn
 import msgspec
 
 from bup_watchdog.errors import ProbeError
-from bup_watchdog.model import (
-    NO_ODDITIES,
-    NOTHING,
-    ProjectDirFacts,
-    RepoFacts,
-    RepoOddities,
-    owned_as_usual,
-    remembered_uid,
-)
+from bup_watchdog.live_dirs import ProjectDirFacts, owned_as_usual
+from bup_watchdog.model import NO_ODDITIES, NOTHING, RepoFacts, RepoOddities, remembered_uid
 from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
 
 #: ``model.is_v4_uuid`` in one match, without lower-casing first: the same texts are accepted

@@ -35,12 +35,12 @@ from bup_watchdog.gather import (
     probe_source,
 )
 from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.live_dirs import ProjectDirFacts
 from bup_watchdog.model import (
     Finding,
     GatherFailure,
     HostFacts,
     Inventory,
-    ProjectDirFacts,
     RepoFacts,
     Server,
     Severity,

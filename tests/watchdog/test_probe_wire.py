@@ -19,12 +19,11 @@ import pytest
 from bup_watchdog.config import SshConfig
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.gather import gather_host, parse_probe_lines, probe_source
+from bup_watchdog.live_dirs import OwnerCounts, ProjectDirFacts
 from bup_watchdog.model import (
     NO_ODDITIES,
     GatherFailure,
     HostFacts,
-    OwnerCounts,
-    ProjectDirFacts,
     RepoFacts,
     Server,
     is_v4_uuid,

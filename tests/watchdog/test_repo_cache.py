@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from bup_watchdog.model import ProjectDirFacts, RepoFacts
+from bup_watchdog.live_dirs import ProjectDirFacts
+from bup_watchdog.model import RepoFacts
 from bup_watchdog.probe import DIGEST_HEX, FP_HEX
 from bup_watchdog.repo_cache import CacheBuilder, CachedDir, CachedRepo, HostCache, RepoCache
 
