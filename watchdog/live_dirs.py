@@ -11,7 +11,14 @@ from typing import Any, cast
 import msgspec
 
 from bup_watchdog.errors import ProbeError
-from bup_watchdog.model import NOTHING, is_v4_uuid, record_value, remembered_uid
+from bup_watchdog.model import (
+    NOTHING,
+    is_v4_uuid,
+    mapping_eq,
+    mapping_repr,
+    record_value,
+    remembered_uid,
+)
 
 
 def _uid_key(key: object, field_name: str) -> int:
@@ -77,13 +84,10 @@ class OwnerCounts(msgspec.Struct, frozen=True, gc=False):
         return default
 
     def __getitem__(self, uid: int) -> int:
-        if uid == self.uid:
-            return self.count
-        more = self.more
-        for i in range(0, len(more), 2):
-            if more[i] == uid:
-                return more[i + 1]
-        raise KeyError(uid)
+        count = self.get(uid)  # a count is never None
+        if count is None:
+            raise KeyError(uid)
+        return count
 
     def __contains__(self, uid: object) -> bool:
         if uid == self.uid:
@@ -97,13 +101,8 @@ class OwnerCounts(msgspec.Struct, frozen=True, gc=False):
     def __len__(self) -> int:
         return 1 + len(self.more) // 2
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        return dict(self.items()) == dict(other.items())
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
+    __eq__ = mapping_eq
+    __repr__ = mapping_repr
 
 
 Mapping.register(OwnerCounts)

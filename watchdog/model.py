@@ -136,6 +136,18 @@ class Server:
         return self.bup_root.rstrip("/") + "/bups"
 
 
+def mapping_eq(self: Any, other: object) -> bool:
+    """``==`` for a small read-only mapping Struct: equal to any mapping of the same items."""
+    if not isinstance(other, Mapping):
+        return cast(bool, NotImplemented)  # as a method's __eq__ would: let the other side say
+    return bool(dict(self.items()) == dict(other.items()))
+
+
+def mapping_repr(self: Any) -> str:
+    """A small read-only mapping Struct shown as the dict of its items."""
+    return repr(dict(self.items()))
+
+
 class SmallMap(msgspec.Struct, frozen=True, gc=False):
     """A small read-only mapping held as two tuples (equal to the dict of its items): a project's
     save time per server. The keys' tuple is shared by every project with the same servers, so
@@ -183,13 +195,8 @@ class SmallMap(msgspec.Struct, frozen=True, gc=False):
     def items(self) -> list[tuple[Any, Any]]:
         return list(zip(self.keys_, self.values_, strict=True))
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
-            return NotImplemented
-        return dict(self.items()) == dict(other.items())
-
-    def __repr__(self) -> str:
-        return repr(dict(self.items()))
+    __eq__ = mapping_eq
+    __repr__ = mapping_repr
 
 
 Mapping.register(SmallMap)
