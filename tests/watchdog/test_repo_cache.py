@@ -71,6 +71,13 @@ def test_the_built_columns_hold_the_entries_worked_out_by_project_id(seed: int) 
         walked_dirs.pop(pid, None)
     if not with_dirs:
         walked_dirs = {}
+    # An id walked twice (two directories whose names differ only in case): the last one wins.
+    twice_repos, twice_dirs = entries(rnd, [p for p in walked_repos if rnd.random() < 0.3], 150.0)
+    for pid, r in twice_repos.items():
+        b.walked_repo(pid, r.facts, r.fingerprint, r.walked_at)
+    for pid, d in twice_dirs.items():
+        if pid in walked_dirs:
+            b.walked_dir(pid, d.facts, d.digest, d.skipped, d.sampled_at)
     for pid, r in walked_repos.items():
         b.walked_repo(pid, r.facts, r.fingerprint, r.walked_at)
     for pid, d in walked_dirs.items():
