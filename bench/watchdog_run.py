@@ -43,7 +43,7 @@ from bench.hostcpu import hosts_cpu
 from bup_watchdog.checks import registry, settings_models
 from bup_watchdog.config import load_config
 from bup_watchdog.inventory.file import FileInventory
-from bup_watchdog.malloc_arenas import limit_malloc_arenas
+from bup_watchdog.malloc_arenas import tune_malloc
 from bup_watchdog.model import DeepResult
 from bup_watchdog.state import State
 from bup_watchdog.sweep import SweepResult, record, sweep
@@ -236,7 +236,7 @@ def main() -> int:
     )
     args = ap.parse_args()
 
-    limit_malloc_arenas()  # as every bup-watchdog command does at its start
+    tune_malloc()  # as every bup-watchdog command does at its start
     pids = [int(p) for p in args.sshd_pids.split(",") if p]
     bups = json.loads(args.bups)
     if args.trace_memory:
@@ -298,6 +298,7 @@ def main() -> int:
             row["changed"] = changed
             row["walked"], row["reused"] = cache.totals()
             row["checks"] = sorted(result.checks)
+            row["peak_rss_so_far_mb"] = window_peak_mb()  # which round raised the window's peak
             return row
 
         rounds = [incremental_round(steady) for _ in range(args.incremental)]

@@ -21,7 +21,7 @@ import click
 
 from bup_watchdog import __version__, logs
 from bup_watchdog.errors import ConfigError, WatchdogError
-from bup_watchdog.malloc_arenas import limit_malloc_arenas
+from bup_watchdog.malloc_arenas import tune_malloc
 
 # Every command imports what it uses in its own body: `--help`, `check --help` and shell
 # completion load click and little else (issue 15: the web server, paramiko, Cassandra, the
@@ -217,7 +217,7 @@ def main(ctx: click.Context, verbose: int, log_format: str) -> None:
     Shell completion: eval "$(_BUP_WATCHDOG_COMPLETE=bash_source bup-watchdog)" (zsh_source,
     fish_source for the other shells).
     """
-    limit_malloc_arenas()  # before any thread starts
+    tune_malloc()  # before any thread starts
     logs.setup(log_format, verbose, daemon=ctx.invoked_subcommand == "run")
     # The Cassandra driver logs a traceback per attempt when no node answers (two for one
     # refused connection); CassandraSession says it in one line. Its own lines are for -vv.
