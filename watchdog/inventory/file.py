@@ -204,6 +204,8 @@ def loads_toml(text: str) -> dict[str, Any]:
 #: Projects per piece of an inventory parsed at once (see toml_pieces).
 PIECE_PROJECTS = 2000
 _PROJECTS_HEADER = "\n[[projects]]\n"
+#: Characters of a file read at once when its pieces are cut as it is read (FileInventory).
+READ_CHARS = 1 << 20
 
 
 def toml_pieces(
@@ -214,32 +216,66 @@ def toml_pieces(
 
     The Rust parser holds its own tree of the whole text until it is done, so 100,000 projects
     parsed at once peaked at 160 MB above the data itself; and a whole parsed tree freed after
-    the projects were built left its memory fragmented under them. A header line can be a place
-    to cut only outside multi-line strings (text with none has none), and every piece after the
-    first must hold nothing but ``[[projects]]`` tables: otherwise ValueError (then the caller
-    parses the text whole), so the data and every error stay those of parsing it whole.
+    the projects were built left its memory fragmented under them. Every piece after the first
+    must hold nothing but ``[[projects]]`` tables, and the text no multi-line string (see
+    ``text_pieces``): otherwise ValueError (then the caller parses the text whole), so the data
+    and every error stay those of parsing it whole.
     """
-    cuts = []
-    at, n = text.find(_PROJECTS_HEADER), 0
-    while at != -1:
-        if n and n % PIECE_PROJECTS == 0:
-            cuts.append(at + 1)
-        n += 1
-        at = text.find(_PROJECTS_HEADER, at + 1)
-    if not cuts or '"""' in text or "'''" in text:
-        return loads(text, toml_version="1.0.0"), iter(())
-    data = loads(text[: cuts[0]], toml_version="1.0.0")
+    return parsed_pieces(text_pieces([text]), loads)
+
+
+def text_pieces(chunks: Iterable[str]) -> Iterator[str]:
+    """The text given in ``chunks`` cut just before every ``PIECE_PROJECTS``-th ``[[projects]]``
+    header line, as the chunks come (a file is never held whole: one piece and one chunk).
+
+    A header line can be a place to cut only outside multi-line strings: a triple quote anywhere
+    raises ValueError when it is reached (text with none has none)."""
+    buf, tail, scan, n = "", "", 0, 0
+    for chunk in chunks:
+        seen = tail + chunk  # a triple quote may be cut across chunks
+        if '"""' in seen or "'''" in seen:
+            raise ValueError("a multi-line string: no header line is surely a place to cut")
+        tail = seen[-2:]
+        buf += chunk
+        while (at := buf.find(_PROJECTS_HEADER, scan)) != -1:
+            scan = at + 1
+            if n and n % PIECE_PROJECTS == 0:
+                yield buf[:scan]
+                buf, scan = buf[scan:], 0
+            n += 1
+        scan = max(scan, len(buf) - len(_PROJECTS_HEADER) + 1)
+    yield buf
+
+
+def parsed_pieces(
+    pieces: Iterator[str], loads: Callable[..., dict[str, Any]]
+) -> tuple[dict[str, Any], Iterator[list[Any]]]:
+    """The data of the first of ``pieces`` and the further pieces' projects (see toml_pieces);
+    a single piece is the whole text, parsed as it is."""
+    data = loads(next(pieces), toml_version="1.0.0")
+    second = next(pieces, None)
+    if second is None:
+        return data, iter(())
     if type(data.get("projects")) is not list:
         raise ValueError("the first piece holds no array of [[projects]] tables")
 
     def rest() -> Iterator[list[Any]]:
-        for start, end in zip(cuts, [*cuts[1:], len(text)], strict=True):
-            piece = loads(text[start:end], toml_version="1.0.0")
+        for text in itertools.chain((second,), pieces):
+            piece = loads(text, toml_version="1.0.0")
+            del text
             if piece.keys() != {"projects"}:
                 raise ValueError("a piece holds more than [[projects]] tables")
             yield piece["projects"]
 
     return data, rest()
+
+
+def file_chunks(path: Path) -> Iterator[str]:
+    """A UTF-8 text file's text, ``READ_CHARS`` characters at a time (UnicodeDecodeError where
+    it is not UTF-8; line endings as written)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        while chunk := f.read(READ_CHARS):
+            yield chunk
 
 
 _PROJECT_KEYS = frozenset(ProjectEntry.model_fields)
@@ -433,23 +469,15 @@ class FileInventory:
     def load(self) -> Inventory:
         try:
             st = self.path.stat()
-            raw = self.path.read_bytes()
         except OSError as exc:
-            raise ConfigError(
-                str(self.path), [f"cannot read the file: {exc.strerror or exc}"]
-            ) from None
+            raise self._unreadable(exc) from None
         signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._cached is not None and self._cached[0] == signature:
             return self._cached[1]
         if self.path.suffix == ".json":
-            inventory = self._whole(raw)
+            inventory = self._whole(self._bytes())
         else:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ConfigError(str(self.path), [f"not valid TOML: {exc}"]) from None
-            del raw  # 36 MB at 100,000 projects, not needed once decoded
-            inventory = self._pieces(text) or self._whole(text)
+            inventory = self._pieces() or self._whole(self._text())
         settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_SECONDS * 1e9
         if settled:  # a file written within the racy window may change again unseen
             version = f"file {self.path} {self.default_user} {' '.join(map(str, signature))}"
@@ -457,13 +485,33 @@ class FileInventory:
         self._cached = (signature, inventory) if settled else None
         return inventory
 
-    def _pieces(self, text: str) -> Inventory | None:
-        """The inventory of a TOML file read in pieces (toml_pieces), each validated before the
-        next is parsed; None when the text is not in plain pieces or not valid TOML."""
+    def _unreadable(self, exc: OSError) -> ConfigError:
+        return ConfigError(str(self.path), [f"cannot read the file: {exc.strerror or exc}"])
+
+    def _bytes(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+
+    def _text(self) -> str:
+        """The file's text, read whole (ConfigError when it is not UTF-8)."""
+        raw = self._bytes()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(self.path), [f"not valid TOML: {exc}"]) from None
+
+    def _pieces(self) -> Inventory | None:
+        """The inventory of a TOML file read and parsed in pieces as it is read (text_pieces),
+        each validated before the next is read: the file's text (36 MB at 100,000 projects) is
+        never held whole, nor its bytes beside it. None when the text is not in plain pieces,
+        not valid TOML or not UTF-8, or the file could not be read to its end: it is then read
+        whole, and tomllib or the decoder words the error."""
         if _rust_loads is None:
             return None
         try:
-            data, rest = toml_pieces(text, _rust_loads)
+            data, rest = parsed_pieces(text_pieces(file_chunks(self.path)), _rust_loads)
             return parse_inventory(
                 data, source=str(self.path), default_user=self.default_user, more_projects=rest
             )

@@ -4,6 +4,7 @@ with the model, and TOML read in pieces into the same data as ``tomllib`` reads.
 from __future__ import annotations
 
 import copy
+import itertools
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -241,6 +242,7 @@ def test_a_file_read_in_pieces_is_the_inventory_of_the_whole_with_entries_number
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(file, "PIECE_PROJECTS", 2)
+    monkeypatch.setattr(file, "READ_CHARS", 5)  # header lines cut across the chunks read
     path = tmp_path / "inventory.toml"
     path.write_text(_toml(7))
     whole = parse_inventory(tomllib.loads(_toml(7)), source="whole")
@@ -256,3 +258,36 @@ def test_a_file_read_in_pieces_is_the_inventory_of_the_whole_with_entries_number
     # not plain pieces (a [[servers]] table after the projects): read whole, same inventory
     path.write_text(_toml(7, f'\n[[servers]]\nserver_id = "{S2}"\nhost = "h2"\nport = 1\n'))
     assert len(FileInventory(path).load().servers) == 2
+
+
+def _chunked(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 13, 14, 15, 64, 10**6])
+def test_text_read_in_chunks_is_cut_where_the_whole_text_is(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    monkeypatch.setattr(file, "PIECE_PROJECTS", 2)
+    text = _toml(7) + "\n[[projects]]\n[[projects]]\n"  # two empty tables, one newline shared
+    pieces = list(file.text_pieces(_chunked(text, size)))
+    assert "".join(pieces) == text
+    # the whole text's cuts: before the 2nd, 4th, 6th and 8th header line
+    heads = [i + 1 for i in range(len(text)) if text.startswith("\n[[projects]]\n", i)]
+    cuts = [0, *heads[2::2], len(text)]
+    assert pieces == [text[a:b] for a, b in itertools.pairwise(cuts)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64])
+def test_a_multi_line_string_is_found_across_chunks_and_stops_the_cutting(size: int) -> None:
+    for quote in ('"""', "'''"):
+        text = _toml(3, f"\n[[projects]]\nnote = {quote}\nx\n{quote}\n")
+        with pytest.raises(ValueError, match="multi-line string"):
+            list(file.text_pieces(_chunked(text, size)))
+
+
+def test_a_file_that_is_not_utf_8_is_named_not_valid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_bytes(_toml(3).encode() + b"\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not valid TOML: 'utf-8' codec can't decode"):
+        FileInventory(path).load()
