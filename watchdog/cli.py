@@ -7,19 +7,32 @@ Exit codes follow the Nagios convention so existing schedulers can use ``check``
 
 from __future__ import annotations
 
-import getpass
-import json
 import logging
-import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, NoReturn
+from typing import TYPE_CHECKING, ClassVar
 
 import click
 
 from bup_watchdog import __version__, logs
+from bup_watchdog.cli_options import (
+    EXIT_UNKNOWN,
+    config_option,
+    deprecated,
+    existing_state,
+    fail,
+    format_option,
+    load,
+    only_option,
+    server_option,
+)
+from bup_watchdog.cli_repairs import (
+    evacuate_cmd,
+    rebuild_cmd,
+    repair_cmd,
+    repairs_group,
+)
 from bup_watchdog.errors import ConfigError, WatchdogError
 from bup_watchdog.malloc_arenas import tune_malloc
 
@@ -30,83 +43,11 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from bup_watchdog.config import Config
-    from bup_watchdog.guard import Decision, Guard
-    from bup_watchdog.model import HostFacts, Inventory, Server
+    from bup_watchdog.model import HostFacts, Server
     from bup_watchdog.state import State
     from bup_watchdog.sweep import SweepResult
 
-EXIT_UNKNOWN = 3
-DEFAULT_CONFIG = Path("/etc/bup-watchdog/config.toml")
 MEMORY = Path(":memory:")  # an SQLite database that is no file
-
-log = logging.getLogger("bup_watchdog")
-
-
-def _fail(message: str, code: int = EXIT_UNKNOWN) -> NoReturn:
-    """One line for the operator on stderr (a JSON object with --log-format json), then exit."""
-    if logs.current_format() == "json":  # stderr stays one JSON object a line
-        log.error(message, extra={"exit_code": code})
-    else:
-        click.echo(f"bup-watchdog: {message}", err=True)
-    sys.exit(code)
-
-
-def _warn(message: str) -> None:
-    """One warning line on stderr (a JSON object with --log-format json); the command goes on."""
-    if logs.current_format() == "json":
-        log.warning(message)
-    else:
-        click.echo(f"bup-watchdog: {message}", err=True)
-
-
-def _deprecated(new: str) -> Callable[[click.Context, click.Parameter, object], object]:
-    """The callback of a hidden option kept for old command lines: it warns and passes on."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
-        if value:
-            _warn(f"{param.opts[0]} is deprecated: use {new}")
-        return value
-
-    return callback
-
-
-class _Formats(click.Choice[str]):
-    """``--format text|json`` of every command that prints for people or for a program; 'table',
-    the old name of text (check, repairs list), is still taken."""
-
-    def __init__(self) -> None:
-        super().__init__(["text", "json"])
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> str:
-        if value == "table":
-            _warn("--format table is deprecated: use --format text")
-            return "text"
-        return str(super().convert(value, param, ctx))
-
-
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=_Formats(),
-    default="text",
-    show_default=True,
-    help="text for people, json for programs.",
-)
-server_option = click.option(
-    "--server",
-    multiple=True,
-    metavar="ID|NAME",
-    help="Only this server, by id or name (repeatable).",
-)
-only_option = click.option(
-    "--only",
-    "checks",
-    multiple=True,
-    metavar="CHECK",
-    help="Only this check (repeatable). Default: every enabled check.",
-)
 
 
 class _NagiosCommand(click.Command):
@@ -121,29 +62,6 @@ class _NagiosCommand(click.Command):
 
 class _UnknownUsage(click.UsageError):
     exit_code = EXIT_UNKNOWN
-
-
-def load(config_path: Path) -> Config:
-    """Load and validate the config, or exit 3 with every problem listed."""
-    from bup_watchdog.checks import settings_models
-    from bup_watchdog.config import load_config
-
-    try:
-        return load_config(config_path, settings_models())
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
-config_option = click.option(
-    "--config",
-    "-c",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG,
-    show_default=True,
-    envvar="BUP_WATCHDOG_CONFIG",
-    help="The TOML config file (env: BUP_WATCHDOG_CONFIG).",
-)
 
 
 class _Commands(click.Group):
@@ -224,6 +142,10 @@ def main(ctx: click.Context, verbose: int, log_format: str) -> None:
     logging.getLogger("cassandra").setLevel(logging.CRITICAL if verbose < 2 else logging.NOTSET)
 
 
+for _command in (repair_cmd, rebuild_cmd, evacuate_cmd, repairs_group):
+    main.add_command(_command)
+
+
 @main.command("check", cls=_NagiosCommand)
 @config_option
 @only_option
@@ -259,17 +181,17 @@ def check_cmd(
     config = load(config_path)
     unknown = [c for c in only if c not in registry()]
     if unknown:
-        _fail(f"no such check: {', '.join(unknown)} (known: {', '.join(sorted(registry()))})")
+        fail(f"no such check: {', '.join(unknown)} (known: {', '.join(sorted(registry()))})")
     try:
         state = None if no_state else open_state(config)
         runner = Runner(config, state, inventory_source(config))
         result = runner.run_once(only=only, servers=server, deep=deep, force=True)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except WatchdogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if result is None:
-        _fail("no check is enabled in the config; nothing to do")
+        fail("no check is enabled in the config; nothing to do")
     show(result, fmt)
     sys.exit(int(result.worst))
 
@@ -290,394 +212,8 @@ def run_cmd(config_path: Path, once: bool) -> None:
         daemon = Daemon(config)
         code = daemon.run(once=once)
     except (WatchdogError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sys.exit(code)
-
-
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid{os.getuid()}"
-
-
-def _guard(config: Config) -> Guard:
-    """The guard on the configured state. Leases left by this host's watchdog processes that are
-    gone (a killed ``repair --execute``) are released first, as the daemon does at start: an
-    interrupted repair must not block its retry for ``lease_seconds``."""
-    from bup_watchdog.guard import Guard
-    from bup_watchdog.runner import inventory_source, load_inventory, open_state
-
-    state = open_state(config)
-    inventory = load_inventory(inventory_source(config), state)
-    guard = Guard(config, state, inventory)
-    try:
-        for target, holder in guard.leases.release_dead():
-            log.warning("released the lease on %s of %s, a process that is gone", target, holder)
-    except WatchdogError as exc:
-        log.warning("cannot release the leases of dead processes: %s", exc)
-    return guard
-
-
-def _parse_target(inventory: Inventory, target: str) -> tuple[str, str | None]:
-    """'SERVER' or 'SERVER/PROJECT', the server by id or name."""
-    server, _, project = target.partition("/")
-    by_name = {s.name: s.server_id for s in inventory.servers.values() if s.name}
-    sid = by_name.get(server, server.lower())
-    return sid, (project.lower() if project else None)
-
-
-def _print_decision(decision: Decision, fmt: str) -> None:
-    if fmt == "json":
-        click.echo(
-            json.dumps(
-                {
-                    "id": decision.entry_id,
-                    "status": decision.status,
-                    "message": decision.message,
-                    "plan": decision.plan,
-                }
-            )
-        )
-        return
-    click.echo(f"repair #{decision.entry_id}: {decision.status} — {decision.message}")
-    for i, step in enumerate(decision.plan, 1):
-        click.echo(f"  {i}. on {step['on']}: {step['command']}")
-        click.echo(f"     ({step['description']})")
-
-
-_DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "refused": 2}
-
-
-@main.command("repair")
-@config_option
-@click.argument("name")
-@click.argument("target")
-@click.option("--dry-run", is_flag=True, help="Plan only (the default).")
-@click.option("--execute", is_flag=True, help="Run it now (counts as approval).")
-@click.option("--why", default="", help="Why, for the journal.")
-@click.option("--reason", hidden=True, default="", callback=_deprecated("--why"))
-@click.option(
-    "--unfence", is_flag=True, help="fence_host only: lift the fence (host healthy again)."
-)
-@click.option("--to", "move_to", metavar="SERVER", help="move_project only: the new master.")
-@click.option(
-    "--allow-experimental",
-    is_flag=True,
-    help="move_project only: the new master may be an experimental server.",
-)
-@format_option
-def repair_cmd(
-    config_path: Path,
-    name: str,
-    target: str,
-    dry_run: bool,
-    execute: bool,
-    why: str,
-    reason: str,
-    unfence: bool,
-    move_to: str | None,
-    allow_experimental: bool,
-    fmt: str,
-) -> None:
-    """Plan or run one repair by hand, through the guard.
-
-    TARGET is SERVER (for server repairs) or SERVER/PROJECT_ID; SERVER is an id or a name.
-    Exit code: 0 done (or planned), 1 failed or stopped on a conflict, 2 refused, 3 could not run.
-    """
-    from bup_watchdog.repairs.base import RepairRequest
-
-    if dry_run and execute:
-        raise click.UsageError("--dry-run and --execute contradict each other: give one")
-    if unfence and name != "fence_host":
-        raise click.UsageError(f"--unfence goes with fence_host only, not {name}")
-    if why and reason:
-        raise click.UsageError("--why and --reason (its old name) both given: give --why")
-    if (move_to or allow_experimental) and name != "move_project":
-        raise click.UsageError(
-            f"--to and --allow-experimental go with move_project only, not {name}"
-        )
-    if name == "move_project" and not move_to:
-        raise click.UsageError("move_project needs --to SERVER (the new master)")
-    extra: dict[str, object] = {"unfence": True} if unfence else {}
-    if move_to:
-        extra["target"] = move_to
-    if allow_experimental:
-        extra["allow_experimental"] = True
-    mode = "execute" if execute else "dry-run"
-    reason = why or reason
-    config = load(config_path)
-    try:
-        guard = _guard(config)
-        sid, pid = _parse_target(guard.inventory, target)
-        req = RepairRequest(
-            name,
-            sid,
-            pid,
-            requested_by=_who(),
-            reason=reason,
-            params={"dry_run": mode != "execute", **extra},
-        )
-        decision = guard.submit(req, execute=mode == "execute")
-    except WatchdogError as exc:
-        _fail(str(exc))
-    _print_decision(decision, fmt)
-    sys.exit(_DECISION_EXIT.get(decision.status, 1))
-
-
-@main.command("rebuild")
-@config_option
-@click.argument("host")
-@click.option("--dry-run", is_flag=True, help="Print the plan only (the default).")
-@click.option(
-    "--execute", is_flag=True, help="Submit every copy to the guard now (counts as approval)."
-)
-@click.option("--touched-within", metavar="DURATION", help="Only projects used within (7d).")
-@click.option(
-    "--parallel", type=click.IntRange(1, 8), default=1, show_default=True, help="Copies at once."
-)
-@click.option("--bwlimit", metavar="RATE", help="The host's bandwidth: KiB/s, or 500K, 20M.")
-@click.option("--until", metavar="HH:MM", help="Start no copy after this time (UTC).")
-@click.option("--max-duration", metavar="DURATION", help="Start no copy after this long.")
-@click.option("--max-copies", type=click.IntRange(1), help="Submit at most this many copies.")
-@click.option("--why", default="", help="Why, for the journal.")
-@format_option
-def rebuild_cmd(config_path: Path, host: str, **opts: str | int | bool | None) -> None:
-    """Bring every copy HOST should hold back in step with its master (resync_replica through
-    the guard), most recently used first, within a budget; a second run continues.
-
-    Exit code: 0 every copy in step, 1 some failed, refused, left or need a human, 2 bad usage,
-    3 could not run.
-    """
-    from bup_watchdog.rebuild import RebuildUsageError, parse_command, run_command
-
-    if opts["dry_run"] and opts["execute"]:
-        raise click.UsageError("--dry-run and --execute contradict each other: give one")
-    config = load(config_path)
-    try:
-        options = parse_command(opts, who=_who())
-        code = run_command(config, host, options, _guard(config))
-    except RebuildUsageError as exc:
-        _fail(str(exc), 2)
-    except WatchdogError as exc:
-        _fail(str(exc))
-    sys.exit(code)
-
-
-@main.command("evacuate")
-@config_option
-@click.argument("host")
-@click.option("--dry-run", is_flag=True, help="Print the plan only (the default).")
-@click.option("--execute", is_flag=True, help="Submit one move_project request per project.")
-@click.option(
-    "--approve", is_flag=True, help="With --execute: approve the whole batch now (one approval)."
-)
-@click.option("--allow-experimental", is_flag=True, help="Experimental hosts may take projects.")
-@click.option(
-    "--parallel",
-    type=click.IntRange(1, 8),
-    default=2,
-    show_default=True,
-    help="Target hosts receiving at once (one move at a time each).",
-)
-@click.option("--why", default="", help="Why, for the journal.")
-@format_option
-def evacuate_cmd(config_path: Path, host: str, **opts: str | int | bool | None) -> None:
-    """Move every project mastered on HOST to other hosts (same data centre first, room, load):
-    the full list first, then move_project requests for one approval of the batch.
-
-    Exit code: 0 every project placed (and moved or waiting), 1 some cannot be placed, failed or
-    were refused, 2 bad usage, 3 could not run.
-    """
-    from bup_watchdog.evacuate import EvacuateOptions, EvacuateUsageError, run_command
-
-    if opts["dry_run"] and opts["execute"]:
-        raise click.UsageError("--dry-run and --execute contradict each other: give one")
-    if opts["approve"] and not opts["execute"]:
-        raise click.UsageError("--approve goes with --execute (it approves the moves submitted)")
-    options = EvacuateOptions(
-        execute=bool(opts["execute"]),
-        approve=bool(opts["approve"]),
-        allow_experimental=bool(opts["allow_experimental"]),
-        parallel=int(str(opts["parallel"])),
-        fmt=str(opts["fmt"]),
-        why=str(opts["why"] or ""),
-        who=_who(),
-    )
-    config = load(config_path)
-    try:
-        code = run_command(config, host, options, _guard(config))
-    except EvacuateUsageError as exc:
-        _fail(str(exc), 2)
-    except WatchdogError as exc:
-        _fail(str(exc))
-    sys.exit(code)
-
-
-@main.group("repairs")
-def repairs_group() -> None:
-    """List the repair journal; approve or deny pending repairs; acknowledge interrupted ones."""
-
-
-def _existing_state(config: Config) -> State | None:
-    """The state database if there is one (None: nothing was recorded yet). Read-only commands
-    use it so that they do not create one (an empty state directory in the wrong place)."""
-    from bup_watchdog.runner import open_state
-
-    if not (config.state.directory / "state.db").exists():
-        return None
-    return open_state(config)
-
-
-#: Journal statuses, as ``repairs list --status`` takes them (a test holds them to the journal's).
-STATUSES = (
-    "refused",
-    "dry_run",
-    "pending",
-    "denied",
-    "running",
-    "succeeded",
-    "failed",
-    "interrupted",
-    "conflict",
-)
-
-
-def _list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
-    from rich.table import Table
-
-    from bup_watchdog.journal import Journal
-    from bup_watchdog.output import make_console
-
-    config = load(config_path)
-    try:
-        state = _existing_state(config)
-        entries = Journal(state).entries(status=status, limit=limit) if state else []
-    except WatchdogError as exc:
-        _fail(str(exc))
-    if fmt == "json":
-        click.echo(json.dumps([e.as_dict() for e in entries]))
-        return
-    if not entries:
-        none = "no repairs" + (f" with status {status}" if status else "")
-        if state is None:
-            none += f" (no state at {config.state.directory} yet: nothing was journaled)"
-        click.echo(none)
-        return
-    console = make_console()
-    table = Table(title_justify="left")
-    for col in ("id", "when (UTC)", "repair", "target", "status", "by", "why / outcome"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        when = datetime.fromtimestamp(e.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(
-            str(e.id),
-            when,
-            e.repair,
-            e.target,
-            e.status + (" (acked)" if e.acked_at is not None else ""),
-            e.decided_by or e.requested_by,
-            (f"acked by {e.acked_by}: {e.ack_reason}" if e.acked_at is not None else "")
-            or e.refusal
-            or e.verification
-            or (e.output or "")[-200:],
-        )
-    console.print(table)
-
-
-@repairs_group.command("list")
-@config_option
-@click.option("--status", type=click.Choice(STATUSES), help="Only this status.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
-@format_option
-def repairs_list(config_path: Path, status: str | None, limit: int, fmt: str) -> None:
-    """The journal, newest first: every decision, refusals with their reason."""
-    _list(config_path, status, limit, fmt)
-
-
-@repairs_group.command("pending")
-@config_option
-@format_option
-def repairs_pending(config_path: Path, fmt: str) -> None:
-    """Repairs waiting for an operator's approval."""
-    _list(config_path, "pending", 1000, fmt)
-
-
-@repairs_group.command("approve")
-@config_option
-@click.argument("entry_id", type=int, required=False)
-@click.option("--batch", metavar="BATCH_ID", help="Every pending repair of a batch (evacuate).")
-@format_option
-def repairs_approve(config_path: Path, entry_id: int | None, batch: str | None, fmt: str) -> None:
-    """Approve a pending repair (or a whole batch): the guard checks everything again, then
-    runs it."""
-    if (entry_id is None) == (batch is None):
-        raise click.UsageError("give a repair id or --batch BATCH_ID (one of them)")
-    config = load(config_path)
-    if batch is not None:
-        from bup_watchdog.evacuate import EvacuateUsageError, approve_batch
-
-        try:
-            code = approve_batch(_guard(config), batch, who=_who(), fmt=fmt)
-        except EvacuateUsageError as exc:
-            _fail(str(exc), 2)
-        except WatchdogError as exc:
-            _fail(str(exc))
-        sys.exit(code)
-    assert entry_id is not None
-    try:
-        decision = _guard(config).approve(entry_id, _who())
-    except WatchdogError as exc:
-        _fail(str(exc))
-    _print_decision(decision, fmt)
-    sys.exit(_DECISION_EXIT.get(decision.status, 1))
-
-
-@repairs_group.command("deny")
-@config_option
-@click.argument("entry_id", type=int)
-@click.option("--why", default="", help="Why, for the journal.")
-@format_option
-def repairs_deny(config_path: Path, entry_id: int, why: str, fmt: str) -> None:
-    """Deny a pending repair; it will not run."""
-    config = load(config_path)
-    try:
-        decision = _guard(config).deny(entry_id, _who(), why)
-    except WatchdogError as exc:
-        _fail(str(exc))
-    if fmt == "json":
-        click.echo(json.dumps({"id": decision.entry_id, "status": decision.status}))
-        return
-    click.echo(f"repair #{decision.entry_id}: {decision.status}")
-
-
-@repairs_group.command("ack")
-@config_option
-@click.argument("entry_id", type=int)
-@click.option("--why", required=True, help="What was checked on the target, for the journal.")
-@format_option
-def repairs_ack(config_path: Path, entry_id: int, why: str, fmt: str) -> None:
-    """Acknowledge an interrupted repair once its target was checked by hand.
-
-    Its status stays interrupted (the journal keeps what happened); it no longer counts in
-    bupwatch_repairs_open, so BupWatchInterruptedRepair resolves. A later successful run of the
-    same repair on the same target acknowledges it by itself.
-    """
-    from bup_watchdog.journal import Journal
-    from bup_watchdog.runner import open_state
-
-    config = load(config_path)
-    try:
-        entry = Journal(open_state(config)).ack(entry_id, _who(), why)
-    except WatchdogError as exc:
-        _fail(str(exc))
-    if fmt == "json":
-        click.echo(json.dumps(entry.as_dict()))
-        return
-    click.echo(
-        f"repair #{entry.id} {entry.repair} on {entry.target}: interrupted, acknowledged by "
-        f"{entry.acked_by}: {entry.ack_reason}"
-    )
 
 
 _AUDIT_EXT = {"html": "html", "md": "md", "json": "json"}
@@ -778,7 +314,7 @@ def _fresh_sweep(
 )
 @server_option
 @only_option
-@click.option("--check", "old_checks", multiple=True, hidden=True, callback=_deprecated("--only"))
+@click.option("--check", "old_checks", multiple=True, hidden=True, callback=deprecated("--only"))
 @click.option(
     "--since",
     default="7d",
@@ -832,7 +368,7 @@ def audit_cmd(
         since_seconds = history_window(since)
         wanted_checks = check_names((*checks, *old_checks))
         # Without --fresh the report only reads: no state yet is an empty one, not a new file.
-        state = open_state(config) if fresh else _existing_state(config) or State(MEMORY)
+        state = open_state(config) if fresh else existing_state(config) or State(MEMORY)
         servers = servers_from_state(state)
         if not servers and not fresh:  # nothing cached yet: names from the source, if it answers
             try:
@@ -842,7 +378,7 @@ def audit_cmd(
         if fresh:
             result = _fresh_sweep(config, state, tuple(server), wanted_checks)
             if result is None:
-                _fail("no check is enabled in the config; nothing to sweep")
+                fail("no check is enabled in the config; nothing to sweep")
             servers = dict(result.inventory.servers)
         scope = Scope(resolve_servers(server, servers, state), wanted_checks)
         settings = ReportSettings.from_config(config, max_projects=max_projects)
@@ -851,11 +387,11 @@ def audit_cmd(
         )
         text = render(report, fmt)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except WatchdogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except sqlite3.Error as exc:
-        _fail(f"cannot read the state database: {exc}")
+        fail(f"cannot read the state database: {exc}")
     if output == "-":
         click.echo(text, nl=False)
         return
@@ -866,7 +402,7 @@ def audit_cmd(
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        _fail(f"cannot write the report to {path}: {exc.strerror or exc}")
+        fail(f"cannot write the report to {path}: {exc.strerror or exc}")
     summary = report["summary"]
     click.echo(
         f"audit: {summary['verdict'].upper()}, {summary['failing_projects']} failing projects, "
@@ -944,9 +480,9 @@ def archive_audit(config_path: Path, path: str, **opts: object) -> None:
         )
         code = run_command(config, path, options)
     except ArchiveUsageError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except WatchdogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sys.exit(code)
 
 
@@ -983,7 +519,7 @@ def config_check(path: Path | None, config_path: Path) -> None:
     given = click.get_current_context().get_parameter_source("config_path")
     named_twice = path is not None and given is not click.core.ParameterSource.DEFAULT
     if named_twice and path is not None and path.resolve() != config_path.resolve():
-        _fail(f"two configs named: {path} and {config_path} (-c/$BUP_WATCHDOG_CONFIG)", 2)
+        fail(f"two configs named: {path} and {config_path} (-c/$BUP_WATCHDOG_CONFIG)", 2)
     path = path or config_path
     problems: list[str] = []
     inventory: Path | None = None
@@ -1042,7 +578,7 @@ def files_cmd(dest: Path | None, force: bool) -> None:
     from bup_watchdog.files import FilesExistError, copy_files, shipped_files
 
     if force and dest is None:
-        _fail("--force goes with --dest", 2)
+        fail("--force goes with --dest", 2)
     if dest is None:
         for f in shipped_files():
             kind = "program" if f.executable else "file"
@@ -1051,9 +587,9 @@ def files_cmd(dest: Path | None, force: bool) -> None:
     try:
         written = copy_files(dest, force=force)
     except FilesExistError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     except OSError as exc:
-        _fail(f"cannot copy the files to {dest}: {exc.strerror or exc}", 1)
+        fail(f"cannot copy the files to {dest}: {exc.strerror or exc}", 1)
     for path in written:
         click.echo(str(path))
     click.echo(f"{len(written)} files copied to {dest}", err=True)
@@ -1090,7 +626,7 @@ def inventory_load(config_path: Path, path: Path, replication_factor: int | None
         with source.db as db:
             stats = write_inventory(db, inventory, replication_factor=replication_factor)
     except WatchdogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     migrated = (
         f"; schema migrations applied: {', '.join(map(str, stats.migrations))}"
         if stats.migrations
@@ -1133,7 +669,7 @@ def inventory_migrate(config_path: Path, replication_factor: int | None) -> None
             except driver_errors() as exc:
                 raise db.failed(exc, "migrating the schema") from None
     except WatchdogError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
     click.echo(f"keyspace {db.keyspace} at {db.where}: schema version {LATEST} ({done})")
 

@@ -344,7 +344,7 @@ def test_every_command_names_a_concept_the_same_way() -> None:
     import click
 
     from bup_watchdog import journal
-    from bup_watchdog.cli import STATUSES
+    from bup_watchdog.cli_repairs import STATUSES
 
     printing = [
         ("check",),
