@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bup_watchdog.errors import WatchdogError
 from bup_watchdog.model import Finding, HostFacts, Inventory, Project, Server
+from bup_watchdog.repair_request import RepairRequest as RepairRequest  # the guard's type
 from bup_watchdog.transport.base import CommandResult, Transport
 
 Mode = Literal["off", "dry-run", "approve", "auto"]
@@ -63,25 +64,6 @@ class RepairSettings(BaseModel):
 
 class RepairError(WatchdogError):
     """A repair step failed; the message is what the journal and the operator see."""
-
-
-@dataclass(frozen=True, slots=True)
-class RepairRequest:
-    """A wish to repair something, from the schedule, the CLI, the API or an alert."""
-
-    repair: str
-    server_id: str
-    project_id: str | None = None
-    requested_by: str = "cli"
-    reason: str = ""
-    fingerprint: str | None = None
-    #: Extra validated parameters (e.g. the master for resync_replica comes from the inventory).
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def target(self) -> str:
-        """What the lease is taken on: a project's copy on a server, or the server."""
-        return f"{self.server_id}/{self.project_id}" if self.project_id else self.server_id
 
 
 @dataclass(frozen=True, slots=True)

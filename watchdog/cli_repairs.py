@@ -125,7 +125,7 @@ def repair_cmd(
     TARGET is SERVER (for server repairs) or SERVER/PROJECT_ID; SERVER is an id or a name.
     Exit code: 0 done (or planned), 1 failed or stopped on a conflict, 2 refused, 3 could not run.
     """
-    from bup_watchdog.repairs.base import RepairRequest
+    from bup_watchdog.guard import RepairRequest
 
     if dry_run and execute:
         raise click.UsageError("--dry-run and --execute contradict each other: give one")

@@ -31,7 +31,7 @@ from bup_watchdog import logs
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.config import Config
 from bup_watchdog.errors import WatchdogError
-from bup_watchdog.guard import Guard
+from bup_watchdog.guard import Guard, RepairRequest
 from bup_watchdog.http.app import HttpServer, create_app
 from bup_watchdog.http.auth import read_token
 from bup_watchdog.http.limits import HttpLimits
@@ -42,7 +42,6 @@ from bup_watchdog.membership import Membership
 from bup_watchdog.metrics import StateCollector, exposition
 from bup_watchdog.model import Finding, Inventory, Server, Severity
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
-from bup_watchdog.repairs.base import RepairRequest
 from bup_watchdog.report import ReportSettings
 from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from bup_watchdog.silences import Silencer

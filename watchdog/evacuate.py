@@ -95,7 +95,7 @@ def submit_plan(
     approve mode each waits as a pending row. A move already waiting for approval (an earlier
     evacuation, or ``repair move_project``) is not asked for twice: its row joins this batch's
     list as it is. A refusal that holds for every move stops it."""
-    from bup_watchdog.repairs.base import RepairRequest
+    from bup_watchdog.guard import RepairRequest
 
     waiting = {
         (e.server_id, e.project_id): e

@@ -39,8 +39,9 @@ from bup_watchdog.journal import (
 from bup_watchdog.leases import LeaseBackend, lease_backend
 from bup_watchdog.model import Finding, Inventory, Severity, is_v4_uuid
 from bup_watchdog.repair_context import Context
+from bup_watchdog.repair_request import RepairRequest as RepairRequest  # faces use it from here
 from bup_watchdog.repairs import registry as repair_registry
-from bup_watchdog.repairs.base import Repair, RepairRequest, RepairSettings, Step
+from bup_watchdog.repairs.base import Repair, RepairSettings, Step
 from bup_watchdog.state import State
 from bup_watchdog.transport.base import CommandResult
 

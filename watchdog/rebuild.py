@@ -325,7 +325,7 @@ def run_plan(
     """Submit the plan's copies to the guard in order, ``budget.parallel`` at once; ``execute``
     counts as the operator's approval. A refusal that holds for every copy (STOPPING) stops the
     run: no copy is submitted after it; those not submitted are ``left``."""
-    from bup_watchdog.repairs.base import RepairRequest
+    from bup_watchdog.guard import RepairRequest
 
     result = RunResult(run_id)
     queue = list(plan.todo)

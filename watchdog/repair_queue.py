@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bup_watchdog.errors import WatchdogError
-from bup_watchdog.guard import Decision, Guard
-from bup_watchdog.repairs.base import RepairRequest
+from bup_watchdog.guard import Decision, Guard, RepairRequest
 from bup_watchdog.silences import Silencer
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bup_watchdog.config import AlertsConfig
-from bup_watchdog.guard import alert_cooldown
+from bup_watchdog.guard import RepairRequest, alert_cooldown
 from bup_watchdog.journal import ALERT_REQUESTER, Journal
 from bup_watchdog.model import is_uuid, is_v4_uuid
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
-from bup_watchdog.repairs.base import Repair, RepairRequest, RepairSettings
+from bup_watchdog.repairs.base import Repair, RepairSettings
 from bup_watchdog.state import State, StateError
 
 log = logging.getLogger(__name__)

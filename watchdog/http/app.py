@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bup_watchdog import __version__
 from bup_watchdog.config import AlertsConfig
 from bup_watchdog.errors import WatchdogError
+from bup_watchdog.guard import RepairRequest
 from bup_watchdog.http.alertmanager import WebhookPayload
 from bup_watchdog.http.alertmanager import handle as handle_alerts
 from bup_watchdog.http.auth import AuthFirstRoute, TokenAuth
@@ -28,7 +29,6 @@ from bup_watchdog.journal import Journal
 from bup_watchdog.metrics import exposition
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
 from bup_watchdog.repairs import registry as repair_registry
-from bup_watchdog.repairs.base import RepairRequest
 from bup_watchdog.report import (
     ReportSettings,
     Scope,
