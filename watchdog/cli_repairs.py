@@ -11,9 +11,10 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -59,6 +60,18 @@ def _guard(config: Config) -> Guard:
     return guard
 
 
+def _exit_with(work: Callable[[], int], usage_error: type[Exception]) -> NoReturn:
+    """Exit with the code ``work`` returns: 2 (and its one line) for its usage errors, 3 for
+    anything else the watchdog could not do."""
+    try:
+        code = work()
+    except usage_error as exc:
+        fail(str(exc), 2)
+    except WatchdogError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
 def _parse_target(inventory: Inventory, target: str) -> tuple[str, str | None]:
     """'SERVER' or 'SERVER/PROJECT', the server by id or name."""
     server, _, project = target.partition("/")
@@ -67,7 +80,8 @@ def _parse_target(inventory: Inventory, target: str) -> tuple[str, str | None]:
     return sid, (project.lower() if project else None)
 
 
-def _print_decision(decision: Decision, fmt: str) -> None:
+def _print_decision_and_exit(decision: Decision, fmt: str) -> NoReturn:
+    """Print the guard's decision, then exit with its code (``_DECISION_EXIT``)."""
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -79,11 +93,12 @@ def _print_decision(decision: Decision, fmt: str) -> None:
                 }
             )
         )
-        return
-    click.echo(f"repair #{decision.entry_id}: {decision.status} — {decision.message}")
-    for i, step in enumerate(decision.plan, 1):
-        click.echo(f"  {i}. on {step['on']}: {step['command']}")
-        click.echo(f"     ({step['description']})")
+    else:
+        click.echo(f"repair #{decision.entry_id}: {decision.status} — {decision.message}")
+        for i, step in enumerate(decision.plan, 1):
+            click.echo(f"  {i}. on {step['on']}: {step['command']}")
+            click.echo(f"     ({step['description']})")
+    sys.exit(_DECISION_EXIT.get(decision.status, 1))
 
 
 _DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "refused": 2}
@@ -161,8 +176,7 @@ def repair_cmd(
         decision = guard.submit(req, execute=mode == "execute")
     except WatchdogError as exc:
         fail(str(exc))
-    _print_decision(decision, fmt)
-    sys.exit(_DECISION_EXIT.get(decision.status, 1))
+    _print_decision_and_exit(decision, fmt)
 
 
 @click.command("rebuild")
@@ -194,14 +208,10 @@ def rebuild_cmd(config_path: Path, host: str, **opts: str | int | bool | None) -
     if opts["dry_run"] and opts["execute"]:
         raise click.UsageError("--dry-run and --execute contradict each other: give one")
     config = load(config_path)
-    try:
-        options = parse_command(opts, who=_who())
-        code = run_command(config, host, options, _guard(config))
-    except RebuildUsageError as exc:
-        fail(str(exc), 2)
-    except WatchdogError as exc:
-        fail(str(exc))
-    sys.exit(code)
+    _exit_with(
+        lambda: run_command(config, host, parse_command(opts, who=_who()), _guard(config)),
+        RebuildUsageError,
+    )
 
 
 @click.command("evacuate")
@@ -245,13 +255,7 @@ def evacuate_cmd(config_path: Path, host: str, **opts: str | int | bool | None) 
         who=_who(),
     )
     config = load(config_path)
-    try:
-        code = run_command(config, host, options, _guard(config))
-    except EvacuateUsageError as exc:
-        fail(str(exc), 2)
-    except WatchdogError as exc:
-        fail(str(exc))
-    sys.exit(code)
+    _exit_with(lambda: run_command(config, host, options, _guard(config)), EvacuateUsageError)
 
 
 @click.group("repairs")
@@ -359,8 +363,7 @@ def repairs_approve(config_path: Path, entry_id: int | None, batch: str | None, 
         decision = _guard(config).approve(entry_id, _who())
     except WatchdogError as exc:
         fail(str(exc))
-    _print_decision(decision, fmt)
-    sys.exit(_DECISION_EXIT.get(decision.status, 1))
+    _print_decision_and_exit(decision, fmt)
 
 
 @repairs_group.command("deny")
