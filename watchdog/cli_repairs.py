@@ -1,8 +1,9 @@
 """The commands that change storage, all through the guard: ``repair``, ``rebuild``,
 ``evacuate``, and the ``repairs`` journal (list, approve, deny, acknowledge).
 
-Each one asks the guard (``bup_watchdog.guard``), which journals its decision, and prints it; none
-runs a repair routine itself. Registered on the command group in ``cli``.
+Each command that would run a repair asks the guard (``bup_watchdog.guard``), which journals its
+decision, and prints it; none runs a repair routine itself (``repairs list`` and ``pending`` read
+the journal, ``repairs ack`` writes an acknowledgement into it). Registered on the group in ``cli``.
 """
 
 from __future__ import annotations
