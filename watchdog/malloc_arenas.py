@@ -1,4 +1,4 @@
-"""glibc malloc settings for a long-lived watchdog: fewer arenas, a fixed mmap threshold.
+"""glibc malloc settings for a long-lived watchdog: fewer arenas, an mmap threshold that stays put.
 
 **Arenas.** glibc gives each thread that allocates while another holds an arena an arena of its
 own, up to 8 per core. A sweep's SSH transport and reader threads (two per host) each leave their
@@ -9,13 +9,14 @@ their time waiting on sockets; they do not contend for malloc).
 
 **The mmap threshold.** A block of at least the threshold gets a mapping of its own, returned to
 the system when freed; smaller ones come from the heap, whose free gaps stay in the process. glibc
-raises the threshold each time a mapped block is freed (up to 32 MB), so after the first sweep the
-per-host columns of the incremental cache and the facts' tables (100–600 KB each, made anew every
-sweep) all came from the heap, and ~23 MB of it sat free between sweeps at 200,000 repositories.
-Fixed at 64 KiB they are mapped and given back: the peak RSS of the incremental sweeps (kept
-200,000-repository sandbox fleet, ``bench/watchdog_run.py --sweeps 1 --incremental 3``) fell
-from 237–242 MB to ~222 MB with the same CPU time; at 32 KiB the page faults of the fresh
-mappings cost the incremental sweeps ~20 % more CPU for 1 MB less.
+starts at 128 KiB but raises the threshold each time a mapped block is freed (up to 32 MB), so
+after the first sweep the per-host tables made anew every sweep (the facts' dicts, cache columns:
+100-600 KB each) all came from the heap, and ~23 MB of it sat free between sweeps at 200,000
+repositories. Kept at 128 KiB they are mapped and given back: the peak RSS of the incremental
+sweeps (kept 200,000-repository sandbox fleet, ``bench/watchdog_run.py --sweeps 1 --incremental
+3``) fell from 238-244 MB to 226-228 MB with the same CPU time. 64 KiB saved ~1.5 MB more but
+cost the incremental sweeps ~5-10 % more CPU in two of three pairings (page faults of fresh
+mappings), 32 KiB ~20 % more.
 
 An operator's own ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` (read by glibc at start)
 wins: then that setting is left alone. Other C libraries (musl) have no ``mallopt``: nothing to
@@ -29,7 +30,7 @@ import os
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 M_ARENA_MAX = -8
 ARENAS = 2
-MMAP_THRESHOLD = 64 * 1024
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, no longer raised
 
 
 def _mallopt(param: int, value: int) -> bool:

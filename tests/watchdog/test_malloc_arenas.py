@@ -10,7 +10,7 @@ import sys
 
 CALL = "from bup_watchdog.malloc_arenas import {f} as f; print(f())"
 
-# A 100 KB block after a 4 MiB mapped block was freed (which raises glibc's dynamic threshold to
+# A 200 KB block after a 4 MiB mapped block was freed (which raises glibc's dynamic threshold to
 # 4 MiB): how many more blocks glibc holds mapped (mallinfo2's hblks) once it is allocated.
 MAPPED_AFTER = """
 import ctypes, sys
@@ -25,7 +25,7 @@ del big
 if sys.argv[1] == "fix":
     assert fix_mmap_threshold()
 before = info().hblks
-block = bytearray(100_000)
+block = bytearray(200_000)
 print(info().hblks - before)
 """
 
@@ -57,7 +57,7 @@ def test_the_mmap_threshold_is_fixed_on_this_glibc_machine() -> None:
 
 
 def test_an_operators_mmap_threshold_is_left_as_it_is() -> None:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     assert _run(env, CALL.format(f="fix_mmap_threshold")) == "False"
 
 
