@@ -12,9 +12,10 @@ the system when freed; smaller ones come from the heap, whose free gaps stay in 
 starts at 128 KiB but raises the threshold each time a mapped block is freed (up to 32 MB), so
 after the first sweep the per-host tables made anew every sweep (the facts' dicts, cache columns:
 100-600 KB each) all came from the heap, and ~23 MB of it sat free between sweeps at 200,000
-repositories. Kept at 128 KiB they are mapped and given back: the peak RSS of the incremental
-sweeps (kept 200,000-repository sandbox fleet, ``bench/watchdog_run.py --sweeps 1 --incremental
-3``) fell from 238-244 MB to 226-228 MB with the same CPU time. 64 KiB saved ~1.5 MB more but
+repositories. Kept at 128 KiB, those of 128 KiB and more are mapped and given back: the peak RSS
+of the incremental sweeps (kept 200,000-repository sandbox fleet, ``bench/watchdog_run.py
+--sweeps 1 --incremental 3``) fell from 238-244 MB to 226-228 MB with the same CPU time (heap
+54 MB, 23 free -> 34 MB, 8 free: smaller tables are reused there). 64 KiB saved ~1.5 MB more but
 cost the incremental sweeps ~5-10 % more CPU in two of three pairings (page faults of fresh
 mappings), 32 KiB ~20 % more.
 
