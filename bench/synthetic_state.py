@@ -127,8 +127,8 @@ def build_synthetic_state(
             (master, SHA_A, saved),
             (replica, SHA_A if not lag else SHA_B, saved - lag),
         ):
-            repos[sid][pid] = RepoFacts(
-                project_id=pid,
+            repos[sid][pid] = RepoFacts.of(
+                pid,
                 master_sha=sha,
                 reflog_last_time=when,
                 pack_count=rnd.randint(1, 40),

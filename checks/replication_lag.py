@@ -55,7 +55,7 @@ def with_heads(
         host.gathered_at = min(host.gathered_at, h.swept_at)
         if h.published_by not in host.hello[PUBLISHED]:
             host.hello[PUBLISHED].append(h.published_by)
-        host.repos[h.project_id] = RepoFacts(
+        host.repos[h.project_id] = RepoFacts.of(
             h.project_id, master_sha=h.master_sha, reflog_last_time=h.saved_at
         )
     out.update(remote)
@@ -105,7 +105,7 @@ class ReplicationLag(Check[ReplicationLagSettings]):
             if project.deleted or master_host is None:
                 continue
             master = master_host.repos.get(project.project_id)
-            if master is None or master.master_sha is None:
+            if master is None or not master.master_known:
                 continue  # repo_integrity reports a missing or unreadable master
             for replica_id in project.replicas:
                 if replica_id == project.master:
@@ -114,7 +114,7 @@ class ReplicationLag(Check[ReplicationLagSettings]):
                 if host is None:
                     continue
                 replica = host.repos.get(project.project_id)
-                if replica is not None and replica.master_sha == master.master_sha:
+                if replica is not None and replica.same_master(master):
                     continue  # most replicas: in step
 
                 def finding(
@@ -160,7 +160,7 @@ class ReplicationLag(Check[ReplicationLagSettings]):
                         "behind",
                         f"the replica is {_age(lag)} behind the master "
                         f"(has {(replica.master_sha or '?')[:12]}, master has "
-                        f"{master.master_sha[:12]})",
+                        f"{(master.master_sha or '?')[:12]})",
                         lag,
                     )
 
@@ -195,7 +195,7 @@ def replica_lags(facts: FleetFacts, inventory: Inventory) -> dict[str, list[floa
         if project.deleted or m_host is None or not m_host.probed:
             continue
         master = m_host.repos.get(project.project_id)
-        if master is None or master.master_sha is None or master.reflog_last_time is None:
+        if master is None or not master.master_known or master.reflog_last_time is None:
             continue
         for rid in project.replicas:
             r_host = _swept(facts, rid)
@@ -205,7 +205,7 @@ def replica_lags(facts: FleetFacts, inventory: Inventory) -> dict[str, list[floa
             if replica is None or replica.reflog_last_time is None:
                 continue
             lag = 0.0
-            if replica.master_sha != master.master_sha:
+            if not replica.same_master(master):
                 lag = max(0.0, float(master.reflog_last_time - replica.reflog_last_time))
             out.setdefault(rid, []).append(lag)
     return out

@@ -109,7 +109,7 @@ class RepoGarbage(Check[RepoGarbageSettings]):
                     and odd.midx_count <= midx
                     and repo.pack_count <= packs
                     and odd.idx_without_pack <= 0
-                    and (repo.bupindex_bytes is None or repo.bupindex_bytes <= bupindex)
+                    and ((index := repo.bupindex_bytes) is None or index <= bupindex)
                 ):
                     continue
                 for severity, code, message, value in _garbage(repo, settings):

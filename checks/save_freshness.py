@@ -73,7 +73,7 @@ def _masters(facts: FleetFacts, inventory: Inventory) -> Iterator[tuple[HostFact
 
 
 def _never_saved(repo: RepoFacts) -> bool:
-    return repo.master_sha is None and repo.reflog_last_time is None
+    return not repo.master_known and repo.reflog_last_time is None
 
 
 def _live_files(host: HostFacts, inventory: Inventory, project_id: str) -> bool | None:
@@ -140,7 +140,7 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
         whether they hold files is unknown, so an open finding stays open."""
         for host, repo in _masters(facts, inventory):
             if (  # _never_saved, inline: this runs for every master
-                repo.master_sha is None
+                not repo.master_known
                 and repo.reflog_last_time is None
                 and repo.touch_mtime is None
                 and _live_files(host, inventory, repo.project_id) is None

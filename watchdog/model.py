@@ -19,7 +19,22 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
+from bup_watchdog import repo_numbers
 from bup_watchdog.errors import ProbeError
+from bup_watchdog.repo_numbers import (
+    AT_BUPINDEX,
+    AT_REFLOG,
+    AT_REPO,
+    AT_SAVE_LOG,
+    AT_TOUCH,
+    NO_BUPINDEX,
+    NO_REFLOG,
+    NO_SAVE_LOG,
+    NO_TOUCH,
+    read_float,
+    read_int,
+)
+from bup_watchdog.repo_numbers import SIZE as _NO_SHA_SIZE
 
 if TYPE_CHECKING:  # live_dirs imports this module
     from bup_watchdog.live_dirs import ProjectDirFacts
@@ -358,6 +373,9 @@ class RepoOddities(msgspec.Struct, frozen=True, gc=False):
     errors: tuple[str, ...] = ()
     #: All symlinks leading out of the repository; ``symlinks_outside`` lists only the first few.
     symlinks_outside_count: int = 0
+    #: The master's commit as the probe read it when that is not 40 lower-case hex digits (ours
+    #: never sends one such): RepoFacts packs a commit id written as git writes it.
+    master_text: str | None = None
 
 
 #: The oddities of a repository that has none (nearly every one): one instance, shared.
@@ -369,30 +387,95 @@ class RepoFacts(msgspec.Struct, frozen=True, gc=False):
 
     A frozen msgspec Struct rather than a dataclass: built in C and never tracked by the garbage
     collector (it holds no container that could lead back to it), so 100,000 of them cost a
-    sweep no collector passes (``msgspec.structs.replace`` copies one with changes). What is
-    nearly always empty is in ``odd`` (see RepoOddities), read as attributes of its own; build
-    one with any of those by ``RepoFacts.of``.
+    sweep no collector passes. What is nearly always empty is in ``odd`` (see RepoOddities);
+    the sizes, times and commit id are packed in ``numbers`` (see ``repo_numbers``): ~150 bytes
+    fewer per repository than as objects of their own. All of them are read as attributes
+    (properties); build one with any of them by ``RepoFacts.of``, copy one with changes by
+    ``replace``.
     """
 
     project_id: str
     head: str | None = None
-    master_sha: str | None = None
     master_in_pack: bool | None = None
     pack_count: int = 0
-    bupindex_bytes: int | None = None
-    repo_bytes: int = 0
-    reflog_last_time: int | None = None
-    save_log_bytes: int | None = None
-    touch_mtime: float | None = None
     replicas: tuple[str, ...] | None = None
     settings: Mapping[str, Any] | None = None
     odd: RepoOddities = NO_ODDITIES
+    numbers: bytes = repo_numbers.EMPTY
 
     @classmethod
     def of(cls, project_id: str, **fields: Any) -> RepoFacts:
-        """RepoFacts from keyword fields, RepoOddities' among them."""
+        """RepoFacts from keyword fields, the packed ones and RepoOddities' among them (ValueError
+        when a size or time is not a 64-bit number)."""
+        numbers, text = repo_numbers.pack(
+            fields.pop("bupindex_bytes", None),
+            fields.pop("repo_bytes", 0),
+            fields.pop("reflog_last_time", None),
+            fields.pop("save_log_bytes", None),
+            fields.pop("touch_mtime", None),
+            fields.pop("master_sha", None),
+        )
         odd = {k: fields.pop(k) for k in RepoOddities.__struct_fields__ if k in fields}
-        return cls(project_id, **fields, odd=_oddities(RepoOddities(**odd)) if odd else NO_ODDITIES)
+        if text is not None:
+            odd["master_text"] = text
+        return cls(
+            project_id,
+            **fields,
+            odd=_oddities(RepoOddities(**odd)) if odd else NO_ODDITIES,
+            numbers=numbers,
+        )
+
+    def replace(self, **changes: Any) -> RepoFacts:
+        """A copy with ``changes``: any name ``of`` takes."""
+        fields = {name: getattr(self, name) for name in _REPO_FACTS_NAMES[1:]}
+        fields.update(changes)
+        return RepoFacts.of(self.project_id, **fields)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _REPO_FACTS_NAMES[:12])
+        return f"RepoFacts({shown}, odd={self.odd!r})"
+
+    @property
+    def master_sha(self) -> str | None:
+        n = self.numbers
+        return n[_NO_SHA_SIZE:].hex() if len(n) > _NO_SHA_SIZE else self.odd.master_text
+
+    @property
+    def master_known(self) -> bool:
+        """``master_sha is not None``, without making its text (the checks ask for every copy)."""
+        return len(self.numbers) > _NO_SHA_SIZE or self.odd.master_text is not None
+
+    def same_master(self, other: RepoFacts) -> bool:
+        """``self.master_sha == other.master_sha``, without making their texts."""
+        a, b = self.numbers, other.numbers
+        if len(a) > _NO_SHA_SIZE and len(b) > _NO_SHA_SIZE:
+            return a[_NO_SHA_SIZE:] == b[_NO_SHA_SIZE:]
+        return self.master_sha == other.master_sha
+
+    @property
+    def bupindex_bytes(self) -> int | None:
+        n = self.numbers
+        return None if n[0] & NO_BUPINDEX else read_int(n, AT_BUPINDEX)[0]
+
+    @property
+    def repo_bytes(self) -> int:
+        size: int = read_int(self.numbers, AT_REPO)[0]
+        return size
+
+    @property
+    def reflog_last_time(self) -> int | None:
+        n = self.numbers
+        return None if n[0] & NO_REFLOG else read_int(n, AT_REFLOG)[0]
+
+    @property
+    def save_log_bytes(self) -> int | None:
+        n = self.numbers
+        return None if n[0] & NO_SAVE_LOG else read_int(n, AT_SAVE_LOG)[0]
+
+    @property
+    def touch_mtime(self) -> float | None:
+        n = self.numbers
+        return None if n[0] & NO_TOUCH else read_float(n, AT_TOUCH)[0]
 
     @property
     def dir_name(self) -> str | None:
@@ -454,6 +537,17 @@ class RepoFacts(msgspec.Struct, frozen=True, gc=False):
         replicas = record_value(rec, "replicas", list)
         pid = sys.intern(project_id.lower())  # shared with the project_dir's facts
         name = os.path.basename(record_value(rec, "path", str, "")) or pid
+        try:
+            numbers, master_text = repo_numbers.pack(
+                record_value(rec, "bupindex_bytes", int),
+                record_value(rec, "repo_bytes", int, 0),
+                record_value(rec, "reflog_last_time", int),
+                record_value(rec, "save_log_bytes", int),
+                record_value(rec, "touch_mtime", float),
+                record_value(rec, "master_sha", str),
+            )
+        except ValueError as exc:
+            raise ProbeError(f"probe record 'repo' for {pid}: {exc}") from None
         odd = RepoOddities(
             dir_name=None if name == pid else name,
             is_symlink=record_value(rec, "is_symlink", bool, False),
@@ -468,33 +562,41 @@ class RepoFacts(msgspec.Struct, frozen=True, gc=False):
             symlinks_outside=tuple(str(x) for x in record_value(rec, "symlinks_outside", list, [])),
             errors=tuple(str(x) for x in record_value(rec, "errors", list, [])),
             symlinks_outside_count=record_value(rec, "symlinks_outside_count", int, 0),
+            master_text=master_text,
         )
         return cls(
             project_id=pid,
             head=record_value(rec, "head", str),
-            master_sha=_shared_sha(record_value(rec, "master_sha", str)),
             master_in_pack=record_value(rec, "master_in_pack", bool),
             pack_count=record_value(rec, "pack_count", int, 0),
-            bupindex_bytes=record_value(rec, "bupindex_bytes", int),
-            repo_bytes=record_value(rec, "repo_bytes", int, 0),
-            reflog_last_time=record_value(rec, "reflog_last_time", int),
-            save_log_bytes=record_value(rec, "save_log_bytes", int),
-            touch_mtime=record_value(rec, "touch_mtime", float),
             replicas=None if replicas is None else tuple(_shared_text(x) for x in replicas),
             settings=record_value(rec, "settings", dict),
             odd=_oddities(odd),
+            numbers=numbers,
         )
+
+
+#: What a RepoFacts is, as its repr and ``replace`` name it: the fields and the packed numbers.
+_REPO_FACTS_NAMES = (
+    "project_id",
+    "head",
+    "master_sha",
+    "master_in_pack",
+    "pack_count",
+    "bupindex_bytes",
+    "repo_bytes",
+    "reflog_last_time",
+    "save_log_bytes",
+    "touch_mtime",
+    "replicas",
+    "settings",
+    *(name for name in RepoOddities.__struct_fields__ if name != "master_text"),
+)
 
 
 def _oddities(odd: RepoOddities) -> RepoOddities:
     """``odd``, or the shared empty instance when it is empty."""
     return NO_ODDITIES if odd == NO_ODDITIES else odd
-
-
-def _shared_sha(sha: str | None) -> str | None:
-    """A commit id as one shared object: a project's copies on its master and replicas name
-    the same commit while they are in step (4 MB fewer at 100,000 repositories)."""
-    return sys.intern(sha) if sha is not None and len(sha) == 40 else sha
 
 
 def _shared_text(value: object) -> str:

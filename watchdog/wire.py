@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from bup_watchdog import repo_numbers
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.live_dirs import ProjectDirFacts, owned_as_usual
 from bup_watchdog.model import NO_ODDITIES, NOTHING, RepoFacts, RepoOddities, remembered_uid
@@ -31,17 +32,12 @@ _V4_ANY_CASE = re.compile(
 _REPO_FACTS_ORDER = (
     "project_id",
     "head",
-    "master_sha",
     "master_in_pack",
     "pack_count",
-    "bupindex_bytes",
-    "repo_bytes",
-    "reflog_last_time",
-    "save_log_bytes",
-    "touch_mtime",
     "replicas",
     "settings",
     "odd",
+    "numbers",
 )
 #: RepoOddities' fields, in the order ``WireReader.repo`` passes them.
 _ODDITIES_ORDER = (
@@ -58,6 +54,7 @@ _ODDITIES_ORDER = (
     "symlinks_outside",
     "errors",
     "symlinks_outside_count",
+    "master_text",
 )
 if (  # pragma: no cover - a guard
     RepoFacts.__struct_fields__ != _REPO_FACTS_ORDER
@@ -190,11 +187,22 @@ class WireReader:
             )
         elif settings is not None and len(known) < SHARED_MAX:
             known.append(settings)
-        sha = w.master_sha
+        try:
+            numbers, master_text = repo_numbers.pack(
+                w.bupindex_bytes,
+                w.repo_bytes,
+                w.reflog_last_time,
+                w.save_log_bytes,
+                w.touch_mtime,
+                w.master_sha,
+            )
+        except ValueError as exc:
+            raise ProbeError(f"line {line}: {exc}") from None
         pid = sys.intern(name.lower())
         odd = NO_ODDITIES
         if (  # nearly never: RepoOddities only for a repository that has one
             name != pid
+            or master_text is not None
             or w.is_symlink
             or w.master_error is not None
             or w.idx_without_pack
@@ -222,21 +230,17 @@ class WireReader:
                 tuple(w.symlinks_outside),
                 tuple(w.errors),
                 w.symlinks_outside_count,
+                master_text,
             )
         return RepoFacts(  # positionally, in _REPO_FACTS_ORDER: ~0.6 µs less per repository
             pid,  # project_id
             head,  # head
-            sys.intern(sha) if sha is not None and len(sha) == 40 else sha,  # master_sha
             w.master_in_pack,  # master_in_pack
             w.pack_count,  # pack_count
-            w.bupindex_bytes,  # bupindex_bytes
-            w.repo_bytes,  # repo_bytes
-            w.reflog_last_time,  # reflog_last_time
-            w.save_log_bytes,  # save_log_bytes
-            w.touch_mtime,  # touch_mtime
             replicas,  # replicas
             settings,  # settings
             odd,  # odd
+            numbers,  # numbers
         )
 
     @staticmethod

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgspec
 import pytest
 from click.testing import CliRunner, Result
 
@@ -167,10 +166,13 @@ def test_the_plan_is_pure_and_skips_a_copy_ahead_an_experimental_host_and_a_full
     assert plan == compute_plan(src, inv, facts)
     assert {m.project_id: names(fleet)[m.target_id or ""] for m in plan.moves} == WANT
     # c's copy of P1 saved after the source's: never a target for P1.
-    ahead = msgspec.structs.replace(
-        facts[c].repos[P1],
-        master_sha="0" * 40,
-        reflog_last_time=(facts[src].repos[P1].reflog_last_time or 0) + 60,
+    ahead = (
+        facts[c]
+        .repos[P1]
+        .replace(
+            master_sha="0" * 40,
+            reflog_last_time=(facts[src].repos[P1].reflog_last_time or 0) + 60,
+        )
     )
     facts_ahead = {**facts, c: dataclasses.replace(facts[c], repos={**facts[c].repos, P1: ahead})}
     moved = {m.project_id: m.target_id for m in compute_plan(src, inv, facts_ahead).moves}

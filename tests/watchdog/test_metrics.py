@@ -62,8 +62,8 @@ P = [pid(n) for n in range(len(LAGS))]
 
 
 def repo(project_id: str, *, sha: str = SHA_A, when: float = T0, save_log: int = 2000) -> RepoFacts:
-    return RepoFacts(
-        project_id=project_id,
+    return RepoFacts.of(
+        project_id,
         master_sha=sha,
         reflog_last_time=int(when),
         repo_bytes=100_000,

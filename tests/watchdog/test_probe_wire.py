@@ -306,6 +306,10 @@ P = f'"{PID}"'
             "names shared settings -1, but only 0 were sent",
         ),
         (f"[0,{P}".encode(), "truncated"),
+        (
+            f"[0,{P},null,null,null,null,0,{2**63}]".encode(),
+            "line 2: a size or time that is not a 64-bit number",
+        ),
         (f"[9,{P}]".encode(), "Invalid value 9"),
         (b"[" + b"x" * 5_000_000 + b"]", "malformed"),
         (f'[1,{P},0,0,{{"-1":3}}]'.encode(), "owners has a uid or count below 0"),
@@ -327,6 +331,7 @@ P = f'"{PID}"'
         "shared-replicas-unsent",
         "shared-settings-negative",
         "cut-short",
+        "size-past-64-bits",
         "unknown-kind",
         "huge",
         "negative-uid",
