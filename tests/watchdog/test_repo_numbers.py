@@ -1,4 +1,4 @@
-"""RepoFacts' sizes, times and commit id, packed in one bytes object, read back as they were given."""
+"""RepoFacts' sizes, times and commit id, packed in one bytes object, read back as given."""
 
 from __future__ import annotations
 
