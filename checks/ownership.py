@@ -15,7 +15,7 @@ from pydantic import Field
 
 from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
 from bup_watchdog.live_dirs import ProjectDirFacts
-from bup_watchdog.model import Finding, Inventory, Severity, remembered_uid
+from bup_watchdog.model import Finding, Inventory, Severity, project_uid_unchecked
 
 
 class OwnershipSettings(CheckSettings):
@@ -95,7 +95,7 @@ class Ownership(Check[OwnershipSettings]):
             for pid in placed.get(host.server_id, ()):
                 d = dirs.get(pid)
                 if d is not None and (
-                    d.usual or (not d.is_symlink and _owned(d, remembered_uid(pid)))
+                    d.usual or (not d.is_symlink and _owned(d, project_uid_unchecked(pid)))
                 ):
                     continue
                 found = self._judge(host.server_id, server.projects_root, pid, d, settings)
@@ -141,7 +141,7 @@ class Ownership(Check[OwnershipSettings]):
                 f"{live} is a symlink; not followed (a chown or rsync through it would "
                 "act elsewhere)",
             )
-        uid = remembered_uid(pid)
+        uid = project_uid_unchecked(pid)
         owners, sampled = _owner_counts(d)
         wrong = {u: n for u, n in owners.items() if u != uid}
         count = sum(wrong.values())

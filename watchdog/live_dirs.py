@@ -16,8 +16,9 @@ from bup_watchdog.model import (
     is_v4_uuid,
     mapping_eq,
     mapping_repr,
+    project_uid,
+    project_uid_unchecked,
     record_value,
-    remembered_uid,
 )
 
 
@@ -164,7 +165,7 @@ class ProjectDirFacts(msgspec.Struct, frozen=True, gc=False):
     ) -> ProjectDirFacts:
         """The facts of one live directory, held as the usual one when they are."""
         try:
-            own: int | None = remembered_uid(project_id)
+            own: int | None = project_uid(project_id)
         except ValueError:  # not a project id: nothing to work out from it
             own = None
         if (
@@ -197,12 +198,12 @@ class ProjectDirFacts(msgspec.Struct, frozen=True, gc=False):
     @property
     def uid(self) -> int | None:
         odd = self.odd
-        return remembered_uid(self.project_id) if odd is None else odd.uid
+        return project_uid_unchecked(self.project_id) if odd is None else odd.uid
 
     @property
     def gid(self) -> int | None:
         odd = self.odd
-        return remembered_uid(self.project_id) if odd is None else odd.gid
+        return project_uid_unchecked(self.project_id) if odd is None else odd.gid
 
     @property
     def owners(self) -> Mapping[int, int]:
@@ -211,7 +212,8 @@ class ProjectDirFacts(msgspec.Struct, frozen=True, gc=False):
             return odd.owners
         if not self.sampled:
             return NOTHING
-        return cast(Mapping[int, int], OwnerCounts(remembered_uid(self.project_id), self.sampled))
+        own = project_uid_unchecked(self.project_id)
+        return cast(Mapping[int, int], OwnerCounts(own, self.sampled))
 
     @property
     def sample_truncated(self) -> bool:
@@ -235,7 +237,7 @@ class ProjectDirFacts(msgspec.Struct, frozen=True, gc=False):
         if sampled < 0:
             raise ProbeError("probe record 'project_dir': sampled is negative")
         project_id = sys.intern(project_id.lower())
-        own_uid = remembered_uid(project_id)
+        own_uid = project_uid_unchecked(project_id)
         return cls.of(
             project_id,
             is_symlink=record_value(rec, "is_symlink", bool, False),

@@ -18,7 +18,7 @@ import msgspec
 from bup_watchdog import repo_numbers
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.live_dirs import ProjectDirFacts, owned_as_usual
-from bup_watchdog.model import NO_ODDITIES, NOTHING, RepoFacts, RepoOddities, remembered_uid
+from bup_watchdog.model import NO_ODDITIES, NOTHING, RepoFacts, RepoOddities, project_uid_unchecked
 from bup_watchdog.probe import SHARED_MAX, WIRE_DIR, WIRE_REPO
 
 #: ``model.is_v4_uuid`` in one match, without lower-casing first: the same texts are accepted
@@ -257,11 +257,11 @@ class WireReader:
         owners, sampled = w.owners, w.sampled
         if not (
             w.examples or w.is_symlink or w.sample_truncated or w.sample_skipped
-        ) and owned_as_usual(remembered_uid(pid), w.uid, w.gid, owners, sampled):
+        ) and owned_as_usual(project_uid_unchecked(pid), w.uid, w.gid, owners, sampled):
             return ProjectDirFacts(pid, sampled)  # as ProjectDirFacts.of would, sooner
         examples: Mapping[int, tuple[str, ...]] = NOTHING
         if w.examples:  # the probe leaves the project's own uid out; so is it here
-            own = remembered_uid(pid)
+            own = project_uid_unchecked(pid)
             examples = {u: tuple(p) for u, p in w.examples.items() if u != own} or NOTHING
             if min(examples, default=0) < 0:
                 raise ProbeError("probe record 'project_dir': examples has a uid below 0")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import random
+import uuid
 from typing import Any
 
 import pytest
 
 from bup_watchdog.checks.ownership import check
 from bup_watchdog.errors import ProbeError
-from bup_watchdog.model import Finding, Severity, project_uid
+from bup_watchdog.model import Finding, Severity, project_uid, project_uid_unchecked
 from support.facts import (
     P1,
     P2,
@@ -158,3 +161,14 @@ def test_only_the_examples_of_other_owners_are_kept_from_a_project_dir_record() 
     assert dict(d.owners) == {UID1: 5, ROOT: 2}
     (finding,) = evaluate(rec)
     assert "e.g. x/root-owned" in finding.message
+
+
+def test_a_projects_uid_is_the_fleet_tools_sha512_formula_with_or_without_the_id_check() -> None:
+    rnd = random.Random(5)
+    ids = [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(2000)]
+    for pid in ids:
+        n = int(hashlib.sha512(pid.encode()).hexdigest()[:8], 16) // 2
+        want = n + 65537 if n <= 65537 else n
+        assert project_uid(pid) == project_uid_unchecked(pid) == want
+    with pytest.raises(ValueError, match="not a version-4 UUID"):
+        project_uid("not-a-project")
