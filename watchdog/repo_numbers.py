@@ -44,35 +44,23 @@ def pack(
     """The packed numbers and commit id, and the commit text that could not be packed (None when
     there is none or it was). ValueError when a number is not an integer of 64 bits (or not a
     number at all)."""
-    flags = (
+    numbers = (
         (bupindex_bytes is None)
         | (reflog_last_time is None) << 1
         | (save_log_bytes is None) << 2
-        | (touch_mtime is None) << 3
+        | (touch_mtime is None) << 3,
+        bupindex_bytes or 0,
+        repo_bytes,
+        reflog_last_time or 0,
+        save_log_bytes or 0,
+        touch_mtime or 0.0,
     )
     try:
         if master_sha is not None and _CANONICAL_SHA(master_sha) is not None:
-            packed = _WITH_SHA.pack(
-                flags,
-                bupindex_bytes or 0,
-                repo_bytes,
-                reflog_last_time or 0,
-                save_log_bytes or 0,
-                touch_mtime or 0.0,
-                bytes.fromhex(master_sha),
-            )
-            return packed, None
-        packed = _NUMBERS.pack(
-            flags,
-            bupindex_bytes or 0,
-            repo_bytes,
-            reflog_last_time or 0,
-            save_log_bytes or 0,
-            touch_mtime or 0.0,
-        )
+            return _WITH_SHA.pack(*numbers, bytes.fromhex(master_sha)), None
+        return _NUMBERS.pack(*numbers), master_sha
     except (struct.error, OverflowError) as exc:
         raise ValueError(f"a size or time that is not a 64-bit number ({exc})") from None
-    return packed, master_sha
 
 
 #: Nothing known but ``repo_bytes`` = 0 (what RepoFacts holds when it is given no numbers).
