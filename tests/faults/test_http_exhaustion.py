@@ -21,7 +21,11 @@ from faults.recorder import Reliability
 from support.scrape import by_label, metrics
 
 CONNECTIONS = 2000
-ATTACK_SECONDS = 25.0
+ATTACK_SECONDS = 35.0
+#: Scrapes are timed for this long once the daemon holds 600 sockets, inside the attack: up to
+#: ATTACK_SECONDS - MEASURE_SECONDS - 1 s may go to reaching them (a loaded CI machine has taken
+#: more than 15 s; a quiet one takes about 2).
+MEASURE_SECONDS = 17.0
 REOPEN_PER_SECOND = 400.0
 OPEN_FILES = 1024
 SLOWLORIS = Path(__file__).with_name("slowloris.py")
@@ -77,12 +81,14 @@ def test_two_thousand_slowloris_connections_under_ulimit_1024_leave_metrics_fast
         watcher.start()
         try:
             wait_until(
-                lambda: _fds(daemon.pid) > 600, timeout=15, what="the daemon to hold 600 sockets"
+                lambda: _fds(daemon.pid) > 600,
+                timeout=ATTACK_SECONDS - MEASURE_SECONDS - 1,
+                what="the daemon to hold 600 sockets",
             )
             start_sweeps = sweeps(metrics(url))
             latencies: list[float] = []
             failures: list[str] = []
-            end = time.monotonic() + ATTACK_SECONDS - 8
+            end = time.monotonic() + MEASURE_SECONDS
             while time.monotonic() < end:
                 t0 = time.monotonic()
                 try:
