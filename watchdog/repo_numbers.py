@@ -19,12 +19,11 @@ import struct
 
 #: Flags: which numbers are None (``repo_bytes`` never is).
 NO_BUPINDEX, NO_REFLOG, NO_SAVE_LOG, NO_TOUCH = 1, 2, 4, 8
-ALL_FLAGS = NO_BUPINDEX | NO_REFLOG | NO_SAVE_LOG | NO_TOUCH
 
 _NUMBERS = struct.Struct("<Bqqqqd")
 _WITH_SHA = struct.Struct("<Bqqqqd20s")
-#: The sizes of a packed value without and with its commit id.
-SIZE, SIZE_WITH_SHA = _NUMBERS.size, _WITH_SHA.size
+#: The size of a packed value without its commit id (with it: 20 bytes more).
+SIZE = _NUMBERS.size
 #: Offsets of the numbers (after the flags byte).
 AT_BUPINDEX, AT_REPO, AT_REFLOG, AT_SAVE_LOG, AT_TOUCH = 1, 9, 17, 25, 33
 
