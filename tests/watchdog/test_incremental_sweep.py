@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,15 @@ from bup_watchdog.model import (
     Server,
     Severity,
 )
-from bup_watchdog.probe import DIGEST_HEX, FP_HEX, PROBE_VERSION, WireEncoder, bitmap, fingerprint
+from bup_watchdog.probe import (
+    DIGEST_HEX,
+    FP_HEX,
+    PROBE_VERSION,
+    WireEncoder,
+    bitmap,
+    fingerprint,
+    parse_known_state,
+)
 from bup_watchdog.repo_cache import CacheBuilder, CachedDir, CachedRepo, HostCache, RepoCache
 from bup_watchdog.sandbox import repos as sandbox_repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
@@ -136,6 +146,21 @@ def test_the_probe_has_exactly_one_known_state_line_to_fill_in() -> None:
     assert program.count(KNOWN_STATE_LINE) == 0
     compile(program, "probe", "exec")
     assert probe_program(CacheBuilder()) == probe_program() == probe_source()
+
+
+def test_a_known_state_of_several_compression_batches_reaches_the_probe_whole() -> None:
+    # 2,500 ids: more than two of the batches the state is compressed in, one not full.
+    rnd = random.Random(5)
+    ids = sorted(str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(2500))
+    fps = {pid: f"{rnd.getrandbits(4 * FP_HEX):0{FP_HEX}x}" for pid in ids[::2]}
+    digests = {pid: f"{rnd.getrandbits(4 * DIGEST_HEX):0{DIGEST_HEX}x}" for pid in ids[::3]}
+    known = HostCache.of(
+        {pid: CachedRepo(fp, RepoFacts(pid), 0.0) for pid, fp in fps.items()},
+        {pid: CachedDir(d, ProjectDirFacts.of(pid, uid=0, gid=0)) for pid, d in digests.items()},
+    )
+    program = probe_program(CacheBuilder(known))
+    blob = program.split(b'\nKNOWN_STATE = "', 1)[1].split(b'"', 1)[0]
+    assert parse_known_state(blob) == (fps, digests)
 
 
 def test_a_probe_given_an_unreadable_known_state_walks_everything(

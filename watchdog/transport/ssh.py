@@ -489,6 +489,9 @@ class SshTransport:
         limit = timeout or self.config.command_timeout
         deadline = time.monotonic() + limit
         chan = self._open(argv, stdin, limit)
+        # Sent: not held while the output streams in (a probe with a host's known state is
+        # about 0.8 MB at 10,000 repositories, and several hosts are gathered at once).
+        del stdin
         sel = _selector(chan)
         buf = bytearray()
         total = 0
