@@ -13,7 +13,14 @@ Figures are CPU time (``time.process_time``), median of ``--rounds``, per reposi
 - ``walk_fp``: ``repo_facts`` with the fingerprint a sweep takes for the next incremental one;
 - ``fingerprint``: ``fingerprint`` alone, as a separate pass over the repository;
 - ``unchanged``: ``_unchanged`` with the known fingerprint (an incremental sweep's check);
-- ``incremental``: ``iter_records`` with every repository known and unchanged, less empty.
+- ``incremental``: ``iter_records`` with every repository known and unchanged, less empty;
+- ``floor_walk``: no probe, the least a full walk does in Python: every directory listed with
+  ``scandir``, every other entry ``lstat``-ed (sizes and times), nothing else kept or read;
+- ``floor_unchanged``: no probe, the least an unchanged check does in Python: the repository
+  opened, then one ``lstat`` of every path the fingerprint covers, relative to it.
+
+The two floors say what a faster probe could reach on this machine and kernel at best: a
+figure below them needs fewer system calls, not leaner Python.
 
 Each version's output lines for the repositories (full and incremental sweeps) are compared
 byte for byte; when they differ the run says so, shows the first difference and exits 1.
@@ -45,7 +52,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES = ("sweep", "walk", "walk_fp", "fingerprint", "unchanged", "incremental")
+MODES = (
+    "sweep",
+    "walk",
+    "walk_fp",
+    "fingerprint",
+    "unchanged",
+    "incremental",
+    "floor_walk",
+    "floor_unchanged",
+)
 
 
 def build(base: Path, saves: int, copies: int) -> Path:
@@ -131,6 +147,37 @@ class Case:
         self.packs = len(list(Path(self.paths[0], "objects", "pack").glob("*.pack")))
 
 
+def bare_walk(path: str) -> int:
+    """Entries below ``path``, each directory listed, each other entry lstat-ed (floor_walk)."""
+    stack, count = [path], 0
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    entry.stat(follow_symlinks=False)
+                    count += 1
+    return count
+
+
+def bare_lstats(path: str, rels: tuple[bytes, ...], flags: int) -> int:
+    """The repository opened, then each of ``rels`` lstat-ed from it (``floor_unchanged``)."""
+    fd = os.open(path, flags)
+    found = 0
+    try:
+        os.fstat(fd)
+        for rel in rels:
+            try:
+                os.stat(rel, dir_fd=fd, follow_symlinks=False)
+                found += 1
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    return found
+
+
 def measure(probe: ModuleType, case: Case, mode: str) -> float:
     """CPU seconds per repository of one run of ``mode``."""
     n = len(case.pairs)
@@ -147,6 +194,11 @@ def measure(probe: ModuleType, case: Case, mode: str) -> float:
         return (
             cpu(lambda: [probe.repo_facts(p, i, with_fingerprint=True) for p, i in case.pairs]) / n
         )
+    if mode == "floor_walk":
+        return cpu(lambda: [bare_walk(p) for p in case.paths]) / n
+    if mode == "floor_unchanged":
+        rels, flags = probe._FP_RELS, probe._FP_DIR_FLAGS
+        return cpu(lambda: [bare_lstats(p, rels, flags) for p in case.paths]) / n
     if mode == "fingerprint":
         return cpu(lambda: [probe.fingerprint(p) for p in case.paths]) / n
     known_fp = [(p, probe.fingerprint(p)[0]) for p in case.paths]
