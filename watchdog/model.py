@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
-from bup_watchdog import repo_numbers
+from bup_watchdog import project_times, repo_numbers
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.repo_numbers import (
     AT_BUPINDEX,
@@ -155,20 +155,11 @@ def mapping_repr(self: Any) -> str:
 
 class SmallMap(msgspec.Struct, frozen=True, gc=False):
     """A small read-only mapping held as two tuples (equal to the dict of its items): a project's
-    save time per server. The keys' tuple is shared by every project with the same servers, so
-    this is about 90 bytes where a dict of two entries is 184, for every project of the
-    inventory. Made by ``of``."""
+    save time per server as ``Project.bup_last_save`` hands it out (the keys' tuple is the
+    project's own)."""
 
     keys_: tuple[Any, ...]
     values_: tuple[Any, ...]
-
-    @classmethod
-    def of(
-        cls, items: Mapping[str, T], shared: dict[tuple[Any, ...], tuple[Any, ...]]
-    ) -> Mapping[str, T]:
-        """The items of ``items``, in its order; ``shared``: the table of keys' tuples to reuse."""
-        keys = tuple(items)
-        return cast(Mapping[str, T], cls(shared.setdefault(keys, keys), tuple(items.values())))
 
     def get(self, key: Any, default: Any = None) -> Any:
         try:
@@ -207,22 +198,67 @@ class SmallMap(msgspec.Struct, frozen=True, gc=False):
 Mapping.register(SmallMap)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Project:
-    """A project, where it is mastered and replicated, and what the database believes of it."""
+    """A project, where it is mastered and replicated, and what the database believes of it.
+
+    Its last edit and save times are packed (see ``project_times``): read them as
+    ``last_edited`` and ``bup_last_save``; build a project with them by ``Project.of``."""
 
     project_id: str
     master: str
     replicas: tuple[str, ...] = ()
     disk_mb: int | None = None
-    last_edited: datetime | None = None
-    bup_last_save: Mapping[str, datetime] = field(default_factory=lambda: NOTHING)
     deleted: bool = False
+    times: bytes = project_times.NO_TIMES
+    #: The servers of ``bup_last_save``, sorted (one tuple shared by projects with the same).
+    saved_on: tuple[str, ...] = ()
+    #: The times' UTC offsets when one is not UTC; equal instants compare equal, as datetimes do.
+    zones: bytes = field(default=b"", compare=False)
+
+    @classmethod
+    def of(
+        cls,
+        project_id: str,
+        master: str,
+        replicas: tuple[str, ...] = (),
+        disk_mb: int | None = None,
+        last_edited: datetime | None = None,
+        bup_last_save: Mapping[str, datetime] = NOTHING,
+        deleted: bool = False,
+        shared: dict[tuple[Any, ...], tuple[Any, ...]] | None = None,
+    ) -> Project:
+        """A project with its times; ``shared``: a table of tuples to reuse for the servers'.
+        ValueError for a time without a time zone."""
+        times, servers, zones = project_times.pack(last_edited, bup_last_save)
+        if shared is not None:
+            servers = shared.setdefault(servers, servers)
+        return cls(project_id, master, replicas, disk_mb, deleted, times, servers, zones)
+
+    @property
+    def last_edited(self) -> datetime | None:
+        return project_times.last_edited(self.times, self.zones)
+
+    @property
+    def bup_last_save(self) -> Mapping[str, datetime]:
+        """The newest save per server, as the database records it."""
+        if not self.saved_on:
+            return NOTHING
+        saves = project_times.save_times(self.times, self.zones)
+        return cast(Mapping[str, datetime], SmallMap(self.saved_on, saves))
 
     @property
     def locations(self) -> tuple[str, ...]:
         """Every server that should hold the project: the master first."""
         return (self.master, *[r for r in self.replicas if r != self.master])
+
+    def __repr__(self) -> str:
+        return (
+            f"Project(project_id={self.project_id!r}, master={self.master!r}, "
+            f"replicas={self.replicas!r}, disk_mb={self.disk_mb!r}, "
+            f"last_edited={self.last_edited!r}, bup_last_save={self.bup_last_save!r}, "
+            f"deleted={self.deleted!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

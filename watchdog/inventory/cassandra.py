@@ -662,14 +662,15 @@ class CassandraInventory:
             pid = sys.intern(pid)  # the facts from the hosts name it by this same string
             yield (
                 pid,
-                Project(
-                    project_id=pid,
-                    master=master,
-                    replicas=shared,
-                    disk_mb=disk,
-                    last_edited=_aware(last_edited),
-                    bup_last_save=saves,
-                    deleted=bool(deleted),
+                Project.of(
+                    pid,
+                    master,
+                    shared,
+                    disk,
+                    _aware(last_edited),
+                    saves,
+                    bool(deleted),
+                    shared=tuples,
                 ),
             )
 

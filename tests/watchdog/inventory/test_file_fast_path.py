@@ -112,7 +112,7 @@ def test_entries_in_every_form_give_the_projects_the_model_gives(
     assert fast.projects[P2].bup_last_save[S2] == datetime.fromisoformat("2026-11-28T01:00Z")
 
 
-def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_as_written() -> None:
+def test_projects_share_equal_server_lists_and_keep_each_time_as_written() -> None:
     edited = "2026-11-28T01:00:00Z"
     entries = [
         {
@@ -120,7 +120,7 @@ def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_a
             "master": S1,
             "replicas": [S2],
             "last_edited": edited,
-            "bup_last_save": {S1: edited, S2: "2026-11-28T02:00:00+01:00"},
+            "bup_last_save": {S2: "2026-11-28T02:00:00+01:00", S1: edited},
         }
         for pid in (P1, P2)
     ]
@@ -128,16 +128,19 @@ def test_projects_share_equal_replica_lists_and_equal_times_but_keep_each_time_a
     projects = _parse(entries).projects
     one, two, bare = projects[P1], projects[P2], projects[P3]
     assert one.replicas == (S2,) and one.replicas is two.replicas
-    assert one.bup_last_save[S1] is one.last_edited
+    assert one.saved_on == tuple(sorted((S1, S2))) and one.saved_on is two.saved_on
+    assert one.bup_last_save[S1] == one.last_edited
+    assert one.last_edited is not None
+    assert one.last_edited.isoformat() == "2026-11-28T01:00:00+00:00"
     # the same instant in another zone is its own time, as the file wrote it
     same_instant = one.bup_last_save[S2]
-    assert same_instant == one.last_edited and same_instant is not one.last_edited
+    assert same_instant == one.last_edited
     assert same_instant.isoformat() == "2026-11-28T02:00:00+01:00"
-    assert bare.bup_last_save == {} and bare.bup_last_save is two.__class__(P4, S1).bup_last_save
-    # the save times read as the dict they came from, the servers' tuple shared
+    assert bare.bup_last_save == {} and bare.last_edited is None and bare.saved_on == ()
+    # the save times read as the dict they came from
     saves = dict(one.bup_last_save)
-    assert one.bup_last_save == saves and saves == two.bup_last_save and list(saves) == [S1, S2]
-    assert one.bup_last_save.get(S2) is same_instant and S1 in one.bup_last_save
+    assert one.bup_last_save == saves and saves == two.bup_last_save and set(saves) == {S1, S2}
+    assert one.bup_last_save.get(S2) == same_instant and S1 in one.bup_last_save
     assert one.bup_last_save.get(UNKNOWN) is None and UNKNOWN not in two.bup_last_save
     assert len(one.bup_last_save) == 2 and one.bup_last_save.keys() is two.bup_last_save.keys()
     with pytest.raises(KeyError):
