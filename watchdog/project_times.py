@@ -28,28 +28,34 @@ _MICRO = timedelta(microseconds=1)
 _ZERO = timedelta(0)
 
 
-def _micros(when: datetime) -> int:
-    if when.utcoffset() is None:
-        raise ValueError(f"the time {when.isoformat()} has no time zone")
-    return (when - _EPOCH) // _MICRO
+#: Packers by the number of times (a project has a handful of servers).
+_PACKERS = {n: struct.Struct(f"<B{n}q") for n in range(8)}
 
 
 def pack(
     last_edited: datetime | None, saves: Mapping[str, datetime]
 ) -> tuple[bytes, tuple[str, ...], bytes]:
     """(times, servers, zones) of a last edit (None: unknown) and the save time per server.
-    ValueError for a time without a time zone."""
+    ValueError for a time without a time zone. About 2 µs: run for every project of a load."""
     servers = tuple(sorted(saves))
     order = [saves[s] for s in servers]
     if last_edited is not None:
         order.insert(0, last_edited)
-    times = struct.pack(
-        f"<B{len(order)}q", HAS_EDITED if last_edited is not None else 0, *map(_micros, order)
-    )
-    offsets = [when.utcoffset() or _ZERO for when in order]  # none is None: _micros checked
-    if not any(offsets):
+    try:
+        micros = [(when - _EPOCH) // _MICRO for when in order]
+    except TypeError:  # naive - aware
+        naive = next(when for when in order if when.utcoffset() is None)
+        raise ValueError(f"the time {naive.isoformat()} has no time zone") from None
+    count = len(order)
+    packer = _PACKERS.get(count) or struct.Struct(f"<B{count}q")
+    times = packer.pack(HAS_EDITED if last_edited is not None else 0, *micros)
+    for when in order:
+        if when.tzinfo is not UTC and when.utcoffset():
+            break
+    else:  # every time in UTC (as parsers and the database give them): no zones to keep
         return times, servers, b""
-    return times, servers, struct.pack(f"<{len(order)}q", *(o // _MICRO for o in offsets))
+    offsets = [(when.utcoffset() or _ZERO) // _MICRO for when in order]
+    return times, servers, struct.pack(f"<{count}q", *offsets)
 
 
 def _at(micros: int, offset: int) -> datetime:
