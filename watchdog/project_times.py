@@ -43,9 +43,9 @@ def pack(
         order.insert(0, last_edited)
     try:
         micros = [(when - _EPOCH) // _MICRO for when in order]
-    except TypeError:  # naive - aware
-        naive = next(when for when in order if when.utcoffset() is None)
-        raise ValueError(f"the time {naive.isoformat()} has no time zone") from None
+    except TypeError:  # naive - aware (or not a time at all)
+        bad = next(w for w in order if not isinstance(w, datetime) or w.utcoffset() is None)
+        raise ValueError(f"the time {bad!s} has no time zone") from None
     count = len(order)
     packer = _PACKERS.get(count) or struct.Struct(f"<B{count}q")
     times = packer.pack(HAS_EDITED if last_edited is not None else 0, *micros)

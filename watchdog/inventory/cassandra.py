@@ -644,7 +644,12 @@ class CassandraInventory:
                 skipped["projects with a save time past the year 9999"] += 1
                 continue
             saves: Mapping[str, datetime] = (
-                {known.get(k) or k: when for k, when in last_save.items()} if last_save else NOTHING
+                {
+                    known.get(k) or k: when if when.tzinfo else when.replace(tzinfo=UTC)
+                    for k, when in last_save.items()
+                }
+                if last_save
+                else NOTHING
             )
             replicas = []
             for sid in sorted(saves):
