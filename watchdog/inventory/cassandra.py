@@ -382,10 +382,13 @@ class CassandraSession:
 # ---------------------------------------------------------------- reading
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    if t is None:
-        return None
+def _utc(t: datetime) -> datetime:
+    """A time from the database, in UTC when it came without a zone (as Cassandra stores it)."""
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return None if t is None else _utc(t)
 
 
 def _disk_mb(raw: str | None) -> tuple[int | None, bool]:
@@ -644,10 +647,7 @@ class CassandraInventory:
                 skipped["projects with a save time past the year 9999"] += 1
                 continue
             saves: Mapping[str, datetime] = (
-                {
-                    known.get(k) or k: when if when.tzinfo else when.replace(tzinfo=UTC)
-                    for k, when in last_save.items()
-                }
+                {known.get(k) or k: _utc(when) for k, when in last_save.items()}
                 if last_save
                 else NOTHING
             )
