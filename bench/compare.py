@@ -244,7 +244,7 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--fault-share", type=float, default=0.002, help="projects with a fault")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, help="where fleets are built (default: a temp dir)")
+    ap.add_argument("--workdir", type=Path, help="where fleets are built; made if missing (default: a temp dir)")
     ap.add_argument(
         "--json",
         type=Path,
@@ -304,6 +304,8 @@ def main() -> int:
         data["load_avg"]["end"] = load1()
         args.json.write_text(json.dumps(data, indent=1, default=str))
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)  # a new --workdir is made, not a traceback
     tmp = Path(tempfile.mkdtemp(prefix="bupwatch-compare-", dir=args.workdir))
     try:
         if args.real_repo_saves:
