@@ -38,8 +38,10 @@ class Check(Generic[S]):
 
     name: ClassVar[str]
     Settings: ClassVar[type[CheckSettings]]
-    #: Checks that need the per-repo facts of the probe (all but reachability, today).
     summary: ClassVar[str] = ""
+    #: Whether the check judges a host whose probe did not answer (reachability does: that is
+    #: its finding). The others see nothing of such a host, which is no proof that it passes.
+    judges_unprobed: ClassVar[bool] = False
 
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: S

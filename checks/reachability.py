@@ -52,6 +52,7 @@ _FAILURE_CODE = {
 class Reachability(Check[ReachabilitySettings]):
     name = "reachability"
     Settings = ReachabilitySettings
+    judges_unprobed = True
 
     def evaluate(
         self, facts: FleetFacts, inventory: Inventory, settings: ReachabilitySettings

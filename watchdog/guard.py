@@ -242,6 +242,15 @@ def requests_for(
     return list(out.values())
 
 
+def _mode_bars(repair: str, mode: str, *, execute: bool) -> tuple[str, str] | None:
+    """(code, why) when the repair's mode forbids running it: off, or dry-run asked to run."""
+    if mode == "off":
+        return "mode_off", f"{repair} is switched off in the config"
+    if execute and mode == "dry-run":
+        return "mode_dry_run", f"{repair} is in dry-run mode; it only plans"
+    return None
+
+
 class Guard:
     """Decides on and runs repair requests for one watchdog."""
 
@@ -279,15 +288,10 @@ class Guard:
         repair = self.repairs[req.repair]
         settings = self.config.repair(req.repair)
         mode = settings.mode
-        if mode == "off":
-            return self._refuse(
-                req, "mode_off", f"{req.repair} is switched off in the config", mode
-            )
+        barred = _mode_bars(req.repair, mode, execute=execute)
+        if barred:
+            return self._refuse(req, *barred, mode)
         dry = bool(req.params.get("dry_run")) or mode == "dry-run"
-        if execute and mode == "dry-run":
-            return self._refuse(
-                req, "mode_dry_run", f"{req.repair} is in dry-run mode; it only plans", mode
-            )
         if req.fingerprint:
             active = self.journal.active_fingerprint(req.fingerprint)
             if active is not None:
@@ -353,9 +357,19 @@ class Guard:
             params=dict(entry.params),
         )
         self.journal.update(entry_id, status=DENIED, decided_by=by, refusal="superseded: approved")
-        repair = self.repairs[req.repair]
-        settings = self.config.repair(req.repair)
-        decision = self._run(req, repair, settings, settings.mode, decided_by=by)
+        # The config may have changed since the request waited: a repair switched off or put in
+        # dry-run as an emergency stop, or a server taken out of the inventory, refuses here too.
+        invalid = self._invalid(req)
+        if invalid:
+            decision = self._refuse(req, "invalid", invalid, mode="?")
+        else:
+            settings = self.config.repair(req.repair)
+            barred = _mode_bars(req.repair, settings.mode, execute=True)
+            if barred:
+                decision = self._refuse(req, *barred, settings.mode)
+            else:
+                repair = self.repairs[req.repair]
+                decision = self._run(req, repair, settings, settings.mode, decided_by=by)
         self.journal.update(
             entry_id,
             refusal=f"approved by {by}{f' ({why.splitlines()[0][:200]})' if why else ''}; ran as "

@@ -103,7 +103,17 @@ class Context:
                 only=self.scope,
             )
         }
-        found = check_registry()[check].evaluate(facts, self.inventory, self.config.check(check))
+        judge = check_registry()[check]
+        blind = [f for f in facts.values() if not f.probed]
+        if blind and not judge.judges_unprobed:
+            # No findings from a host the probe did not reach is not a pass: a verify would call
+            # the repair a success, an unfence would let a host with bad mounts take replicas.
+            label = self.server(blind[0].server_id).label
+            raise WatchdogError(
+                f"cannot judge {check} on {label} now: its probe did not answer "
+                f"({blind[0].failure_message})"
+            )
+        found = judge.evaluate(facts, self.inventory, self.config.check(check))
         scope = self.scope
         if scope is not None:
             found = (f for f in found if f.project_id is None or f.project_id in scope)

@@ -7,6 +7,7 @@ import os
 import re
 from typing import Any
 
+import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
@@ -79,6 +80,49 @@ def test_in_approve_mode_a_request_waits_and_nothing_changes_until_approved(
     assert done.status == "succeeded"
     assert fleet_digest(scratch_fleet) != before
     assert guard.journal.get(done.entry_id).decided_by == "tester"  # type: ignore[union-attr]
+
+
+def test_approving_a_repair_switched_off_or_to_dry_run_since_it_waited_is_refused(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """An operator's emergency stop (mode off, dry-run) holds for repairs already waiting."""
+    plant_wrong_owner(scratch_fleet)
+    waiting = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
+    first = waiting.submit(chown(scratch_fleet)).entry_id
+    second = waiting.submit(chown(scratch_fleet)).entry_id
+    before = fleet_digest(scratch_fleet)
+    for entry_id, mode, code in ((first, "off", "mode_off:"), (second, "dry-run", "mode_dry_run:")):
+        stopped = make_guard(scratch_fleet, f'[repairs.chown_project]\nmode = "{mode}"\n')
+        decision = stopped.approve(entry_id, "tester")
+        assert decision.status == "refused" and decision.message.startswith(code), decision
+        row = stopped.journal.get(entry_id)
+        assert row is not None and row.status == "denied"
+        assert f"ran as repair #{decision.entry_id} (refused)" in (row.refusal or "")
+    assert fleet_digest(scratch_fleet) == before
+
+
+def test_a_repair_whose_host_stops_answering_before_the_verify_is_failed_not_succeeded(
+    scratch_fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a check sees nothing of a host its probe did not reach, and the verify took
+    that silence for a pass (journaled succeeded). The real chown runs; then s1's sshd is
+    killed, so the verify's probe is refused."""
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet)
+    repair = guard.repairs["chown_project"]
+    real_execute = repair.execute
+
+    def execute_then_host_down(*args: Any, **kwargs: Any) -> Outcome:
+        outcome = real_execute(*args, **kwargs)
+        scratch_fleet.hosts["s1"].kill_sshd()
+        return outcome
+
+    monkeypatch.setattr(repair, "execute", execute_then_host_down)
+    decision = guard.submit(chown(scratch_fleet), execute=True)
+    assert decision.status == "failed", decision
+    assert decision.message.startswith("could not verify: cannot judge ownership on s1"), decision
+    row = guard.journal.get(decision.entry_id)
+    assert row is not None and row.verification == decision.message
 
 
 def test_a_target_under_lease_is_refused(scratch_fleet: SandboxFleet) -> None:
