@@ -17,7 +17,8 @@ from bup_watchdog.model import Finding, HostFacts, Inventory
 class CheckSettings(BaseModel):
     """Settings every check has."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and nan (TOML has both) pass every ge= bound and crash later: refused here
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     enabled: bool = Field(True, description="Run this check.")
     interval_seconds: float = Field(

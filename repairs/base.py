@@ -54,7 +54,8 @@ def step_failed(step: Step, result: CommandResult, why: str) -> str:
 class RepairSettings(BaseModel):
     """Settings every repair has."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and nan (TOML has both) pass every ge= bound and crash later: refused here
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     mode: Mode = mode_field("approve")
     max_per_hour: int = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,10 +22,12 @@ from bup_watchdog.model import system_path_problem
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and nan (TOML has both) pass every ge= bound and crash later: refused here
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 _CQL_NAME = r"^[a-z][a-z0-9_]{0,47}$"
+WEEK = 7 * 86400.0  # the bound of the schedule's and the guard's durations (timedelta-safe)
 
 
 class CassandraConfig(Section):
@@ -271,10 +273,16 @@ class ScheduleConfig(Section):
     """When the daemon (bup-watchdog run) sweeps."""
 
     sweep_interval_seconds: float = Field(
-        300.0, ge=5, description="A sweep (one gather per host, the due checks) this often."
+        300.0,
+        ge=5,
+        le=WEEK,
+        description="A sweep (one gather per host, the due checks) this often (at most a week).",
     )
     jitter_seconds: float = Field(
-        15.0, ge=0, description="Random delay added to each sweep so watchdogs do not align."
+        15.0,
+        ge=0,
+        le=3600,
+        description="Random delay added to each sweep so watchdogs do not align (at most 1 h).",
     )
     deep_interval_seconds: float = Field(
         3600.0, ge=0, description="Sweeps include a deep-check pass at most this often."
@@ -336,6 +344,7 @@ class GuardConfig(Section):
     lease_seconds: float = Field(
         3600.0,
         gt=0,
+        le=WEEK,
         description="A lease on a repair target expires after this (crash safety); while the "
         "repair runs it is renewed every third of it. With leases = 'cassandra' a short value "
         "(60) frees the targets of a watchdog that died mid-repair soon.",
@@ -414,7 +423,9 @@ class AlertsConfig(Section):
         pattern=r"^https?://[^\s]+$",
         description="Alertmanager's base URL, for silences.",
     )
-    silence_minutes: float = Field(60.0, gt=0, description="Longest a silence may last.")
+    silence_minutes: float = Field(
+        60.0, gt=0, le=WEEK / 60, description="Longest a silence may last (at most a week)."
+    )
     cooldown_seconds: float = Field(
         1800.0,
         ge=0,
@@ -650,6 +661,9 @@ def parse_config(
     repair_models: Mapping[str, type[BaseModel]] | None = None,
 ) -> Config:
     """Validate a config mapping; raise one ConfigError listing every problem found."""
+    nul = [f"At {at!r}: holds a NUL character, which no path or name can" for at in _nul_keys(data)]
+    if nul:  # os and pathlib raise ValueError on them: stop before any value is used
+        raise ConfigError(source, nul)
     problems: list[str] = []
     config: Config | None = None
     try:
@@ -697,6 +711,18 @@ def parse_config(
     config.check_settings = settings
     config.repair_settings = repair_settings
     return config
+
+
+def _nul_keys(value: Any, at: str = "") -> Iterator[str]:
+    """The dotted keys of raw config data whose text holds a NUL (TOML's \\u0000)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _nul_keys(item, f"{at}.{key}" if at else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nul_keys(item, f"{at}.{i}")
+    elif isinstance(value, str) and "\0" in value:
+        yield at
 
 
 def _table(data: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:

@@ -50,6 +50,42 @@ x = 1
     assert str(tmp_path / "config.toml") in str(err.value)
 
 
+def test_inf_nan_and_durations_past_a_week_are_errors_not_a_crash_later(tmp_path: Path) -> None:
+    """Regression: inf passed ge= and crashed the daemon (int(inf)); 1e300 crashed APScheduler."""
+    text = """
+[inventory]
+file = "inventory.toml"
+[schedule]
+sweep_interval_seconds = inf
+jitter_seconds = 1e300
+[alerts]
+silence_minutes = nan
+[guard]
+lease_seconds = 1e12
+[checks.save_log_size]
+warn_bytes = inf
+[repairs.resync_replica]
+timeout = inf
+"""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), settings_models())
+    at = {p.split(":")[0] for p in err.value.problems}
+    assert at == {
+        "At 'schedule.sweep_interval_seconds'", "At 'schedule.jitter_seconds'",
+        "At 'alerts.silence_minutes'", "At 'guard.lease_seconds'",
+        "At 'checks.save_log_size.warn_bytes'", "At 'repairs.resync_replica.timeout'",
+    }, err.value.problems  # fmt: skip
+
+
+def test_a_nul_character_in_a_value_is_named_not_a_traceback(tmp_path: Path) -> None:
+    text = '[inventory]\nfile = "inventory.toml"\n[ssh]\nknown_hosts = "a\\u0000b"\n'
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), settings_models())
+    assert err.value.problems == [
+        "At 'ssh.known_hosts': holds a NUL character, which no path or name can"
+    ]
+
+
 def test_invalid_toml_names_the_file_and_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not valid TOML.*line 2"):
         load_config(write(tmp_path, "[ssh]\nuser = \n"), settings_models())
