@@ -402,7 +402,7 @@ class MoveProject(Repair[MoveProjectSettings]):
             result = ctx.run(
                 Step(
                     sid,
-                    ("python3", "-S", "-", path, text),
+                    (ctx.python, "-S", "-", path, text),
                     f"write the new placement into {path} on {server.label}",
                     stdin=WRITE_REPLICAS.encode(),
                     timeout=60.0,

@@ -455,7 +455,7 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
         repo = repo_path(server, pid)
         step = Step(
             server.server_id,
-            ("python3", "-S", "-", repo, pid),
+            (ctx.python, "-S", "-", repo, pid),
             f"look for processes working on {repo}",
             stdin=BUSY_SCAN.encode(),
             timeout=60.0,

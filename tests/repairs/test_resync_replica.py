@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 from conftest import SCRATCH_P1
 
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.repair_context import Context
 from bup_watchdog.repairs.base import RepairRequest, Step
+from bup_watchdog.runner import inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox import repos
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.fleet import (
@@ -145,6 +148,34 @@ def test_dry_run_and_the_approval_queue_change_nothing_and_show_the_commands(
 
     done = guard.approve(pending.entry_id, "operator")
     assert done.status == "succeeded", done.message
+
+
+def test_the_hosts_python_is_the_one_ssh_python_names(
+    stale: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the busy scan ran a hard-coded ``python3``, which a host whose Python is
+    elsewhere (and a gate installed with ``--python``) refused: every resync was refused."""
+    python = "/usr/bin/python3"  # not the default spelling, so a hard-coded one shows
+    programs: list[tuple[str, ...]] = []
+    real_run = Context.run
+
+    def run(self: Context, step: Step) -> object:
+        if step.argv[1:3] == ("-S", "-"):
+            programs.append(step.argv)
+        return real_run(self, step)
+
+    monkeypatch.setattr(Context, "run", run)
+    text = stale.config_path.read_text().replace("[ssh]\n", f'[ssh]\npython = "{python}"\n', 1)
+    path = stale.config_path.with_name("config-python.toml")
+    path.write_text(text + "\n" + AUTO)
+    config = load_config(path, settings_models())
+    assert config.ssh.python == python
+    state = open_state(config)
+    guard = Guard(config, state, load_inventory(inventory_source(config), state))
+    decision = guard.submit(request(stale))
+    assert decision.status == "succeeded", decision.message
+    assert programs, "the resync ran no Python program on the hosts"
+    assert {argv[0] for argv in programs} == {python}, programs
 
 
 @pytest.mark.parametrize("host", ["s2", "s1"], ids=["replica", "master"])
