@@ -30,13 +30,36 @@ def _tail(data: bytes) -> str:
     return (lines[-1] if lines else "")[-TAIL:]
 
 
+MAX_PACKED_REFS = 16 << 20  # as probe.py's cap
+
+
 def _master_sha(repo: str) -> str | None:
+    """master as the cheap probe reads it: the loose ref, else its ``packed-refs`` line (after
+    ``git gc`` or ``git pack-refs`` there is no loose one). None when neither holds a sha."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with open(os.path.join(repo, "refs", "heads", "master"), "rb") as f:
-            sha = f.read(100).decode("ascii", "replace").strip()
+        fd = os.open(os.path.join(repo, "refs", "heads", "master"), flags)
+    except FileNotFoundError:
+        return _packed_master(repo, flags)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        sha = f.read(100).decode("ascii", "replace").strip()
     return sha if SHA.fullmatch(sha) else None
+
+
+def _packed_master(repo: str, flags: int) -> str | None:
+    try:
+        with os.fdopen(os.open(os.path.join(repo, "packed-refs"), flags), "rb") as f:
+            packed = f.read(MAX_PACKED_REFS)
+    except OSError:
+        return None
+    for line in packed.split(b"\n"):
+        sha, _, name = line.strip().partition(b" ")
+        if name == b"refs/heads/master":
+            text = sha.decode("ascii", "replace")
+            return text if SHA.fullmatch(text) else None
+    return None
 
 
 def _run(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
@@ -64,10 +65,18 @@ def delete_an_older_pack(repo: Path) -> str:
     raise AssertionError("no older pack to delete")
 
 
+@pytest.mark.parametrize("refs", ["loose", "packed"])
 def test_a_deleted_older_pack_passes_the_cheap_tier_and_fails_the_deep_one(
-    scratch_fleet: SandboxFleet, tmp_path: Path
+    scratch_fleet: SandboxFleet, tmp_path: Path, refs: str
 ) -> None:
-    delete_an_older_pack(scratch_fleet.repo_path("s1", SCRATCH_P1))
+    """``packed``: after a real ``git pack-refs --all`` master has no loose ref; the deep probe
+    read only the loose one, so its master never matched the cheap one's and the failed fsck
+    was never reported (regression)."""
+    repo = scratch_fleet.repo_path("s1", SCRATCH_P1)
+    delete_an_older_pack(repo)
+    if refs == "packed":
+        subprocess.run(["git", "--git-dir", str(repo), "pack-refs", "--all"], check=True)
+        assert not (repo / "refs" / "heads" / "master").exists()
     config = load_config(scratch_fleet.config_path, settings_models())
     assert config.inventory.file is not None
     inventory = FileInventory(config.inventory.file).load()
