@@ -280,8 +280,9 @@ def _reuse_unchanged(rec: dict[str, Any], line: int, known: CacheBuilder, facts:
     return len(repo_ids)
 
 
-def _check_hello(rec: dict[str, Any]) -> None:
-    """A hello record of this watchdog's probe version that names its repositories' directory."""
+def _check_hello(rec: dict[str, Any], server_id: str) -> None:
+    """A hello record of this watchdog's probe version that names its repositories' directory,
+    from the server the inventory puts at this address (when the host names itself)."""
     version = rec.get("probe_version")
     if version != PROBE_VERSION:
         raise ProbeError(
@@ -292,6 +293,15 @@ def _check_hello(rec: dict[str, Any]) -> None:
     bups = rec.get("bups")
     if not isinstance(bups, str) or not bups:
         raise ProbeError("the probe's hello record does not name its repositories' directory")
+    said = rec.get("server_id")
+    if isinstance(said, str) and said.strip() and said.strip().lower() != server_id.lower():
+        # Another storage host answers at this address (a reused IP, a wrong ssh_host or
+        # HostName): its facts must not be filed, and repaired, under this server.
+        raise ProbeError(
+            f"the host says it is server {said.strip()[:40]!r} (its {rec.get('bup_root')}"
+            f"/conf/bup_server_id), not {server_id}: this address reaches another storage host "
+            "(check the inventory's ssh_host and any ssh_config HostName)"
+        )
 
 
 def _hello_scope(rec: dict[str, Any], for_cache: bool) -> frozenset[str] | None:
@@ -389,7 +399,7 @@ def parse_probe_lines(
             raise ProbeError("the probe's output does not start with its hello record")
         if kind == "hello":
             facts.hello = rec
-            _check_hello(rec)
+            _check_hello(rec, server_id)
             reader = WireReader()
             facts.scope = _hello_scope(rec, fresh is not None)
         elif kind == "mount":

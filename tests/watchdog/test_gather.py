@@ -50,6 +50,24 @@ def test_a_host_answering_garbage_is_a_finding_and_the_others_are_probed(
     assert codes == {(s1, "probe_garbage")}
 
 
+def test_a_host_that_says_it_is_another_server_is_not_filed_under_this_one(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """s1's address reaches a host whose /bup/conf/bup_server_id names s2 (an address reused, a
+    wrong ssh_host): its facts would be taken, and repaired, as s1's."""
+    s1, s2 = scratch_fleet.server_id("s1"), scratch_fleet.server_id("s2")
+    (scratch_fleet.hosts["s1"].bup_dir / "conf" / "bup_server_id").write_text(s2.upper() + "\n")
+    config, inventory = load(scratch_fleet)
+    result = sweep(config, inventory)
+    message = result.facts[s1].failure_message or ""
+    assert not result.facts[s1].probed
+    assert f"the host says it is server '{s2.upper()}'" in message and f"not {s1}" in message
+    assert result.facts[s2].probed
+    assert {(f.server_id, f.code) for f in result.findings if f.check == "reachability"} == {
+        (s1, "probe_garbage")
+    }
+
+
 def test_a_probe_stream_cut_short_is_reported_as_truncated(scratch_fleet: SandboxFleet) -> None:
     hello = '{"type": "hello", "probe_version": 2, "bups": "/bup/bups"}'
     plant_fake_python(scratch_fleet, "s1", f"cat >/dev/null; echo '{hello}'")
