@@ -45,6 +45,10 @@ _STDERR_KEEP = 64 * 1024
 # stdout is taken from the channel's buffer in pieces of up to this much: a sweep's probe prints
 # megabytes, and every piece costs a wake-up, a select and a recv.
 _CHUNK = 1 << 20
+# The longest line a streamed command may print: the probe's longest records (a host's known
+# state bitmaps, a repository's error list) are well below it; a host that prints one endless
+# line is cut off here, not when max_output_bytes (256 MB by default) is buffered and copied.
+_MAX_LINE = 16 << 20
 # The command is stopped on the host this long after the watchdog stopped waiting (SIGTERM), and
 # killed KILL_AFTER seconds later if it is still there.
 REMOTE_GRACE = 1.0
@@ -472,7 +476,7 @@ class SshTransport:
             ) from None
         self.sessions_opened += 1
         chan.settimeout(timeout)
-        chan.exec_command(shlex.join(remote_argv(argv, timeout, sudo=sudo)))
+        self._exec(chan, shlex.join(remote_argv(argv, timeout, sudo=sudo)))
         if stdin:
             try:
                 chan.sendall(stdin)
@@ -481,6 +485,35 @@ class SshTransport:
                 raise CommandTimeout(f"{self.label}: could not send input: {exc}") from None
         chan.shutdown_write()
         return chan
+
+    def _exec(self, chan: paramiko.Channel, command: str) -> None:
+        """``exec_command``, bounded: paramiko waits for sshd's answer without a limit, so a host
+        that froze just after it opened the session would hold the sweep forever."""
+        given_up = threading.Event()
+
+        def give_up() -> None:
+            given_up.set()
+            chan.close()  # wakes exec_command's wait
+
+        timer = threading.Timer(self.config.banner_timeout, give_up)
+        timer.daemon = True
+        timer.start()
+        try:
+            chan.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not given_up.is_set():
+                chan.close()
+                raise TransportError(
+                    f"{self.label}: sshd would not run the command ({exc or 'channel closed'})"
+                ) from None
+        finally:
+            timer.cancel()
+        if given_up.is_set():
+            self.close()  # the connection is as stuck as the session
+            raise CommandTimeout(
+                f"{self.label}: sshd did not start the command within "
+                f"{self.config.banner_timeout:g} s (frozen?)"
+            )
 
     def stream_lines(
         self, argv: list[str], *, stdin: bytes | None = None, timeout: float | None = None
@@ -521,6 +554,10 @@ class SshTransport:
                     raise ProbeError(f"{self.label}: {name} printed more than {cap} bytes; cut off")
                 if b"\n" not in data:
                     buf += data
+                    if len(buf) > _MAX_LINE:  # held whole, and copied once more to yield it
+                        raise ProbeError(
+                            f"{self.label}: {name} printed a line longer than {_MAX_LINE} bytes"
+                        )
                     continue
                 lines = data.split(b"\n")  # one C call, not a find and a copy per line
                 if buf:
@@ -528,11 +565,17 @@ class SshTransport:
                     buf.clear()
                 buf += lines.pop()
                 yield from lines
-            if buf:
-                yield bytes(buf)
-            rc = chan.recv_exit_status()
+            # The output ended; the exit status comes with it or just after (bounded: a host
+            # that froze in between must not hold the sweep).
+            if not chan.status_event.wait(max(deadline - time.monotonic(), 0.0)):
+                raise CommandTimeout(f"{self.label}: {name} did not finish within {limit:g} s")
             while chan.recv_stderr_ready():
                 stderr += chan.recv_stderr(65536)
+            rc = chan.recv_exit_status()
+            if rc == -1:  # the channel closed without one: the connection dropped, or a signal
+                self._no_exit_status(chan, name, stderr)
+            if buf:
+                yield bytes(buf)
             if rc != 0:
                 tail = bytes(stderr[-400:]).decode("utf-8", "replace").strip().splitlines()
                 last = tail[-1] if tail else "no error output"
@@ -542,6 +585,22 @@ class SshTransport:
         finally:
             sel.close()
             chan.close()
+
+    def _no_exit_status(self, chan: paramiko.Channel, name: str, stderr: bytearray) -> None:
+        """Raise for a command whose channel closed without an exit status: a dropped connection
+        (no end of output from sshd either) is the host's reachability, not garbage in a cut-off
+        last line; after a proper end of output, the command was killed by a signal (sshd sends
+        exit-signal, which paramiko does not keep)."""
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        if not chan.eof_received or transport is None or not transport.is_active():
+            self.close()
+            raise HostUnreachable(f"{self.label}: the SSH connection dropped while {name} ran")
+        tail = bytes(stderr[-400:]).decode("utf-8", "replace").strip().splitlines()
+        raise TransportError(
+            f"{self.label}: {name} ended without an exit status (killed by a signal?): "
+            f"{tail[-1] if tail else 'no error output'}"
+        )
 
     def run(
         self,

@@ -8,11 +8,12 @@ import signal
 import threading
 import time
 
+import paramiko
 import pytest
 
 from bup_watchdog.checks import settings_models
 from bup_watchdog.config import Config, load_config
-from bup_watchdog.errors import CommandTimeout
+from bup_watchdog.errors import CommandTimeout, HostUnreachable
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server
 from bup_watchdog.sandbox.fleet import SandboxFleet
@@ -68,6 +69,89 @@ def test_a_command_on_a_frozen_sshd_is_given_up_after_no_progress_not_its_time_l
             os.kill(pid, signal.SIGCONT)
         t.close()
     assert 2.0 <= took < 6.0, took
+
+
+def test_a_host_that_freezes_between_opening_a_session_and_starting_the_command_is_given_up(
+    scratch_fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paramiko's exec_command waits for sshd's answer without a limit. The per-connection sshd
+    is really frozen (SIGSTOP), at the moment the command is sent (the hook only picks the
+    moment): the call gives up after ssh.banner_timeout, not never."""
+    config, server = setup(scratch_fleet)
+    config.ssh.banner_timeout = 2.0
+    t = SshTransport(server, config.ssh)
+    host = scratch_fleet.hosts["s1"]
+    t.run(["true"])
+    children = _connection_sshds(host.sshd_pid)
+    assert children, "no per-connection sshd found"
+    stopped: list[int] = []
+    real_exec = paramiko.Channel.exec_command
+
+    def freeze_then_exec(chan: paramiko.Channel, command: str) -> None:
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        real_exec(chan, command)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", freeze_then_exec)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CommandTimeout, match=r"did not start the command within 2 s"):
+            list(t.stream_lines(["echo", "hello"], timeout=60))
+        took = time.monotonic() - started
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        t.close()
+    assert stopped and 2.0 <= took < 5.0, took
+
+
+def test_a_connection_dropped_mid_stream_is_unreachable_not_garbage_in_a_cut_off_line(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """The per-connection sshd is killed while the command has printed half a line: the stream
+    must not yield that half line (the probe's reader would call it garbage)."""
+    config, server = setup(scratch_fleet)
+    t = SshTransport(server, config.ssh)
+    host = scratch_fleet.hosts["s1"]
+    t.run(["true"])
+    children = _connection_sshds(host.sshd_pid)
+    assert children, "no per-connection sshd found"
+    got: list[bytes] = []
+    argv = ["sh", "-c", "echo first; printf half; sleep 30"]
+    try:
+        with pytest.raises(HostUnreachable, match="the SSH connection dropped while sh ran"):
+            for line in t.stream_lines(argv, timeout=60):
+                got.append(line)
+                time.sleep(0.3)  # the half line is in the watchdog's buffer by now
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        t.close()
+    assert got == [b"first"]
+
+
+def _connection_sshds(listener: int) -> list[int]:
+    """The sshd processes below the listener (the connection's monitor and its session
+    process), not the commands they run."""
+    out, todo = [], [listener]
+    procs = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    while todo:
+        parent = todo.pop()
+        for pid in procs:
+            if _ppid(pid) == parent:
+                todo.append(pid)
+                if _comm(pid) == "sshd":
+                    out.append(pid)
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _ppid(pid: int) -> int:

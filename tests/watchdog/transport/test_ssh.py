@@ -167,6 +167,23 @@ def test_output_over_the_cap_is_refused(scratch_fleet: SandboxFleet) -> None:
         t.close()
 
 
+def test_an_endless_line_is_cut_off_at_the_line_cap_not_the_output_cap(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """A host printing one line without end was buffered up to max_output_bytes (256 MB) per
+    host and then copied; lines of whole output are yielded up to the cap."""
+    config, server = setup(scratch_fleet)
+    t = SshTransport(server, config.ssh)
+    cap = ssh._MAX_LINE
+    try:
+        with pytest.raises(ProbeError, match=f"printed a line longer than {cap} bytes"):
+            list(t.stream_lines(["head", "-c", str(4 * cap), "/dev/zero"]))
+        whole = f"head -c {cap} /dev/zero | tr '\\0' x; echo"
+        assert [len(line) for line in t.stream_lines(["sh", "-c", whole])] == [cap]
+    finally:
+        t.close()
+
+
 def _running(marker: str) -> list[int]:
     """Pids on this machine (the sandbox hosts share its pid namespace) whose command line is
     exactly ``sleep <marker>``."""
