@@ -81,7 +81,7 @@ def deep_records(
             continue
         try:
             rec = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past json's depth
             raise ProbeError(f"line {n} of {what}'s output is not JSON") from None
         if not isinstance(rec, dict):
             raise ProbeError(f"line {n} of {what}'s output is not a record")

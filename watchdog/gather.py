@@ -389,7 +389,7 @@ def parse_probe_lines(
             continue
         try:
             rec = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             shown = raw[:80].decode("utf-8", "replace")
             raise ProbeError(f"line {n} of the probe's output is not JSON: {shown!r}") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("type"), str):

@@ -123,6 +123,8 @@ class WireReader:
         """One compact record; ProbeError when the line is not one."""
         try:
             return _decode(raw)
+        except RecursionError:  # nested past the decoder's depth: no record is
+            raise ProbeError(f"line {line}: nested too deep to be a probe record") from None
         except msgspec.DecodeError as exc:
             if "surrogate" not in str(exc):
                 raise ProbeError(f"line {line}: {_what_is_wrong(raw, exc)}") from None

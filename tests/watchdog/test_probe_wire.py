@@ -321,6 +321,8 @@ P = f'"{PID}"'
             "project_dir record is",
         ),
         (f'[0,{P},null,null,null,"\\udcff"]'.encode(), "repo record is malformed"),
+        (b"[" * 100_000, "nested too deep to be a probe record"),
+        (b'{"type": "mount", "x": ' + b"[" * 100_000, "is not JSON"),
     ],
     ids=[
         "empty",
@@ -340,6 +342,8 @@ P = f'"{PID}"'
         "nonsense",
         "not-utf8-wrong-type",
         "not-utf8-text-for-a-bool",
+        "nested-past-msgspecs-depth",
+        "nested-past-jsons-depth",
     ],
 )
 def test_a_compact_record_that_is_not_the_probes_is_refused_with_its_line(
