@@ -865,6 +865,11 @@ def _reflog(root: str, w: _Walk, rec: dict[str, Any]) -> None:
     new = _text(shas[1])
     if SHA_RE.fullmatch(new):
         rec["reflog_last_sha"] = new
+    if len(parts[1]) > 12:
+        # Past the year 33658: a damaged line, not a time (and past the 64 bits the watchdog
+        # packs times in): this repository's problem, not the whole host's.
+        rec["errors"].append(f"{rel}: its last entry's time {_text(parts[1][:30])} is no time")
+        return
     rec["reflog_last_time"] = int(parts[1])
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from bup_watchdog.model import RepoFacts
+
 PROBE_PATH = Path(__file__).resolve().parents[2] / "watchdog" / "probe.py"
 PROBE_SOURCE = PROBE_PATH.read_bytes()
 
@@ -384,6 +386,24 @@ def test_a_master_ref_without_a_sha_or_as_a_symlink_gives_a_master_error(host: H
     assert rec_b["master_sha"] is None
     assert rec_b["master_error"] == "refs/heads/master is a symlink; not followed"
     assert rec_b["symlinks_outside"] == ["refs/heads/master"]
+
+
+def test_a_reflog_time_past_64_bits_is_that_repositorys_error_not_the_hosts(host: Host) -> None:
+    """Regression: a damaged last reflog line with a 25-digit time went out as a number the
+    watchdog packs in 64 bits, and the ProbeError failed every repository of the host."""
+    repo = host.add_repo()
+    reflog = repo / "logs" / "refs" / "heads" / "master"
+    last = reflog.read_bytes().splitlines()[-1]
+    head, _, message = last.partition(b"\t")
+    who, _when, zone = head.rsplit(b" ", 2)
+    reflog.write_bytes(reflog.read_bytes() + b" ".join([who, b"9" * 25, zone]) + b"\t" + message)
+
+    rec = repo_record(host.probe(), PID_A)
+
+    assert rec["errors"] == [f"logs/refs/heads/master: its last entry's time {'9' * 25} is no time"]
+    assert rec["reflog_last_time"] is None and rec["reflog_entries"] == 3
+    facts = RepoFacts.from_record(rec)  # packs, as the watchdog does
+    assert facts.reflog_last_time is None and facts.master_sha == rec["master_sha"]
 
 
 def test_an_empty_repo_dir_reports_nulls_and_zeros(host: Host) -> None:
