@@ -1283,7 +1283,8 @@ def _walk_fingerprint(root: str, top_st: os.stat_result, w: _Walk) -> tuple[str,
     return _fingerprint_text(top, parts, missing), newest
 
 
-_Plan = tuple[tuple[bytes | None, tuple[int, int] | None, bool], ...]
+if TYPE_CHECKING:  # the alias only for annotations: evaluated, it fails before Python 3.10
+    _Plan = tuple[tuple[bytes | None, tuple[int, int] | None, bool], ...]
 _PLANS: dict[int, _Plan] = {}
 _ENOENT_PART = (-1, errno.ENOENT)
 
