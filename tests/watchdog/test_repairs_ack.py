@@ -106,6 +106,12 @@ def test_interrupted_repairs_acknowledged_by_api_and_cli_leave_the_open_gauge_no
         missing = httpx.post(
             f"{url}/api/repairs/999999/ack", json={"why": "x"}, headers=auth, timeout=10
         )
+        # Approving or denying what is not a pending repair is answered now, with the reason
+        # (it was "queued", and the worker only logged why nothing happened).
+        approve_missing = httpx.post(f"{url}/api/repairs/999999/approve", headers=auth, timeout=10)
+        deny_interrupted = httpx.post(
+            f"{url}/api/repairs/{second}/deny", json={"why": "x"}, headers=auth, timeout=10
+        )
         half = scrape(lambda f: open_interrupted(f, "chown_project") == 1)
         by_cli = cli(config, "repairs", "ack", str(second), "--why", "checked on h2 by hand")
         after = scrape(lambda f: open_interrupted(f, "chown_project") == 0)
@@ -121,6 +127,10 @@ def test_interrupted_repairs_acknowledged_by_api_and_cli_leave_the_open_gauge_no
     assert body["ack_reason"].startswith("chown checked by hand")
     assert again.status_code == 409 and "already acknowledged by api" in again.json()["error"]
     assert missing.status_code == 404, missing.text
+    assert approve_missing.status_code == 404, approve_missing.text
+    assert approve_missing.json()["error"] == "no repair #999999 in the journal"
+    assert deny_interrupted.status_code == 409, deny_interrupted.text
+    assert deny_interrupted.json()["error"] == f"repair #{second} is interrupted, not pending"
     assert open_interrupted(half, "chown_project") == 1
     assert by_cli.returncode == 0, by_cli.stderr
     assert f"repair #{second} chown_project" in by_cli.stdout and "acknowledged" in by_cli.stdout

@@ -25,7 +25,7 @@ from bup_watchdog.http.alertmanager import WebhookPayload
 from bup_watchdog.http.alertmanager import handle as handle_alerts
 from bup_watchdog.http.auth import AuthFirstRoute, TokenAuth
 from bup_watchdog.http.limits import HttpLimits, RequestLimit, bounded_protocol
-from bup_watchdog.journal import Journal
+from bup_watchdog.journal import PENDING, Journal
 from bup_watchdog.metrics import exposition
 from bup_watchdog.repair_queue import QueueFull, RepairQueue, Work
 from bup_watchdog.repairs import registry as repair_registry
@@ -269,6 +269,7 @@ def create_app(
         dependencies=[Depends(auth)],
     )
     def approve(entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
+        _pending(entry_id)
         return _enqueue(_queue(), Work(approve=entry_id, by="api"))
 
     @app.post(
@@ -278,7 +279,22 @@ def create_app(
         dependencies=[Depends(auth)],
     )
     def deny(body: DecisionBody, entry_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
+        _pending(entry_id)
         return _enqueue(_queue(), Work(deny=entry_id, by="api", why=body.why))
+
+    def _pending(entry_id: int) -> None:
+        """404 / 409 now, with the reason, for a row that is not a pending repair (the queue's
+        worker would only log it, and the caller would have been told "queued")."""
+        try:
+            entry = Journal(state).get(entry_id)
+        except StateError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from None
+        if entry is None:
+            raise HTTPException(status_code=404, detail=f"no repair #{entry_id} in the journal")
+        if entry.status != PENDING:
+            raise HTTPException(
+                status_code=409, detail=f"repair #{entry_id} is {entry.status}, not pending"
+            )
 
     @app.post(
         "/api/repairs/{entry_id}/ack",
