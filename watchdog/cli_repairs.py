@@ -105,7 +105,22 @@ def _print_decision_and_exit(decision: Decision, fmt: str) -> NoReturn:
 _DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "refused": 2}
 
 
-@click.command("repair")
+class _CouldNotRun(click.UsageError):
+    """A ``repair`` command line it cannot use: 3 (could not run), not click's 2, which
+    ``repair`` gives a guard's refusal (scripts must tell them apart)."""
+
+    exit_code = 3
+
+
+class _RepairCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise _CouldNotRun(exc.format_message(), exc.ctx) from None
+
+
+@click.command("repair", cls=_RepairCommand)
 @config_option
 @click.argument("name")
 @click.argument("target")
@@ -139,22 +154,21 @@ def repair_cmd(
     """Plan or run one repair by hand, through the guard.
 
     TARGET is SERVER (for server repairs) or SERVER/PROJECT_ID; SERVER is an id or a name.
-    Exit code: 0 done (or planned), 1 failed or stopped on a conflict, 2 refused, 3 could not run.
+    Exit code: 0 done (or planned), 1 failed or stopped on a conflict, 2 refused, 3 could not run
+    (a command line it cannot use included: 2 is the guard's refusal only).
     """
     from bup_watchdog.guard import RepairRequest
 
     if dry_run and execute:
-        raise click.UsageError("--dry-run and --execute contradict each other: give one")
+        raise _CouldNotRun("--dry-run and --execute contradict each other: give one")
     if unfence and name != "fence_host":
-        raise click.UsageError(f"--unfence goes with fence_host only, not {name}")
+        raise _CouldNotRun(f"--unfence goes with fence_host only, not {name}")
     if why and reason:
-        raise click.UsageError("--why and --reason (its old name) both given: give --why")
+        raise _CouldNotRun("--why and --reason (its old name) both given: give --why")
     if (move_to or allow_experimental) and name != "move_project":
-        raise click.UsageError(
-            f"--to and --allow-experimental go with move_project only, not {name}"
-        )
+        raise _CouldNotRun(f"--to and --allow-experimental go with move_project only, not {name}")
     if name == "move_project" and not move_to:
-        raise click.UsageError("move_project needs --to SERVER (the new master)")
+        raise _CouldNotRun("move_project needs --to SERVER (the new master)")
     extra: dict[str, object] = {"unfence": True} if unfence else {}
     if move_to:
         extra["target"] = move_to

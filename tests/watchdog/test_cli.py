@@ -420,8 +420,12 @@ def test_contradicting_or_irrelevant_flags_are_refused_before_anything_runs(
     }
     for argv, says in refused.items():
         proc = run(*argv)
-        assert proc.returncode == 2 and says in proc.stderr, (argv, proc.stderr)
+        # repair's 2 is the guard's refusal: a command line it cannot use is 3, could not run
+        code = 3 if argv[0] == "repair" else 2
+        assert proc.returncode == code and says in proc.stderr, (argv, proc.stderr)
         assert "Usage: bup-watchdog" in proc.stderr and "Traceback" not in proc.stderr
+    missing = run("repair", "-c", config, "fence_host")
+    assert missing.returncode == 3 and "Missing argument 'TARGET'" in missing.stderr
     nagios = run("check", "-c", config, "--format", "xml")
     assert nagios.returncode == 3, "a check command line Nagios cannot use is UNKNOWN"
     assert "Invalid value for '--format': 'xml' is not one of 'text', 'json'" in nagios.stderr
