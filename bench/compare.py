@@ -244,7 +244,9 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--fault-share", type=float, default=0.002, help="projects with a fault")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", type=Path, help="where fleets are built; made if missing (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", type=Path, help="where fleets are built; made if missing (default: a temp dir)"
+    )
     ap.add_argument(
         "--json",
         type=Path,
