@@ -5,8 +5,11 @@
 - ``midx``: delete the ``*.midx`` files (bup caches; bup rebuilds them);
 - ``bupindex``: delete ``bupindex``, ``bupindex.meta``, ``bupindex.hlink`` — only for this code:
   they are the normal state of the next save, which without them re-indexes the whole live tree;
-- ``too_many_packs``: ``git repack -a -d`` into one pack, delete the ``*.midx`` files that named
-  the old packs, then ``bup ls master``: bup must read the repacked repository.
+- ``too_many_packs``: ``git repack -a -d -k`` into one pack, delete the ``*.midx`` files that
+  named the old packs, then ``bup ls master``: bup must read the repacked repository. ``-k``
+  keeps unreachable objects: bup dedups against every pack index, so a save that starts while
+  the repack runs may point at objects nothing reachable names yet (an interrupted save's packs);
+  ``-a -d`` alone would drop them, and that save would be broken.
 
 The codes to clear are the request's ``params["codes"]`` when given, else the repository's open
 ``repo_garbage`` findings of those codes, taken fresh when the repair runs; ``verify`` re-runs the
@@ -116,7 +119,7 @@ class CleanRepoSettings(RepairSettings):
     mode: Mode = mode_field("approve")
     repack: bool = Field(
         True,
-        description="Answer too_many_packs with 'git repack -a -d' (one pack instead of many; "
+        description="Answer too_many_packs with 'git repack -a -d -k' (one pack instead of many; "
         "rewrites every pack, so it needs free space the size of the repository, and takes long "
         "on big ones), then 'bup ls master'. false: too_many_packs is refused (repack by hand).",
     )
@@ -255,8 +258,9 @@ class CleanRepo(Repair[CleanRepoSettings]):
             steps.append(
                 Step(
                     req.server_id,
-                    ("git", f"--git-dir={repo}", "repack", "-a", "-d", "-q"),
-                    f"too_many_packs: repack {repo} into one pack (git repack -a -d)",
+                    ("git", f"--git-dir={repo}", "repack", "-a", "-d", "-k", "-q"),
+                    f"too_many_packs: repack {repo} into one pack, unreachable objects kept "
+                    "(git repack -a -d -k)",
                     timeout=settings.repack_timeout,
                 )
             )

@@ -467,7 +467,7 @@ def _git(gate: Gate, args: Sequence[str], env: Sequence[str] = ()) -> Allowed:
         _sha(sub[5])
         _sha(sub[6])
         return Allowed("resync_replica fast-forward", argv, root=True)
-    if sub == ["repack", "-a", "-d", "-q"]:
+    if sub == ["repack", "-a", "-d", "-k", "-q"]:
         return Allowed("clean_repo repack", argv, root=True)
     if len(sub) == 4 and sub[:3] == ["fsck", "--connectivity-only", "--no-dangling"]:
         _sha(sub[3])

@@ -102,8 +102,9 @@ def test_a_sh_c_other_than_resync_replicas_mount_guard_is_refused() -> None:
 
 
 def test_paths_with_dot_dot_or_outside_the_roots_are_refused() -> None:
-    assert refused(["git", f"--git-dir=/bup/bups/../../etc/{PID}", "repack", "-a", "-d", "-q"])
-    assert refused(["git", f"--git-dir={REPO}/..", "repack", "-a", "-d", "-q"])
+    repack = ["repack", "-a", "-d", "-k", "-q"]
+    assert refused(["git", f"--git-dir=/bup/bups/../../etc/{PID}", *repack])
+    assert refused(["git", f"--git-dir={REPO}/..", *repack])
     assert refused(["bup", "-d", f"/etc/{PID}", "init"])
     assert refused(["python3", "-S", "-", f"{REPO}/../{PID}"])
     assert refused(["cat", "--", "/etc/shadow"])
