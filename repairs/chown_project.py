@@ -2,6 +2,10 @@
 
 ``.snapshots`` is a FUSE mount of bup history; walking or chowning it is slow at best and harmful
 at worst, so ``find`` prunes it, and ``-xdev`` keeps the walk on the project's filesystem.
+The tree's directories are the tenant's: ``chown`` runs with ``-execdir`` (from the directory
+``find`` holds open, on ``./name``), so a directory swapped for a symlink between ``find``
+listing a path and ``chown`` acting on it cannot steer root's chown out of the tree, which a
+full path with ``-exec`` could (``--no-dereference`` guards only the last component).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ class ChownProject(Repair[ChownProjectSettings]):
             "find", root, "-xdev",
             "-path", f"{root}/.snapshots", "-prune", "-o",
             "!", "-uid", str(uid),
-            "-exec", "chown", "--no-dereference", f"{uid}:{uid}", "{}", "+",
+            "-execdir", "chown", "--no-dereference", f"{uid}:{uid}", "{}", "+",
         )  # fmt: skip
         return [Step(req.server_id, argv, f"chown {root} to {uid}:{uid}", timeout=settings.timeout)]
 

@@ -413,7 +413,7 @@ def _find(gate: Gate, args: Sequence[str]) -> Allowed:
         _match(
             args,
             ["find", where, "-xdev", "-path", f"{where}/.snapshots", "-prune", "-o",
-             "!", "-uid", str(uid), "-exec", "chown", "--no-dereference", f"{uid}:{uid}",
+             "!", "-uid", str(uid), "-execdir", "chown", "--no-dereference", f"{uid}:{uid}",
              "{}", "+"],
             "find (chown_project)",
         )  # fmt: skip

@@ -112,7 +112,7 @@ def test_paths_with_dot_dot_or_outside_the_roots_are_refused() -> None:
     live = f"/projects/../etc/{PID}"
     uid = project_uid(PID)
     assert refused(["find", live, "-xdev", "-path", f"{live}/.snapshots", "-prune", "-o", "!",
-                    "-uid", str(uid), "-exec", "chown", "--no-dereference", f"{uid}:{uid}", "{}",
+                    "-uid", str(uid), "-execdir", "chown", "--no-dereference", f"{uid}:{uid}", "{}",
                     "+"])  # fmt: skip
 
 
@@ -213,7 +213,8 @@ def test_chown_walk_must_name_the_projects_own_uid() -> None:
     live = f"/projects/{PID}"
     uid = project_uid(PID)
     argv = ["find", live, "-xdev", "-path", f"{live}/.snapshots", "-prune", "-o", "!", "-uid",
-            str(uid), "-exec", "chown", "--no-dereference", f"{uid}:{uid}", "{}", "+"]  # fmt: skip
+            str(uid), "-execdir", "chown", "--no-dereference", f"{uid}:{uid}", "{}",
+            "+"]  # fmt: skip
     assert judge(argv, GATE)[0].kind == "chown_project"
     argv[-3] = "0:0"
     assert refused(argv)
