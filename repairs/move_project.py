@@ -344,6 +344,7 @@ class MoveProject(Repair[MoveProjectSettings]):
                     f"the live tree on {target.label} differs from {source.label}'s in "
                     f"{len(changes)} file(s) (e.g. {changes[0][:200]!r}); nothing was switched"
                 )
+            self._still_unmoved(ctx, source, pid, new)  # the live check may take minutes
         writer = inventory_writer(ctx)
         if writer is None:
             raise RepairError("the inventory cannot be written; nothing was switched")
@@ -386,6 +387,21 @@ class MoveProject(Repair[MoveProjectSettings]):
             why = deep.message if deep else (t_facts.deep_error or "no result")
             raise RepairError(
                 f"the deep check fails on {target.label}'s copy: {why}; nothing was switched"
+            )
+
+    def _still_unmoved(self, ctx: RepairContext, source: Server, pid: str, new: str) -> None:
+        """Right before the switch: no save ran on the master since the copy was proven, and
+        none runs now (else it would be stranded on what becomes a replica)."""
+        busy = _RESYNC._busy(ctx, source, pid)
+        if busy:
+            raise RepairError(f"{busy}; nothing was switched, run the move again")
+        facts = ctx.facts(source.server_id)
+        repo = facts.repos.get(pid) if facts.probed else None
+        if repo is None or repo.master_sha != new:
+            now = repo.master_sha if repo else f"unknown ({facts.failure_message or 'missing'})"
+            raise RepairError(
+                f"the master on {source.label} moved during the live tree's check (a save?): "
+                f"now {now}, copied {new}; nothing was switched, run the move again"
             )
 
     def _replicas_json(

@@ -274,6 +274,31 @@ def test_a_live_tree_that_stays_different_on_the_target_stops_the_move_before_th
     assert newer.read_text() == "edited on s2, newer than the master's\n"  # --update kept it
 
 
+def test_a_save_on_the_source_during_the_live_trees_check_stops_the_move_before_the_switch(
+    scratch_fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is proven, then the live trees are compared (minutes on a big project): a real
+    bup save lands on the source meanwhile. Switching then would strand it on a replica."""
+    fleet = scratch_fleet
+    inventory = fleet.inventory_path.read_bytes()
+    real_changes = move_project._changes
+    saved: list[str] = []
+
+    def save_during_the_check(result: Any) -> Any:
+        saved.append(bup_save_on(fleet, "s1", P, int(time.time()), {"work/late.txt": "late\n"}))
+        return real_changes(result)
+
+    monkeypatch.setattr(move_project, "_changes", save_during_the_check)
+    decision = make_guard(fleet, AUTO).submit(request(fleet))
+
+    assert saved, "the live check did not run"
+    assert decision.status == "failed", decision.message
+    assert "moved during the live tree's check" in decision.message, decision.message
+    assert "nothing was switched" in decision.message
+    assert fleet.inventory_path.read_bytes() == inventory
+    assert git_out(fleet, "s1", P, "rev-parse", "master").strip() == saved[0]
+
+
 def test_a_save_running_on_the_source_is_refused(scratch_fleet: SandboxFleet) -> None:
     """A real ``bup split`` waiting on its input holds the source's repository open."""
     fleet = scratch_fleet
