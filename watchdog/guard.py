@@ -326,7 +326,12 @@ class Guard:
         for req in requests_for(findings, self.repairs, "schedule"):
             if self.config.repair(req.repair).mode not in ("auto", "approve"):
                 continue
-            if req.fingerprint and self.journal.decided_since(req.fingerprint, now - cooldown):
+            if req.fingerprint and (
+                self.journal.decided_since(req.fingerprint, now - cooldown)
+                # still waiting for an operator (or running): asking again would only journal
+                # a "duplicate" refusal every cooldown, for as long as nobody approves
+                or self.journal.active_fingerprint(req.fingerprint) is not None
+            ):
                 continue
             out.append(req)
         return out

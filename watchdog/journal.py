@@ -168,6 +168,7 @@ class Journal:
             db.execute(sql, params)
             if succeeded:  # interrupted runs of the same repair on this target are resolved
                 _ack_by_later_success(db)
+                _resolve_gave_up(db, entry_id)
 
         self.state.write(apply)
 
@@ -411,6 +412,18 @@ class Journal:
 def _ack_by_later_success(db: sqlite3.Connection) -> None:
     db.execute(ACK_BY_LATER_SUCCESS)
     _resolve_interrupted_findings(db)
+
+
+def _resolve_gave_up(db: sqlite3.Connection, entry_id: int) -> None:
+    """A success of a repair on a target ends the guard's ``gave_up`` finding about that repair
+    there (no sweep resolves it: the guard is not a check)."""
+    db.execute(
+        "UPDATE findings SET resolved_at=? WHERE check_name='guard' AND code='gave_up' "
+        "AND resolved_at IS NULL AND EXISTS (SELECT 1 FROM journal AS j WHERE j.id=? "
+        "AND j.server_id=findings.server_id AND j.project_id IS findings.project_id "
+        "AND substr(findings.message, 1, length(j.repair) + 8) = j.repair || ' failed ')",
+        (time.time(), entry_id),
+    )
 
 
 def _resolve_interrupted_findings(db: sqlite3.Connection) -> None:

@@ -219,6 +219,11 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX findings_open_counts ON findings(check_name, server_id, severity, project_id)
         WHERE resolved_at IS NULL;
     """,
+    # 10: the schedule's cooldown and the alerts' duplicate rule look rows up by fingerprint at
+    # every sweep and every alert: from an index, not a scan of the whole journal
+    """
+    CREATE INDEX journal_fingerprint ON journal(fingerprint, created_at);
+    """,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +14,16 @@ from conftest import SCRATCH_P1
 from bup_watchdog.checks import settings_models
 from bup_watchdog.config import load_config
 from bup_watchdog.guard import Guard
-from bup_watchdog.repairs.base import Outcome, Repair, RepairContext, RepairRequest, Step
+from bup_watchdog.model import Finding, Severity
+from bup_watchdog.repairs.base import (
+    Outcome,
+    Repair,
+    RepairContext,
+    RepairError,
+    RepairRequest,
+    Step,
+)
+from bup_watchdog.repairs.chown_project import ChownProject
 from bup_watchdog.repairs.restart_bup_server import RestartBupServer, RestartBupServerSettings
 from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
@@ -123,6 +133,56 @@ def test_a_repair_whose_host_stops_answering_before_the_verify_is_failed_not_suc
     assert decision.message.startswith("could not verify: cannot judge ownership on s1"), decision
     row = guard.journal.get(decision.entry_id)
     assert row is not None and row.verification == decision.message
+
+
+def test_the_schedule_does_not_ask_again_while_its_request_waits_for_an_operator(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """Regression: after each cooldown the schedule asked again and the guard journaled a
+    "duplicate" refusal, for as long as nobody approved (48 rows a day per waiting target)."""
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
+    finding = Finding(
+        "ownership", scratch_fleet.server_id("s1"), Severity.WARNING, "wrong owner",
+        project_id=SCRATCH_P1, code="wrong_owner",
+    )  # fmt: skip
+    [req] = guard.scheduled_requests([finding], cooldown=0)
+    assert guard.submit(req).status == "pending"
+    assert guard.scheduled_requests([finding], cooldown=0) == []
+    assert [e.status for e in guard.journal.entries()] == ["pending"]
+
+
+class ChownFailingTwice(ChownProject):
+    """FAKE: chown_project failing its first two runs (a failure on demand); then the real one."""
+
+    failures = 2
+
+    def execute(self, *args: Any, **kwargs: Any) -> Outcome:
+        if self.failures:
+            self.failures -= 1
+            raise RepairError("failed on purpose (fake)")
+        return super().execute(*args, **kwargs)
+
+
+def test_a_later_success_resolves_the_guards_gave_up_finding(scratch_fleet: SandboxFleet) -> None:
+    """Regression: gave_up stayed open (critical in the report and /api/findings) after the
+    target was fixed and the repair succeeded: no sweep resolves the guard's findings."""
+    plant_wrong_owner(scratch_fleet)
+    config = fleet_config(scratch_fleet, "[guard]\nmax_failures = 2\nfailure_window_hours = 1\n")
+    state = open_state(config)
+    now = [time.time()]
+    guard = Guard(
+        config, state, load_inventory(inventory_source(config), state),
+        repairs={"chown_project": ChownFailingTwice()}, clock=lambda: now[0],
+    )  # fmt: skip
+    assert [guard.submit(chown(scratch_fleet), execute=True).status for _ in range(3)] == [
+        "failed", "failed", "refused"
+    ]  # fmt: skip
+    [gave_up] = state.open_findings(check="guard")
+    assert gave_up.code == "gave_up" and gave_up.message.startswith("chown_project failed 2")
+    now[0] += 2 * 3600  # the failures are out of the window: the guard tries again
+    assert guard.submit(chown(scratch_fleet), execute=True).status == "succeeded"
+    assert state.open_findings(check="guard") == []
 
 
 def test_a_target_under_lease_is_refused(scratch_fleet: SandboxFleet) -> None:
