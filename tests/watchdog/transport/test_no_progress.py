@@ -77,13 +77,7 @@ def test_a_host_that_freezes_between_opening_a_session_and_starting_the_command_
     """paramiko's exec_command waits for sshd's answer without a limit. The per-connection sshd
     is really frozen (SIGSTOP), at the moment the command is sent (the hook only picks the
     moment): the call gives up after ssh.banner_timeout, not never."""
-    config, server = setup(scratch_fleet)
-    config.ssh.banner_timeout = 2.0
-    t = SshTransport(server, config.ssh)
-    host = scratch_fleet.hosts["s1"]
-    t.run(["true"])
-    children = _connection_sshds(host.sshd_pid)
-    assert children, "no per-connection sshd found"
+    t, children = connected(scratch_fleet, banner_timeout=2.0)
     stopped: list[int] = []
     real_exec = paramiko.Channel.exec_command
 
@@ -111,12 +105,7 @@ def test_a_connection_dropped_mid_stream_is_unreachable_not_garbage_in_a_cut_off
 ) -> None:
     """The per-connection sshd is killed while the command has printed half a line: the stream
     must not yield that half line (the probe's reader would call it garbage)."""
-    config, server = setup(scratch_fleet)
-    t = SshTransport(server, config.ssh)
-    host = scratch_fleet.hosts["s1"]
-    t.run(["true"])
-    children = _connection_sshds(host.sshd_pid)
-    assert children, "no per-connection sshd found"
+    t, children = connected(scratch_fleet)
     got: list[bytes] = []
     argv = ["sh", "-c", "echo first; printf half; sleep 30"]
     try:
@@ -129,6 +118,19 @@ def test_a_connection_dropped_mid_stream_is_unreachable_not_garbage_in_a_cut_off
     finally:
         t.close()
     assert got == [b"first"]
+
+
+def connected(fleet: SandboxFleet, **ssh: float) -> tuple[SshTransport, list[int]]:
+    """A transport connected to s1 (``ssh``: settings changed first), and the sshd processes
+    of that connection."""
+    config, server = setup(fleet)
+    for key, value in ssh.items():
+        setattr(config.ssh, key, value)
+    t = SshTransport(server, config.ssh)
+    t.run(["true"])
+    children = _connection_sshds(fleet.hosts["s1"].sshd_pid)
+    assert children, "no per-connection sshd found"
+    return t, children
 
 
 def _connection_sshds(listener: int) -> list[int]:
