@@ -230,8 +230,9 @@ def name_half_copies(plan: Plan, state: State) -> Plan:
     """Say which blocked copies are a half-copy an interrupted resync of this target created.
 
     A repository with packs and no ref is refused by resync_replica (it may hold saves); when the
-    journal's last resync_replica of the target created it (its plan's ``bup init``) and never
-    finished, nothing in it is the replica's own: the operator may remove it and run again.
+    journal's last resync_replica of the target created it (its plan's ``bup init``: the row
+    started running) and never finished, nothing in it is the replica's own: the operator may
+    remove it and run again. A row that never ran (pending, dry run, denied) created nothing.
     """
     out = []
     for c in plan.blocked:
@@ -240,7 +241,8 @@ def name_half_copies(plan: Plan, state: State) -> Plan:
             "ORDER BY id DESC LIMIT 1",
             (REPAIR, f"{plan.host.server_id}/{c.project_id}"),
         )
-        if c.why.startswith("replica_unreadable") and rows and rows[0][1] != "succeeded":
+        ran = rows and rows[0][1] in ("running", "failed", "interrupted")
+        if c.why.startswith("replica_unreadable") and ran:
             entry, status, steps = rows[0]
             try:
                 first = json.loads(steps or "[]")[0]["command"]

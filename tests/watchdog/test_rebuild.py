@@ -21,10 +21,14 @@ from bup_watchdog.batches import batch_progress
 from bup_watchdog.cli import main
 from bup_watchdog.journal import Journal
 from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import Server
 from bup_watchdog.rebuild import (
     Budget,
+    Copy,
+    Plan,
     RebuildUsageError,
     compute_plan,
+    name_half_copies,
     parse_bwlimit,
     parse_command,
 )
@@ -32,6 +36,7 @@ from bup_watchdog.report import build_report, render
 from bup_watchdog.runner import open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import FleetSpec, HostSpec, ProjectSpec
+from bup_watchdog.state import State
 from support.fleet import fleet_config, git_digest, git_out
 from support.fleet_template import CopiedReposFleet, RepoTemplates
 
@@ -274,6 +279,27 @@ def test_a_rebuild_killed_mid_copy_goes_on_and_names_the_half_copy_it_left(
     assert heads(fleet, "b") == want
     rows = journal(fleet).entries()
     assert [r.status for r in rows if r.project_id == P_RECENT] == ["succeeded", "running"]
+
+
+@pytest.mark.parametrize("status", ["pending", "dry_run", "denied", "failed", "interrupted"])
+def test_a_half_copy_is_blamed_on_a_resync_only_when_that_resync_ran(
+    tmp_path: Path, status: str
+) -> None:
+    """Regression: a pending, dry-run or denied resync whose plan starts with ``bup init`` ran
+    nothing, yet the operator was told it created the repository, and to remove it."""
+    sid, pid = "3f0c5a8e-2b7d-4e61-9c3a-5d8e7f6a1b2c", "0b6f5e2c-1b7f-4c3e-9a6e-1f2e3d4c5b6a"
+    state = State(tmp_path / "state.db")
+    repo = f"/bup/bups/{pid}"
+    Journal(state).write(
+        repair="resync_replica", target=f"{sid}/{pid}", server_id=sid, project_id=pid,
+        requested_by="cli:test", reason="test", fingerprint=None, mode="approve", status=status,
+        plan=[{"on": "b", "command": f"bup -d {repo} init", "description": "init"}],
+    )  # fmt: skip
+    blocked = Copy(pid, "m", "blocked", why="replica_unreadable: packs and no ref")
+    plan = Plan(Server(sid, "b", 1982), todo=(), blocked=(blocked,), in_step=0, outside_window=0)
+    [named] = name_half_copies(plan, state).blocked
+    state.close()
+    assert ("a half-copy" in named.why) == (status in ("failed", "interrupted")), named.why
 
 
 def test_budget_flags_are_parsed_and_unusable_values_are_usage_errors_with_exit_2() -> None:
