@@ -11,8 +11,10 @@
 3. on the copy: ``bup prune-older --no-gc``, ``bup gc``, ``git fsck --connectivity-only``, ``bup ls
    master`` (exactly the kept saves) and ``bup ls`` of every kept save;
 4. a stdlib program swaps the copy in atomically (``renameat2(RENAME_EXCHANGE)``) after checking
-   that no save landed meanwhile (the master ref is the one copied; checked again after the
-   exchange, which is undone if it moved), and gives the pruned copy one reflog entry carrying the
+   that nothing landed meanwhile: the master ref is the one copied, and every other ref (a
+   resync's conflict tag) and every file outside ``objects/``, ``refs/`` and ``logs/`` (``conf/``,
+   ``config``) is the same in the repository as in the copy; both checked again after the
+   exchange, which is undone if either moved. It gives the pruned copy one reflog entry carrying the
    old newest reflog time (bup rewrites the history and empties the reflog; ``replication_lag``
    and ``save_freshness`` read that time);
 5. the old repository stays aside as ``<repo>.pruned-<UTC time>`` with a ``BUPWATCH-PRUNED.txt``
@@ -68,7 +70,7 @@ ASIDE_INFIX = ".pruned-"
 #: Runs on the host: ``python3 -S - swap REPO WORK ASIDE OLD_SHA KEEP_UNTIL`` or ``python3 -S -
 #: discard REPO WORK``. Exit 0 done, 2 refused (nothing changed), anything else failed.
 PROGRAM = r"""
-import ctypes, os, shutil, subprocess, sys, time
+import ctypes, hashlib, os, shutil, subprocess, sys, time
 
 ZERO = "0" * 40
 
@@ -82,6 +84,52 @@ def master(repo):
     p = subprocess.run(["git", "--git-dir=" + repo, "rev-parse", "--verify", "-q",
                         "refs/heads/master^{commit}"], capture_output=True, text=True)
     return p.stdout.strip() if p.returncode == 0 else None
+
+
+#: Top-level entries a prune rewrites (objects, refs, logs; master is checked on its own) or that
+#: are caches bup rebuilds (bupindex*, index-cache): left out of the comparison.
+NOT_COMPARED = ("objects", "refs", "logs", "packed-refs", "index-cache")
+
+
+def other_refs(repo):
+    p = subprocess.run(["git", "--git-dir=" + repo, "for-each-ref",
+                        "--format=%(objectname) %(refname)"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"(the refs of %s: %s)" % (repo, p.stderr.strip()[-300:]): "unreadable"}
+    refs = dict(ln.split(" ", 1)[::-1] for ln in p.stdout.splitlines() if " " in ln)
+    refs.pop("refs/heads/master", None)
+    return refs
+
+
+def other_files(repo):
+    out = {}
+    for d, dirs, names in os.walk(repo):
+        if d == repo:
+            dirs[:] = [n for n in dirs if n not in NOT_COMPARED]
+            names = [n for n in names if n not in NOT_COMPARED and not n.startswith("bupindex")]
+        for n in names + [n for n in dirs if os.path.islink(os.path.join(d, n))]:
+            path = os.path.join(d, n)
+            if os.path.islink(path):
+                seen = "link " + os.readlink(path)
+            elif os.path.isfile(path):
+                try:
+                    with open(path, "rb") as f:
+                        seen = hashlib.sha256(f.read()).hexdigest()
+                except OSError as e:
+                    seen = "unreadable: %s" % e.strerror
+            else:
+                seen = "special"
+            out[os.path.relpath(path, repo)] = seen
+    return out
+
+
+def drift(repo, copy):
+    # What differs between the repository and its copy besides master and the objects.
+    a, b = other_refs(repo), other_refs(copy)
+    refs = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+    a, b = other_files(repo), other_files(copy)
+    changed = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+    return refs + changed
 
 
 def real_dir(path):
@@ -142,6 +190,10 @@ def swap(repo, work, aside, old, until):
     new = master(work)
     if new is None:
         refuse("the pruned copy %s has no master commit" % work)
+    moved = drift(repo, work)
+    if moved:
+        refuse("%s changed since the copy outside its master (%s); the pruned copy would roll "
+               "that back; nothing swapped" % (repo, ", ".join(moved[:10])))
     when = last_reflog_time(repo) or int(time.time())
     logs = os.path.join(work, "logs", "refs", "heads")
     os.makedirs(logs, exist_ok=True)
@@ -152,10 +204,9 @@ def swap(repo, work, aside, old, until):
                 "the unpruned repository kept aside as %s\n" % (ZERO, new, when, aside))
     os.chown(reflog, st.st_uid, st.st_gid)
     exchange(work, repo)
-    if master(work) != old:  # a save slipped in between the check and the exchange: undo
+    if master(work) != old or drift(work, repo):  # something landed just before the exchange
         exchange(work, repo)
-        refuse("refs/heads/master of %s moved during the swap; swapped back, nothing changed"
-               % repo)
+        refuse("%s changed during the swap; swapped back, nothing changed" % repo)
     os.rename(work, aside)
     fsync_dir(parent)
     note = os.path.join(aside, "BUPWATCH-PRUNED.txt")

@@ -11,11 +11,13 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bup_watchdog.repair_context import Context
 from bup_watchdog.repairs.base import RepairRequest
 from bup_watchdog.repairs.prune_repo import PruneRepoSettings
 from bup_watchdog.sandbox.fleet import SandboxFleet
@@ -27,6 +29,7 @@ PID = "7e3b1c2d-5a6f-4b7c-8d9e-0000000000aa"
 SAVES = 200
 DAY = 86400
 CHURN_BYTES = 40_000  # a file rewritten before every save: what pruning frees
+TAG = "refs/tags/conflict-master-20261206T080000Z"  # a resync's conflict tag
 
 # 200 real saves: about a minute on a loaded 2-core machine (see save_dated_trees).
 pytestmark = pytest.mark.timeout(900)
@@ -181,6 +184,63 @@ def test_prune_is_refused_while_a_save_works_on_the_repository(fleet: SandboxFle
     assert decision.status == "refused"
     assert "busy: processes work on" in decision.message and "sleep 60" in decision.message
     assert len(saves_of(fleet)) == SAVES
+
+
+def tag_the_master(fleet: SandboxFleet) -> str:
+    """A resync's conflict tag, as resync_replica writes it on a master (real git, on the host)."""
+    inside = repo_inside(fleet, "q1", PID)
+    made = fleet.hosts["q1"].run(["git", f"--git-dir={inside}", "update-ref", TAG, "master~3"])
+    assert made.returncode == 0, made.stderr
+    return TAG
+
+
+def edit_the_conf(fleet: SandboxFleet) -> str:
+    settings = fleet.repo_path("q1", PID) / "conf" / "settings.json"
+    settings.write_text(settings.read_text() + "\n")
+    return "conf/settings.json"
+
+
+@pytest.mark.parametrize("change", [tag_the_master, edit_the_conf])
+def test_a_tag_or_conf_edit_landing_between_the_copy_and_the_swap_refuses_the_swap(
+    fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch, change: Callable[[SandboxFleet], str]
+) -> None:
+    """The pruned copy carries the refs and conf/ of the moment it was copied (minutes before the
+    swap on a big repository): swapping it in then would roll back what landed meanwhile."""
+    repo = fleet.repo_path("q1", PID)
+    inside = repo_inside(fleet, "q1", PID)
+    conf = (repo / "conf" / "settings.json").read_bytes()
+    refs_before = fleet.hosts["q1"].run(["git", f"--git-dir={inside}", "for-each-ref"]).stdout
+    real_run = Context.run
+    landed: list[str] = []
+
+    def land_before_the_swap(self: Context, step: Any) -> Any:
+        if step.argv[3:4] == ("swap",) and not landed:
+            landed.append(change(fleet))
+        return real_run(self, step)
+
+    monkeypatch.setattr(Context, "run", land_before_the_swap)
+    try:
+        decision = make_guard(fleet).submit(
+            RepairRequest("prune_repo", fleet.server_id("q1"), PID), execute=True
+        )
+        refs_after = fleet.hosts["q1"].run(["git", f"--git-dir={inside}", "for-each-ref"]).stdout
+        leftovers = list(fleet.hosts["q1"].bups_dir.glob(f"{PID}.*"))
+        conf_after = (repo / "conf" / "settings.json").read_bytes()
+    finally:
+        fleet.hosts["q1"].run(["git", f"--git-dir={inside}", "update-ref", "-d", TAG])
+        (repo / "conf" / "settings.json").write_bytes(conf)
+
+    assert landed, "the swap did not run"
+    assert decision.status == "failed", decision.message
+    assert "changed since the copy outside its master" in decision.message, decision.message
+    assert landed[0] in decision.message and "nothing swapped" in decision.message
+    assert "unfinished copy" in decision.message and "was deleted" in decision.message
+    assert len(saves_of(fleet)) == SAVES
+    assert leftovers == []
+    if landed[0] == TAG:
+        assert TAG in refs_after and refs_after != refs_before
+    else:
+        assert conf_after == conf + b"\n"
 
 
 def test_an_approved_prune_keeps_the_policys_saves_every_one_lists_and_the_old_repo_stays_aside(
