@@ -143,6 +143,11 @@ class Repair(Generic[S]):
     #: The finding codes of that check this repair answers (for schedule and alert mapping).
     codes: ClassVar[tuple[str, ...]] = ()
 
+    def leased(self, req: RepairRequest, inventory: Inventory) -> tuple[str, ...]:
+        """The targets this repair may write to, each leased for its run (one repair at a time on
+        each): its own; a repair that also writes to another copy adds that copy's target."""
+        return (req.target,)
+
     def preconditions(self, req: RepairRequest, ctx: RepairContext, settings: S) -> list[str]:
         """Reasons to refuse, each 'code: sentence'. Empty: the repair may run now."""
         return []

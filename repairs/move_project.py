@@ -38,7 +38,7 @@ from pydantic import Field
 from bup_watchdog.config import Config
 from bup_watchdog.inventory.base import InventoryWriter
 from bup_watchdog.inventory.file import FileInventory
-from bup_watchdog.model import HostFacts, Project, Server
+from bup_watchdog.model import HostFacts, Inventory, Project, Server
 from bup_watchdog.repairs._copy import (
     address_problems,
     guarded,
@@ -128,9 +128,13 @@ def inventory_writer(ctx: RepairContext) -> InventoryWriter | None:
 
 def resolve_target(ctx: RepairContext, value: object) -> Server | None:
     """The server ``params["target"]`` names, by id or by name."""
+    return _server_named(ctx.inventory, value)
+
+
+def _server_named(inventory: Inventory, value: object) -> Server | None:
     if not isinstance(value, str) or not value:
         return None
-    servers = ctx.inventory.servers
+    servers = inventory.servers
     if value.lower() in servers:
         return servers[value.lower()]
     named = [s for s in servers.values() if s.name and s.name == value]
@@ -149,6 +153,13 @@ class MoveProject(Repair[MoveProjectSettings]):
     # An operator's decision, never the answer to a finding: no check, so neither the schedule,
     # an alert nor the report proposes a move for a replica that is behind (resync_replica does).
     check = ""
+
+    def leased(self, req: RepairRequest, inventory: Inventory) -> tuple[str, ...]:
+        """The source, and the target's copy the move writes (a resync there would race it)."""
+        target = _server_named(inventory, req.params.get("target"))
+        if target is None or target.server_id == req.server_id:
+            return (req.target,)
+        return (req.target, f"{target.server_id}/{req.project_id}")
 
     def _parties(self, req: RepairRequest, ctx: RepairContext) -> tuple[Project, Server, Server]:
         assert req.project_id is not None

@@ -552,6 +552,39 @@ class Guard:
             )
         )
 
+    def _take_leases(self, req: RepairRequest, targets: tuple[str, ...]) -> str:
+        """Lease every target the repair may write to, or none: why not ('' when all taken)."""
+        taken: list[str] = []
+        why = ""
+        for target in targets:
+            try:
+                acquired = self.leases.acquire(target, self.holder, self.config.guard.lease_seconds)
+            except WatchdogError as exc:
+                why = f"cannot take the lease on {target}: {exc}"
+                break
+            if not acquired:
+                holder = self.leases.holder(target) or "another repair"
+                also = "" if target == req.target else f" ({req.repair} writes there too)"
+                why = f"{target} is being repaired by {holder}{also}; one at a time"
+                break
+            taken.append(target)
+        if why:
+            self._release_leases(tuple(taken))
+        return why
+
+    def _release_leases(self, targets: tuple[str, ...]) -> None:
+        for target in targets:
+            try:  # kept in memory when the state's disk is full; this is for any other failure
+                self.leases.release(target, self.holder)
+            except WatchdogError as exc:
+                log.error(
+                    "cannot release the lease on %s now (%s); it expires within %g s, or at the "
+                    "watchdog's next start",
+                    _clean(target),
+                    exc,
+                    self.config.guard.lease_seconds,
+                )
+
     def _run(
         self,
         req: RepairRequest,
@@ -564,16 +597,10 @@ class Guard:
         limited = self._limits(req, settings)
         if limited:
             return self._refuse(req, limited[0], limited[1], mode)
-        lease_ttl = self.config.guard.lease_seconds
-        try:
-            acquired = self.leases.acquire(req.target, self.holder, lease_ttl)
-        except WatchdogError as exc:
-            return self._refuse(req, "lease", f"cannot take the lease on {req.target}: {exc}", mode)
-        if not acquired:
-            holder = self.leases.holder(req.target) or "another repair"
-            return self._refuse(
-                req, "lease", f"{req.target} is being repaired by {holder}; one at a time", mode
-            )
+        leased = repair.leased(req, self.inventory)
+        busy = self._take_leases(req, leased)
+        if busy:
+            return self._refuse(req, "lease", busy, mode)
         ctx = self._context(decided_by or req.requested_by, req.project_id)
         executed = False
         try:
@@ -632,16 +659,7 @@ class Guard:
             return Decision(entry, status, verification, plan)
         finally:
             ctx.close()
-            try:  # kept in memory when the state's disk is full; this is for any other failure
-                self.leases.release(req.target, self.holder)
-            except WatchdogError as exc:
-                log.error(
-                    "cannot release the lease on %s now (%s); it expires within %g s, or at the "
-                    "watchdog's next start",
-                    _clean(req.target),
-                    exc,
-                    self.config.guard.lease_seconds,
-                )
+            self._release_leases(leased)
             if executed and self.on_executed is not None:
                 try:
                     self.on_executed(req)

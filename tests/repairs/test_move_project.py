@@ -339,3 +339,24 @@ def test_the_cli_plans_a_move_with_to_and_changes_nothing(scratch_fleet: Sandbox
     assert decision["status"] == "dry_run", decision
     assert any("rsync" in s["command"] for s in decision["plan"])
     assert fleet_digest(fleet) == before and fleet.inventory_path.read_bytes() == inventory
+
+
+def test_a_move_is_refused_while_the_targets_copy_is_under_lease(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """The move writes the target's copy (a resync of that replica would race its rsync): it
+    takes that copy's lease too, and gives its own back when it cannot."""
+    fleet = scratch_fleet
+    inventory = fleet.inventory_path.read_bytes()
+    guard = make_guard(fleet, AUTO)
+    req = request(fleet)
+    target_copy = f"{fleet.server_id('s2')}/{P}"
+    assert guard.journal.acquire_lease(target_copy, "resync-elsewhere", 60)
+
+    decision = guard.submit(req)
+
+    assert decision.status == "refused", decision.message
+    assert decision.message.startswith("lease:") and target_copy in decision.message
+    assert "move_project writes there too" in decision.message
+    assert guard.leases.holder(req.target) is None
+    assert fleet.inventory_path.read_bytes() == inventory
