@@ -17,7 +17,7 @@ import click
 
 from bup_watchdog import __version__, logs
 from bup_watchdog.cli_options import (
-    EXIT_UNKNOWN,
+    BadUsageExits3,
     config_option,
     deprecated,
     existing_state,
@@ -48,20 +48,6 @@ if TYPE_CHECKING:
     from bup_watchdog.sweep import SweepResult
 
 MEMORY = Path(":memory:")  # an SQLite database that is no file
-
-
-class _NagiosCommand(click.Command):
-    """``check``: a command line it cannot use is UNKNOWN (3) to Nagios, not click's 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _UnknownUsage(exc.format_message(), exc.ctx) from None
-
-
-class _UnknownUsage(click.UsageError):
-    exit_code = EXIT_UNKNOWN
 
 
 class _Commands(click.Group):
@@ -146,7 +132,7 @@ for _command in (repair_cmd, rebuild_cmd, evacuate_cmd, repairs_group):
     main.add_command(_command)
 
 
-@main.command("check", cls=_NagiosCommand)
+@main.command("check", cls=BadUsageExits3)
 @config_option
 @only_option
 @server_option

@@ -55,6 +55,23 @@ def deprecated(new: str) -> Callable[[click.Context, click.Parameter, object], o
     return callback
 
 
+class BadUsage(click.UsageError):
+    """A command line the command cannot use, for a command whose 2 means something else."""
+
+    exit_code = EXIT_UNKNOWN
+
+
+class BadUsageExits3(click.Command):
+    """A command whose exit 2 is an answer (``check``: CRITICAL to Nagios; ``repair``: the guard
+    refused): a command line it cannot use exits 3 (UNKNOWN, could not run), not click's 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise BadUsage(exc.format_message(), exc.ctx) from None
+
+
 class _Formats(click.Choice[str]):
     """``--format text|json`` of every command that prints for people or for a program; 'table',
     the old name of text (check, repairs list), is still taken."""

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from bup_watchdog.cli_options import (
+    BadUsage,
+    BadUsageExits3,
     config_option,
     deprecated,
     existing_state,
@@ -105,22 +107,7 @@ def _print_decision_and_exit(decision: Decision, fmt: str) -> NoReturn:
 _DECISION_EXIT = {"succeeded": 0, "dry_run": 0, "pending": 0, "conflict": 1, "refused": 2}
 
 
-class _CouldNotRun(click.UsageError):
-    """A ``repair`` command line it cannot use: 3 (could not run), not click's 2, which
-    ``repair`` gives a guard's refusal (scripts must tell them apart)."""
-
-    exit_code = 3
-
-
-class _RepairCommand(click.Command):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _CouldNotRun(exc.format_message(), exc.ctx) from None
-
-
-@click.command("repair", cls=_RepairCommand)
+@click.command("repair", cls=BadUsageExits3)
 @config_option
 @click.argument("name")
 @click.argument("target")
@@ -160,15 +147,15 @@ def repair_cmd(
     from bup_watchdog.guard import RepairRequest
 
     if dry_run and execute:
-        raise _CouldNotRun("--dry-run and --execute contradict each other: give one")
+        raise BadUsage("--dry-run and --execute contradict each other: give one")
     if unfence and name != "fence_host":
-        raise _CouldNotRun(f"--unfence goes with fence_host only, not {name}")
+        raise BadUsage(f"--unfence goes with fence_host only, not {name}")
     if why and reason:
-        raise _CouldNotRun("--why and --reason (its old name) both given: give --why")
+        raise BadUsage("--why and --reason (its old name) both given: give --why")
     if (move_to or allow_experimental) and name != "move_project":
-        raise _CouldNotRun(f"--to and --allow-experimental go with move_project only, not {name}")
+        raise BadUsage(f"--to and --allow-experimental go with move_project only, not {name}")
     if name == "move_project" and not move_to:
-        raise _CouldNotRun("move_project needs --to SERVER (the new master)")
+        raise BadUsage("move_project needs --to SERVER (the new master)")
     extra: dict[str, object] = {"unfence": True} if unfence else {}
     if move_to:
         extra["target"] = move_to

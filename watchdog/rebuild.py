@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bup_watchdog.errors import WatchdogError
+from bup_watchdog.journal import FAILED, INTERRUPTED, RUNNING
 from bup_watchdog.model import HostFacts, Inventory, RepoFacts, Server
 from bup_watchdog.progress_bar import ItemProgress
 
@@ -241,14 +242,14 @@ def name_half_copies(plan: Plan, state: State) -> Plan:
             "ORDER BY id DESC LIMIT 1",
             (REPAIR, f"{plan.host.server_id}/{c.project_id}"),
         )
-        ran = rows and rows[0][1] in ("running", "failed", "interrupted")
+        ran = rows and rows[0][1] in (RUNNING, FAILED, INTERRUPTED)
         if c.why.startswith("replica_unreadable") and ran:
             entry, status, steps = rows[0]
             try:
                 first = json.loads(steps or "[]")[0]["command"]
             except (ValueError, LookupError, TypeError):
                 first = ""
-            if first.startswith("bup -d ") and first.endswith(" init") and status != "refused":
+            if first.startswith("bup -d ") and first.endswith(" init"):
                 repo = first.removeprefix("bup -d ").removesuffix(" init")
                 c = replace(
                     c,
