@@ -169,12 +169,13 @@ class ReplicationLag(Check[ReplicationLagSettings]):
     ) -> Iterator[tuple[str, str]]:
         """Replicas on probed hosts whose master copy this sweep cannot read: its host was not
         probed (down, or another watchdog's), or its repository or master ref is missing."""
+        probed = {sid: h.repos for sid, h in facts.items() if h.probed}
         for project in inventory.projects.values():
             if project.deleted:
                 continue
-            master_host = facts.get(project.master)
-            master = master_host.repos.get(project.project_id) if master_host else None
-            if master_host is not None and master_host.probed and master and master.master_sha:
+            repos = probed.get(project.master)
+            master = repos.get(project.project_id) if repos is not None else None
+            if master is not None and master.master_known:  # evaluate judged its replicas
                 continue
             for replica_id in project.replicas:
                 if replica_id != project.master and _swept(facts, replica_id) is not None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field, model_validator
 
-from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts
+from bup_watchdog.checks.base import Check, CheckSettings, FleetFacts, probed_hosts
 from bup_watchdog.model import Finding, HostFacts, Inventory, RepoFacts, Severity
 
 
@@ -61,15 +61,10 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds < 4 * 86400 else f"{seconds / 86400:.1f} days"
 
 
-def _masters(facts: FleetFacts, inventory: Inventory) -> Iterator[tuple[HostFacts, RepoFacts]]:
-    """The master copy of every live project whose master host this sweep probed."""
-    probed = {sid: h for sid, h in facts.items() if h.probed}
-    for project in inventory.projects.values():
-        host = probed.get(project.master)
-        if host is not None and not project.deleted:
-            repo = host.repos.get(project.project_id)
-            if repo is not None:
-                yield host, repo
+def _is_master(host: HostFacts, repo: RepoFacts, inventory: Inventory) -> bool:
+    """Whether this copy is its live project's master copy."""
+    project = inventory.projects.get(repo.project_id)
+    return project is not None and project.master == host.server_id and not project.deleted
 
 
 def _never_saved(repo: RepoFacts) -> bool:
@@ -96,56 +91,61 @@ class SaveFreshness(Check[SaveFreshnessSettings]):
         self, facts: FleetFacts, inventory: Inventory, settings: SaveFreshnessSettings
     ) -> Iterator[Finding]:
         warn = settings.warn_seconds
-        for host, repo in _masters(facts, inventory):
-            used, newest = repo.touch_mtime, repo.reflog_last_time
-            if used is not None and newest is not None and used - newest < warn:
-                continue  # most projects: saved after (or soon before) their last use
-            pid = repo.project_id
-            if _never_saved(repo):
-                if used is None and not _live_files(host, inventory, pid):
+        for host in probed_hosts(facts):
+            for repo in host.repos.values():
+                used, newest = repo.touch_mtime, repo.reflog_last_time
+                if used is not None and newest is not None and used - newest < warn:
+                    continue  # most copies: saved after (or soon before) their last use
+                if not _is_master(host, repo, inventory):
                     continue
-                why = "its live directory holds files" if used is None else "conf/touch exists"
+                pid = repo.project_id
+                if _never_saved(repo):
+                    if used is None and not _live_files(host, inventory, pid):
+                        continue
+                    why = "its live directory holds files" if used is None else "conf/touch exists"
+                    yield Finding(
+                        check=self.name,
+                        server_id=host.server_id,
+                        project_id=pid,
+                        severity=Severity.CRITICAL,
+                        code="never_saved",
+                        message=f"no save at all (no master ref, no reflog) although {why}: "
+                        "nothing of this project can be restored",
+                        details={"last_used": used},
+                    )
+                    continue
+                if used is None or newest is None:
+                    continue
+                gap = used - newest
+                critical = gap >= settings.critical_seconds
+                when = datetime.fromtimestamp(newest, UTC)
                 yield Finding(
                     check=self.name,
                     server_id=host.server_id,
                     project_id=pid,
-                    severity=Severity.CRITICAL,
-                    code="never_saved",
-                    message=f"no save at all (no master ref, no reflog) although {why}: "
-                    "nothing of this project can be restored",
-                    details={"last_used": used},
+                    severity=Severity.CRITICAL if critical else Severity.WARNING,
+                    code="stale",
+                    value=gap,
+                    message=f"used {_age(gap)} after its newest save ({when:%Y-%m-%d %H:%M} "
+                    "UTC): saves are failing or not running; see conf/save_log.json",
+                    details={"newest_save": newest, "last_used": used},
                 )
-                continue
-            if used is None or newest is None:
-                continue
-            gap = used - newest
-            critical = gap >= settings.critical_seconds
-            when = datetime.fromtimestamp(newest, UTC)
-            yield Finding(
-                check=self.name,
-                server_id=host.server_id,
-                project_id=pid,
-                severity=Severity.CRITICAL if critical else Severity.WARNING,
-                code="stale",
-                value=gap,
-                message=f"used {_age(gap)} after its newest save ({when:%Y-%m-%d %H:%M} UTC): "
-                "saves are failing or not running; see conf/save_log.json",
-                details={"newest_save": newest, "last_used": used},
-            )
 
     def unjudged(
         self, facts: FleetFacts, inventory: Inventory, settings: SaveFreshnessSettings
     ) -> Iterator[tuple[str, str]]:
         """Never-saved masters without conf/touch in a sweep that did not list live directories:
         whether they hold files is unknown, so an open finding stays open."""
-        for host, repo in _masters(facts, inventory):
-            if (  # _never_saved, inline: this runs for every master
-                not repo.master_known
-                and repo.reflog_last_time is None
-                and repo.touch_mtime is None
-                and _live_files(host, inventory, repo.project_id) is None
-            ):
-                yield host.server_id, repo.project_id
+        for host in probed_hosts(facts):
+            for repo in host.repos.values():
+                if (  # _never_saved, inline: this runs for every copy
+                    not repo.master_known
+                    and repo.reflog_last_time is None
+                    and repo.touch_mtime is None
+                    and _is_master(host, repo, inventory)
+                    and _live_files(host, inventory, repo.project_id) is None
+                ):
+                    yield host.server_id, repo.project_id
 
 
 check = SaveFreshness()

@@ -152,3 +152,14 @@ def test_each_gap_falls_in_the_bucket_from_the_bound_below_up_to_its_own() -> No
         "7d_to_30d",
         "over_30d",
     ]
+
+
+def test_only_live_master_copies_are_left_unjudged() -> None:
+    """A never-saved replica is replication_lag's, a deleted project nobody's, a project the
+    inventory does not list is placement's: none of them is save_freshness' unjudged."""
+    never = repo(P1, touch_mtime=None, **NEVER)
+    on_the_replica = facts(repo(P1, reflog_last_time=T), replica=(never,))
+    assert set(check.unjudged(on_the_replica, inventory(project(P1)), SETTINGS)) == set()
+    deleted = inventory(dataclasses.replace(project(P1), deleted=True))
+    assert set(check.unjudged(facts(never), deleted, SETTINGS)) == set()
+    assert set(check.unjudged(facts(never), inventory(project(P2)), SETTINGS)) == set()
