@@ -28,7 +28,6 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from bup_watchdog import logs
-from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.config import Config
 from bup_watchdog.errors import WatchdogError
 from bup_watchdog.guard import Guard, RepairRequest
@@ -46,7 +45,7 @@ from bup_watchdog.report import ReportSettings
 from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from bup_watchdog.silences import Silencer
 from bup_watchdog.state import State
-from bup_watchdog.sweep import LAG_BUCKETS, SweepResult
+from bup_watchdog.sweep import SweepResult
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,7 @@ def build_http(
 
     if daemon is not None:
         daemon.metrics_registry = reg
-    reg.register(
-        StateCollector(
-            state,
-            servers,
-            sorted(check_registry()),
-            top_projects=config.metrics.top_projects,
-            deep_window_seconds=config.deep.window_days * 86400,
-            lag_buckets=LAG_BUCKETS,
-            max_patience=config.check("reachability").max_patience,
-            breaker_fraction=config.guard.breaker_unreachable_fraction,
-        )
-    )
+    reg.register(StateCollector.for_config(config, state, servers))
     host, port = config.http.listen.rsplit(":", 1)
     app = create_app(
         reg,

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +35,9 @@ from bup_watchdog.journal import FINISHED, INTERRUPTED, Journal
 from bup_watchdog.model import Server, Severity
 from bup_watchdog.state import State
 from bup_watchdog.suspicion import suspicion
+
+if TYPE_CHECKING:
+    from bup_watchdog.config import Config
 
 PREFIX = "bupwatch_"
 SEVERITIES = (Severity.WARNING, Severity.CRITICAL)
@@ -113,7 +116,9 @@ class StateCollector(Collector):
         lag_buckets: tuple[float, ...] = (),
         max_patience: int = 3,
         breaker_fraction: float = 0.3,
+        sweep_interval_seconds: float | None = None,
     ) -> None:
+        self.sweep_interval_seconds = sweep_interval_seconds
         self.breaker_fraction = breaker_fraction
         self.max_patience = max_patience
         self.state = state
@@ -129,6 +134,26 @@ class StateCollector(Collector):
         self._holds_until = math.inf
         #: The deep-check counts, the generation they were counted at and the time they hold until.
         self._deep_kept: tuple[int, float, dict[str, int]] | None = None
+
+    @classmethod
+    def for_config(
+        cls, config: Config, state: State, servers: Callable[[], Mapping[str, Server]]
+    ) -> StateCollector:
+        """The collector ``bup-watchdog run`` and ``serve`` export, set from the config."""
+        from bup_watchdog.checks import registry as check_registry
+        from bup_watchdog.sweep import LAG_BUCKETS  # (the sweep's modules: only when serving)
+
+        return cls(
+            state,
+            servers,
+            sorted(check_registry()),
+            top_projects=config.metrics.top_projects,
+            deep_window_seconds=config.deep.window_days * 86400,
+            lag_buckets=LAG_BUCKETS,
+            max_patience=config.check("reachability").max_patience,
+            breaker_fraction=config.guard.breaker_unreachable_fraction,
+            sweep_interval_seconds=config.schedule.sweep_interval_seconds,
+        )
 
     def collect(self) -> Iterator[Metric]:
         info = _gauge("build_info", "Version of the running watchdog.", ["version"])
@@ -221,6 +246,14 @@ class StateCollector(Collector):
         avail = _gauge("sweep_available", "1 when at least one sweep is in the state.")
         avail.add_metric([], 0.0 if last is None else 1.0)
         yield avail
+        if self.sweep_interval_seconds is not None:
+            every = _gauge(
+                "sweep_interval_seconds",
+                "How often this watchdog is set to sweep ([schedule] sweep_interval_seconds): "
+                "BupWatchSweepStale measures a sweep's age against it.",
+            )
+            every.add_metric([], float(self.sweep_interval_seconds))
+            yield every
         if last is None:
             return
         sweep_id, started, seconds, _hosts, repos, sessions, _worst = last

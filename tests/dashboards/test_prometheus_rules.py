@@ -10,12 +10,11 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.config import Config
 from bup_watchdog.metrics import StateCollector
 from bup_watchdog.model import Inventory
 from bup_watchdog.state import State
-from bup_watchdog.sweep import LAG_BUCKETS, record, sweep
+from bup_watchdog.sweep import record, sweep
 
 ROOT = Path(__file__).parents[2] / "dashboards"
 PROM = ROOT / "prometheus"
@@ -52,11 +51,7 @@ def exported_names(config: Config, inventory: Inventory, tmp_path: Path) -> set[
     state = State(tmp_path / "state.db")
     record(state, sweep(config, inventory, state=state))
     reg = CollectorRegistry()
-    reg.register(
-        StateCollector(
-            state, lambda: inventory.servers, sorted(check_registry()), lag_buckets=LAG_BUCKETS
-        )
-    )
+    reg.register(StateCollector.for_config(config, state, lambda: inventory.servers))
     return {s.name for family in reg.collect() for s in family.samples} | {
         family.name for family in reg.collect()
     }
