@@ -9,6 +9,7 @@ last deep check or whose cheap facts look wrong. Over ``window_days`` every repo
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
@@ -35,13 +36,32 @@ def looks_wrong(repo: RepoFacts) -> bool:
     )
 
 
+#: A pass takes this much more than its share of the window (passes skipped while a host was
+#: down, repositories that failed) so the window is kept, not just reached.
+WINDOW_SLACK = 1.2
+
+
+def rolling_budget(settings: DeepConfig, repositories: int, pass_seconds: float | None) -> int:
+    """Repositories a pass checks on a host by age: ``per_host``, or more when that many could
+    not cover all of them within ``window_days`` at one pass every ``pass_seconds``."""
+    if not pass_seconds or pass_seconds <= 0:
+        return settings.per_host
+    share = repositories * pass_seconds / (settings.window_days * 86400)
+    return max(settings.per_host, math.ceil(WINDOW_SLACK * share))
+
+
 def select(
     repos: Mapping[str, RepoFacts],
     book: Mapping[str, DeepResult],
     settings: DeepConfig,
     now: float | None = None,
+    *,
+    pass_seconds: float | None = None,
 ) -> list[str]:
-    """The project ids to deep-check on one host in this pass, most urgent first."""
+    """The project ids to deep-check on one host in this pass, most urgent first.
+
+    ``pass_seconds``: how often deep passes come (the schedule); the rolling budget then grows
+    with the host so every repository is checked within the window (see rolling_budget)."""
     now = time.time() if now is None else now
     urgent: list[str] = []
     rolling: list[tuple[float, str]] = []
@@ -57,7 +77,7 @@ def select(
         rolling.append((last.checked_at if last else 0.0, pid))
     rolling.sort()
     chosen = sorted(urgent)[: settings.changed_per_host]
-    chosen += [pid for _, pid in rolling[: settings.per_host]]
+    chosen += [pid for _, pid in rolling[: rolling_budget(settings, len(repos), pass_seconds)]]
     return chosen
 
 

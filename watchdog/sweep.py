@@ -170,9 +170,11 @@ def sweep(
     books = {s.server_id: state.deep_book(s.server_id) for s in chosen} if state else {}
     deep_select = None
     if deep and config.deep.enabled and (not only or "repo_integrity" in only):
+        every = max(config.schedule.deep_interval_seconds, config.schedule.sweep_interval_seconds)
 
         def deep_select(f: HostFacts) -> list[str]:
-            return select_for_deep(f.repos, books.get(f.server_id, {}), config.deep)
+            book = books.get(f.server_id, {})
+            return select_for_deep(f.repos, book, config.deep, pass_seconds=every)
 
     facts = {
         f.server_id: f

@@ -105,3 +105,18 @@ def test_deep_checks_of_healthy_repos_pass_and_are_booked(
     assert result.findings == []
     assert state.deep_coverage(7 * 86400) == {sid: 1 for sid in inventory.servers}
     assert all(f.ssh_sessions == 2 for f in result.facts.values()), "probe + deep, one connection"
+
+
+def test_a_week_of_hourly_passes_covers_a_host_of_ten_thousand_repositories() -> None:
+    """per_host = 50 an hour is 8,400 a week: the budget grows to keep the 7-day window."""
+    pids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(10_000)]
+    host = {pid: RepoFacts.of(pid, master_sha=SHA_A, reflog_last_time=1) for pid in pids}
+    settings = DeepConfig(per_host=50, changed_per_host=50, window_days=7)
+    book: dict[str, DeepResult] = {}
+    for hour in range(7 * 24):
+        now = NOW + hour * 3600
+        chosen = select(host, book, settings, now, pass_seconds=3600)
+        assert len(chosen) == 72  # ceil(1.2 x 10,000 / 168)
+        book.update((pid, DeepResult(pid, now, True, SHA_A)) for pid in chosen)
+    assert len(book) == len(host)
+    assert select(host, {}, settings, NOW) == pids[:50]  # no schedule given: per_host alone
