@@ -304,6 +304,15 @@ class Guard:
         if dry:
             return self._dry_run(req, repair, settings, mode)
         if mode == "approve" and not execute:
+            waiting = self.journal.pending_for(req.repair, req.target)
+            if waiting is not None:  # approving both would run it twice
+                return self._refuse(
+                    req,
+                    "duplicate",
+                    f"repair #{waiting.id} ({req.repair} on {req.target}, asked by "
+                    f"{waiting.requested_by}) already waits for approval: approve or deny that one",
+                    mode,
+                )
             ctx = self._context(req.requested_by, req.project_id)
             try:
                 plan = self._plan(repair, req, ctx, settings)
@@ -333,6 +342,8 @@ class Guard:
                 or self.journal.active_fingerprint(req.fingerprint) is not None
             ):
                 continue
+            if self.journal.pending_for(req.repair, req.target) is not None:
+                continue  # an alert's request for it waits (another fingerprint)
             out.append(req)
         return out
 

@@ -277,6 +277,16 @@ class Journal:
         )
         return _entry(rows[0]) if rows else None
 
+    def pending_for(self, repair: str, target: str) -> Entry | None:
+        """A request of this repair on this target waiting for an operator, if any (whoever
+        asked: the schedule and an alert ask with different fingerprints)."""
+        rows = self.state.query(
+            f"SELECT {_COLUMNS} FROM journal WHERE status=? AND repair=? AND target=? "  # noqa: S608
+            "ORDER BY id DESC LIMIT 1",
+            (PENDING, repair, target),
+        )
+        return _entry(rows[0]) if rows else None
+
     def decided_since(self, fingerprint: str, since: float) -> bool:
         """Whether any decision was taken for this fingerprint since a time (schedule cooldown)."""
         rows = self.state.query(

@@ -13,7 +13,7 @@ from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
 from bup_watchdog.config import load_config
-from bup_watchdog.guard import Guard
+from bup_watchdog.guard import Guard, requests_for
 from bup_watchdog.model import Finding, Severity
 from bup_watchdog.repairs.base import (
     Outcome,
@@ -150,6 +150,31 @@ def test_the_schedule_does_not_ask_again_while_its_request_waits_for_an_operator
     assert guard.submit(req).status == "pending"
     assert guard.scheduled_requests([finding], cooldown=0) == []
     assert [e.status for e in guard.journal.entries()] == ["pending"]
+
+
+def test_one_request_per_target_waits_for_approval_whoever_asked(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """The schedule and an alert ask for the same repair with different fingerprints: both used
+    to wait, and approving both ran the repair twice."""
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
+    finding = Finding(
+        "ownership", scratch_fleet.server_id("s1"), Severity.WARNING, "wrong owner",
+        project_id=SCRATCH_P1, code="wrong_owner",
+    )  # fmt: skip
+    from_alert = guard.submit(chown(scratch_fleet, fingerprint="alert-fp", requested_by="alert"))
+    assert from_alert.status == "pending"
+
+    assert guard.scheduled_requests([finding], cooldown=0) == []
+    [req] = requests_for([finding], guard.repairs, "schedule")
+    second = guard.submit(req)
+
+    assert second.status == "refused" and second.message.startswith("duplicate:"), second.message
+    assert f"repair #{from_alert.entry_id}" in second.message and "alert" in second.message
+    assert [e.status for e in guard.journal.entries(status="pending")] == ["pending"]
+    assert guard.approve(from_alert.entry_id, "tester").status == "succeeded"
+    assert guard.submit(req).status == "pending"  # none waits any more: it may ask again
 
 
 class ChownFailingTwice(ChownProject):
