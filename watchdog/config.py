@@ -342,6 +342,15 @@ class GuardConfig(Section):
         "none succeeded since) the guard stops trying and raises a finding.",
     )
     failure_window_hours: float = Field(24.0, gt=0, description="Window for max_failures.")
+    stop_wait_seconds: float = Field(
+        600.0,
+        ge=0,
+        le=3600,
+        description="At a stop (SIGTERM) the daemon starts no more repairs, drops those queued "
+        "(the schedule and Alertmanager ask again) and waits this long for those running; one "
+        "still running then is journaled 'interrupted' at the next start. Keep it below "
+        "systemd's TimeoutStopSec less a sweep (deploy/: 15 min).",
+    )
     lease_seconds: float = Field(
         3600.0,
         gt=0,

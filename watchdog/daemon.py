@@ -366,7 +366,7 @@ class Daemon:
                     return int(self.last_worst) if self.last_worst is not None else 3
                 return self._loop()
             finally:
-                self.queue.stop()
+                self.queue.stop(self.config.guard.stop_wait_seconds)
                 http.stop()
                 self._leave()
                 self.state.close()

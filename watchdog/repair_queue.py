@@ -11,6 +11,7 @@ same target is dropped when its turn comes (the alert cooldown, checked again).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -74,6 +75,9 @@ class RepairQueue:
         self._busy: set[str] = set()
         self._arrival = itertools.count()
         self._closing = False
+        #: Set by stop(): no more work starts; what waits is dropped (and counted).
+        self._stopping = False
+        self._dropped = 0
         self.processed = 0
         #: Alert requests dropped at their turn because of the alert cooldown.
         self.cooled_down = 0
@@ -87,31 +91,56 @@ class RepairQueue:
             w.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the units in progress and what is queued, within ``timeout``; what is left
-        (a hung host's lane) is logged, not dropped silently."""
-        try:
-            self._q.put_nowait(None)
-        except queue.Full:
-            log.warning("repair queue full at shutdown: %d requests not run", self.qsize())
-            with self._cond:
-                self._closing = True
-                self._cond.notify_all()
+        """Stop: nothing more starts. Work queued and not started is dropped at once (logged with
+        its count: the schedule and Alertmanager ask again, an approval is given again); the
+        repairs already running are waited for up to ``timeout`` seconds. One still running
+        then is named in the log; its journal row becomes 'interrupted' at the next start."""
+        with self._lock:  # put() refuses new work from here on
+            self._stopping = True
+        with self._cond:
+            self._closing = True
+            self._dropped += sum(len(lane) for lane in self._lanes.values())
+            self._lanes.clear()
+            self._cond.notify_all()
+        while True:  # the intake, not yet sorted into lanes
+            try:
+                work = self._q.get_nowait()
+            except queue.Empty:
+                break
+            self._dropped += work is not None
+            self._q.task_done()
+        with contextlib.suppress(queue.Full):  # (full: a put() raced the drain; a daemon thread)
+            self._q.put_nowait(None)  # the dispatcher's end
+        if self._dropped:
+            log.warning(
+                "stopping: %d queued repair requests not started were dropped (the schedule and "
+                "Alertmanager ask again; an approval must be given again)",
+                self._dropped,
+            )
+        running = sorted(self._busy)
+        if running:
+            log.info(
+                "stopping: waiting up to %g s for the repairs running on %s",
+                timeout,
+                ", ".join(running),
+            )
         deadline = time.monotonic() + timeout
         for t in (self._dispatcher, *self._workers):
             if t.is_alive():
                 t.join(timeout=max(0.0, deadline - time.monotonic()))
-        left = self.qsize()
-        if left:
+        if self._busy:
             log.warning(
-                "repair queue stopped with %d requests not run (busy hosts: %s)",
-                left,
-                ", ".join(sorted(self._busy)) or "none",
+                "stopped while repairs still run on %s: their journal rows become 'interrupted' "
+                "at the next start (see bup-watchdog repairs list --status interrupted)",
+                ", ".join(sorted(self._busy)),
             )
 
     def put(self, work: Work) -> bool:
         """Enqueue; False when an identical alert fingerprint is already queued (not run twice)."""
         fp = work.request.fingerprint if work.request else None
         with self._lock:
+            if self._stopping:
+                raise QueueFull("the watchdog is stopping; retry later")
             if fp and fp in self._pending_fingerprints:
                 return False
             if self._q.unfinished_tasks >= self.maxsize:
@@ -151,6 +180,10 @@ class RepairQueue:
             except Exception:  # the journal unreadable: the worker reports it
                 host = UNKNOWN_HOST
             with self._cond:
+                if self._stopping:  # taken from the intake just as stop() emptied it
+                    self._dropped += 1
+                    self._q.task_done()
+                    continue
                 self._lanes.setdefault(host, deque()).append((next(self._arrival), work))
                 self._cond.notify()
 
@@ -165,6 +198,8 @@ class RepairQueue:
         """The oldest work of a host that is not busy (None when closing and all is done)."""
         with self._cond:
             while True:
+                if self._stopping:
+                    return None
                 ready = [
                     (lane[0][0], h)
                     for h, lane in self._lanes.items()

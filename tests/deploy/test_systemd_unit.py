@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bup_watchdog.config import GuardConfig
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.prometheus import watchdog_config
 
@@ -72,6 +73,17 @@ def test_the_unit_has_the_hardening_the_operators_asked_for() -> None:
     assert int(d["LimitNOFILE"][0]) >= 65536
     assert d["Restart"] == ["on-failure"] and d["KillSignal"] == ["SIGTERM"]
     assert d["ExecStart"][0].split()[1] == "run"
+
+
+def test_systemd_waits_for_the_running_repairs_and_a_sweep_before_it_kills() -> None:
+    """At SIGTERM the daemon finishes its sweep, then waits [guard] stop_wait_seconds for the
+    running repairs: systemd's TimeoutStopSec must leave room for both (a sweep: ~2 min at
+    200,000 repositories, bench/README.md)."""
+    value = directives(UNIT.read_text())["TimeoutStopSec"][0]
+    m = re.fullmatch(r"(\d+)(min|s)?", value)
+    assert m, value
+    seconds = int(m.group(1)) * (60 if m.group(2) == "min" else 1)
+    assert seconds >= GuardConfig().stop_wait_seconds + 120, value
 
 
 PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1

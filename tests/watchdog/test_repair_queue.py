@@ -107,3 +107,47 @@ def test_the_bound_counts_work_in_progress_and_in_the_lanes() -> None:
     finally:
         guard.release.set()
         q.stop(timeout=5)
+
+
+def test_stop_starts_nothing_more_drops_what_waits_and_waits_for_what_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SIGTERM used to hand out the queued work for 30 s: a long repair started just before
+    the exit and was cut off. Now the waiting work is dropped and the running one finishes."""
+    guard = FakeGuard(hung={"A"})
+    q = _queue(guard, max_parallel=2)
+    q.start()
+    for n in range(4):  # A's first runs (and hangs until released); three wait behind it
+        q.put(_req("A", n))
+    deadline = time.monotonic() + 5
+    while guard.running < 1:
+        assert time.monotonic() < deadline, "the first request never started"
+        time.sleep(0.01)
+    release = threading.Timer(0.3, guard.release.set)
+    release.start()
+
+    q.stop(timeout=10)
+
+    assert guard.done == [("A", "0")], "the running repair finished; none of the waiting started"
+    assert "3 queued repair requests not started were dropped" in caplog.text
+    with pytest.raises(QueueFull, match="stopping"):
+        q.put(_req("B", 0))
+
+
+def test_stop_gives_up_on_a_repair_still_running_after_its_wait() -> None:
+    guard = FakeGuard(hung={"A"})
+    q = _queue(guard, max_parallel=1)
+    q.start()
+    q.put(_req("A", 0))
+    deadline = time.monotonic() + 5
+    while guard.running < 1:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.01)
+    try:
+        stopping = threading.Thread(target=q.stop, kwargs={"timeout": 0.2})
+        stopping.start()
+        stopping.join(5)
+        assert not stopping.is_alive(), "stop() waited past its timeout for a hung repair"
+        assert guard.done == []
+    finally:
+        guard.release.set()
