@@ -116,6 +116,8 @@ class Runner:
         self.state = state
         self.source = source
         self.membership = membership
+        #: With membership: the others owned every server at the last sweep's turn (none here).
+        self.standby = False
         #: With membership: the master heads this watchdog publishes and reads.
         self.heads: SharedHeads | None = None
         if membership is not None:
@@ -200,6 +202,7 @@ class Runner:
         max_age = 0.0
         if self.membership is not None and not servers:
             servers = self.membership.select(inventory, self.state)
+            self.standby = not servers
             if not servers:
                 log.debug("no server is this watchdog's to sweep now (the others own them all)")
                 return None

@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import httpx
 from click.testing import CliRunner
 
 from bup_watchdog.checks import settings_models
@@ -413,6 +414,72 @@ def test_three_watchdogs_check_every_host_exactly_once_and_a_killed_ones_hosts_m
     assert failover <= ttl + interval + 8, f"failover took {failover:.1f} s"
     assert all(codes[n] == 0 for n in survivors), codes
     assert left == set(), "a watchdog stopped with SIGTERM leaves the members at once"
+
+
+def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
+    cassandra: CassandraNode, demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    """Two watchdogs whose rendezvous hashing gives every server to one: the other has nothing
+    to sweep, and its /ready said 503 "waiting for the first sweep" for as long as that lasted
+    (a load balancer or an orchestrator took it for broken)."""
+    servers = sorted(h.server_id for h in demo_fleet.hosts.values())
+    pair = next(
+        (f"wd-{i}", f"wd-{i + 1}")
+        for i in range(10_000)
+        if len(set(assignment(servers, [f"wd-{i}", f"wd-{i + 1}"]).values())) == 1
+    )
+    [owner] = set(assignment(servers, list(pair)).values())
+    [idle] = [n for n in pair if n != owner]
+    ks = "standby_watchdog"
+    configs = {
+        name: cassandra_config(
+            demo_fleet,
+            tmp_path / name,
+            cassandra,
+            ks,
+            schedule={"sweep_interval_seconds": 5.0, "jitter_seconds": 0},
+            membership={
+                "enabled": True,
+                "ttl_seconds": 6.0,
+                "heartbeat_seconds": 1.5,
+                "member_id": name,
+            },
+        )
+        for name in pair
+    }
+    load_inventory_into_cassandra(demo_fleet, configs[owner])
+    urls = {n: "http://" + tomllib.loads(configs[n].read_text())["http"]["listen"] for n in pair}
+    daemons = {n: WatchdogDaemon(configs[n]) for n in pair}
+    try:
+
+        def answers(name: str) -> tuple[int, str] | None:
+            try:
+                r = httpx.get(f"{urls[name]}/ready", timeout=2)
+            except httpx.HTTPError:
+                return None
+            return r.status_code, r.json()["status"]
+
+        def both_ready() -> dict[str, tuple[int, str]] | None:
+            got = {n: answers(n) for n in pair}
+            ok = all(a is not None and a[0] == 200 for a in got.values())
+            if not ok or not hosts_of(tmp_path / owner / "state"):
+                return None
+            return {n: a for n, a in got.items() if a is not None}
+
+        got = poll(
+            both_ready,
+            timeout=60,
+            what="both watchdogs ready",
+            alive=lambda: next((d for d in (w.dead() for w in daemons.values()) if d), None),
+        )
+    finally:
+        for d in daemons.values():
+            d.stop()
+
+    assert got[idle] == (200, "standby: the other watchdogs own every server now")
+    assert got[owner] == (200, "ready"), got
+    assert hosts_of(tmp_path / idle / "state") == {}, "the standby swept nothing"
+    assert set(hosts_of(tmp_path / owner / "state")) == set(servers)
 
 
 # ---------------------------------------------------------------- lease contention
