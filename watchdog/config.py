@@ -225,6 +225,14 @@ class StateConfig(Section):
         "this config.",
         examples=["/var/lib/bup-watchdog"],
     )
+    keep_history_days: float = Field(
+        400.0,
+        ge=0,
+        le=36500,
+        description="Sweeps, resolved findings and finished journal rows older than this leave "
+        "the state (once a day, after a sweep); open findings, pending or running repairs and "
+        "unacknowledged interrupted ones stay. 0 keeps everything. Reports reach this far back.",
+    )
 
 
 class DeepConfig(Section):

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+from bup_watchdog import retention
 from bup_watchdog.checks import registry
 from bup_watchdog.checks.replication_lag import PUBLISHED, Head
 from bup_watchdog.config import Config
@@ -247,6 +248,11 @@ class Runner:
                 self.state.set_meta(incremental_walked=walked, incremental_reused=reused)
             if run_deep:
                 self.state.set_meta(deep_last_run=now)
+            if retention.due(self.state, now):
+                try:
+                    retention.prune_history(self.state, self.config.state.keep_history_days, now)
+                except WatchdogError as exc:  # the sweep is recorded; pruning waits a day
+                    log.error("retention: cannot remove old history now: %s", exc)
         return result
 
     def _open_findings(self) -> set[int]:

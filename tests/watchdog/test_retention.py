@@ -1,0 +1,138 @@
+"""Retention of the state's history: what leaves after keep_history_days, what always stays, and
+that a sweep prunes at most once a day (a real State file; a real sweep of a local host)."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from bup_watchdog import retention
+from bup_watchdog.checks import settings_models
+from bup_watchdog.config import parse_config
+from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.runner import Runner
+from bup_watchdog.state import State
+from support.facts import S1
+
+DAY = 86400.0
+NOW = time.time()
+OLD, RECENT = NOW - 40 * DAY, NOW - 2 * DAY
+
+
+def add_sweep(state: State, started: float) -> None:
+    state.write(
+        lambda db: db.execute(
+            "INSERT INTO sweeps (started, seconds, hosts, repos, ssh_sessions, worst) "
+            "VALUES (?, 1, 1, 1, 1, 0)",
+            (started,),
+        )
+    )
+
+
+def add_finding(state: State, code: str, seen: float, resolved: float | None) -> None:
+    state.write(
+        lambda db: db.execute(
+            "INSERT INTO findings (check_name, code, server_id, severity, message, first_seen, "
+            "last_seen, resolved_at) VALUES ('reachability', ?, ?, 2, 'm', ?, ?, ?)",
+            (code, S1, seen, seen, resolved),
+        )
+    )
+
+
+def add_row(state: State, reason: str, status: str, at: float, acked: float | None = None) -> None:
+    def insert(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO journal (repair, target, server_id, requested_by, reason, mode, status, "
+            "created_at, finished_at, acked_at) VALUES ('chown_project', ?, ?, 'test', ?, "
+            "'auto', ?, ?, ?, ?)",
+            (S1, S1, reason, status, at, None if status in ("pending", "running") else at, acked),
+        )
+
+    state.write(insert)
+
+
+def reasons(state: State) -> set[str]:
+    return {r for (r,) in state.query("SELECT reason FROM journal")}
+
+
+def seed(state: State) -> None:
+    add_sweep(state, OLD)
+    add_sweep(state, RECENT)
+    add_finding(state, "old_resolved", OLD, OLD)
+    add_finding(state, "old_open", OLD, None)
+    add_finding(state, "recent_resolved", RECENT, RECENT)
+    for status in ("succeeded", "refused", "failed", "denied", "dry_run", "conflict"):
+        add_row(state, f"old {status}", status, OLD)
+    add_row(state, "old interrupted, acknowledged", "interrupted", OLD, acked=OLD)
+    add_row(state, "old interrupted, not acknowledged", "interrupted", OLD)
+    add_row(state, "old pending", "pending", OLD)
+    add_row(state, "old running", "running", OLD)
+    add_row(state, "recent succeeded", "succeeded", RECENT)
+
+
+def test_old_history_leaves_and_what_an_operator_still_needs_stays(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    seed(state)
+
+    gone = retention.prune_history(state, keep_days=30, now=NOW)
+
+    assert gone == {"sweeps": 1, "findings": 1, "journal": 7}
+    assert [r[1] for r in state.query("SELECT id, started FROM sweeps")] == [RECENT]
+    codes = {c for (c,) in state.query("SELECT code FROM findings")}
+    assert codes == {"old_open", "recent_resolved"}
+    assert reasons(state) == {
+        "old interrupted, not acknowledged",
+        "old pending",
+        "old running",
+        "recent succeeded",
+    }
+    assert state.meta()[retention.LAST_RUN] == NOW
+
+
+def test_the_newest_sweep_stays_however_old_and_zero_keeps_everything(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    add_sweep(state, OLD - DAY)
+    add_sweep(state, OLD)
+    assert retention.prune_history(state, keep_days=0, now=NOW) == {}
+    assert len(state.query("SELECT id FROM sweeps")) == 2
+    retention.prune_history(state, keep_days=30, now=NOW)
+    assert [r[0] for r in state.query("SELECT started FROM sweeps")] == [OLD]  # the counter's
+
+
+def test_a_sweep_prunes_the_history_at_most_once_a_day(tmp_path: Path) -> None:
+    (tmp_path / "bup" / "bups").mkdir(parents=True)
+    (tmp_path / "projects").mkdir()
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        f"""
+[[servers]]
+server_id = "{S1}"
+host = "127.0.0.1"
+port = 1
+transport = "local"
+bup_root = "{tmp_path / "bup"}"
+projects_root = "{tmp_path / "projects"}"
+"""
+    )
+    config = parse_config(
+        {
+            "inventory": {"file": str(inventory)},
+            "state": {"directory": str(tmp_path), "keep_history_days": 30},
+        },
+        settings_models(),
+        source="test",
+        base=tmp_path,
+    )
+    config.ssh.python = sys.executable
+    state = State(tmp_path / "state.db")
+    seed(state)
+    runner = Runner(config, state, FileInventory(inventory))
+
+    runner.run_once(force=True, only=["reachability"])
+    assert "old succeeded" not in reasons(state) and "recent succeeded" in reasons(state)
+    add_row(state, "old, after the day's prune", "refused", OLD)
+    runner.run_once(force=True, only=["reachability"])
+
+    assert "old, after the day's prune" in reasons(state), "pruned twice within a day"
