@@ -417,10 +417,13 @@ class GuardMachine(RuleBasedStateMachine):
             assert self.in_window()
         elif code == "precondition":
             assert entry.target in self.world.blocked
-        elif code == "duplicate":
+        elif code == "duplicate":  # its alert's repair waits or runs, or its target's waits
             fingerprint = entry.fingerprint or ""
             assert (
                 any(e.fingerprint == fingerprint for e in self.pending())
+                or any(
+                    e.repair == entry.repair and e.target == entry.target for e in self.pending()
+                )
                 or any(h.fingerprint == fingerprint for h in self.hung.values())
                 or self.guard.journal.active_fingerprint(fingerprint)
             ), entry.refusal

@@ -423,6 +423,7 @@ def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
     to sweep, and its /ready said 503 "waiting for the first sweep" for as long as that lasted
     (a load balancer or an orchestrator took it for broken)."""
     servers = sorted(h.server_id for h in demo_fleet.hosts.values())
+    standby = (200, "standby: the other watchdogs own every server now")
     pair = next(
         (f"wd-{i}", f"wd-{i + 1}")
         for i in range(10_000)
@@ -450,36 +451,50 @@ def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
     load_inventory_into_cassandra(demo_fleet, configs[owner])
     urls = {n: "http://" + tomllib.loads(configs[n].read_text())["http"]["listen"] for n in pair}
     daemons = {n: WatchdogDaemon(configs[n]) for n in pair}
+
+    def any_dead() -> str | None:
+        return next((d for d in (w.dead() for w in daemons.values()) if d), None)
+
+    def answers(name: str) -> tuple[int, str] | None:
+        try:
+            r = httpx.get(f"{urls[name]}/ready", timeout=2)
+        except httpx.HTTPError:
+            return None
+        return r.status_code, r.json()["status"]
+
     try:
+        with cql(cassandra, ks) as session:
+            poll(
+                lambda: (
+                    {r.id for r in session.execute("SELECT id FROM bupwatch_members")} >= set(pair)
+                    or None
+                ),
+                timeout=60,
+                what="both members",
+                alive=any_dead,
+            )
+        joined = time.time()
 
-        def answers(name: str) -> tuple[int, str] | None:
-            try:
-                r = httpx.get(f"{urls[name]}/ready", timeout=2)
-            except httpx.HTTPError:
-                return None
-            return r.status_code, r.json()["status"]
-
-        def both_ready() -> dict[str, tuple[int, str]] | None:
+        def settled() -> dict[str, tuple[int, str]] | None:
+            """The idle one on standby, the owner has swept every server since both joined."""
             got = {n: answers(n) for n in pair}
-            ok = all(a is not None and a[0] == 200 for a in got.values())
-            if not ok or not hosts_of(tmp_path / owner / "state"):
+            swept = hosts_of(tmp_path / owner / "state")
+            if got[idle] != standby or got[owner] is None:
+                return None
+            if set(swept) != set(servers) or min(swept.values()) <= joined:
                 return None
             return {n: a for n, a in got.items() if a is not None}
 
-        got = poll(
-            both_ready,
-            timeout=60,
-            what="both watchdogs ready",
-            alive=lambda: next((d for d in (w.dead() for w in daemons.values()) if d), None),
-        )
+        got = poll(settled, timeout=60, what="the idle one on standby", alive=any_dead)
+        idle_swept = hosts_of(tmp_path / idle / "state")
     finally:
         for d in daemons.values():
             d.stop()
 
-    assert got[idle] == (200, "standby: the other watchdogs own every server now")
+    assert got[idle] == standby, got
     assert got[owner] == (200, "ready"), got
-    assert hosts_of(tmp_path / idle / "state") == {}, "the standby swept nothing"
-    assert set(hosts_of(tmp_path / owner / "state")) == set(servers)
+    # Before both had joined each swept alone (owning everything); not since.
+    assert all(t <= joined + 1.0 for t in idle_swept.values()), (idle_swept, joined)
 
 
 # ---------------------------------------------------------------- lease contention
