@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from bup_watchdog.gather import parse_probe_lines
@@ -159,3 +160,23 @@ def project_dir(
     }
     rec.update(kw)
     return rec
+
+
+def local_inventory(root: Path) -> Path:
+    """An inventory of one server, S1, probed on this machine (transport "local") with its bup
+    root and /projects in ``root`` (empty); written to ``root/inventory.toml``."""
+    (root / "bup" / "bups").mkdir(parents=True)
+    (root / "projects").mkdir()
+    path = root / "inventory.toml"
+    path.write_text(
+        f"""
+[[servers]]
+server_id = "{S1}"
+host = "127.0.0.1"
+port = 1
+transport = "local"
+bup_root = "{root / "bup"}"
+projects_root = "{root / "projects"}"
+"""
+    )
+    return path

@@ -40,6 +40,14 @@ def plant_wrong_owner(fleet: SandboxFleet) -> None:
     os.chown(f, 0, 0)
 
 
+def wrong_owner(fleet: SandboxFleet) -> Finding:
+    """The ownership finding plant_wrong_owner's file makes (what the schedule repairs)."""
+    return Finding(
+        "ownership", fleet.server_id("s1"), Severity.WARNING, "wrong owner",
+        project_id=SCRATCH_P1, code="wrong_owner",
+    )  # fmt: skip
+
+
 def refusal(guard: Guard) -> str:
     [entry] = guard.journal.entries(status="refused", limit=1)
     return entry.refusal or ""
@@ -141,10 +149,7 @@ def test_the_schedule_does_not_ask_again_while_its_request_waits_for_an_operator
     "duplicate" refusal, for as long as nobody approved (48 rows a day per waiting target)."""
     plant_wrong_owner(scratch_fleet)
     guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
-    finding = Finding(
-        "ownership", scratch_fleet.server_id("s1"), Severity.WARNING, "wrong owner",
-        project_id=SCRATCH_P1, code="wrong_owner",
-    )  # fmt: skip
+    finding = wrong_owner(scratch_fleet)
     [req] = guard.scheduled_requests([finding], cooldown=0)
     assert guard.submit(req).status == "pending"
     assert guard.scheduled_requests([finding], cooldown=0) == []
@@ -158,10 +163,7 @@ def test_one_request_per_target_waits_for_approval_whoever_asked(
     to wait, and approving both ran the repair twice."""
     plant_wrong_owner(scratch_fleet)
     guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
-    finding = Finding(
-        "ownership", scratch_fleet.server_id("s1"), Severity.WARNING, "wrong owner",
-        project_id=SCRATCH_P1, code="wrong_owner",
-    )  # fmt: skip
+    finding = wrong_owner(scratch_fleet)
     from_alert = guard.submit(chown(scratch_fleet, fingerprint="alert-fp", requested_by="alert"))
     assert from_alert.status == "pending"
 

@@ -73,6 +73,19 @@ def cassandra_config(
     return path
 
 
+def member_sections(name: str, ttl: float, interval: float) -> dict[str, dict[str, Any]]:
+    """A [membership] member named ``name`` sweeping every ``interval`` s (heartbeat 1.5 s)."""
+    return {
+        "schedule": {"sweep_interval_seconds": interval, "jitter_seconds": 0},
+        "membership": {
+            "enabled": True,
+            "ttl_seconds": ttl,
+            "heartbeat_seconds": 1.5,
+            "member_id": name,
+        },
+    }
+
+
 def cli(*args: str) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, result.output
@@ -304,13 +317,7 @@ def test_three_watchdogs_check_every_host_exactly_once_and_a_killed_ones_hosts_m
             tmp_path / name,
             cassandra,
             ks,
-            schedule={"sweep_interval_seconds": interval, "jitter_seconds": 0},
-            membership={
-                "enabled": True,
-                "ttl_seconds": ttl,
-                "heartbeat_seconds": 1.5,
-                "member_id": name,
-            },
+            **member_sections(name, ttl, interval),
         )
         for name in names
     }
@@ -438,13 +445,7 @@ def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
             tmp_path / name,
             cassandra,
             ks,
-            schedule={"sweep_interval_seconds": 5.0, "jitter_seconds": 0},
-            membership={
-                "enabled": True,
-                "ttl_seconds": 6.0,
-                "heartbeat_seconds": 1.5,
-                "member_id": name,
-            },
+            **member_sections(name, ttl=6.0, interval=5.0),
         )
         for name in pair
     }

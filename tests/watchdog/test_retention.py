@@ -14,7 +14,7 @@ from bup_watchdog.config import parse_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.runner import Runner
 from bup_watchdog.state import State
-from support.facts import S1
+from support.facts import S1, local_inventory
 
 DAY = 86400.0
 NOW = time.time()
@@ -102,20 +102,7 @@ def test_the_newest_sweep_stays_however_old_and_zero_keeps_everything(tmp_path: 
 
 
 def test_a_sweep_prunes_the_history_at_most_once_a_day(tmp_path: Path) -> None:
-    (tmp_path / "bup" / "bups").mkdir(parents=True)
-    (tmp_path / "projects").mkdir()
-    inventory = tmp_path / "inventory.toml"
-    inventory.write_text(
-        f"""
-[[servers]]
-server_id = "{S1}"
-host = "127.0.0.1"
-port = 1
-transport = "local"
-bup_root = "{tmp_path / "bup"}"
-projects_root = "{tmp_path / "projects"}"
-"""
-    )
+    inventory = local_inventory(tmp_path)
     config = parse_config(
         {
             "inventory": {"file": str(inventory)},

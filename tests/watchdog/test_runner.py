@@ -12,7 +12,7 @@ from bup_watchdog.inventory.file import RACY_SECONDS, FileInventory
 from bup_watchdog.model import Finding, Severity
 from bup_watchdog.runner import Runner, load_inventory
 from bup_watchdog.state import State
-from support.facts import P1, S1, S2
+from support.facts import P1, S1, S2, local_inventory
 
 TEXT = f"""
 [[servers]]
@@ -99,20 +99,7 @@ def test_only_a_runner_asked_to_be_incremental_keeps_a_repo_cache(tmp_path: Path
 
 
 def test_a_sweep_after_a_server_left_the_inventory_resolves_its_findings(tmp_path: Path) -> None:
-    (tmp_path / "bup" / "bups").mkdir(parents=True)
-    (tmp_path / "projects").mkdir()
-    path = tmp_path / "inventory.toml"
-    path.write_text(
-        f"""
-[[servers]]
-server_id = "{S1}"
-host = "127.0.0.1"
-port = 1
-transport = "local"
-bup_root = "{tmp_path / "bup"}"
-projects_root = "{tmp_path / "projects"}"
-"""
-    )
+    path = local_inventory(tmp_path)
     state = State(tmp_path / "state.db")
     gone = Finding("reachability", S2, Severity.CRITICAL, "down", code="ssh_unreachable")
     state.raise_finding(gone)
