@@ -48,6 +48,7 @@ from bup_watchdog.repairs._copy import (
     tail,
 )
 from bup_watchdog.repairs._repo_checks import space_blocker
+from bup_watchdog.repairs._resync_steps import ResyncStep, Snapshot, resync_steps, rsync_pull
 from bup_watchdog.repairs.base import (
     Mode,
     Outcome,
@@ -59,12 +60,7 @@ from bup_watchdog.repairs.base import (
     mode_field,
     step_failed,
 )
-from bup_watchdog.repairs.resync_replica import (
-    ResyncReplica,
-    ResyncReplicaSettings,
-    ResyncStep,
-    Snapshot,
-)
+from bup_watchdog.repairs.resync_replica import ResyncReplica, ResyncReplicaSettings
 from bup_watchdog.transport.base import CommandResult
 
 _RESYNC = ResyncReplica()
@@ -274,7 +270,7 @@ class MoveProject(Repair[MoveProjectSettings]):
         snap = _RESYNC._snapshot(project, source, target, s_facts, t_facts)
         steps = [
             MoveStep(s.server_id, s.argv, s.description, timeout=s.timeout, kind=s.kind)
-            for s in _RESYNC._steps(snap, settings)
+            for s in resync_steps(snap, settings)
             if s.kind in _COPY
         ]
         steps += self._proof(snap, settings)
@@ -289,7 +285,7 @@ class MoveProject(Repair[MoveProjectSettings]):
         argv = guarded(
             "replica",
             r.projects_root,
-            *_RESYNC._copy(
+            *rsync_pull(
                 settings,
                 m,
                 f"{pid}/",
