@@ -113,8 +113,11 @@ def other_files(repo):
                 seen = "link " + os.readlink(path)
             elif os.path.isfile(path):
                 try:
+                    digest = hashlib.sha256()
                     with open(path, "rb") as f:
-                        seen = hashlib.sha256(f.read()).hexdigest()
+                        for block in iter(lambda: f.read(1 << 20), b""):
+                            digest.update(block)
+                    seen = digest.hexdigest()
                 except OSError as e:
                     seen = "unreadable: %s" % e.strerror
             else:
@@ -123,13 +126,16 @@ def other_files(repo):
     return out
 
 
-def drift(repo, copy):
-    # What differs between the repository and its copy besides master and the objects.
-    a, b = other_refs(repo), other_refs(copy)
-    refs = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
-    a, b = other_files(repo), other_files(copy)
-    changed = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
-    return refs + changed
+def state_of(repo):
+    # What a prune must not roll back: every ref but master, every file but the objects.
+    return other_refs(repo), other_files(repo)
+
+
+def differences(one, other):
+    out = []
+    for a, b in zip(one, other):
+        out += sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+    return out
 
 
 def real_dir(path):
@@ -190,7 +196,8 @@ def swap(repo, work, aside, old, until):
     new = master(work)
     if new is None:
         refuse("the pruned copy %s has no master commit" % work)
-    moved = drift(repo, work)
+    seen = state_of(repo)
+    moved = differences(seen, state_of(work))
     if moved:
         refuse("%s changed since the copy outside its master (%s); the pruned copy would roll "
                "that back; nothing swapped" % (repo, ", ".join(moved[:10])))
@@ -204,7 +211,13 @@ def swap(repo, work, aside, old, until):
                 "the unpruned repository kept aside as %s\n" % (ZERO, new, when, aside))
     os.chown(reflog, st.st_uid, st.st_gid)
     exchange(work, repo)
-    if master(work) != old or drift(work, repo):  # something landed just before the exchange
+    # The original (at WORK now) against what was checked: a write that landed just before the
+    # exchange is swapped back. Writes to the pruned repository, live at REPO now, are its own.
+    try:
+        landed = master(work) != old or state_of(work) != seen
+    except BaseException:  # (out of memory, a signal): unsure, so back to the original
+        landed = True
+    if landed:
         exchange(work, repo)
         refuse("%s changed during the swap; swapped back, nothing changed" % repo)
     os.rename(work, aside)

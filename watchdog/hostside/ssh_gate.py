@@ -90,7 +90,7 @@ PROGRAMS = {
     "clean_repo busy scan": "c9acb2410d9cfd74d444a3fb05ba9e09ae8d1b13e50f051a0797daf172efc53c",
     "resync_replica busy scan": "698cfa33b836ac4745804bce95e1e6f61829c8eff8745d0092b81d697f2eae53",
     "rotate_save_log": "ab9463efae7fe08cc57cd3fd37eef8c3dfb0f044a7e70957a9f0812d273ccd7e",
-    "prune_repo": "d28264ef260c9aca452fa76810a58d414bd2e5e698c54e2d8a7d3003a96489bd",
+    "prune_repo": "1ab9feaceb57bfa1dbf0c176d205b4beb674e3d9d00d89f541562d04b92f1b7f",
     "move_project replicas.json": (
         "ccfa2fd24cbafd688018629037cd7a3463772d589b6dbff8a11649fcea9253e4"
     ),
