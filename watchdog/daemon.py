@@ -364,6 +364,7 @@ class Daemon:
             try:
                 if once:
                     self.sweep_job()
+                    self.queue.drain(self.stopping)  # the pass's repairs run before it exits
                     return int(self.last_worst) if self.last_worst is not None else 3
                 return self._loop()
             finally:

@@ -99,16 +99,19 @@ class RepairQueue:
             self._stopping = True
         with self._cond:
             self._closing = True
-            self._dropped += sum(len(lane) for lane in self._lanes.values())
+            waiting = sum(len(lane) for lane in self._lanes.values())
             self._lanes.clear()
+            for _ in range(waiting):  # taken from the intake, never to be done: join() returns
+                self._q.task_done()
+            while True:  # and the intake, not yet sorted into lanes
+                try:
+                    work = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                waiting += work is not None
+                self._q.task_done()
+            self._dropped += waiting
             self._cond.notify_all()
-        while True:  # the intake, not yet sorted into lanes
-            try:
-                work = self._q.get_nowait()
-            except queue.Empty:
-                break
-            self._dropped += work is not None
-            self._q.task_done()
         with contextlib.suppress(queue.Full):  # (full: a put() raced the drain; a daemon thread)
             self._q.put_nowait(None)  # the dispatcher's end
         if self._dropped:
@@ -152,6 +155,12 @@ class RepairQueue:
             if fp:
                 self._pending_fingerprints.add(fp)
         return True
+
+    def drain(self, stop: threading.Event, poll: float = 0.2) -> None:
+        """Wait until the work queued so far has run (``run --once``: the pass's repairs run
+        before it exits), or until ``stop`` is set (a signal)."""
+        while self._q.unfinished_tasks and not stop.wait(poll):
+            pass
 
     def qsize(self) -> int:
         """Units waiting (not yet started), in the intake and in every host's lane."""

@@ -95,6 +95,45 @@ def test_run_once_on_the_demo_fleet_exits_2_and_leaves_the_findings_in_the_state
     }
 
 
+def test_run_once_runs_the_repairs_its_pass_asked_for_before_it_exits(
+    scratch_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    """A cron-driven ``run --once`` with auto repairs: the pass queues them, and the exit must
+    not drop them (the stop after a SIGTERM drops queued work; the end of a pass does not)."""
+    stray = scratch_fleet.hosts["s1"].projects_dir_outside / SCRATCH_P1 / "stray-owner.txt"
+    stray.write_text("owned by root by mistake\n")
+    save_log = scratch_fleet.repo_path("s1", SCRATCH_P1) / "conf" / "save_log.json"
+    with save_log.open("a") as f:  # over the lowered bound: two repairs in s1's lane, in turn
+        f.write(" " * 200_000 + "\n")
+    config, _ = watchdog_config(
+        scratch_fleet,
+        tmp_path,
+        auto_repair=True,
+        repairs={
+            "chown_project": {"mode": "auto"},
+            "rotate_save_log": {"mode": "auto", "keep_bytes": 50_000},
+        },
+        checks={"save_log_size": {"warn_bytes": 100_000, "critical_bytes": 10_000_000}},
+    )
+    proc = subprocess.run(
+        [*CLI, "run", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+    state = State(tmp_path / "state" / "state.db")
+    try:
+        rows = state.query("SELECT repair, target, status FROM journal")
+    finally:
+        state.close()
+    target = f"{scratch_fleet.server_id('s1')}/{SCRATCH_P1}"
+    assert ("chown_project", target, "succeeded") in rows, (rows, proc.stderr[-2000:])
+    assert ("rotate_save_log", target, "succeeded") in rows, (rows, proc.stderr[-2000:])
+    assert stray.stat().st_uid != 0 and save_log.stat().st_size < 100_000
+
+
 def test_healthz_answers_at_once_and_ready_only_after_the_first_sweep(
     scratch_fleet: SandboxFleet, tmp_path: Path
 ) -> None:

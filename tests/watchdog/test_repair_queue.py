@@ -151,3 +151,22 @@ def test_stop_gives_up_on_a_repair_still_running_after_its_wait() -> None:
         assert guard.done == []
     finally:
         guard.release.set()
+
+
+def test_join_returns_after_a_stop_that_dropped_queued_work() -> None:
+    """Dropped work counts as done for join(): nothing waits on it forever."""
+    guard = FakeGuard(hung={"A"})
+    q = _queue(guard, max_parallel=1)
+    q.start()
+    for n in range(3):
+        q.put(_req("A", n))
+    deadline = time.monotonic() + 5
+    while guard.running < 1:
+        assert time.monotonic() < deadline, "the first request never started"
+        time.sleep(0.01)
+    threading.Timer(0.2, guard.release.set).start()
+    q.stop(timeout=5)
+    joined = threading.Thread(target=q.join)
+    joined.start()
+    joined.join(5)
+    assert not joined.is_alive(), "join() waits for work stop() dropped"
