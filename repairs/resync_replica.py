@@ -63,7 +63,7 @@ import weakref
 
 from pydantic import Field
 
-from bup_watchdog.model import HostFacts, Inventory, Project, RepoFacts, Server
+from bup_watchdog.model import HostFacts, Project, RepoFacts, Server
 from bup_watchdog.repairs._copy import (
     address_problems,
     git_argv,
@@ -205,14 +205,6 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
     Settings = ResyncReplicaSettings
     check = "replication_lag"
     codes = ("behind", "replica_missing", "differs")
-
-    def leased(self, req: RepairRequest, inventory: Inventory) -> tuple[str, ...]:
-        """The replica, and the master: a conflict writes its objects and a tag there, and a
-        prune swapping the master's repository meanwhile would lose them."""
-        project = inventory.projects.get(req.project_id or "")
-        if project is None or project.master == req.server_id:
-            return (req.target,)
-        return (req.target, f"{project.master}/{project.project_id}")
 
     # -- what the plan is built from -------------------------------------------------------
 

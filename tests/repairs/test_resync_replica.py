@@ -298,27 +298,6 @@ def test_a_second_resync_of_a_target_under_lease_is_refused(stale: SandboxFleet)
     assert fleet_digest(fleet) == before
 
 
-def test_a_resync_is_refused_while_its_masters_copy_is_under_lease(stale: SandboxFleet) -> None:
-    """A prune swapping the master's repository holds the master's lease; a resync writes its
-    conflict objects and tag there, so it waits for that lease too (and keeps none of its own)."""
-    fleet = stale
-    before = fleet_digest(fleet)
-    guard = make_guard(fleet, AUTO)
-    req = request(fleet)
-    master_target = f"{fleet.server_id('s1')}/{P}"
-    assert guard.journal.acquire_lease(master_target, "prune-elsewhere", 60)
-
-    decision = guard.submit(req)
-
-    assert_refused(guard, decision.status, "lease")
-    assert master_target in decision.message and "prune-elsewhere" in decision.message
-    assert "resync_replica writes there too" in decision.message
-    assert guard.leases.holder(req.target) is None  # the replica's lease was given back
-    assert fleet_digest(fleet) == before
-    guard.journal.release_lease(master_target, "prune-elsewhere")
-    assert guard.submit(req).status == "succeeded"
-
-
 def test_a_fenced_replica_is_refused(stale: SandboxFleet) -> None:
     fleet = stale
     before = fleet_digest(fleet)
