@@ -231,8 +231,16 @@ class StateConfig(Section):
         le=36500,
         description="Sweeps, resolved findings and finished journal rows older than this leave "
         "the state (once a day, after a sweep); open findings, pending or running repairs and "
-        "unacknowledged interrupted ones stay. 0 keeps everything. Reports reach this far back.",
+        "unacknowledged interrupted ones stay. 0 keeps everything; otherwise at least 7 and at "
+        "least guard.failure_window_hours (the guard reads that much of the journal). Reports "
+        "reach this far back.",
     )
+
+    @model_validator(mode="after")
+    def _a_week_at_least(self) -> StateConfig:
+        if 0 < self.keep_history_days < 7:
+            raise ValueError("keep_history_days must be 0 (keep everything) or at least 7")
+        return self
 
 
 class DeepConfig(Section):
@@ -706,6 +714,15 @@ def parse_config(
         problems.append(
             "At 'guard.leases': must be 'cassandra' when membership.enabled is true (several "
             "watchdogs must share their repair leases)"
+        )
+    if (
+        config is not None
+        and 0 < config.state.keep_history_days * 24 < config.guard.failure_window_hours
+    ):
+        problems.append(
+            "At 'state.keep_history_days': must cover guard.failure_window_hours "
+            f"({config.guard.failure_window_hours:g} h): the guard counts a target's failures "
+            "in the journal that far back"
         )
     if config is not None and base is not None:
         config.inventory.file = _resolve(base, config.inventory.file)

@@ -42,6 +42,27 @@ ALERT_REQUESTER = "alertmanager:"
 #: The refusal code under which alert requests held back by the cooldown are counted (metrics).
 ALERT_COOLDOWN = "alert_cooldown"
 _COOLDOWN_META_KEY = "alert_cooldown_skipped"
+#: ``meta`` keys: journal rows retention removed (watchdog/retention.py), per "repair\tstatus"
+#: and per "repair\trefusal code", still counted so the repair counters never go down.
+RETIRED_BY_STATUS = "journal_retired_by_status"
+RETIRED_REFUSALS = "journal_retired_refusals"
+
+
+def add_retired(db: sqlite3.Connection, key: str, counts: Mapping[tuple[str, str], int]) -> None:
+    """Add removed rows' counts to a ``meta`` total (inside the removing transaction)."""
+    row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    totals: dict[str, int] = json.loads(row[0]) if row else {}
+    for (repair, what), n in counts.items():
+        name = f"{repair}\t{what}"
+        totals[name] = int(totals.get(name, 0)) + int(n)
+    db.execute(
+        "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(totals, sort_keys=True))
+    )
+
+
+def refusal_code(refusal: str | None) -> str:
+    """A refusal's short reason code: the text before its first colon."""
+    return (refusal or "").split(":", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,14 +351,23 @@ class Journal:
         rows = self.state.query("SELECT value FROM meta WHERE key=?", (_COOLDOWN_META_KEY,))
         return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()} if rows else {}
 
+    def _retired(self, key: str) -> dict[tuple[str, str], int]:
+        rows = self.state.query("SELECT value FROM meta WHERE key=?", (key,))
+        totals: dict[str, int] = json.loads(rows[0][0]) if rows else {}
+        out: dict[tuple[str, str], int] = {}
+        for name, n in totals.items():
+            repair, _, what = name.partition("\t")
+            out[(repair, what)] = int(n)
+        return out
+
     def counts_by(self) -> dict[tuple[str, str], int]:
-        """Journal rows per (repair, status), for metrics."""
-        return {
-            (r, s): int(n)
-            for r, s, n in self.state.query(
-                "SELECT repair, status, COUNT(*) FROM journal GROUP BY repair, status"
-            )
-        }
+        """Journal rows per (repair, status), those retention removed included, for metrics."""
+        out = self._retired(RETIRED_BY_STATUS)
+        for r, s, n in self.state.query(
+            "SELECT repair, status, COUNT(*) FROM journal GROUP BY repair, status"
+        ):
+            out[(r, s)] = out.get((r, s), 0) + int(n)
+        return out
 
     def open_by(self) -> dict[tuple[str, str], int]:
         """Rows that still need someone per (repair, status): pending, running, and interrupted
@@ -354,14 +384,14 @@ class Journal:
     def refusals_by_reason(self) -> dict[tuple[str, str], int]:
         """Refusals per (repair, short reason code), for metrics. Alert requests held back by the
         cooldown (``[alerts] cooldown_seconds``) count under the code ``alert_cooldown``."""
-        out: dict[tuple[str, str], int] = {
-            (repair, ALERT_COOLDOWN): n for repair, n in self.alert_cooldown_counts().items()
-        }
+        out = self._retired(RETIRED_REFUSALS)
+        for repair, n in self.alert_cooldown_counts().items():
+            out[(repair, ALERT_COOLDOWN)] = out.get((repair, ALERT_COOLDOWN), 0) + n
         for repair, refusal, n in self.state.query(
             "SELECT repair, refusal, COUNT(*) FROM journal WHERE status=? GROUP BY repair, refusal",
             (REFUSED,),
         ):
-            code = (refusal or "").split(":", 1)[0]
+            code = refusal_code(refusal)
             out[(repair, code)] = out.get((repair, code), 0) + int(n)
         return out
 

@@ -15,7 +15,16 @@ import json
 import logging
 import sqlite3
 
-from bup_watchdog.journal import INTERRUPTED, PENDING, RUNNING
+from bup_watchdog.journal import (
+    INTERRUPTED,
+    PENDING,
+    REFUSED,
+    RETIRED_BY_STATUS,
+    RETIRED_REFUSALS,
+    RUNNING,
+    add_retired,
+    refusal_code,
+)
 from bup_watchdog.state import State
 
 log = logging.getLogger(__name__)
@@ -24,11 +33,33 @@ DAY = 86400.0
 #: ``meta`` key: when history was last pruned (Unix time).
 LAST_RUN = "retention_last_run"
 
-#: Finished rows (not pending, not running), except interrupted ones nobody acknowledged.
-_JOURNAL = (
-    "DELETE FROM journal WHERE COALESCE(finished_at, created_at) < ? "
-    "AND status NOT IN (?, ?) AND NOT (status = ? AND acked_at IS NULL)"
+#: Finished rows (not pending, not running), except interrupted ones nobody acknowledged and the
+#: newest row (its id goes on: "repair #N" is never handed out twice).
+_OLD_ROWS = (
+    " FROM journal WHERE COALESCE(finished_at, created_at) < ? AND status NOT IN (?, ?) "
+    "AND NOT (status = ? AND acked_at IS NULL) AND id < (SELECT MAX(id) FROM journal)"
 )
+
+
+def _retire_journal(db: sqlite3.Connection, cutoff: float) -> int:
+    """Delete the old journal rows, adding them to the counts the metrics keep counting from."""
+    old = (cutoff, PENDING, RUNNING, INTERRUPTED)
+    by_status = {
+        (repair, status): n
+        for repair, status, n in db.execute(
+            "SELECT repair, status, COUNT(*)" + _OLD_ROWS + " GROUP BY repair, status", old
+        )
+    }
+    refusals: dict[tuple[str, str], int] = {}
+    for repair, refusal, n in db.execute(
+        "SELECT repair, refusal, COUNT(*)" + _OLD_ROWS + " AND status = ? GROUP BY repair, refusal",
+        (*old, REFUSED),
+    ):
+        key = (repair, refusal_code(refusal))
+        refusals[key] = refusals.get(key, 0) + n
+    add_retired(db, RETIRED_BY_STATUS, by_status)
+    add_retired(db, RETIRED_REFUSALS, refusals)
+    return int(db.execute("DELETE" + _OLD_ROWS, old).rowcount)
 
 
 def due(state: State, now: float) -> bool:
@@ -53,7 +84,7 @@ def prune_history(state: State, keep_days: float, now: float) -> dict[str, int]:
                 "DELETE FROM findings WHERE resolved_at IS NOT NULL AND resolved_at < ?",
                 (cutoff,),
             ).rowcount,
-            "journal": db.execute(_JOURNAL, (cutoff, PENDING, RUNNING, INTERRUPTED)).rowcount,
+            "journal": _retire_journal(db, cutoff),
         }
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (LAST_RUN, json.dumps(now)))
         return gone

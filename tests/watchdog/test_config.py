@@ -77,6 +77,21 @@ timeout = inf
     }, err.value.problems  # fmt: skip
 
 
+def test_a_history_shorter_than_the_guard_reads_is_refused(tmp_path: Path) -> None:
+    """Retention must not remove the journal rows the guard counts failures from."""
+    base = '[inventory]\nfile = "inventory.toml"\n'
+    for extra, at in (
+        ("[state]\nkeep_history_days = 0.5\n", "At 'state'"),
+        ("[state]\nkeep_history_days = 10\n[guard]\nfailure_window_hours = 720\n",
+         "At 'state.keep_history_days'"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            load_config(write(tmp_path, base + extra), settings_models())
+        assert [p.split(":")[0] for p in err.value.problems] == [at], err.value.problems
+    for fine in ("[state]\nkeep_history_days = 0\n", "[state]\nkeep_history_days = 30\n"):
+        load_config(write(tmp_path, base + fine), settings_models())
+
+
 def test_a_nul_character_in_a_value_is_named_not_a_traceback(tmp_path: Path) -> None:
     text = '[inventory]\nfile = "inventory.toml"\n[ssh]\nknown_hosts = "a\\u0000b"\n'
     with pytest.raises(ConfigError) as err:

@@ -12,6 +12,7 @@ from bup_watchdog import retention
 from bup_watchdog.checks import settings_models
 from bup_watchdog.config import parse_config
 from bup_watchdog.inventory.file import FileInventory
+from bup_watchdog.journal import Journal
 from bup_watchdog.runner import Runner
 from bup_watchdog.state import State
 from support.facts import S1, local_inventory
@@ -89,6 +90,46 @@ def test_old_history_leaves_and_what_an_operator_still_needs_stays(tmp_path: Pat
         "recent succeeded",
     }
     assert state.meta()[retention.LAST_RUN] == NOW
+
+
+def test_the_repair_counters_do_not_go_down_when_old_rows_leave(tmp_path: Path) -> None:
+    """bupwatch_repairs_total and bupwatch_repairs_refused_total are counted from the journal:
+    the rows retention removes are counted on (a counter that falls is a reset to Prometheus)."""
+    state = State(tmp_path / "state.db")
+    seed(state)
+    add_row(state, "old refusal", "refused", OLD)
+    state.write(
+        lambda db: db.execute("UPDATE journal SET refusal = 'lease: held' WHERE status = 'refused'")
+    )
+    journal = Journal(state)
+    before = (journal.counts_by(), journal.refusals_by_reason())
+
+    retention.prune_history(state, keep_days=30, now=NOW)
+    add_row(state, "a new refusal", "refused", NOW)
+    state.write(
+        lambda db: db.execute(
+            "UPDATE journal SET refusal = 'lease: x' WHERE refusal IS NULL AND status = 'refused'"
+        )
+    )
+
+    counts, refusals = journal.counts_by(), journal.refusals_by_reason()
+    assert counts == {
+        **before[0],
+        ("chown_project", "refused"): before[0][("chown_project", "refused")] + 1,
+    }
+    assert refusals == {("chown_project", "lease"): before[1][("chown_project", "lease")] + 1}
+
+
+def test_the_newest_journal_row_stays_so_no_repair_number_is_handed_out_twice(
+    tmp_path: Path,
+) -> None:
+    state = State(tmp_path / "state.db")
+    for n in range(3):
+        add_row(state, f"old {n}", "succeeded", OLD)
+    retention.prune_history(state, keep_days=30, now=NOW)
+    assert reasons(state) == {"old 2"}
+    add_row(state, "next", "succeeded", NOW)
+    assert max(i for (i,) in state.query("SELECT id FROM journal")) == 4
 
 
 def test_the_newest_sweep_stays_however_old_and_zero_keeps_everything(tmp_path: Path) -> None:
