@@ -255,7 +255,8 @@ class DeepConfig(Section):
         ge=0,
         description="Repositories deep-checked per host per deep pass, least recently checked "
         "first (a process per repository: ~30-60 ms each); more when this many could not cover "
-        "the host's repositories within window_days (1.2 x its share of them per pass).",
+        "the host's repositories within window_days (1.2 x its share of them per pass). 0: "
+        "only the changed and wrong-looking ones.",
     )
     changed_per_host: int = Field(
         50,

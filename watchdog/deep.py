@@ -44,7 +44,7 @@ WINDOW_SLACK = 1.2
 def rolling_budget(settings: DeepConfig, repositories: int, pass_seconds: float | None) -> int:
     """Repositories a pass checks on a host by age: ``per_host``, or more when that many could
     not cover all of them within ``window_days`` at one pass every ``pass_seconds``."""
-    if not pass_seconds or pass_seconds <= 0:
+    if not pass_seconds or pass_seconds <= 0 or settings.per_host == 0:  # 0: rolling checks off
         return settings.per_host
     share = repositories * pass_seconds / (settings.window_days * 86400)
     return max(settings.per_host, math.ceil(WINDOW_SLACK * share))

@@ -333,7 +333,8 @@ class Guard:
         now = self.clock()
         out = []
         for req in requests_for(findings, self.repairs, "schedule"):
-            if self.config.repair(req.repair).mode not in ("auto", "approve"):
+            mode = self.config.repair(req.repair).mode
+            if mode not in ("auto", "approve"):
                 continue
             if req.fingerprint and (
                 self.journal.decided_since(req.fingerprint, now - cooldown)
@@ -342,7 +343,7 @@ class Guard:
                 or self.journal.active_fingerprint(req.fingerprint) is not None
             ):
                 continue
-            if self.journal.pending_for(req.repair, req.target) is not None:
+            if mode == "approve" and self.journal.pending_for(req.repair, req.target):
                 continue  # an alert's request for it waits (another fingerprint)
             out.append(req)
         return out

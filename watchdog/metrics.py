@@ -246,6 +246,13 @@ class StateCollector(Collector):
         avail = _gauge("sweep_available", "1 when at least one sweep is in the state.")
         avail.add_metric([], 0.0 if last is None else 1.0)
         yield avail
+        standby = _gauge(
+            "standby",
+            "1 while the other watchdogs own every server ([membership]): this one sweeps "
+            "nothing, so its last sweep ages (BupWatchSweepStale does not fire for it).",
+        )
+        standby.add_metric([], 1.0 if self.state.meta().get("standby") else 0.0)
+        yield standby
         if self.sweep_interval_seconds is not None:
             every = _gauge(
                 "sweep_interval_seconds",

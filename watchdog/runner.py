@@ -188,6 +188,9 @@ class Runner:
         run_deep = self.deep_due(now) if deep is None else deep
         if not checks:
             return None
+        if self.standby and self.state is not None:  # said again below, if it still is: an
+            self.state.set_meta(standby=False)  # unreadable inventory is no standby
+        self.standby = False
         inventory = load_inventory(self.source, self.state)
         if self.state is not None and not inventory.stale:
             gone = self.state.forget_servers(inventory.servers)
@@ -204,6 +207,8 @@ class Runner:
         if self.membership is not None and not servers:
             servers = self.membership.select(inventory, self.state)
             self.standby = not servers
+            if self.state is not None:
+                self.state.set_meta(standby=self.standby)  # bupwatch_standby, the stale alert
             if not servers:
                 log.debug("no server is this watchdog's to sweep now (the others own them all)")
                 return None

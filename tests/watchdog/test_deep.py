@@ -120,3 +120,9 @@ def test_a_week_of_hourly_passes_covers_a_host_of_ten_thousand_repositories() ->
         book.update((pid, DeepResult(pid, now, True, SHA_A)) for pid in chosen)
     assert len(book) == len(host)
     assert select(host, {}, settings, NOW) == pids[:50]  # no schedule given: per_host alone
+
+
+def test_per_host_zero_keeps_the_rolling_checks_off_whatever_the_window() -> None:
+    book = {pid: DeepResult(pid, NOW - 10, True, SHA_A) for pid in (P1, P2, P3)}
+    off = DeepConfig(per_host=0, changed_per_host=5, window_days=0.001)
+    assert select(repos(), book, off, NOW, pass_seconds=3600) == []

@@ -178,6 +178,19 @@ def test_one_request_per_target_waits_for_approval_whoever_asked(
     assert guard.submit(req).status == "pending"  # none waits any more: it may ask again
 
 
+def test_a_request_still_waiting_from_approve_mode_does_not_hold_off_the_auto_schedule(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """The repair was switched from approve to auto while an alert's request waited: the
+    schedule asks (and the repair runs) rather than waiting for that row to be decided."""
+    plant_wrong_owner(scratch_fleet)
+    waiting = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
+    assert waiting.submit(chown(scratch_fleet, fingerprint="alert-fp")).status == "pending"
+    auto = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "auto"\n')
+    [req] = auto.scheduled_requests([wrong_owner(scratch_fleet)], cooldown=0)
+    assert auto.submit(req).status == "succeeded"
+
+
 class ChownFailingTwice(ChownProject):
     """FAKE: chown_project failing its first two runs (a failure on demand); then the real one."""
 

@@ -487,12 +487,14 @@ def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
             return {n: a for n, a in got.items() if a is not None}
 
         got = poll(settled, timeout=60, what="the idle one on standby", alive=any_dead)
+        exported = httpx.get(f"{urls[idle]}/metrics", timeout=5).text
         idle_swept = hosts_of(tmp_path / idle / "state")
     finally:
         for d in daemons.values():
             d.stop()
 
     assert got[idle] == standby, got
+    assert "\nbupwatch_standby 1.0\n" in exported  # BupWatchSweepStale stays quiet for it
     assert got[owner] == (200, "ready"), got
     # Before both had joined each swept alone (owning everything); not since.
     assert all(t <= joined + 1.0 for t in idle_swept.values()), (idle_swept, joined)
