@@ -52,6 +52,9 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: Refusals whose cause clears by itself within minutes: an alert may ask again after
 #: ``[alerts] transient_cooldown_seconds`` instead of the full cooldown.
 TRANSIENT_REFUSALS = frozenset({"lease", "circuit_breaker", "duplicate"})
+#: Refusals of an approved request that leave it pending (the approval is not used up): they
+#: pass by themselves. A batch's rows are the batch's to retry.
+WAIT_AND_APPROVE_AGAIN = frozenset({"lease", "circuit_breaker", "maintenance", "rate_limited"})
 
 #: A failed row keeps the output of every step run before the failure: the last this many
 #: characters of each step, and at most this many characters in all (the oldest steps go first).
@@ -387,6 +390,19 @@ class Guard:
             else:
                 repair = self.repairs[req.repair]
                 decision = self._run(req, repair, settings, settings.mode, decided_by=by)
+        code = decision.message.split(":", 1)[0] if decision.status == REFUSED else ""
+        if code in WAIT_AND_APPROVE_AGAIN and not entry.params.get("batch"):
+            # Refused for now (another repair's lease, a rate limit, the breaker, a maintenance
+            # window): the approval is not used up; the request waits, saying why.
+            self.journal.update(
+                entry_id,
+                status=PENDING,
+                decided_by=None,
+                finished_at=None,
+                refusal=f"approved by {by}, refused for now (repair #{decision.entry_id}: "
+                f"{decision.message[:300]}); still waiting: approve again",
+            )
+            return decision
         self.journal.update(
             entry_id,
             refusal=f"approved by {by}{f' ({why.splitlines()[0][:200]})' if why else ''}; ran as "

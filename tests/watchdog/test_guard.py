@@ -191,6 +191,28 @@ def test_a_request_still_waiting_from_approve_mode_does_not_hold_off_the_auto_sc
     assert auto.submit(req).status == "succeeded"
 
 
+def test_an_approval_refused_for_now_leaves_the_request_waiting_not_used_up(
+    scratch_fleet: SandboxFleet,
+) -> None:
+    """Approved while another watchdog held the target's lease: the run is refused (lease), and
+    the request used to be closed with it ('superseded'), so the operator had to ask again."""
+    plant_wrong_owner(scratch_fleet)
+    guard = make_guard(scratch_fleet, '[repairs.chown_project]\nmode = "approve"\n')
+    pending = guard.submit(chown(scratch_fleet))
+    target = chown(scratch_fleet).target
+    assert guard.journal.acquire_lease(target, "other-watchdog:1", 60)
+
+    refused = guard.approve(pending.entry_id, "tester")
+
+    assert refused.status == "refused" and refused.message.startswith("lease:"), refused
+    row = guard.journal.get(pending.entry_id)
+    assert row is not None and row.status == "pending" and row.decided_by is None
+    assert "refused for now" in (row.refusal or "") and "approve again" in (row.refusal or "")
+    guard.journal.release_lease(target, "other-watchdog:1")
+    assert guard.approve(pending.entry_id, "tester").status == "succeeded"
+    assert guard.journal.get(pending.entry_id).status == "denied"  # type: ignore[union-attr]
+
+
 class ChownFailingTwice(ChownProject):
     """FAKE: chown_project failing its first two runs (a failure on demand); then the real one."""
 

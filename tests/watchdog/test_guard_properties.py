@@ -44,7 +44,7 @@ from hypothesis.stateful import (
 )
 
 from bup_watchdog.config import Config, parse_config
-from bup_watchdog.guard import Decision, Guard
+from bup_watchdog.guard import WAIT_AND_APPROVE_AGAIN, Decision, Guard
 from bup_watchdog.journal import ALERT_REQUESTER, DENIED, PENDING, REFUSED, RUNNING, Entry
 from bup_watchdog.leases import LocalLeases
 from bup_watchdog.model import (
@@ -534,7 +534,12 @@ class GuardMachine(RuleBasedStateMachine):
         if ran is None:
             self.hung[entry.target].fingerprint = entry.fingerprint
         after = self.guard.journal.get(entry.id)
-        assert after is not None and after.status == DENIED
+        assert after is not None
+        code = ran.message.split(":", 1)[0] if ran is not None and ran.status == "refused" else ""
+        if code in WAIT_AND_APPROVE_AGAIN:  # refused for now: the request still waits
+            assert after.status == PENDING and "refused for now" in (after.refusal or "")
+            return
+        assert after.status == DENIED
         assert (after.refusal or "").startswith("approved by cli:operator; ran as repair #") or (
             entry.target in self.hung  # still running: the note is written when it returns
         )
