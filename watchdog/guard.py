@@ -35,6 +35,7 @@ from bup_watchdog.journal import (
     SUCCEEDED,
     Entry,
     Journal,
+    refusal_code,
 )
 from bup_watchdog.leases import LeaseBackend, lease_backend
 from bup_watchdog.model import Finding, Inventory, Severity, is_v4_uuid
@@ -150,7 +151,7 @@ def alert_cooldown(
     last = journal.last_alert_decision(req.repair, req.target, now - longest)
     if last is None:
         return None
-    code = (last.refusal or "").split(":", 1)[0] if last.status == REFUSED else ""
+    code = refusal_code(last.refusal) if last.status == REFUSED else ""
     transient = code in TRANSIENT_REFUSALS
     cooldown = alerts.transient_cooldown_seconds if transient else alerts.cooldown_seconds
     age = max(0.0, now - (last.finished_at or last.created_at))
@@ -390,7 +391,7 @@ class Guard:
             else:
                 repair = self.repairs[req.repair]
                 decision = self._run(req, repair, settings, settings.mode, decided_by=by)
-        code = decision.message.split(":", 1)[0] if decision.status == REFUSED else ""
+        code = refusal_code(decision.message) if decision.status == REFUSED else ""
         if code in WAIT_AND_APPROVE_AGAIN and not entry.params.get("batch"):
             # Refused for now (another repair's lease, a rate limit, the breaker, a maintenance
             # window): the approval is not used up; the request waits, saying why.

@@ -251,7 +251,8 @@ class StateCollector(Collector):
             "1 while the other watchdogs own every server ([membership]): this one sweeps "
             "nothing, so its last sweep ages (BupWatchSweepStale does not fire for it).",
         )
-        standby.add_metric([], 1.0 if self.state.meta().get("standby") else 0.0)
+        meta = self.state.meta()
+        standby.add_metric([], 1.0 if meta.get("standby") else 0.0)
         yield standby
         if self.sweep_interval_seconds is not None:
             every = _gauge(
@@ -283,7 +284,6 @@ class StateCollector(Collector):
             "incremental sweeps; every one walked when they are off). Sum by how for the total.",
             ["how"],
         )
-        meta = self.state.meta()
         walked, reused = meta.get("incremental_walked"), meta.get("incremental_reused")
         if walked is None or reused is None:
             walked, reused = repos, 0
