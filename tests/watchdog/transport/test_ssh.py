@@ -171,8 +171,10 @@ def test_an_endless_line_is_cut_off_at_the_line_cap_not_the_output_cap(
     scratch_fleet: SandboxFleet,
 ) -> None:
     """A host printing one line without end was buffered up to max_output_bytes (256 MB) per
-    host and then copied; lines of whole output are yielded up to the cap."""
-    config, server = setup(scratch_fleet)
+    host and then copied; lines of whole output are yielded up to the cap. (sshd is still
+    draining the cut-off command when the next session opens: on a loaded machine that took
+    over 5 s, the default banner_timeout, in CI once.)"""
+    config, server = setup(scratch_fleet, banner_timeout=30.0)
     t = SshTransport(server, config.ssh)
     cap = ssh._MAX_LINE
     try:
