@@ -68,7 +68,6 @@ def build_http(
         reg,
         state,
         ready=(lambda: daemon.last_worst is not None) if daemon is not None else None,
-        standby=(lambda: daemon.runner.standby) if daemon is not None else None,
         repairs=daemon.queue if daemon is not None else None,
         token=read_token(config.guard.api_token_file),
         alerts=config.alerts,

@@ -117,8 +117,10 @@ class Runner:
         self.state = state
         self.source = source
         self.membership = membership
-        #: With membership: the others owned every server at the last sweep's turn (none here).
-        self.standby = False
+        # With membership, whether the others owned every server at the last sweep's turn is
+        # kept in the state's meta ("standby"), the one place /ready and bupwatch_standby read.
+        if membership is None and state is not None and state.meta().get("standby"):
+            self._say_standby(False)  # left by an earlier run that had [membership]
         #: With membership: the master heads this watchdog publishes and reads.
         self.heads: SharedHeads | None = None
         if membership is not None:
@@ -170,6 +172,13 @@ class Runner:
         last = self.state.meta().get("deep_last_run", 0.0)
         return bool(now >= float(last or 0.0) + self.config.schedule.deep_interval_seconds)
 
+    def _say_standby(self, standby: bool) -> None:
+        """Say in the state's meta whether the others own every server (read by /ready and
+        bupwatch_standby). Written at every sweep's turn, never reset in between: a scrape
+        during the next inventory load must not see a standby member as stale."""
+        if self.state is not None:
+            self.state.set_meta(standby=standby)
+
     def run_once(
         self,
         *,
@@ -188,10 +197,11 @@ class Runner:
         run_deep = self.deep_due(now) if deep is None else deep
         if not checks:
             return None
-        if self.standby and self.state is not None:  # said again below, if it still is: an
-            self.state.set_meta(standby=False)  # unreadable inventory is no standby
-        self.standby = False
-        inventory = load_inventory(self.source, self.state)
+        try:
+            inventory = load_inventory(self.source, self.state)
+        except WatchdogError:
+            self._say_standby(False)  # an unreadable inventory is no standby: the stale alert
+            raise
         if self.state is not None and not inventory.stale:
             gone = self.state.forget_servers(inventory.servers)
             if gone:
@@ -206,9 +216,7 @@ class Runner:
         max_age = 0.0
         if self.membership is not None and not servers:
             servers = self.membership.select(inventory, self.state)
-            self.standby = not servers
-            if self.state is not None:
-                self.state.set_meta(standby=self.standby)  # bupwatch_standby, the stale alert
+            self._say_standby(not servers)
             if not servers:
                 log.debug("no server is this watchdog's to sweep now (the others own them all)")
                 return None

@@ -23,16 +23,21 @@ from typing import Any
 
 import httpx
 from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.testclient import TestClient
 
 from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
 from bup_watchdog.config import load_config
 from bup_watchdog.guard import Guard
+from bup_watchdog.http.app import create_app
 from bup_watchdog.inventory.cassandra import CassandraInventory
 from bup_watchdog.leases import CassandraLeases, Renewing
-from bup_watchdog.membership import assignment
+from bup_watchdog.membership import Membership, assignment
+from bup_watchdog.metrics import StateCollector
+from bup_watchdog.model import Inventory
 from bup_watchdog.repairs.base import RepairRequest
-from bup_watchdog.runner import inventory_source, load_inventory, open_state
+from bup_watchdog.runner import Runner, inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from support.cassandra.node import CassandraNode
 from support.cassandra_fixture import cql
@@ -423,6 +428,18 @@ def test_three_watchdogs_check_every_host_exactly_once_and_a_killed_ones_hosts_m
     assert left == set(), "a watchdog stopped with SIGTERM leaves the members at once"
 
 
+def pair_owning_all(servers: list[str]) -> tuple[tuple[str, str], str, str]:
+    """Two member names whose rendezvous hashing gives every server to one: (pair, owner, idle)."""
+    pair = next(
+        (f"wd-{i}", f"wd-{i + 1}")
+        for i in range(10_000)
+        if len(set(assignment(servers, [f"wd-{i}", f"wd-{i + 1}"]).values())) == 1
+    )
+    [owner] = set(assignment(servers, list(pair)).values())
+    [idle] = [n for n in pair if n != owner]
+    return pair, owner, idle
+
+
 def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
     cassandra: CassandraNode, demo_fleet: SandboxFleet, tmp_path: Path
 ) -> None:
@@ -431,13 +448,7 @@ def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
     (a load balancer or an orchestrator took it for broken)."""
     servers = sorted(h.server_id for h in demo_fleet.hosts.values())
     standby = (200, "standby: the other watchdogs own every server now")
-    pair = next(
-        (f"wd-{i}", f"wd-{i + 1}")
-        for i in range(10_000)
-        if len(set(assignment(servers, [f"wd-{i}", f"wd-{i + 1}"]).values())) == 1
-    )
-    [owner] = set(assignment(servers, list(pair)).values())
-    [idle] = [n for n in pair if n != owner]
+    pair, owner, idle = pair_owning_all(servers)
     ks = "standby_watchdog"
     configs = {
         name: cassandra_config(
@@ -593,3 +604,69 @@ def test_100_concurrent_requests_to_restart_one_bup_server_from_three_processes_
         text=True,
     ).stdout.split()
     assert len(running) == 1, "bup_server was started exactly once"
+
+
+def test_standby_holds_through_the_next_inventory_load_and_ends_when_the_owner_leaves(
+    cassandra: CassandraNode, demo_fleet: SandboxFleet, tmp_path: Path
+) -> None:
+    """The standby flag was reset at the start of every sweep turn and said again after the
+    inventory load: a scrape or /ready during the load (Cassandra: tens of ms each turn) saw a
+    standby member as an ordinary one, and BupWatchSweepStale could fire for it. The runner is
+    driven in process so that the flag is read exactly while the real inventory loads."""
+    servers = sorted(h.server_id for h in demo_fleet.hosts.values())
+    pair, owner, idle = pair_owning_all(servers)
+    ks = "standby_turns"
+    paths = {
+        name: cassandra_config(
+            demo_fleet,
+            tmp_path / name,
+            cassandra,
+            ks,
+            **member_sections(name, ttl=60.0, interval=5.0),
+        )
+        for name in pair
+    }
+    load_inventory_into_cassandra(demo_fleet, paths[owner])
+    config = load_config(paths[idle], settings_models())
+    state = open_state(config)
+    real = inventory_source(config)
+    during_load: list[object] = []
+
+    class Watched:
+        """The real Cassandra inventory, noting the standby flag each time it is loaded."""
+
+        name = real.name
+
+        def load(self) -> Inventory:
+            during_load.append(state.meta().get("standby"))
+            return real.load()
+
+    others = Membership.from_config(load_config(paths[owner], settings_models()))
+    mine = Membership.from_config(config)
+    app = TestClient(create_app(CollectorRegistry(), state))
+    exported = CollectorRegistry()
+    exported.register(StateCollector.for_config(config, state, lambda: {}))
+    try:
+        assert others.heartbeat() and mine.heartbeat()
+        runner = Runner(config, state, Watched(), membership=mine)
+        assert runner.run_once(force=True) is None  # nothing is this one's
+        assert runner.run_once(force=True) is None
+        assert during_load == [None, True], "standby is kept while the next inventory loads"
+        assert app.get("/ready").json()["status"].startswith("standby")
+        assert "\nbupwatch_standby 1.0\n" in generate_latest(exported).decode()
+
+        others.leave()  # the owner stops: every server is this one's at the next turn
+        result = runner.run_once(force=True)
+        assert result is not None and set(result.facts) == set(servers)
+        assert state.meta()["standby"] is False
+        assert "\nbupwatch_standby 0.0\n" in generate_latest(exported).decode()
+        assert app.get("/ready").status_code == 200
+
+        state.set_meta(standby=True)  # left behind by a run with [membership]; now without it
+        Runner(config, state, real)
+        assert state.meta()["standby"] is False, "a watchdog without members is never standby"
+    finally:
+        mine.leave()
+        others.close()
+        mine.close()
+        state.close()

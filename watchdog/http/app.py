@@ -114,15 +114,15 @@ def create_app(
     state: State,
     ready: Callable[[], bool] | None = None,
     *,
-    standby: Callable[[], bool] | None = None,
     repairs: RepairQueue | None = None,
     token: str | None = None,
     alerts: AlertsConfig | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
     report: ReportSettings | None = None,
 ) -> FastAPI:
-    """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200,
-    ``standby`` when the other watchdogs own every server (ready too: nothing is this one's).
+    """The app over a metrics registry and the state; ``ready`` says when to answer /ready 200.
+    /ready says "standby" (200: nothing is this one's) while the state's meta says the other
+    watchdogs own every server, as bupwatch_standby does.
 
     Write endpoints need ``repairs`` (the queue to the guard) and a bearer ``token``. ``report``
     holds the thresholds and bounds of the /report page (defaults: the config's defaults).
@@ -156,16 +156,17 @@ def create_app(
     def ready_() -> JSONResponse:
         try:
             last = state.last_sweep()
+            meta = state.meta()
         except Exception as exc:
             return JSONResponse({"status": f"state unreadable: {exc}"}, status_code=503)
-        if standby is not None and standby():
+        if meta.get("standby"):
             return JSONResponse(
                 {"status": "standby: the other watchdogs own every server now"}, status_code=200
             )
         if last is None or (ready is not None and not ready()):
             return JSONResponse({"status": "waiting for the first sweep"}, status_code=503)
         # The watchdog's own fault (errors.LocalFault) kept the last sweep from hosts.
-        problems = state.meta().get("watchdog_problems") or {}
+        problems = meta.get("watchdog_problems") or {}
         if problems:
             why = "; ".join(f"{kind}: {text}" for kind, text in sorted(problems.items()))
             return JSONResponse(
