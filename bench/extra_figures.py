@@ -16,7 +16,7 @@ from typing import Any
 from bench.hostcpu import hosts_cpu
 from bench.real_repo import build_real_repo
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.deep import run_deep
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.sandbox.fleet import SandboxFleet

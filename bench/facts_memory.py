@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.inventory_load import synthetic
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import parse_config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.gather import gather_host
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import HostFacts, Inventory, Server

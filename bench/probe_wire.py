@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet import bench_spec
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.gather import make_transport, parse_probe_lines, probe_argv, probe_source
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import HostFacts

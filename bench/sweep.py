@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.sandbox.fleet import SandboxFleet
 from bup_watchdog.sandbox.spec import demo_spec, scaled_spec

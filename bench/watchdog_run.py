@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.hostcpu import hosts_cpu
 from bup_watchdog.checks import registry, settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.malloc_arenas import tune_malloc
 from bup_watchdog.model import DeepResult

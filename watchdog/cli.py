@@ -499,7 +499,7 @@ def config_check(path: Path | None, config_path: Path) -> None:
     import tomllib
 
     from bup_watchdog.checks import settings_models
-    from bup_watchdog.config import file_problems, load_config
+    from bup_watchdog.config_load import file_problems, load_config
     from bup_watchdog.inventory.file import FileInventory
 
     given = click.get_current_context().get_parameter_source("config_path")
@@ -545,7 +545,7 @@ def config_check(path: Path | None, config_path: Path) -> None:
 def config_example() -> None:
     """Print a commented example config with every key and its default."""
     from bup_watchdog.checks import settings_models
-    from bup_watchdog.config import example_config
+    from bup_watchdog.config_example import example_config
 
     click.echo(example_config(settings_models()), nl=False)
 

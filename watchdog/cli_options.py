@@ -114,7 +114,7 @@ only_option = click.option(
 def load(config_path: Path) -> Config:
     """Load and validate the config, or exit 3 with every problem listed."""
     from bup_watchdog.checks import settings_models
-    from bup_watchdog.config import load_config
+    from bup_watchdog.config_load import load_config
 
     try:
         return load_config(config_path, settings_models())

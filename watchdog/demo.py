@@ -17,7 +17,7 @@ from types import FrameType
 import click
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.daemon import build_http
 from bup_watchdog.http.app import HttpServer
 from bup_watchdog.output import make_console, print_table

@@ -16,7 +16,8 @@ import httpx
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.inventory.cassandra import CassandraSession, write_inventory
 from bup_watchdog.inventory.file import FileInventory

@@ -15,7 +15,8 @@ from pathlib import Path
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, SshConfig, load_config
+from bup_watchdog.config import Config, SshConfig
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import GatherFailure, Inventory, Severity

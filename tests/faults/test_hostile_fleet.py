@@ -22,7 +22,7 @@ from pathlib import Path
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import project_uid
 from bup_watchdog.repairs.base import RepairRequest

@@ -370,7 +370,7 @@ def test_schemathesis_fuzzing_of_every_operation_finds_no_5xx_and_no_4xx_without
     token = secrets.token_hex(24)
     state = State(tmp_path / "state.db")
     from bup_watchdog.checks import settings_models
-    from bup_watchdog.config import parse_config
+    from bup_watchdog.config_load import parse_config
 
     config = parse_config({"inventory": {"file": "x"}}, settings_models())
     empty = Inventory(servers={}, projects={}, source="file", loaded_at=time.time())

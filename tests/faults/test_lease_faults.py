@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.cassandra_schema import migrate
 from bup_watchdog.journal import Journal
 from bup_watchdog.leases import CassandraLeases, LocalLeases

@@ -16,7 +16,7 @@ import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Decision
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.journal import Journal

@@ -19,7 +19,7 @@ from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.inventory.cassandra import CassandraInventory
 from bup_watchdog.inventory.file import FileInventory, dump_toml

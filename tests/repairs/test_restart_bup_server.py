@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.errors import ConfigError
 from bup_watchdog.gather import make_transport
 from bup_watchdog.hostside import preflight

@@ -16,7 +16,7 @@ import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.repair_context import Context
 from bup_watchdog.repairs.base import RepairRequest, Step

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.runner import inventory_source, load_inventory, open_state
 from bup_watchdog.sandbox.fleet import SandboxFleet

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Decision, Guard
 from bup_watchdog.journal import Journal
 from bup_watchdog.leases import lease_backend

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Severity
 from bup_watchdog.sandbox.fleet import SandboxFleet

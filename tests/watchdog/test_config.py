@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import example_config, file_problems, load_config
+from bup_watchdog.config_example import example_config
+from bup_watchdog.config_load import file_problems, load_config
 from bup_watchdog.errors import ConfigError
 from bup_watchdog.model import is_uuid, is_v4_uuid
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import DeepConfig, load_config
+from bup_watchdog.config import DeepConfig
+from bup_watchdog.config_load import load_config
 from bup_watchdog.deep import select
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import DeepResult, RepoFacts

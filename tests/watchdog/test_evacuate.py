@@ -21,7 +21,8 @@ from click.testing import CliRunner, Result
 from bup_watchdog.batches import batch_progress
 from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.evacuate import EvacuateOptions, run_command
 from bup_watchdog.evacuate_plan import compute_plan
 from bup_watchdog.guard import Guard

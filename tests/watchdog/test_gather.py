@@ -7,7 +7,8 @@ import time
 
 from bup_watchdog.checks import settings_models
 from bup_watchdog.checks.reachability import check as reachability
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import GatherFailure, Inventory
 from bup_watchdog.sandbox.fleet import SandboxFleet

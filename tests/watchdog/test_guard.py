@@ -12,7 +12,7 @@ import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard, requests_for
 from bup_watchdog.model import Finding, Severity
 from bup_watchdog.repairs.base import (

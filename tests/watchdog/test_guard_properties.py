@@ -43,7 +43,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bup_watchdog.config import Config, parse_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.guard import WAIT_AND_APPROVE_AGAIN, Decision, Guard
 from bup_watchdog.journal import ALERT_REQUESTER, DENIED, PENDING, REFUSED, RUNNING, Entry
 from bup_watchdog.leases import LocalLeases

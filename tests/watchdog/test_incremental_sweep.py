@@ -25,7 +25,8 @@ import pytest
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, SshConfig, load_config
+from bup_watchdog.config import Config, SshConfig
+from bup_watchdog.config_load import load_config
 from bup_watchdog.errors import ProbeError
 from bup_watchdog.gather import (
     KNOWN_STATE_LINE,

@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 
 from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.guard import Guard
 from bup_watchdog.http.app import create_app
 from bup_watchdog.inventory.cassandra import CassandraInventory

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import parse_config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.errors import ConfigError
 from bup_watchdog.membership import assignment, hand_over, owner
 from bup_watchdog.model import Finding, Severity

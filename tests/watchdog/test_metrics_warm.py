@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.core import Metric
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.daemon import Daemon, build_http
 from bup_watchdog.metrics import StateCollector, exposition
 from bup_watchdog.sandbox.fleet import SandboxFleet

@@ -13,7 +13,8 @@ import os
 from conftest import SCRATCH_P1
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Inventory, Severity, project_uid
 from bup_watchdog.sandbox.fleet import SandboxFleet

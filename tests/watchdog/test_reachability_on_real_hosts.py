@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import load_config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Finding, Inventory, Severity
 from bup_watchdog.repairs.base import RepairRequest

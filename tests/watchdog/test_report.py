@@ -21,7 +21,8 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from bup_watchdog.config import Config, parse_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.errors import ConfigError
 from bup_watchdog.http.app import create_app
 from bup_watchdog.journal import Journal

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bup_watchdog import retention
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import parse_config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.journal import Journal
 from bup_watchdog.runner import Runner

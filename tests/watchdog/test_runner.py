@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, parse_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.inventory.file import RACY_SECONDS, FileInventory
 from bup_watchdog.model import Finding, Severity
 from bup_watchdog.runner import Runner, load_inventory

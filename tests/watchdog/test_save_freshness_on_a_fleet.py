@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.metrics import StateCollector
 from bup_watchdog.model import Inventory, Severity

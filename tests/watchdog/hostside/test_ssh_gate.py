@@ -17,7 +17,8 @@ import pytest
 
 from bup_watchdog import deploy
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.errors import TransportError
 from bup_watchdog.gather import RepoCache, gather
 from bup_watchdog.guard import Guard

@@ -25,7 +25,8 @@ from prometheus_client import CollectorRegistry
 from bup_watchdog.checks import registry as check_registry
 from bup_watchdog.checks import settings_models
 from bup_watchdog.cli import main
-from bup_watchdog.config import CassandraConfig, Config, load_config
+from bup_watchdog.config import CassandraConfig, Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.errors import InventoryError
 from bup_watchdog.inventory import cassandra as cassandra_inventory
 from bup_watchdog.inventory.cassandra import CassandraInventory, CassandraSession, write_inventory

@@ -16,7 +16,7 @@ import paramiko
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from bup_watchdog.config import parse_config
+from bup_watchdog.config_load import parse_config
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import project_uid
 from bup_watchdog.sandbox import (

@@ -12,7 +12,8 @@ import paramiko
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, load_config
+from bup_watchdog.config import Config
+from bup_watchdog.config_load import load_config
 from bup_watchdog.errors import CommandTimeout, HostUnreachable
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server

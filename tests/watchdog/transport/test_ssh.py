@@ -11,7 +11,8 @@ import paramiko
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import Config, SshConfig, load_config
+from bup_watchdog.config import Config, SshConfig
+from bup_watchdog.config_load import load_config
 from bup_watchdog.errors import CommandTimeout, HostKeyError, HostUnreachable, ProbeError
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server

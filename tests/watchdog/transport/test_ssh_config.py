@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from bup_watchdog.checks import settings_models
-from bup_watchdog.config import SshConfig, file_problems, load_config
+from bup_watchdog.config import SshConfig
+from bup_watchdog.config_load import file_problems, load_config
 from bup_watchdog.errors import HostKeyError, HostUnreachable, LocalFault
 from bup_watchdog.inventory.file import FileInventory
 from bup_watchdog.model import Server
