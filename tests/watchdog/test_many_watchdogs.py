@@ -17,6 +17,7 @@ import time
 import tomllib
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,27 @@ def load_inventory_into_cassandra(fleet: SandboxFleet, config: Path) -> None:
         "--replication-factor",
         "1",
     )
+
+
+def member_configs(
+    fleet: SandboxFleet,
+    directory: Path,
+    node: CassandraNode,
+    keyspace: str,
+    names: Iterable[str],
+    ttl: float,
+    interval: float,
+) -> dict[str, Path]:
+    """One config per member name (own state directory and port, [membership] on), all in one
+    keyspace, and the fleet's inventory loaded into it."""
+    configs = {
+        name: cassandra_config(
+            fleet, directory / name, node, keyspace, **member_sections(name, ttl, interval)
+        )
+        for name in names
+    }
+    load_inventory_into_cassandra(fleet, next(iter(configs.values())))
+    return configs
 
 
 def guard_for(config_path: Path) -> Guard:
@@ -316,17 +338,7 @@ def test_three_watchdogs_check_every_host_exactly_once_and_a_killed_ones_hosts_m
 ) -> None:
     ks, ttl, interval = "three_watchdogs", 6.0, 5.0
     names = ("wd-a", "wd-b", "wd-c")
-    configs = {
-        name: cassandra_config(
-            demo_fleet,
-            tmp_path / name,
-            cassandra,
-            ks,
-            **member_sections(name, ttl, interval),
-        )
-        for name in names
-    }
-    load_inventory_into_cassandra(demo_fleet, configs["wd-a"])
+    configs = member_configs(demo_fleet, tmp_path, cassandra, ks, names, ttl, interval)
     servers = sorted(h.server_id for h in demo_fleet.hosts.values())
     states = {name: tmp_path / name / "state" for name in names}
     daemons = {name: WatchdogDaemon(configs[name]) for name in names}
@@ -450,17 +462,7 @@ def test_a_watchdog_that_owns_no_server_is_ready_on_standby(
     standby = (200, "standby: the other watchdogs own every server now")
     pair, owner, idle = pair_owning_all(servers)
     ks = "standby_watchdog"
-    configs = {
-        name: cassandra_config(
-            demo_fleet,
-            tmp_path / name,
-            cassandra,
-            ks,
-            **member_sections(name, ttl=6.0, interval=5.0),
-        )
-        for name in pair
-    }
-    load_inventory_into_cassandra(demo_fleet, configs[owner])
+    configs = member_configs(demo_fleet, tmp_path, cassandra, ks, pair, ttl=6.0, interval=5.0)
     urls = {n: "http://" + tomllib.loads(configs[n].read_text())["http"]["listen"] for n in pair}
     daemons = {n: WatchdogDaemon(configs[n]) for n in pair}
 
@@ -616,17 +618,7 @@ def test_standby_holds_through_the_next_inventory_load_and_ends_when_the_owner_l
     servers = sorted(h.server_id for h in demo_fleet.hosts.values())
     pair, owner, idle = pair_owning_all(servers)
     ks = "standby_turns"
-    paths = {
-        name: cassandra_config(
-            demo_fleet,
-            tmp_path / name,
-            cassandra,
-            ks,
-            **member_sections(name, ttl=60.0, interval=5.0),
-        )
-        for name in pair
-    }
-    load_inventory_into_cassandra(demo_fleet, paths[owner])
+    paths = member_configs(demo_fleet, tmp_path, cassandra, ks, pair, ttl=60.0, interval=5.0)
     config = load_config(paths[idle], settings_models())
     state = open_state(config)
     real = inventory_source(config)
