@@ -173,6 +173,13 @@ def resync_steps(s: Snapshot, settings: ResyncReplicaSettings) -> list[ResyncSte
             git_argv(m_repo, "update-ref", "-m", msg, tag, s.old, ZERO_SHA),
             f"conflict: tag the replica's commit as {tag} on {m.label}",
         )
+        add(
+            "conflict_recheck",
+            mid,
+            git_argv(m_repo, "fsck", "--connectivity-only", "--no-dangling", s.old),
+            "conflict: prove it again under the tag (after a prune's swap between the proof "
+            "and the tag, the replica's objects are copied again, proven and tagged)",
+        )
     add(
         "conf",
         rid,

@@ -33,6 +33,10 @@ Design (DESIGN §4, and why):
   kept: ``refs/tags/conflict-master-<UTC>`` is created on the replica and, after the replica's
   objects are copied over (``--ignore-existing``) and proven complete, on the master too;
   ``refs/heads/master`` is left alone on both and the repair stops with status ``conflict``.
+  The master's copy is not leased, so a prune's swap can land between the proof and the tag
+  (it refuses after the tag, refs differing): when git refuses the tag (its commit is gone) or
+  the proof made again under the tag fails, the replica's objects are copied again, proven,
+  and the tag written.
   While that tag stands and the master has not absorbed the commit, a new attempt is refused
   (``conflict_pending``) instead of tagging again.
 - **conf/** is copied with ``--update`` (a newer file on the replica is kept) except
@@ -551,9 +555,23 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 "conflict_packs",
                 "conflict_objects",
                 "conflict_complete",
-                "conflict_tag_master",
             ):
                 run(kind)
+            any_rc = tuple(range(256))
+            tagged = run("conflict_tag_master", ok=any_rc) == 0
+            if not tagged or run("conflict_recheck", ok=any_rc) != 0:
+                # A prune's swap landed between the proof and the tag (it refuses once the tag
+                # is there, refs differing): the pruned repository lacks the objects copied
+                # before, so git refused the tag, or took it over a partial copy. The replica
+                # still has them: copy, prove and tag again.
+                out.output.append(
+                    "conflict: the master's repository changed between the proof and the tag "
+                    "(a prune's swap?); copying the replica's objects to it again"
+                )
+                for kind in ("conflict_packs", "conflict_objects", "conflict_recheck"):
+                    run(kind)
+                if not tagged:
+                    run("conflict_tag_master")
             tag = steps["conflict_tag_master"].argv[-3]
             anc = steps["ancestry"].argv
             old, new = anc[-2], anc[-1]

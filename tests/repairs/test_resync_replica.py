@@ -240,6 +240,52 @@ def test_a_replica_with_saves_the_master_lacks_stops_as_a_conflict_tagged_on_bot
     assert len(git_out(fleet, "s2", P, "tag", "--list", "conflict-master-*").split()) == 1
 
 
+def test_a_prune_swap_between_the_conflict_proof_and_the_tag_gets_the_objects_copied_again(
+    scratch_fleet: SandboxFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master's copy is not leased by a resync, so a prune's swap can land between the
+    conflict's proof (the replica's objects are on the master) and the master's tag. The swap
+    puts back a copy made before those objects came (refs equal, so the prune's own check lets
+    it pass); git then refused the tag (nonexistent object) and the resync failed half-way, the
+    replica tagged and the master without the replica's commits. A named fake timing: the swap
+    is done by hand (rename the repository aside, the early copy in its place), right before the
+    tag's command goes out; everything else is the real resync over real SSH."""
+    fleet = scratch_fleet
+    now = int(time.time())
+    theirs = bup_save_on(fleet, "s2", P, now - 300, {"replica-work.txt": "only on s2\n"})
+    bup_save_on(fleet, "s1", P, now, {"master-work.txt": "only on s1\n"})
+    master = fleet.repo_path("s1", P)
+    early, aside = tmp_path / "prune-copy", tmp_path / "prune-aside"
+    subprocess.run(["cp", "-a", str(master), str(early)], check=True)
+    real_run = Context.run
+    swapped: list[str] = []
+
+    def run_swapping_first(self: Context, step: Step) -> object:
+        if getattr(step, "kind", "") == "conflict_tag_master" and not swapped:
+            master.rename(aside)
+            early.rename(master)
+            swapped.append(step.argv[-3])
+        return real_run(self, step)
+
+    monkeypatch.setattr(Context, "run", run_swapping_first)
+    guard = make_guard(fleet, AUTO)
+
+    decision = guard.submit(request(fleet))
+
+    assert swapped, "the repair never reached the master's tag"
+    assert decision.status == "conflict", decision.message
+    [entry] = guard.journal.entries(status="conflict")
+    assert "copying the replica's objects to it again" in (entry.output or "")
+    tag = swapped[0]
+    assert git_out(fleet, "s1", P, "rev-parse", f"{tag}^{{commit}}") == theirs
+    fsck = subprocess.run(
+        ["git", f"--git-dir={master}", "fsck", "--connectivity-only", "--no-dangling", tag],
+        capture_output=True,
+        text=True,
+    )
+    assert fsck.returncode == 0, f"the master's tag lacks objects: {fsck.stdout}{fsck.stderr}"
+
+
 def _older_pack(repo: Path) -> Path:
     """Delete a pack that does not hold the master commit: only a deep check notices."""
     sha = bytes.fromhex(repos.master_sha(repo))
