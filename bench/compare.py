@@ -51,6 +51,7 @@ from bench.fleet import bench_spec, describe  # noqa: E402
 from bench.peers import run_naive  # noqa: E402
 from bench.render import render, write_readme  # noqa: E402
 from bench.rounds import CONTENDERS, load1, run_rounds, run_watchdog_child  # noqa: E402
+from bench.settle import settle  # noqa: E402
 from bup_watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
 
 # Seconds per repository of each piece on this 2-core machine (the 10k and 100k runs of
@@ -139,6 +140,7 @@ def measure_size(
         names = tuple(n for n in CONTENDERS if n not in args.skip)
         out["rounds"] = run_rounds(fleet, pids, root, args.rounds, names, progress=log)
         log(f"watchdog details: full sweep, /metrics, incremental sweeps; {remaining(deadline)}")
+        out["detail_settle"] = settle([h.bups_dir for h in fleet.hosts.values()], pids)
         out["detail"] = run_watchdog_child(
             fleet,
             pids,

@@ -145,6 +145,28 @@ def daemon_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def settle_sentence(data: dict[str, Any]) -> str:
+    """How every figure was started (``bench/settle.py``), with the walk's longest time; empty for
+    runs made before it existed."""
+    walks = [
+        row["settle"]["warm_seconds"]
+        for size in data["results"]
+        for name, rows in size.get("rounds", {}).items()
+        if name != "warmup"
+        for row in rows
+        if "settle" in row
+    ]
+    if not walks:
+        return ""
+    digits = 0 if max(walks) >= 10 else 1
+    return (
+        " Before every figure every host's repositories were walked once, untimed (`find`, every"
+        f" entry lstat-ed: {min(walks):.{digits}f}–{max(walks):.{digits}f} s; the peers' process"
+        " churn had left the next contender a cold cache), and the run waited for no open"
+        " session and idle CPUs (`bench/settle.py`)."
+    )
+
+
 def render(data: dict[str, Any]) -> str:
     """The whole generated part, markers included."""
     sums = [summarise(r) for r in data["results"]]
@@ -174,7 +196,7 @@ def render(data: dict[str, Any]) -> str:
         f"Each fleet size is one fleet; on it the contenders run side by side, {data['rounds']} "
         "rounds, the order rotated by one each round; every figure is the median, every run is "
         "shown with the 1-minute load average read just before it ‹in angle quotes›. Nothing is "
-        "extrapolated: the peers run on every host of the fleet.",
+        "extrapolated: the peers run on every host of the fleet." + settle_sentence(data),
         "",
         table(sums),
     ]

@@ -11,7 +11,9 @@ one fleet, in an order rotated each round, the load average read before and afte
 
 Every watchdog figure is checked against the planted faults, every peer's output line by line.
 Before the rounds ``bup-watchdog check`` runs once untimed, so that its state exists as it does
-for a user who ran it before.
+for a user who ran it before. Before every figure ``bench/settle.py`` walks every host's
+repositories (untimed, the same walk whatever comes next: the peers' process churn had left the
+next contender a cold cache) and waits until no session is open and the CPUs are idle.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from bench.daemon_rss import watchdog_cli
 from bench.hostcpu import hosts_cpu
 from bench.peers import children_cpu, run_ansible, run_pssh
+from bench.settle import settle
 from bup_watchdog.sandbox.expected import compare, expected_findings
 from bup_watchdog.sandbox.fleet import SandboxFleet
 
@@ -160,18 +163,22 @@ def run_rounds(
         # otherwise whichever round runs it first pays for creating the database.
         out["warmup"] = [watchdog_e2e(fleet, pids)]
         progress(f"warm-up: bup-watchdog check once, {out['warmup'][0]['wall']:.2f} s (untimed)")
+    bups_dirs = [h.bups_dir for h in fleet.hosts.values()]
     for i, order in enumerate(rotation(names, rounds)):
         for pos, name in enumerate(order):
+            settled = settle(bups_dirs, pids)
             before = load1()
             try:
                 row = contender(name, fleet, pids, work)()
             except (RuntimeError, ValueError, KeyError) as exc:  # the other contenders still run
                 row = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             row.update(round=i + 1, position=pos + 1, load_before=before, load_after=load1())
+            row["settle"] = settled
             out[name].append(row)
             wall = f"{row['wall']:.2f} s" if "wall" in row else row.get("skipped", row.get("error"))
             progress(
                 f"round {i + 1}/{rounds}, {pos + 1}. {name}: {wall} "
-                f"(load {before:.1f} -> {row['load_after']:.1f})"
+                f"(load {before:.1f} -> {row['load_after']:.1f}; before it a walk of "
+                f"{settled['warm_seconds']:.1f} s and {settled['waited']:.0f} s of waiting)"
             )
     return out
