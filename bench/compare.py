@@ -56,13 +56,16 @@ from bup_watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
 
 # Seconds per repository of each piece on this 2-core machine (the 10k and 100k runs of
 # 2026-11-28 and 2026-12-05), for the time estimate only: build, one round of the four
-# contenders, the warm-up and details run; the daemon's sweep at its size; fixed s per fleet.
+# contenders, the warm-up and details run; the daemon's sweep at its size; fixed s per fleet;
+# bench/settle.py's walk before each figure (18-38 s at 200k, 2026-12-06).
 EST_BUILD, EST_ROUND, EST_DETAIL, EST_DAEMON_SWEEP, EST_FIXED = 1.3e-3, 3.9e-3, 2e-3, 4e-5, 40
+EST_SETTLE = 1.4e-4
 
 
 def estimate_seconds(sizes: list[int], rounds: int, daemon_size: int, daemon_sweeps: int) -> float:
     """A rough time for a run (fleet builds and teardowns included), from past runs' costs."""
-    total = sum(EST_FIXED + n * (EST_BUILD * 1.5 + EST_ROUND * rounds + EST_DETAIL) for n in sizes)
+    per_repo = EST_BUILD * 1.5 + (EST_ROUND + 4 * EST_SETTLE) * rounds + EST_DETAIL + EST_SETTLE
+    total = sum(EST_FIXED + n * per_repo for n in sizes)
     if daemon_size in sizes and daemon_sweeps:
         total += daemon_sweeps * max(5.0, EST_DAEMON_SWEEP * daemon_size + 1) + 30
     return total
