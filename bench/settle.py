@@ -1,7 +1,7 @@
 """Before every timed figure of ``bench/rounds.py``: the hosts' repositories back in the kernel's
 caches, no SSH session left open, the CPUs idle.
 
-Why: the sandbox runs 20 hosts' repositories on one machine, 8.8 million files at 200,000
+Why: the sandbox runs 20 hosts' repositories on one machine, 5.3 million entries at 200,000
 repositories, whose inodes and small files fill most of its memory. Ansible and parallel-ssh
 start three processes per repository (600,000 at 200k), and that churn makes the kernel drop a
 large part of those caches. Measured on a kept 200k fleet (2026-12-06): a watchdog sweep right
