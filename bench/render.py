@@ -146,24 +146,33 @@ def daemon_table(s: dict[str, Any]) -> str:
 
 
 def settle_sentence(data: dict[str, Any]) -> str:
-    """How every figure was started (``bench/settle.py``), with the walk's longest time; empty for
-    runs made before it existed."""
-    walks = [
-        row["settle"]["warm_seconds"]
+    """How every figure was started (``bench/settle.py``): the walks' shortest and longest time,
+    and how many figures were taken without the machine going quiet; empty for runs made before
+    it existed."""
+    settles = [
+        row["settle"]
         for size in data["results"]
         for name, rows in size.get("rounds", {}).items()
         if name != "warmup"
         for row in rows
         if "settle" in row
     ]
-    if not walks:
+    if not settles:
         return ""
+    walks = [s["warm_seconds"] for s in settles]
+    loud = sum(1 for s in settles if not s["quiet"])
     digits = 0 if max(walks) >= 10 else 1
     return (
         " Before every figure every host's repositories were walked once, untimed (`find`, every"
         f" entry lstat-ed: {min(walks):.{digits}f}–{max(walks):.{digits}f} s; the peers' process"
         " churn had left the next contender a cold cache), and the run waited for no open"
-        " session and idle CPUs (`bench/settle.py`)."
+        " session and idle CPUs (`bench/settle.py`)"
+        + (
+            f"; {loud} of {len(settles)} figures were taken without that quiet (their rows in"
+            " the JSON say how busy it was)."
+            if loud
+            else "."
+        )
     )
 
 

@@ -183,3 +183,21 @@ def test_a_failed_run_among_good_ones_is_shown_and_the_contender_is_not_called_c
     text = render({**DATA, "results": [one]})
     assert "**30.00 s** **1 failed** (30.00 ‹3.3›, failed ‹4.0›)" in text
     assert "| … output correct | yes |\n| **parallel-ssh**" not in text
+
+
+def test_the_prose_counts_the_figures_taken_without_quiet() -> None:
+    from bench.render import settle_sentence
+
+    def row(quiet: bool, walk: float) -> dict[str, object]:
+        return {"wall": 1.0, "settle": {"warm_seconds": walk, "quiet": quiet}}
+
+    data = {
+        "results": [
+            {"rounds": {"warmup": [{"wall": 9.0}], "pssh": [row(True, 15.4), row(False, 37.7)]}}
+        ]
+    }
+    text = settle_sentence(data)
+    assert "15–38 s" in text and "1 of 2 figures were taken without that quiet" in text
+    data["results"][0]["rounds"]["pssh"] = [row(True, 2.0)]
+    assert settle_sentence(data).endswith("(`bench/settle.py`).")
+    assert settle_sentence({"results": [{"rounds": {"pssh": [{"wall": 1.0}]}}]}) == ""
