@@ -564,9 +564,15 @@ class ResyncReplica(Repair[ResyncReplicaSettings]):
                 # is there, refs differing): the pruned repository lacks the objects copied
                 # before, so git refused the tag, or took it over a partial copy. The replica
                 # still has them: copy, prove and tag again.
+                what = (
+                    "git refused the master's tag"
+                    if not tagged
+                    else "the master's tag lacks objects the proof had found"
+                )
                 out.output.append(
-                    "conflict: the master's repository changed between the proof and the tag "
-                    "(a prune's swap?); copying the replica's objects to it again"
+                    f"conflict: {what} (its output is above); if a prune swapped the master's "
+                    "repository between the proof and the tag, it lacks the copied objects: "
+                    "copying the replica's objects to it again"
                 )
                 for kind in ("conflict_packs", "conflict_objects", "conflict_recheck"):
                     run(kind)

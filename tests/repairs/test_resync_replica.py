@@ -275,6 +275,7 @@ def test_a_prune_swap_between_the_conflict_proof_and_the_tag_gets_the_objects_co
     assert swapped, "the repair never reached the master's tag"
     assert decision.status == "conflict", decision.message
     [entry] = guard.journal.entries(status="conflict")
+    assert "git refused the master's tag" in (entry.output or "")
     assert "copying the replica's objects to it again" in (entry.output or "")
     tag = swapped[0]
     assert git_out(fleet, "s1", P, "rev-parse", f"{tag}^{{commit}}") == theirs
