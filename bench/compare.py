@@ -57,7 +57,7 @@ from bup_watchdog.sandbox.fleet import SandboxFleet  # noqa: E402
 # Seconds per repository of each piece on this 2-core machine (the 10k and 100k runs of
 # 2026-11-28 and 2026-12-05), for the time estimate only: build, one round of the four
 # contenders, the warm-up and details run; the daemon's sweep at its size; fixed s per fleet;
-# bench/settle.py's walk before each figure (18-38 s at 200k, 2026-12-06).
+# bench/settle.py's walk before each figure (15-38 s at 200k, 2026-12-06).
 EST_BUILD, EST_ROUND, EST_DETAIL, EST_DAEMON_SWEEP, EST_FIXED = 1.3e-3, 3.9e-3, 2e-3, 4e-5, 40
 EST_SETTLE = 1.4e-4
 
